@@ -130,6 +130,7 @@ class Config:
 
 _CHOICES = {
     "data.source": ("synthetic", "files", "disk", "hub"),
+    "model.name": ("bag", "cnn", "bilstm"),
     "data.format": ("auto", "csv", "tsv", "json", "parquet"),
     "model.init": ("normal", "uniform", "truncated_normal", "xavier_uniform", "xavier_normal",
                    "glorot_uniform", "glorot_normal", "lecun_normal", "lecun_uniform",

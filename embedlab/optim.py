@@ -1,0 +1,176 @@
+"""Optimizers for embedding models: optax chains, with freezing and weight decay as masks.
+
+Freezing lives in the optimizer, never in the model: a frozen table gets ``optax.set_to_zero``
+through ``optax.multi_transform``; frozen *rows* (e.g. the pretrained ones) get their updates
+zeroed by ``freeze_rows`` as the last transformation, so nothing (momentum, weight decay) moves
+them. Weight decay is masked by parameter path the same way and is applied before the
+learning-rate scaling.
+
+  >>> import jax, jax.numpy as jnp, optax, embedlab as el
+  >>> params = {"embed": el.init_table(jax.random.key(0), 5, 2), "out": {"w": jnp.ones((2, 2))}}
+  >>> tx = el.freeze(optax.sgd(0.1), params, frozen=["embed/table"])
+  >>> updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  >>> float(abs(updates["embed"]["table"]).sum()), float(updates["out"]["w"][0, 0])
+  (0.0, -0.1)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def path_of(key_path) -> str:
+  """``"embed/table"`` for a pytree key path like ``(DictKey('embed'), DictKey('table'))``."""
+  parts = []
+  for k in key_path:
+    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+  return "/".join(parts)
+
+
+def param_paths(params: Any) -> list[str]:
+  """All leaf paths of a params pytree, e.g. ``["embed/table", "out/b", "out/w"]``."""
+  return [path_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def path_mask(params: Any, patterns: Iterable[str] | Callable[[str, Any], bool]) -> Any:
+  """A pytree of bools, True where a leaf's path matches one of the glob ``patterns``
+  (``"embed/*"``) or where ``patterns(path, leaf)`` is true.
+
+  Raises ``ValueError`` for a pattern that matches no parameter (a typo freezes nothing).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> path_mask({"embed": {"table": jnp.ones(2)}, "b": jnp.ones(1)}, ["embed/*"])
+    {'b': False, 'embed': {'table': True}}
+  """
+  if callable(patterns):
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(patterns(path_of(p), x)), params)
+  patterns = list(patterns)
+  paths = param_paths(params)
+  for pattern in patterns:
+    if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
+      raise ValueError(f"path_mask: pattern {pattern!r} matches no parameter; the parameters "
+                       f"are {', '.join(paths)}.")
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: any(fnmatch.fnmatchcase(path_of(p), pat) for pat in patterns), params)
+
+
+def freeze(optimizer: optax.GradientTransformation, params: Any,
+           frozen: Iterable[str] | Callable[[str, Any], bool]) -> optax.GradientTransformation:
+  """Wraps ``optimizer`` so that the parameters matching ``frozen`` never change.
+
+  Uses ``optax.multi_transform`` with ``optax.set_to_zero`` for the frozen labels, so the
+  frozen parameters carry no optimizer state either.
+  """
+  mask = path_mask(params, frozen)
+  labels = jax.tree.map(lambda m: "frozen" if m else "trained", mask)
+  return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+class FreezeRowsState(NamedTuple):
+  """No state: the row masks are static data passed to ``freeze_rows``."""
+
+
+def freeze_rows(row_masks: dict[str, Any]) -> optax.GradientTransformation:
+  """Zeros the updates of frozen rows: ``row_masks`` maps a table's path (``"embed/table"``)
+  to a bool array ``[rows]``, True where the row is trainable. Put it last in the chain.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> params = {"embed": {"table": jnp.ones((3, 2))}}
+    >>> tx = optax.chain(optax.sgd(1.0), freeze_rows({"embed/table": jnp.array([0, 1, 1], bool)}))
+    >>> u, _ = tx.update(params, tx.init(params))
+    >>> u["embed"]["table"][:, 0].tolist()
+    [0.0, -1.0, -1.0]
+  """
+  row_masks = {k: jnp.asarray(v, bool) for k, v in row_masks.items()}
+
+  def init(params):
+    missing = set(row_masks) - set(param_paths(params))
+    if missing:
+      raise ValueError(f"freeze_rows: no parameter at {sorted(missing)}; the parameters are "
+                       f"{', '.join(param_paths(params))}.")
+    return FreezeRowsState()
+
+  def update(updates, state, params=None):
+    del params
+
+    def apply(path, u):
+      mask = row_masks.get(path_of(path))
+      if mask is None:
+        return u
+      return u * mask.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+
+    return jax.tree_util.tree_map_with_path(apply, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def decay_mask(params: Any, frozen_mask: Any = None) -> Any:
+  """Which leaves get weight decay: matrices and tables (ndim >= 2), not biases, not frozen."""
+  mask = jax.tree.map(lambda x: x.ndim >= 2, params)
+  if frozen_mask is not None:
+    mask = jax.tree.map(lambda m, f: m and not f, mask, frozen_mask)
+  return mask
+
+
+def make_schedule(name: str, learning_rate: float, total_steps: int,
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """``constant``, ``cosine``, ``linear`` (to zero) or ``warmup_cosine`` learning rates."""
+  total_steps = max(int(total_steps), 1)
+  if name == "constant":
+    base = optax.constant_schedule(learning_rate)
+  elif name == "cosine":
+    base = optax.cosine_decay_schedule(learning_rate, total_steps)
+  elif name == "linear":
+    base = optax.linear_schedule(learning_rate, 0.0, total_steps)
+  elif name == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
+                                              total_steps)
+  else:
+    raise ValueError(f"make_schedule: unknown schedule {name!r}; use constant, cosine, linear or "
+                     "warmup_cosine.")
+  if warmup_steps:
+    warm = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warm, base], [warmup_steps])
+  return base
+
+
+def make_optimizer(cfg, params: Any, total_steps: int, *, frozen: Iterable[str] = (),
+                   row_masks: dict[str, Any] | None = None) -> optax.GradientTransformation:
+  """Builds the dense optax optimizer of an ``OptimConfig``.
+
+  Order: clip -> [L2 decay, masked] -> scale (sgd / momentum / adam / adagrad) -> [decoupled
+  decay for adamw, masked] -> learning rate -> frozen rows zeroed; frozen tables through
+  ``freeze``. Weight decay always precedes the learning-rate scaling, so it is scaled by it.
+  """
+  frozen = list(frozen)
+  frozen_mask = path_mask(params, frozen) if frozen else None
+  wd_mask = decay_mask(params, frozen_mask)
+  schedule = make_schedule(cfg.schedule, cfg.learning_rate, total_steps, cfg.warmup_steps)
+  parts = []
+  if cfg.clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  decay = optax.masked(optax.add_decayed_weights(cfg.weight_decay), wd_mask)
+  if cfg.weight_decay and cfg.name != "adamw":
+    parts.append(decay)
+  scalers = {
+      "sgd": optax.identity,
+      "momentum": lambda: optax.trace(decay=cfg.momentum),
+      "adam": optax.scale_by_adam,
+      "adamw": optax.scale_by_adam,
+      "adagrad": lambda: optax.scale_by_rss(initial_accumulator_value=0.1),
+  }
+  parts.append(scalers[cfg.name]())
+  if cfg.weight_decay and cfg.name == "adamw":
+    parts.append(decay)
+  parts.append(optax.scale_by_learning_rate(schedule))
+  if row_masks:
+    parts.append(freeze_rows(row_masks))
+  tx = optax.chain(*parts)
+  return freeze(tx, params, frozen) if frozen else tx

@@ -1,0 +1,277 @@
+"""The run directory and what a run reports: config snapshot, vocabulary, metrics.jsonl,
+TensorBoard events, progress bar, plots, results, summaries and comparison tables.
+
+A run directory holds::
+
+  config.json      the resolved config (never rewritten after the run starts)
+  vocab.txt        one token per line, line number = id (0 = <pad>, 1 = <unk>)
+  labels.json      label names, index = class id
+  metrics.jsonl    one JSON object per log / eval event
+  tensorboard/     TensorBoard event files
+  checkpoints/     orbax checkpoints (latest/ and best/)
+  plots/           loss.png and accuracy.png
+  results.json     dev_accuracy, test_accuracy, train_seconds, steps, num_params, ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+import time
+from typing import Any
+
+from embedlab import config as config_lib
+
+
+class RunDirError(RuntimeError):
+  """The run directory cannot be used for this run."""
+
+
+class RunDir:
+  """A run directory: creates it, or checks that it holds the same experiment to resume."""
+
+  def __init__(self, path: pathlib.Path, cfg: config_lib.Config, *, restart: bool = False):
+    self.path = path
+    self.cfg = cfg
+    config_file = path / "config.json"
+    if restart and path.exists():
+      shutil.rmtree(path)
+    if config_file.exists():
+      old = json.loads(config_file.read_text())
+      new = config_lib.to_dict(cfg)
+      if json.loads(json.dumps(new)) != old:
+        diff = _config_diff(old, json.loads(json.dumps(new)))
+        raise RunDirError(f"{path} holds a run of a different config ({diff}); pass --restart "
+                          f"to start over there, or choose another --workdir.")
+    path.mkdir(parents=True, exist_ok=True)
+    if not config_file.exists():
+      _atomic_write(config_file, config_lib.to_json(cfg) + "\n")
+    self.metrics_file = path / "metrics.jsonl"
+    self._tb = None
+    self._last_log = (None, time.perf_counter())
+
+  def save_vocab(self, vocab, label_names) -> None:
+    vocab.save(self.path / "vocab.txt")
+    _atomic_write(self.path / "labels.json", json.dumps(list(label_names)) + "\n")
+
+  def truncate_metrics(self, step: int) -> None:
+    """Drops events after ``step`` (left by a run that died after its last checkpoint)."""
+    if not self.metrics_file.exists():
+      return
+    kept = [line for line in self.metrics_file.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
+
+  def _event(self, record: dict) -> None:
+    with self.metrics_file.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    writer = self._writer()
+    if writer is not None:
+      prefix = record["event"] if record["event"] == "train" else record["split"]
+      for key in ("loss", "accuracy", "examples_per_second"):
+        if key in record:
+          writer.add_scalar(f"{prefix}/{key}", record[key], record["step"])
+      writer.flush()
+
+  def _writer(self):
+    if self._tb is None:
+      try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional at import time
+      except ImportError:  # pragma: no cover - tensorboardX is a dependency
+        self._tb = False
+        return None
+      self._tb = SummaryWriter(str(self.path / "tensorboard"))
+    return self._tb or None
+
+  def log_train(self, step: int, sums: dict, bar=None) -> None:
+    count = max(float(sums["count"]), 1.0)
+    record = {"event": "train", "step": step, "loss": float(sums["loss"]) / count,
+              "accuracy": float(sums["correct"]) / count}
+    last_step, last_time = self._last_log
+    now = time.perf_counter()
+    if last_step is not None and step > last_step:
+      record["examples_per_second"] = round(count / max(now - last_time, 1e-9), 1)
+    self._last_log = (step, now)
+    self._event(record)
+    if bar is not None and hasattr(bar, "set_postfix"):
+      bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}",
+                      ex_s=record.get("examples_per_second", "-"), refresh=False)
+
+  def log_eval(self, step: int, split: str, metrics: dict) -> None:
+    self._event({"event": "eval", "split": split, "step": step,
+                 "loss": metrics["loss"], "accuracy": metrics["accuracy"]})
+
+  def write_results(self, results: dict) -> None:
+    _atomic_write(self.path / "results.json", json.dumps(results, indent=2) + "\n")
+    plot_runs([self.path], self.path / "plots")
+    if self._tb:
+      self._tb.close()
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
+  diffs = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      inner = _config_diff(a, b, prefix + key + ".")
+      if inner:
+        diffs.append(inner)
+    elif a != b:
+      diffs.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+  return "; ".join(diffs)
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def load_run(run_dir: pathlib.Path):
+  """``(config, vocab, label_names)`` of a run directory."""
+  from embedlab import text  # noqa: PLC0415
+  run_dir = pathlib.Path(run_dir)
+  config_file = run_dir / "config.json"
+  if not config_file.exists():
+    raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); train one with "
+                            f"embedlab train EXPERIMENT --workdir {run_dir}.")
+  cfg = config_lib.from_dict(json.loads(config_file.read_text()))
+  vocab = text.Vocab.load(run_dir / "vocab.txt")
+  labels = tuple(json.loads((run_dir / "labels.json").read_text()))
+  return cfg, vocab, labels
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+  path = pathlib.Path(run_dir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _NoBar:
+  def update(self, n=1):
+    pass
+
+  def set_postfix(self, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+  """A tqdm bar over training steps (step, loss, accuracy, examples/s), or a silent stand-in."""
+  if not enabled:
+    return _NoBar()
+  from tqdm.auto import tqdm  # noqa: PLC0415
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
+def plot_runs(run_dirs: list[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Writes ``loss.png`` and ``accuracy.png`` (training and dev curves) for one or more runs."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  for metric in ("loss", "accuracy"):
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for run_dir in run_dirs:
+      events = read_metrics(run_dir)
+      name = pathlib.Path(run_dir).name
+      train = [(e["step"], e[metric]) for e in events if e["event"] == "train"]
+      dev = [(e["step"], e[metric]) for e in events if e.get("split") == "dev"]
+      if train:
+        ax.plot(*zip(*train), label=f"{name} train", alpha=0.8)
+      if dev:
+        ax.plot(*zip(*dev), marker="o", label=f"{name} dev")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / f"{metric}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def compare_table(run_dirs: list[pathlib.Path]) -> str:
+  """A text table of the results of several runs."""
+  columns = ("run", "dev_accuracy", "test_accuracy", "steps", "train_seconds", "num_params")
+  rows = []
+  for run_dir in run_dirs:
+    path = pathlib.Path(run_dir) / "results.json"
+    if not path.exists():
+      raise FileNotFoundError(f"{run_dir} has no results.json (an unfinished run?).")
+    results = json.loads(path.read_text())
+    rows.append([str(run_dir)] + [_fmt(results.get(c)) for c in columns[1:]])
+  return _table(columns, rows)
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, float):
+    return f"{value:.4f}" if value <= 1 else f"{value:.1f}"
+  if isinstance(value, int):
+    return f"{value:,}"
+  return "-" if value is None else str(value)
+
+
+def _table(header, rows) -> str:
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _human_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if n < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return str(n)
+
+
+def summary_text(cfg: config_lib.Config, data, setup) -> str:
+  """What the model looks like: each table's rows x features = weights, its bytes with optimizer
+  slots and its update path, the other parameters, and the shapes at each stage for one batch."""
+  import jax  # noqa: PLC0415
+
+  table = setup.params["embed"]["table"]
+  rows, features = table.shape
+  itemsize = table.dtype.itemsize
+  if setup.table_optimizer is None:
+    state = jax.eval_shape(setup.optimizer.init, setup.params)
+    leaves = jax.tree.leaves(state)
+    slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves
+                     if tuple(x.shape) == tuple(table.shape))
+    path = f"dense optax {cfg.optim.name}"
+  else:
+    state = jax.eval_shape(setup.table_optimizer.init, table)
+    slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    path = f"row-sparse {cfg.optim.tables}"
+  if setup.frozen:
+    path += " (frozen)"
+  other = sum(math.prod(x.shape) for k, v in setup.params.items() if k != "embed"
+              for x in jax.tree.leaves(v))
+  lines = [
+      f"experiment {cfg.name}: model {cfg.model.name}, {len(data.label_names)} classes, "
+      f"train/dev/test = {len(data.train_labels):,}/{len(data.dev_labels):,}/"
+      f"{0 if data.test_labels is None else len(data.test_labels):,}",
+      f"embedding table embed/table: {rows:,} rows x {features:,} features = "
+      f"{rows * features:,} weights ({table.dtype}, {_human_bytes(rows * features * itemsize)}; "
+      f"+ optimizer slots {_human_bytes(slot_bytes)}); updates: {path}",
+      f"  rows: {len(data.vocab):,} vocabulary (0 = <pad>, 1 = <unk>)"
+      + (f" + {cfg.data.num_buckets:,} hashed n-gram buckets" if cfg.data.num_buckets else "")
+      + (f"; {setup.pretrained_found:,} from {cfg.model.pretrained} "
+         f"({cfg.model.pretrained_mode})" if cfg.model.pretrained else ""),
+      f"other parameters: {other:,} weights; total {rows * features + other:,}",
+      "shapes for one batch:",
+  ]
+  stages = setup.model.stages(cfg.train.batch_size, data.train_ids.shape[1])
+  lines += [f"  {name:<32} {shape}" for name, shape in stages]
+  return "\n".join(lines)

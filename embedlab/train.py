@@ -1,0 +1,380 @@
+"""Training: ``TrainState``, a jitted ``train_step``, evaluation, and ``train(config, workdir)``.
+
+The train state holds data only, ``TrainState(step, params, opt_state, rng)``; the step is a
+pure function jitted once with donated buffers. Metrics come back as sums plus a count so
+averages are exact. The step key is ``fold_in(rng, step)`` and batch ``k`` of epoch ``e`` is
+fixed by ``(seed, e)``, so a run resumed from a checkpoint ends bitwise equal to one that was
+never interrupted (on CPU).
+
+A non-finite loss or gradient never reaches the parameters: the step keeps the old state for
+that batch and counts it; the run then stops naming the step (or, with
+``train.skip_nonfinite=true``, goes on and reports how many batches were skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from embedlab import checkpoint as ckpt_lib
+from embedlab import config as config_lib
+from embedlab import data as data_lib
+from embedlab import models as models_lib
+from embedlab import optim as optim_lib
+from embedlab import report
+from embedlab import tables
+from embedlab import text as text_lib
+
+TABLE_PATH = "embed/table"
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient became NaN or inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything built from a config and its data before training starts."""
+
+  model: models_lib.Model
+  optimizer: optax.GradientTransformation
+  table_optimizer: Any  # a sparse.SparseOptimizer or None (dense path)
+  row_mask: Any  # bool [rows] (True = trainable) for the sparse path, or None
+  params: Any
+  pretrained_found: int
+  frozen: tuple[str, ...]
+
+
+def _metric_sums(logits, labels, weight):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {"loss": jnp.sum(losses * weight), "correct": jnp.sum(correct * weight),
+          "count": jnp.sum(weight)}
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _select(ok, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransformation, *,
+                    table_optimizer=None, row_mask=None) -> Callable:
+  """Returns ``step(state, ids, labels) -> (state, metric_sums)``, pure and unjitted.
+
+  With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
+  gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
+  parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``.
+  """
+
+  def loss_fn(params, ids, labels, rng):
+    logits = model.apply(params, ids, train=True, rng=rng)
+    sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
+    return sums["loss"] / labels.shape[0], sums
+
+  def dense_step(state, ids, labels, rng):
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, ids, labels, rng)
+    ok = jnp.isfinite(sums["loss"]) & _all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return _select(ok, params, state.params), _select(ok, opt_state, state.opt_state), ok, sums
+
+  def sparse_step(state, ids, labels, rng):
+    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    table = state.params["embed"]["table"]
+    local, local_ids = sparse_lib.localize(table, ids, models_lib.PADDING_ID)
+    dense = {k: v for k, v in state.params.items() if k != "embed"}
+
+    def split_loss(dense, local_table):
+      return loss_fn({**dense, "embed": {"table": local_table}}, local_ids, labels, rng)
+
+    (_, sums), (g_dense, g_rows) = jax.value_and_grad(split_loss, argnums=(0, 1), has_aux=True)(
+        dense, local["table"])
+    row_grads = g_rows[1:]
+    ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
+    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
+    dense = _select(ok, optax.apply_updates(dense, updates), dense)
+    dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
+    # a bad batch touches no row: all its ids become padding, which is never updated
+    flat_ids = jnp.where(ok, ids.reshape(-1), models_lib.PADDING_ID)
+    row_grads = jnp.where(ok, row_grads, 0)
+    table, table_opt = table_optimizer.update(table, state.opt_state["table"], flat_ids,
+                                              row_grads, row_mask=row_mask)
+    params = {**dense, "embed": {**state.params["embed"], "table": table}}
+    return params, {"dense": dense_opt, "table": table_opt}, ok, sums
+
+  def step(state, ids, labels):
+    rng = jax.random.fold_in(state.rng, state.step)
+    inner = dense_step if table_optimizer is None else sparse_step
+    params, opt_state, ok, sums = inner(state, ids, labels, rng)
+    sums = {**sums, "nonfinite": 1 - ok.astype(jnp.float32),
+            "first_nonfinite": jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step)}
+    return TrainState(state.step + 1, params, opt_state, state.rng), sums
+
+  return step
+
+
+def make_eval_step(model: models_lib.Model) -> Callable:
+  """Returns ``eval_step(params, ids, labels, mask) -> metric sums`` for one padded batch."""
+
+  def eval_step(params, ids, labels, mask):
+    logits = model.apply(params, ids, train=False)
+    return _metric_sums(logits, labels, mask.astype(jnp.float32))
+
+  return eval_step
+
+
+def evaluate(eval_step, params, ids, labels, batch_size: int) -> dict[str, float]:
+  """Accuracy and mean loss over a whole split, in fixed-size batches (one compilation)."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  for batch_ids, batch_labels, mask in data_lib.eval_batches(ids, labels, batch_size):
+    sums = eval_step(params, batch_ids, batch_labels, mask)
+    for k in totals:
+      totals[k] += float(sums[k])
+  count = max(totals["count"], 1.0)
+  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+          "count": int(totals["count"])}
+
+
+def _accumulate(acc, sums):
+  if acc is None:
+    return sums
+  out = jax.tree.map(jnp.add, acc, sums)
+  out["first_nonfinite"] = jnp.minimum(acc["first_nonfinite"], sums["first_nonfinite"])
+  return out
+
+
+def total_steps(cfg: config_lib.Config, num_train: int) -> tuple[int, int]:
+  """``(steps_per_epoch, total_steps)`` of a config for ``num_train`` examples."""
+  per_epoch = num_train // cfg.train.batch_size
+  if per_epoch == 0:
+    raise config_lib.ConfigError(
+        f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+        f"({num_train} examples); lower it, e.g. --set train.batch_size={max(num_train, 1)}.")
+  steps = cfg.train.num_steps or math.ceil(cfg.train.num_epochs * per_epoch)
+  return per_epoch, steps
+
+
+def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Setup:
+  """The model, its initial params and its optimizer(s) for a config and its data."""
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
+  pretrained, found = None, None
+  if cfg.model.pretrained:
+    pretrained, found = _load_pretrained(cfg, data, jax.random.fold_in(key, 1))
+  model = models_lib.make_model(cfg.model, data.num_embeddings, len(data.label_names),
+                                pretrained)
+  params = model.init(key)
+  frozen, row_masks = [], {}
+  mode = cfg.model.pretrained_mode
+  if pretrained is not None and mode == "freeze":
+    frozen.append(TABLE_PATH)
+  elif pretrained is not None and mode == "freeze_found":
+    row_masks[TABLE_PATH] = ~found
+  table_optimizer, row_mask = None, None
+  if cfg.optim.tables != "dense":
+    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    row_mask = row_masks.pop(TABLE_PATH, None)
+    if TABLE_PATH in frozen:
+      frozen.remove(TABLE_PATH)
+      row_mask = np.zeros(data.num_embeddings, bool)
+    row_mask = None if row_mask is None else jnp.asarray(row_mask)
+    schedule = optim_lib.make_schedule(cfg.optim.schedule, cfg.optim.learning_rate, steps,
+                                       cfg.optim.warmup_steps)
+    table_optimizer = sparse_lib.make_sparse_optimizer(cfg.optim.tables, schedule,
+                                                       weight_decay=cfg.optim.weight_decay)
+    dense = {k: v for k, v in params.items() if k != "embed"}
+    optimizer = optim_lib.make_optimizer(cfg.optim, dense, steps)
+  else:
+    optimizer = optim_lib.make_optimizer(cfg.optim, params, steps, frozen=frozen,
+                                         row_masks=row_masks)
+  return Setup(model, optimizer, table_optimizer, row_mask, params,
+               0 if found is None else int(found.sum()), tuple(frozen))
+
+
+def _load_pretrained(cfg, data, key):
+  from embedlab import pretrained as pretrained_lib  # noqa: PLC0415 - only when configured
+  tokens = list(data.vocab.tokens) + [f"<bucket {i}>" for i in range(data.num_embeddings -
+                                                                        len(data.vocab))]
+  params, found = pretrained_lib.load_vectors(data_lib.resolve(cfg.model.pretrained), tokens,
+                                              key=key, padding_id=models_lib.PADDING_ID)
+  table = params["table"]
+  if table.shape[1] != cfg.model.features:
+    raise config_lib.ConfigError(
+        f"model.pretrained {cfg.model.pretrained} has {table.shape[1]} features but "
+        f"model.features={cfg.model.features}; set --set model.features={table.shape[1]}.")
+  return np.asarray(table), np.asarray(found, bool)
+
+
+def init_state(cfg: config_lib.Config, setup: Setup) -> TrainState:
+  params = setup.params
+  if setup.table_optimizer is None:
+    opt_state = setup.optimizer.init(params)
+  else:
+    dense = {k: v for k, v in params.items() if k != "embed"}
+    opt_state = {"dense": setup.optimizer.init(dense),
+                 "table": setup.table_optimizer.init(params["embed"]["table"])}
+  rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+  return TrainState(jnp.array(0, jnp.int32), params, opt_state, rng)
+
+
+def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool = False,
+          progress: bool | None = None, echo: Callable[[str], None] = print) -> dict:
+  """Trains, evaluates and saves one experiment in ``workdir``; resumes if it holds a run.
+
+  Returns the results dict also written to ``workdir/results.json``.
+  """
+  run = report.RunDir(pathlib.Path(workdir), cfg, restart=restart)
+  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  run.save_vocab(data.vocab, data.label_names)
+  per_epoch, steps = total_steps(cfg, len(data.train_labels))
+  setup = build(cfg, data, steps)
+  checkpoints = ckpt_lib.Checkpoints(run.path, cfg.train.keep_checkpoints)
+  state, meta = init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
+                                         "skipped_nonfinite": 0, "train_seconds": 0.0}
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    _, state, meta = restored
+    echo(f"resuming {run.path} from step {int(state.step)}")
+  run.truncate_metrics(int(state.step))
+  echo(report.summary_text(cfg, data, setup))
+  step_fn = jax.jit(make_train_step(setup.model, setup.optimizer,
+                                    table_optimizer=setup.table_optimizer,
+                                    row_mask=setup.row_mask), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(setup.model))
+  every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
+  bar = report.progress_bar(steps, int(state.step), cfg.train.progress if progress is None
+                            else progress)
+  acc, order_epoch, order = None, -1, None
+  prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
+  while int(state.step) < steps:
+    step = int(state.step)
+    epoch, index = divmod(step, per_epoch)
+    if epoch != order_epoch:
+      order = data_lib.batch_indices(
+          len(data.train_labels), cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+          lengths=data.train_lengths if cfg.data.bucket_by_length else None)
+      order_epoch = epoch
+    rows = order[index]
+    state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
+    acc = _accumulate(acc, sums)
+    bar.update(1)
+    done = step + 1
+    save = done % every_ckpt == 0 or done == steps
+    if done % cfg.train.log_every == 0 or save:
+      meta["skipped_nonfinite"] += _check_finite(acc, cfg, done)
+      run.log_train(done, acc, bar)
+      acc = None
+    if done % cfg.train.eval_every == 0 or done == steps:
+      _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, done)
+    if save:
+      meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
+      checkpoints.save_latest(done, state, meta)
+  bar.close()
+  results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps)
+  checkpoints.close()
+  return results
+
+
+def _check_finite(acc, cfg, step) -> int:
+  bad = int(acc["nonfinite"])
+  if bad and not cfg.train.skip_nonfinite:
+    first = int(acc["first_nonfinite"])
+    raise NonFiniteError(
+        f"train: the loss or a gradient was NaN/inf at step {first} ({bad} batch(es) up to step "
+        f"{step}); those updates were not applied and the last good checkpoint is kept. Lower "
+        f"optim.learning_rate, set optim.clip_norm, or --set train.skip_nonfinite=true to skip "
+        f"such batches.")
+  return bad
+
+
+def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
+  dev = evaluate(eval_step, state.params, data.dev_ids, data.dev_labels,
+                 cfg.train.eval_batch_size)
+  run.log_eval(step, "dev", dev)
+  best = (meta["best_dev_accuracy"], -meta.get("best_dev_loss", math.inf))
+  if (dev["accuracy"], -dev["loss"]) > best:  # ties in accuracy go to the lower loss
+    meta["best_dev_accuracy"], meta["best_step"] = dev["accuracy"], step
+    meta["best_dev_loss"] = dev["loss"]
+    checkpoints.save_best(step, state.params, {"dev_accuracy": dev["accuracy"]})
+
+
+def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps):
+  best = checkpoints.restore_best(state.params)
+  params = best[1] if best is not None else state.params
+  results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
+             "dev_accuracy": meta["best_dev_accuracy"],
+             "train_seconds": round(meta["train_seconds"], 3),
+             "num_params": tables.num_params(state.params),
+             "num_embeddings": int(data.num_embeddings), "features": cfg.model.features,
+             "skipped_nonfinite": meta["skipped_nonfinite"],
+             "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
+             "pretrained_rows_found": setup.pretrained_found,
+             "table_update": cfg.optim.tables}
+  if data.test_ids is not None:
+    test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
+    run.log_eval(steps, "test", test)
+    results["test_accuracy"] = test["accuracy"]
+    results["test_loss"] = test["loss"]
+  run.write_results(results)
+  return results
+
+
+def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
+  """Labels and probabilities for raw texts, with the best parameters of a finished run."""
+  run_dir = pathlib.Path(run_dir)
+  cfg, vocab, label_names = report.load_run(run_dir)
+  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
+  ids = text_lib.encode(text_lib.tokenize_many(texts, cfg.data.lowercase), vocab,
+                        max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
+                        num_buckets=cfg.data.num_buckets)
+  probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))
+  return [{"text": t, "label": label_names[int(p.argmax())],
+           "probabilities": {n: round(float(q), 4) for n, q in zip(label_names, p)}}
+          for t, p in zip(texts, probs)]
+
+
+def evaluate_run(run_dir: str | pathlib.Path, split: str = "test") -> dict[str, float]:
+  """Re-evaluates the best parameters of a run on one of its data splits."""
+  run_dir = pathlib.Path(run_dir)
+  cfg, vocab, label_names = report.load_run(run_dir)
+  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
+  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  ids, labels = {"train": (data.train_ids, data.train_labels),
+                 "dev": (data.dev_ids, data.dev_labels),
+                 "test": (data.test_ids, data.test_labels)}[split]
+  if ids is None:
+    raise ValueError(f"eval: the run's data has no {split!r} split.")
+  return evaluate(jax.jit(make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
+
+
+def _restore_for_eval(run_dir, cfg, vocab, label_names):
+  num_embeddings = len(vocab) + cfg.data.num_buckets
+  model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
+  target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
+  checkpoints = ckpt_lib.Checkpoints(run_dir)
+  restored = checkpoints.restore_best(target) or None
+  checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"{run_dir} holds no best checkpoint; train it first "
+                            f"(embedlab train EXPERIMENT --workdir {run_dir}).")
+  return model, restored[1]
