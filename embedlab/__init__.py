@@ -17,9 +17,21 @@ from embedlab.tables import (
     renorm_rows,
 )
 
+from embedlab.pretrained import load_vectors, read_vectors, save_vectors
+from embedlab.optim import freeze, freeze_rows, path_mask
+from embedlab.flax_adapter import Embed, LinenEmbed
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Embed",
+    "LinenEmbed",
+    "freeze",
+    "freeze_rows",
+    "load_vectors",
+    "path_mask",
+    "read_vectors",
+    "save_vectors",
     "INIT_NAMES",
     "TableSummary",
     "attend",

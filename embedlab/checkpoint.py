@@ -84,6 +84,17 @@ class Checkpoints:
                     manager.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
     return None
 
+  def read(self, which: str = "latest", step: int | None = None) -> tuple[int, Any, dict]:
+    """``(step, tree, meta)`` of a checkpoint read without a target (state fields as a dict of
+    arrays), for inspection and tests. ``which`` is ``latest`` or ``best``."""
+    manager = {"latest": self.latest, "best": self.best}[which]
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"checkpoint: {manager.directory} holds no checkpoint.")
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+    return step, out["state"], dict(out["meta"])
+
   def close(self) -> None:
     self.latest.close()
     self.best.close()

@@ -363,7 +363,10 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
                        f"got {np.shape(weights)}.")
     w = jnp.asarray(weights).astype(dtype) * mask.astype(dtype)
   if segment_ids is None:
-    return _pool_padded(vecs, w, mask, mode)
+    # The pooling strategy (embedlab/pooling.py) gathers from the table itself; under jit the
+    # [B, L, D] gather above is then dead code and removed.
+    from embedlab import pooling  # pylint: disable=import-outside-toplevel
+    return pooling.pool_padded(table, ids, w, mask, mode, compute_dtype=compute_dtype)
   segment_ids = jnp.asarray(segment_ids)
   return _pool_ragged(vecs, w, mask, segment_ids, int(num_bags), mode)
 

@@ -1,0 +1,832 @@
+"""Data sources, splits, encoding (cached on disk) and batch index iterators. numpy only.
+
+The flow is ``DataConfig -> load_splits -> encode_splits -> batch_indices / eval_batches``:
+
+* ``load_splits`` reads texts and labels from one of four sources (``files``: local csv / tsv /
+  jsonl / parquet files through Hugging Face ``datasets``; ``disk``: ``load_from_disk``; ``hub``:
+  ``load_dataset``; ``synthetic``: generated here with a planted topic structure), maps labels to
+  ids, carves a dev split out of train when asked and truncates to ``max_examples``.
+* ``encode_splits`` tokenizes, builds the vocabulary on train only and encodes every split to a
+  padded int32 id matrix, caching the result keyed by the config, the seed and the input files.
+* ``batch_indices`` gives the example indices of every training batch of an epoch,
+  deterministically from ``(seed, epoch)``, so a run can restart at any step; ``eval_batches``
+  yields fixed-size, masked evaluation batches so a jitted eval step compiles once.
+
+Example:
+  >>> from embedlab.config import DataConfig
+  >>> from embedlab import data
+  >>> cfg = DataConfig(source="synthetic", synthetic_train_size=64, synthetic_eval_size=16)
+  >>> d = data.encode_splits(cfg, seed=0, cache=False)
+  >>> d.train_ids.shape, d.label_names, d.num_embeddings == len(d.vocab)
+  ((64, 64), ('0', '1', '2', '3'), True)
+  >>> data.batch_indices(len(d.train_ids), 32, seed=0, epoch=0).shape
+  (2, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+import warnings
+from typing import Any, Iterator
+
+import numpy as np
+
+from embedlab import text as text_lib
+from embedlab.config import DataConfig
+
+# Bump when tokenizing, vocabulary building or encoding changes, so stale caches are not used.
+CODE_VERSION = "embedlab-data-1"
+
+_DEV_NAMES = ("dev", "validation", "valid", "val")
+_SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json",
+                   ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
+_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}
+
+
+class DataError(ValueError):
+  """Data that cannot be read or used: a missing file or column, a bad row, an unknown label."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def data_dir() -> pathlib.Path:
+  """The directory relative data paths are resolved against.
+
+  ``$EMBEDLAB_DATA`` if set; otherwise ``../shared/data`` (relative to the current directory) if
+  that directory exists; otherwise ``~/.cache/embedlab/data``.
+
+  Returns:
+    An absolute path (which may not exist).
+
+  Example:
+    >>> import os; os.environ["EMBEDLAB_DATA"] = "/tmp/d"; str(data_dir())
+    '/tmp/d'
+    >>> del os.environ["EMBEDLAB_DATA"]
+  """
+  env = os.environ.get("EMBEDLAB_DATA")
+  if env:
+    return pathlib.Path(env).expanduser().absolute()
+  shared = pathlib.Path.cwd().parent / "shared" / "data"
+  if shared.is_dir():
+    return shared
+  return pathlib.Path("~/.cache/embedlab/data").expanduser().absolute()
+
+
+def resolve(path: str | os.PathLike) -> pathlib.Path:
+  """An absolute path stays as it is; a relative one is taken under ``data_dir()``.
+
+  Example:
+    >>> str(resolve("/abs/train.tsv"))
+    '/abs/train.tsv'
+  """
+  p = pathlib.Path(path).expanduser()
+  return p if p.is_absolute() else data_dir() / p
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One split of a data set.
+
+  Attributes:
+    texts: the raw texts.
+    labels: int32 ``[N]`` label ids (indices into ``label_names``).
+    source: where it came from (a file path, a directory and split name, ...).
+    skipped: rows skipped as malformed (only with ``skip_bad_rows``).
+  """
+
+  texts: tuple[str, ...]
+  labels: np.ndarray
+  source: str = ""
+  skipped: int = 0
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  def take(self, indices: np.ndarray) -> "Split":
+    """The rows at ``indices``, in that order."""
+    return dataclasses.replace(self, texts=tuple(self.texts[i] for i in indices),
+                               labels=self.labels[indices])
+
+
+@dataclasses.dataclass
+class _RawSplit:
+  """A split as read, labels still strings (``None`` only for unlabelled rows of hub data)."""
+
+  texts: list[str]
+  labels: list[Any]
+  source: str
+  skipped: int = 0
+  label_names: tuple[str, ...] | None = None  # from a datasets ClassLabel feature
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str, ...]]:
+  """Reads the splits ``cfg`` names and maps their labels to ids.
+
+  Label names are the distinct labels of the whole train split as strings, sorted (numerically
+  when all are integers, so "2" < "10"); a ``ClassLabel`` feature keeps its own names and order.
+  Without a dev split, ``cfg.dev_fraction`` of train (a permutation from
+  ``np.random.default_rng(seed)``) becomes dev and the rest, in permuted order, train.
+  ``cfg.max_examples`` then keeps the first rows of every split.
+
+  Args:
+    cfg: the data config.
+    seed: seeds the dev carve-out and synthetic data.
+
+  Returns:
+    ``(splits, label_names)``: ``splits`` has "train", "dev" and, when there is one, "test"
+    (only a data set with neither dev nor test has no "dev").
+
+  Raises:
+    DataError: missing files or columns, malformed rows (unless ``cfg.skip_bad_rows``), a dev or
+      test label not seen in train, or a test split without a dev split and no ``dev_fraction``.
+
+  Example:
+    >>> cfg = DataConfig(synthetic_train_size=8, synthetic_eval_size=4)
+    >>> splits, names = load_splits(cfg, seed=0)
+    >>> sorted(splits), len(splits["dev"]), names
+    (['dev', 'test', 'train'], 4, ('0', '1', '2', '3'))
+  """
+  if cfg.source == "synthetic":
+    splits = synthetic_splits(cfg, seed)
+    names = tuple(str(t) for t in range(cfg.synthetic_topics))
+  else:
+    raw = _load_raw(cfg)
+    names = _label_names(raw["train"])
+    splits = {name: _to_split(r, names) for name, r in raw.items()}
+  splits = _carve_dev(splits, cfg, seed)
+  if cfg.max_examples > 0:
+    splits = {k: s.take(np.arange(min(len(s), cfg.max_examples))) for k, s in splits.items()}
+  return splits, names
+
+
+def _load_raw(cfg: DataConfig) -> dict[str, _RawSplit]:
+  if cfg.source == "files":
+    if not cfg.train:
+      raise DataError("data: data.source = 'files' needs data.train (a file under the data "
+                      f"directory {data_dir()}, e.g. sst2/train.tsv.gz).")
+    return {name: _read_file(resolve(getattr(cfg, name)), cfg, name)
+            for name in ("train", "dev", "test") if getattr(cfg, name)}
+  if cfg.source == "disk":
+    return _load_disk(cfg)
+  if cfg.source == "hub":
+    return _load_hub(cfg)
+  raise DataError(f"data: data.source = {cfg.source!r} is not one of synthetic, files, disk, hub.")
+
+
+def _label_names(train: _RawSplit) -> tuple[str, ...]:
+  if train.label_names is not None:
+    return train.label_names
+  distinct = set(train.labels)
+  if not distinct:
+    raise DataError(f"data: {train.source} has no labelled rows.")
+  if all(re.fullmatch(r"[+-]?\d+", s) for s in distinct):
+    return tuple(sorted(distinct, key=int))
+  return tuple(sorted(distinct))
+
+
+def _to_split(raw: _RawSplit, names: tuple[str, ...]) -> Split:
+  index = {name: i for i, name in enumerate(names)}
+  ids = np.fromiter((index.get(label, -1) for label in raw.labels), dtype=np.int32,
+                    count=len(raw.labels))
+  unknown = np.flatnonzero(ids < 0)
+  if unknown.size:
+    first = int(unknown[0])
+    raise DataError(f"data: {raw.source}, row {first + 1}: label {raw.labels[first]!r} does not "
+                    f"occur in train (known labels: {', '.join(names)}; {unknown.size} rows "
+                    "have unknown labels). Fix the label, or use a train file with every class.")
+  return Split(tuple(raw.texts), ids, raw.source, raw.skipped)
+
+
+def _carve_dev(splits: dict[str, Split], cfg: DataConfig, seed: int) -> dict[str, Split]:
+  if "dev" in splits:
+    if cfg.dev_fraction > 0:
+      raise DataError(f"data: data.dev_fraction = {cfg.dev_fraction} but the data has a dev "
+                      f"split ({splits['dev'].source}); set data.dev_fraction=0 to use it, or "
+                      "drop the dev file to carve dev out of train.")
+    return splits
+  if cfg.dev_fraction > 0:
+    train = splits["train"]
+    num_dev = int(round(len(train) * cfg.dev_fraction))
+    if not 0 < num_dev < len(train):
+      raise DataError(f"data: data.dev_fraction = {cfg.dev_fraction} of {len(train)} train rows "
+                      f"({train.source}) leaves {num_dev} dev rows; use a fraction that leaves "
+                      "both splits non-empty.")
+    perm = np.random.default_rng(seed).permutation(len(train))
+    out = dict(splits)
+    out["dev"] = dataclasses.replace(train.take(perm[:num_dev]), skipped=0,
+                                     source=f"{train.source} (dev_fraction={cfg.dev_fraction})")
+    out["train"] = train.take(perm[num_dev:])
+    return out
+  if "test" in splits:
+    raise DataError(f"data: there is no dev split (train: {splits['train'].source}, test: "
+                    f"{splits['test'].source}) and data.dev_fraction = 0. Tuning on test overfits "
+                    "it: set data.dev_fraction=0.1 to carve dev out of train, or name a dev file "
+                    "with data.dev=...")
+  return splits
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _file_format(path: pathlib.Path, fmt: str) -> str:
+  if fmt != "auto":
+    return fmt
+  suffixes = [s.lower() for s in path.suffixes]
+  if suffixes and suffixes[-1] == ".gz":
+    suffixes = suffixes[:-1]
+  found = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+  if found is None:
+    raise DataError(f"data: cannot tell the format of {path} from its name (known endings: "
+                    f"{', '.join(sorted(_SUFFIX_FORMATS))}, optionally + .gz); set "
+                    "data.format=csv|tsv|json|parquet.")
+  return found
+
+
+def _is_empty(path: pathlib.Path) -> bool:
+  if path.stat().st_size == 0:
+    return True
+  if path.suffix.lower() == ".gz":
+    import gzip  # pylint: disable=import-outside-toplevel
+    with gzip.open(path, "rb") as f:
+      return not f.read(4096).strip()
+  return False
+
+
+def _read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> _RawSplit:
+  """Reads one csv / tsv / json / parquet file through ``datasets.load_dataset``."""
+  if not path.is_file():
+    raise DataError(f"data: data.{split} = {getattr(cfg, split)!r}: file {path} not found "
+                    f"(relative paths are under the data directory {data_dir()}; set "
+                    "EMBEDLAB_DATA or give an absolute path).")
+  fmt = _file_format(path, cfg.format)
+  if fmt != "parquet" and _is_empty(path):
+    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
+                    f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
+  kwargs: dict[str, Any] = {}
+  if fmt in ("csv", "tsv"):
+    # Strings as they are: no "NA" -> NaN, no 1 -> 1.0 when a label is missing.
+    kwargs = dict(na_filter=False, converters={cfg.text_column: str, cfg.label_column: str})
+    if fmt == "tsv":
+      kwargs.update(delimiter="\t", quoting=3)  # csv.QUOTE_NONE
+  ds, skipped = _load_file_dataset(path, fmt, kwargs, cfg.skip_bad_rows)
+  return _raw_from_dataset(ds, cfg, str(path), skipped, allow_unlabelled=False)
+
+
+def _load_file_dataset(path: pathlib.Path, fmt: str, kwargs: dict[str, Any],
+                       skip_bad_rows: bool):
+  """``(dataset, rows skipped)``; malformed rows raise or, with ``skip_bad_rows``, are counted."""
+  import datasets  # pylint: disable=import-outside-toplevel
+  datasets.disable_progress_bars()
+
+  def load(file, cache_dir=None, **extra):
+    return datasets.load_dataset(_BUILDERS[fmt], data_files={"train": str(file)}, split="train",
+                                 cache_dir=cache_dir, **kwargs, **extra)
+
+  try:
+    return load(path), 0
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  parser_error = _find_cause(error, "ParserError")
+  if parser_error is not None:
+    line = _line_of(str(parser_error))
+    if skip_bad_rows and "Expected" in str(parser_error):
+      # A fresh cache directory, so pandas parses again and reports every skipped line.
+      with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load(path, cache_dir=tmp, on_bad_lines="warn", keep_in_memory=True)
+      skipped = sum(str(w.message).count("Skipping line") for w in caught)
+      return ds, skipped
+    raise DataError(f"data: {path}, line {line}: malformed row ({str(parser_error).strip()}). "
+                    "Fix the row, or set data.skip_bad_rows=true to skip such rows (they are "
+                    "counted).") from error
+  if fmt == "json":
+    bad = _bad_json_lines(path)
+    if bad and skip_bad_rows:
+      with tempfile.TemporaryDirectory() as tmp:
+        good = pathlib.Path(tmp, "good.jsonl")
+        lines = _read_text(path).split("\n")
+        skip = set(bad)
+        good.write_text("\n".join(l for i, l in enumerate(lines, 1) if i not in skip),
+                        encoding="utf-8")
+        return load(good, cache_dir=tmp, keep_in_memory=True), len(bad)
+    if bad:
+      raise DataError(f"data: {path}, line {bad[0]}: malformed JSON row ({len(bad)} bad lines in "
+                      "all). Fix the row, or set data.skip_bad_rows=true to skip such rows (they "
+                      "are counted).") from error
+  if "corresponds to no data" in str(error):
+    raise DataError(f"data: {path} has no data rows (only a header?).") from error
+  if _find_cause(error, "EmptyDataError") is not None:
+    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row.") from error
+  raise DataError(f"data: could not read {path} as {fmt} through datasets.load_dataset "
+                  f"({type(error).__name__}: {error}). Check the file, or set data.format to "
+                  "the right one of csv, tsv, json, parquet.") from error
+
+
+def _find_cause(error: BaseException, type_name: str) -> BaseException | None:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if any(t.__name__ == type_name for t in type(error).__mro__):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _line_of(message: str) -> str:
+  m = re.search(r"(?:line|row) (\d+)", message)
+  return m.group(1) if m else "?"
+
+
+def _read_text(path: pathlib.Path) -> str:
+  if path.suffix.lower() == ".gz":
+    import gzip  # pylint: disable=import-outside-toplevel
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      return f.read()
+  return path.read_text(encoding="utf-8")
+
+
+def _bad_json_lines(path: pathlib.Path) -> list[int]:
+  """1-based numbers of the lines of a JSON-lines file that are not JSON objects."""
+  bad = []
+  for i, line in enumerate(_read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      ok = isinstance(json.loads(line), dict)
+    except ValueError:
+      ok = False
+    if not ok:
+      bad.append(i)
+  return bad
+
+
+def _column(ds, name: str) -> list[Any]:
+  import datasets  # pylint: disable=import-outside-toplevel
+  if isinstance(ds.features[name], datasets.Value):
+    return ds.with_format("arrow")[name].to_pylist()  # 10x faster than list(ds[name])
+  return list(ds[name])
+
+
+def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int,
+                      allow_unlabelled: bool) -> _RawSplit:
+  """Texts and string labels of a ``datasets.Dataset``; checks columns and missing values."""
+  import datasets  # pylint: disable=import-outside-toplevel
+  missing = [c for c in (cfg.text_column, cfg.label_column) if c not in ds.column_names]
+  if missing:
+    raise DataError(f"data: {source} has no column {missing[0]!r} (columns: "
+                    f"{', '.join(ds.column_names)}); set data.text_column / data.label_column.")
+  if len(ds) == 0:
+    raise DataError(f"data: {source} has no rows.")
+  texts = _column(ds, cfg.text_column)
+  labels = _column(ds, cfg.label_column)
+  feature = ds.features[cfg.label_column]
+  names = None
+  if isinstance(feature, datasets.ClassLabel):
+    names = tuple(feature.names)
+    labels = [names[l] if l is not None and 0 <= l < len(names) else None for l in labels]
+  else:
+    labels = [None if l is None else str(l).strip() for l in labels]
+    labels = [l if l else None for l in labels]
+  bad = [i for i, (t, l) in enumerate(zip(texts, labels)) if l is None or t is None]
+  if bad and allow_unlabelled and len(bad) == len(labels):
+    return _RawSplit([], [], source + " (unlabelled)", 0, names)
+  if bad and not cfg.skip_bad_rows:
+    i = bad[0]
+    what = "label" if labels[i] is None else "text"
+    raise DataError(f"data: {source}, row {i + 1}: missing {what} ({cfg.label_column!r} = "
+                    f"{labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
+                    "a missing label or text. Fix them, or set data.skip_bad_rows=true to skip "
+                    "such rows (they are counted).")
+  if bad:
+    drop = set(bad)
+    texts = [t for i, t in enumerate(texts) if i not in drop]
+    labels = [l for i, l in enumerate(labels) if i not in drop]
+  texts = [t if isinstance(t, str) else str(t) for t in texts]
+  return _RawSplit(texts, labels, source, skipped + len(bad), names)
+
+
+# ----------------------------------------------------------------------------- disk / hub
+
+
+def _splits_of(obj, cfg: DataConfig, where: str) -> dict[str, _RawSplit]:
+  import datasets  # pylint: disable=import-outside-toplevel
+  if isinstance(obj, datasets.Dataset):
+    return {"train": _raw_from_dataset(obj, cfg, where, 0, allow_unlabelled=False)}
+  keys = list(obj.keys())
+  if "train" not in keys:
+    raise DataError(f"data: {where} has splits {keys} but no 'train' split.")
+  out = {"train": _raw_from_dataset(obj["train"], cfg, f"{where}[train]", 0, False)}
+  dev_key = next((k for k in _DEV_NAMES if k in keys), None)
+  for name, key in (("dev", dev_key), ("test", "test" if "test" in keys else None)):
+    if key is not None:
+      raw = _raw_from_dataset(obj[key], cfg, f"{where}[{key}]", 0, allow_unlabelled=True)
+      if raw.texts:  # an all-unlabelled split (GLUE test: label -1) is left out
+        out[name] = raw
+  return out
+
+
+def _load_disk(cfg: DataConfig) -> dict[str, _RawSplit]:
+  import datasets  # pylint: disable=import-outside-toplevel
+  path = resolve(cfg.path)
+  if not path.exists():
+    raise DataError(f"data: data.path = {cfg.path!r}: directory {path} not found (write it with "
+                    "Dataset.save_to_disk / DatasetDict.save_to_disk; relative paths are under "
+                    f"{data_dir()}).")
+  try:
+    obj = datasets.load_from_disk(str(path))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"data: could not load {path} with datasets.load_from_disk ({e}); it must "
+                    "be a directory written by Dataset.save_to_disk.") from e
+  return _splits_of(obj, cfg, str(path))
+
+
+def _hub_error(name: str) -> DataError:
+  return DataError(
+      f"data: could not load {name!r} from the Hugging Face hub (offline?). Download it where "
+      "you have network and save it with Dataset.save_to_disk, then set data.source=disk "
+      "data.path=DIR; or point data.source=files data.train=... at local csv/tsv/jsonl/parquet "
+      "files.")
+
+
+def _load_hub(cfg: DataConfig) -> dict[str, _RawSplit]:
+  """``datasets.load_dataset(path)``; ``path`` may name a config as ``name:config`` (glue:sst2)."""
+  import datasets  # pylint: disable=import-outside-toplevel
+  offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+  if offline:
+    raise _hub_error(cfg.path)
+  name, _, config_name = cfg.path.partition(":")
+  try:
+    obj = datasets.load_dataset(name, config_name or None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _hub_error(cfg.path) from e
+  return _splits_of(obj, cfg, f"hub:{cfg.path}")
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def _synthetic_vocab(cfg: DataConfig) -> list[str]:
+  words = [f"t{t}_w{j}" for t in range(cfg.synthetic_topics)
+           for j in range(cfg.synthetic_words_per_topic)]
+  return words + [f"s{j}" for j in range(cfg.synthetic_shared_words)]
+
+
+def synthetic_word_topics(cfg: DataConfig) -> dict[str, int]:
+  """The planted truth of ``synthetic_splits``: each word's topic (= class), -1 for shared words.
+
+  Example:
+    >>> truth = synthetic_word_topics(DataConfig(synthetic_topics=2, synthetic_words_per_topic=3,
+    ...                                          synthetic_shared_words=2))
+    >>> truth
+    {'t0_w0': 0, 't0_w1': 0, 't0_w2': 0, 't1_w0': 1, 't1_w1': 1, 't1_w2': 1, 's0': -1, 's1': -1}
+  """
+  per = cfg.synthetic_words_per_topic
+  return {w: (i // per if i < cfg.synthetic_topics * per else -1)
+          for i, w in enumerate(_synthetic_vocab(cfg))}
+
+
+# Of a document's tokens, about this share come from its own topic's words, this share from the
+# other topics' words (so single words are evidence, not proof), and the rest from shared words.
+_OWN_TOPIC_SHARE = 0.35
+_OTHER_TOPIC_SHARE = 0.10
+
+
+def synthetic_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
+  """Generates train / dev / test documents with a planted topic structure.
+
+  Each class is a latent topic with ``synthetic_words_per_topic`` words ``t{topic}_w{j}``; there
+  are ``synthetic_shared_words`` shared words ``s{j}`` with Zipf frequencies. A document of
+  class c has ``synthetic_length // 2 .. synthetic_length * 3 // 2`` tokens: about 35% drawn
+  uniformly from topic c's words, 10% from the other topics' words, the rest shared words.
+  A bag-of-words model reaches ~95%+ accuracy, but needs to learn which words carry the topic.
+
+  Args:
+    cfg: sizes come from the ``synthetic_*`` fields.
+    seed: the same seed gives the same documents; each split has its own random stream.
+
+  Returns:
+    ``{"train", "dev", "test"}`` splits; labels are topic ids.
+
+  Example:
+    >>> s = synthetic_splits(DataConfig(synthetic_train_size=3, synthetic_eval_size=2), seed=1)
+    >>> len(s["train"]), len(s["dev"]), s["train"].labels.dtype
+    (3, 2, dtype('int32'))
+  """
+  topics, per = cfg.synthetic_topics, cfg.synthetic_words_per_topic
+  num_shared = cfg.synthetic_shared_words
+  words = np.array(_synthetic_vocab(cfg), dtype=object)
+  shared_p = 1.0 / np.arange(1, num_shared + 1)
+  shared_p /= shared_p.sum() if num_shared else 1.0
+  sizes = {"train": cfg.synthetic_train_size, "dev": cfg.synthetic_eval_size,
+           "test": cfg.synthetic_eval_size}
+  out = {}
+  for stream, (name, size) in enumerate(sizes.items()):
+    rng = np.random.default_rng([seed, stream])
+    labels = rng.integers(0, topics, size=size).astype(np.int32)
+    low = max(1, cfg.synthetic_length // 2)
+    lengths = rng.integers(low, max(low, cfg.synthetic_length * 3 // 2) + 1, size=size)
+    label_of_token = np.repeat(labels, lengths)
+    total = len(label_of_token)
+    u = rng.random(total)
+    topic = label_of_token
+    if topics > 1:
+      other = (u >= _OWN_TOPIC_SHARE) & (u < _OWN_TOPIC_SHARE + _OTHER_TOPIC_SHARE)
+      shift = rng.integers(1, topics, size=total)
+      topic = np.where(other, (label_of_token + shift) % topics, label_of_token)
+    idx = topic * per + rng.integers(0, per, size=total)
+    if num_shared:  # without shared words the rest comes from the document's own topic
+      shared = u >= _OWN_TOPIC_SHARE + _OTHER_TOPIC_SHARE
+      idx = np.where(shared, topics * per + rng.choice(num_shared, size=total, p=shared_p), idx)
+    tokens = words[idx]
+    ends = np.cumsum(lengths)
+    texts = tuple(" ".join(tokens[e - n:e]) for e, n in zip(ends, lengths))
+    out[name] = Split(texts, labels, f"synthetic[{name}, seed={seed}]")
+  return out
+
+
+# ----------------------------------------------------------------------------- encoding + cache
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedData:
+  """Every split as padded int32 ids (see ``embedlab.text.encode`` for the row layout).
+
+  Attributes:
+    train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams]``; ``dev_ids`` is None only for
+      data with neither dev nor test, ``test_ids`` when there is no test split.
+    train_labels, dev_labels, test_labels: int32 ``[N]`` (None with the ids).
+    vocab: the vocabulary, built on train.
+    label_names: class names; label id i is ``label_names[i]``.
+    num_embeddings: rows the embedding table needs: ``len(vocab) + num_buckets``.
+    skipped: malformed rows skipped per split (with ``skip_bad_rows``).
+  """
+
+  train_ids: np.ndarray
+  train_labels: np.ndarray
+  dev_ids: np.ndarray | None
+  dev_labels: np.ndarray | None
+  test_ids: np.ndarray | None
+  test_labels: np.ndarray | None
+  vocab: text_lib.Vocab
+  label_names: tuple[str, ...]
+  num_embeddings: int
+  skipped: dict[str, int]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.label_names)
+
+  @property
+  def train_lengths(self) -> np.ndarray:
+    """Non-padding ids per train row, for ``batch_indices(..., lengths=...)``."""
+    return (self.train_ids != text_lib.PAD_ID).sum(axis=1)
+
+  def split(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(ids, labels)`` of "train", "dev" or "test"."""
+    if name not in ("train", "dev", "test"):
+      raise KeyError(f"EncodedData.split: unknown split {name!r}; use train, dev or test.")
+    return getattr(self, f"{name}_ids"), getattr(self, f"{name}_labels")
+
+
+def default_cache_dir() -> pathlib.Path:
+  """``$EMBEDLAB_CACHE`` or ``~/.cache/embedlab/encoded``."""
+  return pathlib.Path(os.environ.get("EMBEDLAB_CACHE") or "~/.cache/embedlab/encoded").expanduser()
+
+
+def _input_files(cfg: DataConfig) -> list[pathlib.Path]:
+  if cfg.source == "files":
+    return [resolve(getattr(cfg, n)) for n in ("train", "dev", "test") if getattr(cfg, n)]
+  if cfg.source == "disk":
+    root = resolve(cfg.path)
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+  return []
+
+
+def cache_key(cfg: DataConfig, seed: int) -> str:
+  """sha256 of the config, the seed, each input file's path, size and mtime, and ``CODE_VERSION``.
+
+  Example:
+    >>> cache_key(DataConfig(), 0) == cache_key(DataConfig(), 0) != cache_key(DataConfig(), 1)
+    True
+  """
+  files = []
+  for p in _input_files(cfg):
+    try:
+      st = p.stat()
+      files.append([str(p.absolute()), st.st_size, st.st_mtime_ns])
+    except OSError:
+      files.append([str(p.absolute()), None, None])
+  payload = json.dumps({"config": dataclasses.asdict(cfg), "seed": seed, "files": files,
+                        "code": CODE_VERSION}, sort_keys=True)
+  return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | None = None,
+                  cache: bool = True) -> EncodedData:
+  """Loads, tokenizes and encodes every split; the vocabulary is built on train only.
+
+  The result is cached as ``<key>.npz`` + ``<key>.vocab.txt`` under ``cache_dir`` (default
+  ``default_cache_dir()``), keyed by ``cache_key``; a second call with the same config, seed and
+  unchanged input files reads the cache without tokenizing.
+
+  Args:
+    cfg: the data config (``lowercase``, ``min_freq``, ``max_vocab``, ``max_len``, ``ngrams``,
+      ``num_buckets`` shape the encoding).
+    seed: as for ``load_splits``.
+    cache_dir: where the cache lives.
+    cache: False neither reads nor writes the cache.
+
+  Returns:
+    An ``EncodedData``.
+
+  Example:
+    >>> d = encode_splits(DataConfig(synthetic_train_size=10, synthetic_eval_size=5, max_len=8),
+    ...                   seed=0, cache=False)
+    >>> d.train_ids.shape, d.dev_labels.shape, d.test_ids.dtype
+    ((10, 8), (5,), dtype('int32'))
+  """
+  directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+  key = cache_key(cfg, seed)
+  if cache:
+    found = _read_cache(directory, key)
+    if found is not None:
+      return found
+  splits, label_names = load_splits(cfg, seed)
+  vocab, ids = None, {}
+  for name in ("train", "dev", "test"):  # train first: it defines the vocabulary
+    if name in splits:
+      tokens = text_lib.tokenize_many(splits[name].texts, lowercase=cfg.lowercase)
+      if vocab is None:
+        vocab = text_lib.build_vocab(tokens, min_freq=cfg.min_freq, max_size=cfg.max_vocab)
+      ids[name] = text_lib.encode(tokens, vocab, max_len=cfg.max_len, ngrams=cfg.ngrams,
+                                  num_buckets=cfg.num_buckets)
+  labels = {name: s.labels for name, s in splits.items()}
+  data = EncodedData(
+      train_ids=ids["train"], train_labels=labels["train"],
+      dev_ids=ids.get("dev"), dev_labels=labels.get("dev"),
+      test_ids=ids.get("test"), test_labels=labels.get("test"),
+      vocab=vocab, label_names=tuple(label_names),
+      num_embeddings=len(vocab) + (cfg.num_buckets if cfg.ngrams > 1 else 0),
+      skipped={name: s.skipped for name, s in splits.items()})
+  if cache:
+    _write_cache(directory, key, data)
+  return data
+
+
+def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
+  npz, vocab_file = directory / f"{key}.npz", directory / f"{key}.vocab.txt"
+  if not npz.is_file() or not vocab_file.is_file():
+    return None
+  try:
+    with np.load(npz, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    vocab = text_lib.Vocab.load(vocab_file)
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f"data: ignoring unreadable cache {npz} ({e}); re-encoding.")
+    return None
+  return EncodedData(
+      train_ids=arrays["train_ids"], train_labels=arrays["train_labels"],
+      dev_ids=arrays.get("dev_ids"), dev_labels=arrays.get("dev_labels"),
+      test_ids=arrays.get("test_ids"), test_labels=arrays.get("test_labels"), vocab=vocab,
+      label_names=tuple(meta["label_names"]), num_embeddings=int(meta["num_embeddings"]),
+      skipped=dict(meta["skipped"]))
+
+
+def _write_cache(directory: pathlib.Path, key: str, data: EncodedData) -> None:
+  directory.mkdir(parents=True, exist_ok=True)
+  arrays = {f"{n}_{f}": getattr(data, f"{n}_{f}") for n in ("train", "dev", "test")
+            for f in ("ids", "labels") if getattr(data, f"{n}_{f}") is not None}
+  meta = {"label_names": list(data.label_names), "num_embeddings": data.num_embeddings,
+          "skipped": data.skipped, "code": CODE_VERSION}
+  arrays["meta"] = np.array(json.dumps(meta))
+  # tmp file + os.replace: a reader never sees a half-written file; the npz goes last, so its
+  # presence means the vocabulary is complete too.
+  _atomic_write(directory / f"{key}.vocab.txt", data.vocab.save)
+  _atomic_write(directory / f"{key}.npz", lambda p: _save_npz(p, arrays))
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
+  """Batches per epoch of ``n`` examples.
+
+  Example:
+    >>> num_batches(10, 4), num_batches(10, 4, drop_last=False)
+    (2, 3)
+  """
+  if batch_size <= 0:
+    raise ValueError(f"num_batches: batch_size = {batch_size} must be positive.")
+  return n // batch_size if drop_last else -(-n // batch_size)
+
+
+# Length bucketing sorts pools of this many batches by length, so batches hold similar lengths
+# while the pools, and the batch order, stay random.
+_POOL_BATCHES = 32
+
+
+def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+                  drop_last: bool = True, lengths: np.ndarray | None = None) -> np.ndarray:
+  """Example indices of every batch of one epoch, a pure function of ``(seed, epoch)``.
+
+  A run restarting at step s of epoch e reads ``batch_indices(..., epoch=e)[s]`` and on.
+
+  Args:
+    n: number of examples.
+    batch_size: examples per batch.
+    seed: the run's seed; the permutation comes from ``np.random.default_rng([seed, epoch])``.
+    epoch: the epoch number.
+    shuffle: False keeps the order 0..n-1.
+    drop_last: drop the last, partial batch; otherwise it is padded with -1 (mask those out).
+    lengths: ``[n]`` example lengths (``EncodedData.train_lengths``) to group similar lengths
+      into batches (``bucket_by_length``): pools of 32 batches are sorted by length, cut into
+      batches, and the batches shuffled.
+
+  Returns:
+    int64 ``[num_batches(n, batch_size, drop_last), batch_size]``.
+
+  Example:
+    >>> batch_indices(5, 2, seed=0, epoch=0, shuffle=False, drop_last=False)
+    array([[ 0,  1],
+           [ 2,  3],
+           [ 4, -1]])
+  """
+  count = num_batches(n, batch_size, drop_last)
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(n) if shuffle else np.arange(n)
+  if lengths is not None:
+    lengths = np.asarray(lengths)
+    if lengths.shape != (n,):
+      raise ValueError(f"batch_indices: lengths has shape {lengths.shape}, expected ({n},).")
+    pool = batch_size * _POOL_BATCHES
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, np.arange(pool, n, pool))] or [order])
+  order = order[:count * batch_size]
+  order = np.concatenate([order, np.full(count * batch_size - len(order), -1, order.dtype)])
+  batches = order.reshape(count, batch_size).astype(np.int64)
+  if lengths is not None and shuffle:
+    batches = batches[rng.permutation(count)]
+  return batches
+
+
+def eval_batches(ids: np.ndarray, labels: np.ndarray,
+                 batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Fixed-size evaluation batches, in order; the last one padded with zeros and mask 0.
+
+  Padded rows are all padding ids, so models must not divide by a zero count when pooling.
+
+  Args:
+    ids: int32 ``[N, L]``.
+    labels: int32 ``[N]``.
+    batch_size: rows per batch (every batch has exactly this many).
+
+  Yields:
+    ``(ids [B, L], labels [B], mask float32 [B])``, mask 1 for real rows.
+
+  Example:
+    >>> batches = list(eval_batches(np.ones((3, 2), np.int32), np.arange(3), 2))
+    >>> [b[2].tolist() for b in batches]
+    [[1.0, 1.0], [1.0, 0.0]]
+  """
+  if len(ids) != len(labels):
+    raise ValueError(f"eval_batches: {len(ids)} id rows but {len(labels)} labels.")
+  if batch_size <= 0:
+    raise ValueError(f"eval_batches: batch_size = {batch_size} must be positive.")
+  for start in range(0, len(ids), batch_size):
+    ids_b, labels_b = ids[start:start + batch_size], labels[start:start + batch_size]
+    real = len(ids_b)
+    mask = np.zeros(batch_size, np.float32)
+    mask[:real] = 1.0
+    if real < batch_size:
+      ids_b = np.concatenate([ids_b, np.zeros((batch_size - real,) + ids.shape[1:], ids.dtype)])
+      labels_b = np.concatenate([labels_b, np.zeros(batch_size - real, labels.dtype)])
+    yield ids_b, labels_b, mask

@@ -1,0 +1,507 @@
+"""Row-sparse training of embedding tables: gradients for the looked-up rows, not the table.
+
+The gradient of ``jnp.take`` with respect to a ``[V, D]`` table is a dense ``[V, D]`` array, and
+an optax optimizer then reads and writes every row of the table and of each of its slots on
+every step. Here the step instead
+
+  1. gathers the rows a batch uses into a small *local* table (``localize``), so the model
+     code runs unchanged (``embedlab.bag`` / ``embedlab.lookup`` on ``localized.params``);
+  2. differentiates the loss with respect to that local table: one gradient row per distinct
+     id of the batch, duplicates already summed by the gather's transpose;
+  3. hands ``(row_ids, row_grads)`` to a row-sparse optimizer, which reads and writes only
+     those rows of the table and its slots, in place when the step donates them.
+
+The step's cost then follows the batch, not the table (``benchmarks/step_scaling.py``).
+
+A jitted train step, the pattern to copy (``table`` and ``opt_state`` are donated, so the
+scatter into them happens in place and no second table-sized buffer is made):
+
+  >>> import functools, jax, jax.numpy as jnp, embedlab as el
+  >>> from embedlab import sparse
+  >>> opt = sparse.sparse_lazy_adam(1e-2)
+  >>> table = el.init_table(jax.random.key(0), 1000, 8, padding_id=0)["table"]
+  >>> opt_state = opt.init(table)
+  >>> @functools.partial(jax.jit, donate_argnums=(0, 1))
+  ... def train_step(table, opt_state, ids_BxL, labels_B):
+  ...   local = sparse.localize(table, ids_BxL, padding_id=0)
+  ...   def loss_fn(local_params):
+  ...     pooled_BxD = el.bag(local_params, local.ids, mode="mean", padding_id=0)
+  ...     return jnp.mean((pooled_BxD.sum(-1) - labels_B) ** 2)
+  ...   loss, grads = jax.value_and_grad(loss_fn)(local.params)
+  ...   table, opt_state = opt.update(table, opt_state, local.row_ids, grads["table"],
+  ...                                 unique=True)
+  ...   return table, opt_state, loss
+  >>> ids = jnp.array([[3, 5, 3, 0], [7, 0, 0, 0]])
+  >>> table, opt_state, loss = train_step(table, opt_state, ids, jnp.ones(2))
+  >>> int(opt_state.count)
+  1
+
+Without ``localize``, any code that produces per-position row gradients can call ``update``
+with duplicate ids (``unique=False``, the default): duplicates are summed per id inside ``jit``
+with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles).
+
+Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
+already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
+``[V]`` array, True = trainable) name rows that never change: not their values, not their
+slots, no weight decay.
+
+Weight decay (all optimizers) is *decoupled* (AdamW-style) and *lazy*: a touched row moves by
+``-lr * (step + weight_decay * row)``, an untouched row not at all, so a row's decay follows
+how often it appears in batches. For SGD this is the same as L2 regularisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from embedlab.tables import check_ids
+
+Array = jax.Array
+Schedule = Callable[[Array], Array]
+ScalarOrSchedule = float | Schedule
+
+
+class SparseOptimizer(NamedTuple):
+  """A row-sparse optimizer for one table, shaped like an optax ``GradientTransformation``.
+
+  ``init(table) -> state``;
+  ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False)
+  -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads`` ``[N, D]``.
+  """
+
+  init: Callable[[Array], Any]
+  update: Callable[..., tuple[Array, Any]]
+
+
+class SparseSgdState(NamedTuple):
+  """State of ``sparse_sgd``: the number of updates done."""
+
+  count: Array
+
+
+class SparseAdagradState(NamedTuple):
+  """State of ``sparse_adagrad``: update count and per-weight sums of squared gradients."""
+
+  count: Array
+  sum_of_squares: Array  # [V, D]
+
+
+class SparseRowwiseAdagradState(NamedTuple):
+  """State of ``sparse_rowwise_adagrad``: update count and one accumulator per row."""
+
+  count: Array
+  sum_of_squares: Array  # [V]
+
+
+class SparseLazyAdamState(NamedTuple):
+  """State of ``sparse_lazy_adam``: update count, first and second moments per weight."""
+
+  count: Array
+  mu: Array  # [V, D]
+  nu: Array  # [V, D]
+
+
+class Localized(NamedTuple):
+  """A batch's rows gathered into a small table (see ``localize``).
+
+  Attributes:
+    params: ``{"table": Array[R, D]}``, R = ids.size (+1 with a padding id): the model's table
+      for this batch.
+    ids: ids into ``params["table"]``, the shape of the batch's ids; padding stays
+      ``padding_id``.
+    row_ids: int32 ``[R]``, the global row of each local row; ``V`` (out of range, so ignored by
+      ``update``) for local rows that stand for no table row. Distinct otherwise.
+  """
+
+  params: dict[str, Array]
+  ids: Array
+  row_ids: Array
+
+
+def localize(table: Any, ids: Any, *, padding_id: int | None = 0) -> Localized:
+  """Gathers the distinct rows of a batch into a local table the model can use unchanged.
+
+  The model calls ``bag(localized.params, localized.ids, padding_id=padding_id)`` (or
+  ``lookup``) exactly as it would on the full table and gets the same numbers; the gradient
+  with respect to ``localized.params["table"]`` is then one row per distinct id, duplicates
+  summed (by the gather's transpose, in the same order as the dense gradient), ready for
+  ``optimizer.update(table, state, localized.row_ids, grads, unique=True)``.
+
+  Args:
+    table: ``Array[V, D]`` or params ``{"table": Array[V, D]}``.
+    ids: int ids of any shape; checked against the table (as ``lookup``'s ``oob="error"``).
+    padding_id: the padding id the model passes to ``bag``/``lookup`` (its row is never
+      updated), or None. Must be at most ``ids.size``; 0, the convention, always is.
+
+  Returns:
+    ``Localized(params, ids, row_ids)``; the local table has ``ids.size`` rows, plus one for
+    the padding id. Fixed shapes: one compilation per batch shape.
+
+  Example:
+    >>> import jax.numpy as jnp, embedlab as el
+    >>> from embedlab.sparse import localize
+    >>> table = jnp.arange(12.0).reshape(6, 2)
+    >>> local = localize(table, jnp.array([[4, 2, 4, 0]]))
+    >>> el.lookup(local.params, local.ids, padding_id=0).tolist()
+    [[[8.0, 9.0], [4.0, 5.0], [8.0, 9.0], [0.0, 0.0]]]
+    >>> local.row_ids.tolist()  # 6 (= V, out of range): no table row
+    [6, 2, 4, 6, 6]
+  """
+  if isinstance(table, dict):
+    if "table" not in table:
+      raise TypeError("localize: params must be a dict with a 'table' entry (as returned by "
+                      "init_table), or the table array itself.")
+    table = table["table"]
+  if table.ndim != 2:
+    raise ValueError(f"localize: the table must be 2-D [num_embeddings, features], "
+                     f"got shape {table.shape}.")
+  rows, features = table.shape
+  ids = check_ids(ids, rows, where="localize")
+  n = math.prod(ids.shape)
+  if padding_id is not None:
+    if isinstance(padding_id, bool) or not isinstance(padding_id, (int, np.integer)):
+      raise TypeError(f"localize: padding_id must be an int or None, got {padding_id!r}.")
+    if not 0 <= padding_id <= min(n, rows - 1):
+      raise ValueError(f"localize: padding_id {padding_id} must be in 0..{min(n, rows - 1)} "
+                       f"(within the table of {rows} rows and at most the {n} ids of the "
+                       f"batch, since it stays the padding id of the local table). Use padding "
+                       f"id 0, or a larger batch.")
+  flat = ids.reshape(-1).astype(jnp.int32)
+  real = jnp.ones_like(flat, bool) if padding_id is None else flat != padding_id
+  key = jnp.where(real, flat, rows)
+  first_pos, unique_ids = _dedup(key, rows)
+  local_table = jnp.take(table, unique_ids, axis=0, mode="fill", fill_value=0)
+  local_ids = first_pos
+  row_ids = unique_ids
+  if padding_id is not None:
+    p = int(padding_id)
+    local_table = jnp.concatenate(
+        [local_table[:p], jnp.zeros((1, features), table.dtype), local_table[p:]])
+    row_ids = jnp.concatenate([row_ids[:p], jnp.full((1,), rows, jnp.int32), row_ids[p:]])
+    local_ids = jnp.where(real, first_pos + (first_pos >= p), p)
+  return Localized({"table": local_table}, local_ids.reshape(ids.shape), row_ids)
+
+
+def _dedup(ids_N: Array, rows: int) -> tuple[Array, Array]:
+  """Finds duplicates with fixed shapes: ``(slot_N, unique_N)``.
+
+  ``slot_N[i]`` is where ``ids_N[i]``'s first copy sits in sorted order; ``unique_N[slot]``
+  holds the id at each such slot and ``rows`` (out of range) at every other one. A single-key
+  sort plus a binary search: on CPU about 2x faster than ``jnp.unique(..., return_inverse=True)``
+  and a two-operand (id, position) sort, whose multi-operand comparator is slow in XLA.
+  """
+  sorted_N = jnp.sort(ids_N)
+  first = jnp.concatenate([jnp.ones((1,), bool), sorted_N[1:] != sorted_N[:-1]])
+  unique_N = jnp.where(first & (sorted_N < rows), sorted_N, rows).astype(jnp.int32)
+  slot_N = jnp.searchsorted(sorted_N, ids_N, side="left", method="scan").astype(jnp.int32)
+  return slot_N, unique_N
+
+
+def sum_duplicates(ids: Array, row_grads: Array, num_rows: int) -> tuple[Array, Array]:
+  """Sums the gradients of duplicate ids, inside ``jit`` with fixed shapes.
+
+  Args:
+    ids: int ``[N]``; ids outside ``0..num_rows-1`` are dropped.
+    row_grads: ``[N, D]``.
+    num_rows: rows of the table (V).
+
+  Returns:
+    ``(unique_ids [N], summed [N, D])``: each id in range appears once in ``unique_ids`` with
+    its summed gradient (added in the order of ``ids``, as the dense gradient adds them); the
+    other entries hold ``num_rows`` (out of range) and zeros.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.sparse import sum_duplicates
+    >>> u, g = sum_duplicates(jnp.array([3, 1, 3]), jnp.array([[1.], [2.], [4.]]), 5)
+    >>> u.tolist(), g[:, 0].tolist()
+    ([1, 3, 5], [2.0, 5.0, 0.0])
+  """
+  valid = (ids >= 0) & (ids < num_rows)
+  ids = jnp.where(valid, ids, num_rows).astype(jnp.int32)
+  row_grads = jnp.where(valid[:, None], row_grads, 0)
+  slot_N, unique_N = _dedup(ids, num_rows)
+  return unique_N, jax.ops.segment_sum(row_grads, slot_N, ids.shape[0])
+
+
+# A rule maps (rows [N, D], grads [N, D], slot rows, count, lr) to (new rows, new slot rows).
+Rule = Callable[[Array, Array, tuple[Array, ...], Array, Array], tuple[Array, tuple[Array, ...]]]
+
+
+def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
+                      init_slots: Callable[[Array], tuple[Array, ...]], rule: Rule,
+                      state_type: type) -> SparseOptimizer:
+  """Builds ``(init, update)`` from a per-row rule: the shared gather / dedup / scatter."""
+
+  def init(table):
+    if getattr(table, "ndim", None) != 2:
+      raise ValueError(f"{name}.init: expected the table Array[V, D], got "
+                       f"{getattr(table, 'shape', type(table).__name__)}.")
+    return state_type(jnp.zeros([], jnp.int32), *init_slots(table))
+
+  def update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False):
+    rows, features = table.shape
+    ids = jnp.asarray(ids)
+    if ids.ndim != 1 or row_grads.shape != (ids.shape[0], features):
+      raise ValueError(f"{name}.update: ids must be 1-D [N] and row_grads [N, {features}], got "
+                       f"ids {ids.shape} and row_grads {row_grads.shape}. Flatten the batch's "
+                       f"ids with ids.reshape(-1) and its gradients with .reshape(-1, D).")
+    if row_mask is not None and np.shape(row_mask) != (rows,):
+      raise ValueError(f"{name}.update: row_mask must be a bool array of shape ({rows},) "
+                       f"(True = trainable), got {np.shape(row_mask)}.")
+    keep = (ids >= 0) & (ids < rows)
+    for skip in np.atleast_1d(np.asarray(skip_ids, dtype=np.int64)):
+      keep = keep & (ids != int(skip))
+    if row_mask is not None:
+      keep = keep & jnp.take(jnp.asarray(row_mask), ids, mode="clip")
+    ids = jnp.where(keep, ids, rows).astype(jnp.int32)
+    grads = row_grads.astype(table.dtype)
+    if not unique:
+      ids, grads = sum_duplicates(ids, grads, rows)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = jnp.asarray(lr, table.dtype)
+    old_rows = jnp.take(table, ids, axis=0, mode="clip")
+    slots = tuple(state[1:])
+    old_slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
+    new_rows, new_slot_rows = rule(old_rows, grads, old_slot_rows, state.count + 1, lr)
+    table = table.at[ids].set(new_rows.astype(table.dtype), mode="drop")
+    slots = tuple(s.at[ids].set(r.astype(s.dtype), mode="drop")
+                  for s, r in zip(slots, new_slot_rows))
+    return table, state_type(state.count + 1, *slots)
+
+  return SparseOptimizer(init, update)
+
+
+def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) -> SparseOptimizer:
+  """Row-sparse SGD: ``row <- row - lr * (g + weight_decay * row)`` on touched rows.
+
+  With ``weight_decay=0`` the table equals ``optax.sgd``'s after any number of steps (bit for
+  bit: the duplicate gradients are added in the dense gradient's order).
+
+  Args:
+    learning_rate: a float or an optax schedule ``count -> lr``.
+    weight_decay: decoupled and lazy (touched rows only); for SGD the same as L2.
+
+  Returns:
+    A ``SparseOptimizer`` with ``SparseSgdState(count)``: no slots.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.sparse import sparse_sgd
+    >>> opt = sparse_sgd(0.5)
+    >>> table, state = opt.update(jnp.ones((3, 2)), opt.init(jnp.ones((3, 2))),
+    ...                           jnp.array([2, 2]), jnp.ones((2, 2)))
+    >>> table.tolist()
+    [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+  """
+
+  def rule(w, g, slots, count, lr):
+    if weight_decay:
+      g = g + weight_decay * w
+    return w + (-lr) * g, ()
+
+  return _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState)
+
+
+def sparse_adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: float = 0.1,
+                   eps: float = 1e-7, weight_decay: float = 0.0) -> SparseOptimizer:
+  """Row-sparse element-wise Adagrad, ``optax.adagrad``'s rule on the touched rows.
+
+  On touched rows: ``acc <- acc + g**2``; ``row <- row - lr * (g * rsqrt(acc + eps) +
+  weight_decay * row)`` (``rsqrt`` taken as 0 where ``acc`` is 0, as optax does). Untouched
+  rows and their accumulators do not change; since a zero gradient leaves Adagrad's
+  accumulator as it is, the touched rows match dense ``optax.adagrad`` exactly in
+  exact arithmetic. Defaults are optax's.
+
+  Args:
+    learning_rate: a float or an optax schedule ``count -> lr``.
+    initial_accumulator_value: the accumulators' start (optax: 0.1; PyTorch: 0).
+    eps: added inside the square root, as optax.
+    weight_decay: decoupled and lazy (touched rows only).
+
+  Returns:
+    A ``SparseOptimizer`` with ``SparseAdagradState(count, sum_of_squares [V, D])``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.sparse import sparse_adagrad
+    >>> opt = sparse_adagrad(1.0, initial_accumulator_value=0.0, eps=0.0)
+    >>> table, state = opt.update(jnp.zeros((3, 1)), opt.init(jnp.zeros((3, 1))),
+    ...                           jnp.array([1]), jnp.array([[-2.0]]))
+    >>> table[:, 0].tolist(), state.sum_of_squares[:, 0].tolist()
+    ([0.0, 1.0, 0.0], [0.0, 4.0, 0.0])
+  """
+
+  def init_slots(table):
+    return (jnp.full_like(table, initial_accumulator_value),)
+
+  def rule(w, g, slots, count, lr):
+    acc = slots[0] + g * g
+    step = jnp.where(acc > 0, jax.lax.rsqrt(acc + eps), 0.0) * g
+    if weight_decay:
+      step = step + weight_decay * w
+    return w + (-lr) * step, (acc,)
+
+  return _sparse_optimizer("sparse_adagrad", learning_rate, init_slots, rule,
+                           SparseAdagradState)
+
+
+def sparse_rowwise_adagrad(learning_rate: ScalarOrSchedule, *,
+                           initial_accumulator_value: float = 0.0, eps: float = 1e-8,
+                           weight_decay: float = 0.0) -> SparseOptimizer:
+  """Row-wise Adagrad as fbgemm / TorchRec's ``EXACT_ROWWISE_ADAGRAD``: one accumulator a row.
+
+  On touched rows: ``acc <- acc + mean(g**2 over features)``;
+  ``row <- row - lr * (g / (sqrt(acc) + eps) + weight_decay * row)`` (fbgemm's ``DECOUPLE``
+  weight decay mode). The slot is ``[V]``, not ``[V, D]``: 1/D of element-wise Adagrad's.
+
+  Args:
+    learning_rate: a float or an optax schedule ``count -> lr``.
+    initial_accumulator_value: the accumulators' start (fbgemm: 0).
+    eps: added to the square root, as fbgemm.
+    weight_decay: decoupled and lazy (touched rows only).
+
+  Returns:
+    A ``SparseOptimizer`` with ``SparseRowwiseAdagradState(count, sum_of_squares [V])``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.sparse import sparse_rowwise_adagrad
+    >>> opt = sparse_rowwise_adagrad(1.0, eps=0.0)
+    >>> table, state = opt.update(jnp.zeros((2, 2)), opt.init(jnp.zeros((2, 2))),
+    ...                           jnp.array([1]), jnp.array([[3.0, 4.0]]))
+    >>> state.sum_of_squares.tolist()
+    [0.0, 12.5]
+  """
+
+  def init_slots(table):
+    return (jnp.full(table.shape[:1], initial_accumulator_value, table.dtype),)
+
+  def rule(w, g, slots, count, lr):
+    acc = slots[0] + jnp.mean(g * g, axis=1)
+    step = g / (jnp.sqrt(acc) + eps)[:, None]
+    if weight_decay:
+      step = step + weight_decay * w
+    return w + (-lr) * step, (acc,)
+
+  return _sparse_optimizer("sparse_rowwise_adagrad", learning_rate, init_slots, rule,
+                           SparseRowwiseAdagradState)
+
+
+def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+                     eps: float = 1e-8, *, weight_decay: float = 0.0) -> SparseOptimizer:
+  """Lazy Adam: PyTorch's ``SparseAdam`` / TensorFlow's ``LazyAdam`` rule on touched rows.
+
+  With ``t`` the number of updates so far including this one (the *global* step), on each
+  touched row (its gradient ``g`` summed over the batch's duplicates):
+
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g**2
+    row <- row - lr * (sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps) + weight_decay * row)
+
+  How it differs from dense Adam (``optax.adam``): dense Adam decays ``m`` and ``v`` of every
+  row every step (an untouched row has ``g = 0`` but still moves, by its decaying momentum);
+  lazy Adam leaves untouched rows, ``m`` and ``v`` as they are, so a row's moments are
+  an average over the steps it was touched. ``eps`` is added to ``sqrt(v)`` before the bias
+  correction (PyTorch's and TensorFlow's "epsilon hat"), where optax adds it to ``sqrt(v_hat)``:
+  equal to ``optax.adam(eps=eps / sqrt(1 - b2**t))``; with ``eps=0``, and every row touched
+  every step, the two are the same.
+
+  Bias correction uses the global step, not a per-row count, as PyTorch and TensorFlow do:
+  users port models and learning rates between them, it needs no per-row counter slot, and a
+  per-row count would only change rows' first few updates. The consequence: a row first
+  touched late (``t`` large, its ``m`` and ``v`` still near 0) gets a step of about
+  ``lr * (1 - b1) / sqrt(1 - b2)`` (3.2 ``lr`` with the defaults) on that first touch.
+
+  Args:
+    learning_rate: a float or an optax schedule ``count -> lr``.
+    b1, b2, eps: as ``optax.adam`` (see above for ``eps``'s placement).
+    weight_decay: decoupled (AdamW-style) and lazy (touched rows only).
+
+  Returns:
+    A ``SparseOptimizer`` with ``SparseLazyAdamState(count, mu [V, D], nu [V, D])``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.sparse import sparse_lazy_adam
+    >>> opt = sparse_lazy_adam(0.1, eps=0.0)
+    >>> table, state = opt.update(jnp.zeros((3, 1)), opt.init(jnp.zeros((3, 1))),
+    ...                           jnp.array([2]), jnp.array([[5.0]]))
+    >>> [round(x, 4) for x in table[:, 0].tolist()]
+    [0.0, 0.0, -0.1]
+  """
+
+  def init_slots(table):
+    return jnp.zeros_like(table), jnp.zeros_like(table)
+
+  def rule(w, g, slots, count, lr):
+    m, v = slots
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    t = count.astype(jnp.float32)
+    scale = (jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)).astype(w.dtype)
+    step = scale * m / (jnp.sqrt(v) + eps)
+    if weight_decay:
+      step = step + weight_decay * w
+    return w + (-lr) * step, (m, v)
+
+  return _sparse_optimizer("sparse_lazy_adam", learning_rate, init_slots, rule,
+                           SparseLazyAdamState)
+
+
+SPARSE_OPTIMIZERS: dict[str, Callable[..., SparseOptimizer]] = {
+    "sparse_sgd": sparse_sgd,
+    "sparse_adagrad": sparse_adagrad,
+    "sparse_rowwise_adagrad": sparse_rowwise_adagrad,
+    "sparse_lazy_adam": sparse_lazy_adam,
+}
+
+# Slots per optimizer, in units of (rows x features) and (rows) weights.
+_SLOTS = {"sparse_sgd": (0, 0), "sparse_adagrad": (1, 0), "sparse_rowwise_adagrad": (0, 1),
+          "sparse_lazy_adam": (2, 0)}
+
+
+def _check_name(name: str, where: str) -> None:
+  if name not in SPARSE_OPTIMIZERS:
+    raise ValueError(f"{where}: unknown sparse optimizer {name!r}; use one of "
+                     f"{', '.join(sorted(SPARSE_OPTIMIZERS))}.")
+
+
+def get_sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
+                         **kwargs: Any) -> SparseOptimizer:
+  """Builds a sparse optimizer by name (``SPARSE_OPTIMIZERS``), e.g. from a config.
+
+  Example:
+    >>> from embedlab.sparse import get_sparse_optimizer
+    >>> import jax.numpy as jnp
+    >>> type(get_sparse_optimizer("sparse_rowwise_adagrad", 0.1).init(jnp.ones((4, 2)))).__name__
+    'SparseRowwiseAdagradState'
+    >>> get_sparse_optimizer("adam", 0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: get_sparse_optimizer: unknown sparse optimizer 'adam'; use one of sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd.
+  """
+  _check_name(name, "get_sparse_optimizer")
+  return SPARSE_OPTIMIZERS[name](learning_rate, **kwargs)
+
+
+def slot_bytes(optimizer_name: str, table_shape: tuple[int, int], dtype: Any = jnp.float32) -> int:
+  """Bytes of an optimizer's slots for a table (the step count's 4 bytes included).
+
+  Add the table's own bytes for the total a table costs in training.
+
+  Example:
+    >>> from embedlab.sparse import slot_bytes
+    >>> slot_bytes("sparse_lazy_adam", (1000, 64)), slot_bytes("sparse_rowwise_adagrad", (1000, 64))
+    (512004, 4004)
+  """
+  name = optimizer_name
+  _check_name(name, "slot_bytes")
+  rows, features = (int(d) for d in table_shape)
+  full, per_row = _SLOTS[name]
+  return (full * rows * features + per_row * rows) * jnp.dtype(dtype).itemsize + 4

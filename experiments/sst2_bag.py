@@ -1,0 +1,26 @@
+"""SST-2 with a bag of word and bigram embeddings (fastText's model, Joulin et al. 2017).
+
+What it reproduces: fastText-style sentiment classification on GLUE SST-2 (67,349 train
+phrases, 872 dev, 1,821 labelled test sentences from ../shared/data/sst2): the mean of word and
+hashed-bigram embeddings, then a linear classifier. Goal (issue 3): test accuracy >= 81%.
+
+Measured on a 2-core CPU: see RESULTS.md (numbers filled in from the run's results.json).
+
+Command:
+  embedlab train experiments/sst2_bag.py
+"""
+
+from embedlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config() -> Config:
+  return Config(
+      name="sst2_bag",
+      seed=0,
+      data=DataConfig(source="files", train="sst2/train.tsv.gz", dev="sst2/dev.tsv.gz",
+                      test="sst2/test.tsv.gz", max_len=64, ngrams=2, num_buckets=131072),
+      model=ModelConfig(name="bag", features=64, init="normal", init_scale=0.05,
+                        pooling="mean"),
+      optim=OptimConfig(name="adam", learning_rate=0.002),
+      train=TrainConfig(batch_size=64, num_epochs=3, eval_every=500, log_every=100),
+  )

@@ -1,0 +1,461 @@
+"""Tests for embedlab.data: sources, splits, errors, synthetic data, cache, batches."""
+
+import collections
+import dataclasses
+import gzip
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from embedlab import data, text
+from embedlab.config import DataConfig
+
+
+def _shared_data_dir() -> pathlib.Path:
+  """$EMBEDLAB_DATA, else ../shared/data next to the repository root (the parent of tests/)."""
+  env = os.environ.get("EMBEDLAB_DATA")
+  if env:
+    return pathlib.Path(env)
+  return pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# Read before the autouse fixture below points EMBEDLAB_DATA at each test's tmp_path.
+_REAL_DATA = _shared_data_dir()
+
+
+def _write(path: pathlib.Path, content: str) -> pathlib.Path:
+  if path.suffix == ".gz":
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+      f.write(content)
+  else:
+    path.write_text(content, encoding="utf-8")
+  return path
+
+
+def _files(tmp_path, **kwargs) -> DataConfig:
+  """A files config; paths relative to tmp_path (made the data directory by the fixture)."""
+  return DataConfig(source="files", **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+  monkeypatch.setenv("EMBEDLAB_DATA", str(tmp_path))
+  monkeypatch.setenv("EMBEDLAB_CACHE", str(tmp_path / "cache"))
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def test_data_dir_env_then_shared_then_home(tmp_path, monkeypatch):
+  assert data.data_dir() == tmp_path
+  monkeypatch.delenv("EMBEDLAB_DATA")
+  work = tmp_path / "repo"
+  (tmp_path / "shared" / "data").mkdir(parents=True)
+  work.mkdir()
+  monkeypatch.chdir(work)
+  assert data.data_dir() == tmp_path / "shared" / "data"
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert data.data_dir() == tmp_path / "home" / ".cache" / "embedlab" / "data"
+
+
+def test_resolve(tmp_path):
+  assert data.resolve("sst2/train.tsv.gz") == tmp_path / "sst2" / "train.tsv.gz"
+  assert data.resolve("/abs/x.csv") == pathlib.Path("/abs/x.csv")
+
+
+# ----------------------------------------------------------------------------- files source
+
+_ROWS = [("1", "a good film"), ("0", 'bad, "really" bad'), ("1", "NA"), ("0", "")]
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.csv.gz", "d.tsv", "d.tsv.gz", "d.jsonl",
+                                  "d.jsonl.gz", "d.parquet"])
+def test_files_formats_read_exact_texts_and_labels(tmp_path, name):
+  path = tmp_path / name
+  if ".csv" in name:
+    body = "label,text\n" + "".join(
+        f'{l},"{t.replace(chr(34), chr(34) * 2)}"\n' if ("," in t or '"' in t) else f"{l},{t}\n"
+        for l, t in _ROWS)
+    _write(path, body)
+  elif ".tsv" in name:
+    _write(path, "label\ttext\n" + "".join(f"{l}\t{t}\n" for l, t in _ROWS))
+  elif ".jsonl" in name:
+    _write(path, "".join(json.dumps({"text": t, "label": int(l)}) + "\n" for l, t in _ROWS))
+  else:
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    pd.DataFrame({"text": [t for _, t in _ROWS],
+                  "label": [int(l) for l, _ in _ROWS]}).to_parquet(path)
+  splits, names = data.load_splits(_files(tmp_path, train=name), seed=0)
+  assert list(splits) == ["train"] and names == ("0", "1")
+  assert splits["train"].texts == tuple(t for _, t in _ROWS)
+  assert splits["train"].labels.tolist() == [1, 0, 1, 0]
+  assert splits["train"].labels.dtype == np.int32
+
+
+def test_files_format_override_and_unknown_suffix(tmp_path):
+  _write(tmp_path / "d.txt", "label\ttext\nx\ta, b\n")
+  splits, names = data.load_splits(_files(tmp_path, train="d.txt", format="tsv"), seed=0)
+  assert splits["train"].texts == ("a, b",) and names == ("x",)
+  with pytest.raises(data.DataError, match=r"cannot tell the format of .*d\.txt.*data\.format"):
+    data.load_splits(_files(tmp_path, train="d.txt"), seed=0)
+
+
+def test_labels_sorted_numerically_or_as_strings(tmp_path):
+  _write(tmp_path / "n.tsv", "label\ttext\n10\ta\n2\tb\n-1\tc\n2\td\n")
+  splits, names = data.load_splits(_files(tmp_path, train="n.tsv"), seed=0)
+  assert names == ("-1", "2", "10") and splits["train"].labels.tolist() == [2, 1, 0, 1]
+  _write(tmp_path / "s.tsv", "label\ttext\nLOC\ta\nABBR\tb\nHUM\tc\n")
+  splits, names = data.load_splits(_files(tmp_path, train="s.tsv"), seed=0)
+  assert names == ("ABBR", "HUM", "LOC") and splits["train"].labels.tolist() == [2, 0, 1]
+
+
+def test_custom_columns(tmp_path):
+  _write(tmp_path / "d.csv", "sentence,y,extra\nhello,pos,1\nbye,neg,2\n")
+  cfg = _files(tmp_path, train="d.csv", text_column="sentence", label_column="y")
+  splits, names = data.load_splits(cfg, seed=0)
+  assert splits["train"].texts == ("hello", "bye") and names == ("neg", "pos")
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_sst2_row_and_label_counts(monkeypatch):
+  root = _REAL_DATA
+  if not (root / "sst2" / "train.tsv.gz").is_file():
+    pytest.skip(f"SST-2 not found under {root} (set EMBEDLAB_DATA)")
+  monkeypatch.setenv("EMBEDLAB_DATA", str(root))
+  cfg = DataConfig(source="files", train="sst2/train.tsv.gz", dev="sst2/dev.tsv.gz",
+                   test="sst2/test.tsv.gz")
+  splits, names = data.load_splits(cfg, seed=0)
+  assert names == ("0", "1")
+  counts = {k: np.bincount(s.labels, minlength=2).tolist() for k, s in splits.items()}
+  assert counts == {"train": [29780, 37569], "dev": [428, 444], "test": [912, 909]}
+  assert {k: len(s) for k, s in splits.items()} == {"train": 67349, "dev": 872, "test": 1821}
+  assert sum(any(ord(c) > 127 for c in t) for t in splits["train"].texts) == 438
+  assert "does n't" in " ".join(splits["train"].texts[:2000])
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _numbered(tmp_path, name, n, label=lambda i: i % 3):
+  return _write(tmp_path / name, "label\ttext\n" + "".join(f"{label(i)}\tdoc {i}\n"
+                                                           for i in range(n)))
+
+
+def test_dev_carve_out_is_seeded_and_disjoint(tmp_path):
+  _numbered(tmp_path, "train.tsv", 50)
+  _numbered(tmp_path, "test.tsv", 6)
+  cfg = _files(tmp_path, train="train.tsv", test="test.tsv", dev_fraction=0.2)
+  a, names = data.load_splits(cfg, seed=3)
+  b, _ = data.load_splits(cfg, seed=3)
+  c, _ = data.load_splits(cfg, seed=4)
+  assert len(a["dev"]) == 10 and len(a["train"]) == 40 and len(a["test"]) == 6
+  assert a["dev"].texts == b["dev"].texts and a["train"].texts == b["train"].texts
+  assert a["dev"].texts != c["dev"].texts
+  perm = np.random.default_rng(3).permutation(50)
+  assert a["dev"].texts == tuple(f"doc {i}" for i in perm[:10])
+  assert sorted(a["dev"].texts + a["train"].texts) == sorted(f"doc {i}" for i in range(50))
+  for s in a.values():  # labels still match their texts
+    assert [int(t.split()[1]) % 3 for t in s.texts] == [int(names[l]) for l in s.labels]
+
+
+def test_dev_rules(tmp_path):
+  _numbered(tmp_path, "train.tsv", 20)
+  _numbered(tmp_path, "test.tsv", 5)
+  with pytest.raises(data.DataError, match=r"no dev split.*data\.dev_fraction=0\.1"):
+    data.load_splits(_files(tmp_path, train="train.tsv", test="test.tsv"), seed=0)
+  _numbered(tmp_path, "dev.tsv", 5)
+  with pytest.raises(data.DataError, match=r"dev_fraction = 0\.5 but .*dev\.tsv"):
+    data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv", dev_fraction=0.5), 0)
+  only_train, _ = data.load_splits(_files(tmp_path, train="train.tsv"), seed=0)
+  assert list(only_train) == ["train"]
+
+
+def test_max_examples_keeps_first_rows(tmp_path):
+  _numbered(tmp_path, "train.tsv", 30)
+  _numbered(tmp_path, "dev.tsv", 30)
+  splits, _ = data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv",
+                                      max_examples=4), seed=0)
+  assert splits["train"].texts == ("doc 0", "doc 1", "doc 2", "doc 3")
+  assert splits["dev"].labels.tolist() == [0, 1, 2, 0]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_column_names_file_column_and_present_columns(tmp_path):
+  _write(tmp_path / "d.csv", "sentence,label\nhi,1\n")
+  with pytest.raises(data.DataError) as e:
+    data.load_splits(_files(tmp_path, train="d.csv"), seed=0)
+  msg = str(e.value)
+  assert "d.csv" in msg and "'text'" in msg and "sentence, label" in msg
+
+
+def test_unknown_dev_label_names_file_label_and_known(tmp_path):
+  _write(tmp_path / "train.tsv", "label\ttext\n0\ta\n1\tb\n")
+  _write(tmp_path / "dev.tsv", "label\ttext\n1\ta\n7\tb\n")
+  with pytest.raises(data.DataError) as e:
+    data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv"), seed=0)
+  msg = str(e.value)
+  assert "dev.tsv" in msg and "row 2" in msg and "'7'" in msg and "known labels: 0, 1" in msg
+
+
+def test_malformed_tsv_row_strict_and_skipped(tmp_path):
+  _write(tmp_path / "bad.tsv", "label\ttext\n1\tok\n0\tone\ttab too many\n1\tfine\n")
+  with pytest.raises(data.DataError, match=r"bad\.tsv, line 3: malformed row.*skip_bad_rows"):
+    data.load_splits(_files(tmp_path, train="bad.tsv"), seed=0)
+  splits, _ = data.load_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), seed=0)
+  assert splits["train"].texts == ("ok", "fine") and splits["train"].skipped == 1
+  d = data.encode_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), 0)
+  assert d.skipped == {"train": 1}
+
+
+def test_malformed_json_line_strict_and_skipped(tmp_path):
+  _write(tmp_path / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label"\n'
+         '{"text": "c", "label": 0}\n[1, 2]\n')
+  with pytest.raises(data.DataError, match=r"bad\.jsonl, line 2: malformed JSON row \(2 bad"):
+    data.load_splits(_files(tmp_path, train="bad.jsonl"), seed=0)
+  splits, _ = data.load_splits(_files(tmp_path, train="bad.jsonl", skip_bad_rows=True), 0)
+  assert splits["train"].texts == ("a", "c") and splits["train"].skipped == 2
+
+
+def test_missing_label_strict_and_skipped(tmp_path):
+  _write(tmp_path / "d.tsv", "label\ttext\n1\ta\n\tno label\n0\tc\n")
+  with pytest.raises(data.DataError, match=r"d\.tsv, row 2: missing label"):
+    data.load_splits(_files(tmp_path, train="d.tsv"), seed=0)
+  splits, _ = data.load_splits(_files(tmp_path, train="d.tsv", skip_bad_rows=True), seed=0)
+  assert splits["train"].texts == ("a", "c") and splits["train"].skipped == 1
+  _write(tmp_path / "n.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n')
+  with pytest.raises(data.DataError, match=r"n\.jsonl, row 2: missing label"):
+    data.load_splits(_files(tmp_path, train="n.jsonl"), seed=0)
+
+
+def test_empty_and_header_only_files(tmp_path):
+  for name in ("e.tsv", "e.jsonl", "e.csv.gz"):
+    _write(tmp_path / name, "")
+    with pytest.raises(data.DataError, match=rf"{name.replace('.', '[.]')} is empty"):
+      data.load_splits(_files(tmp_path, train=name), seed=0)
+  _write(tmp_path / "h.tsv", "label\ttext\n")
+  with pytest.raises(data.DataError, match=r"h\.tsv has no data rows"):
+    data.load_splits(_files(tmp_path, train="h.tsv"), seed=0)
+  with pytest.raises(data.DataError, match=r"missing\.tsv not found.*EMBEDLAB_DATA"):
+    data.load_splits(_files(tmp_path, train="missing.tsv"), seed=0)
+
+
+def test_empty_texts_encode_to_padding(tmp_path):
+  _write(tmp_path / "d.tsv", "label\ttext\n1\t\n0\tx y\n")
+  d = data.encode_splits(_files(tmp_path, train="d.tsv", max_len=3), 0, cache=False)
+  np.testing.assert_array_equal(d.train_ids, [[0, 0, 0], [2, 3, 0]])
+
+
+# ----------------------------------------------------------------------------- disk / hub
+
+
+def test_hub_offline_error_is_clear(monkeypatch):
+  import datasets  # pylint: disable=import-outside-toplevel
+
+  def must_not_be_called(*args, **kwargs):
+    raise AssertionError("load_dataset called although offline")
+
+  monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(data.DataError) as e:
+    data.load_splits(DataConfig(source="hub", path="glue"), seed=0)
+  assert str(e.value).startswith("data: could not load 'glue' from the Hugging Face hub (offline?)")
+  assert "Dataset.save_to_disk" in str(e.value) and "data.source=files" in str(e.value)
+
+  def no_network(*args, **kwargs):
+    raise ConnectionError("Couldn't reach the hub")
+
+  monkeypatch.delenv("HF_HUB_OFFLINE")
+  monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+  monkeypatch.setattr(datasets, "load_dataset", no_network)
+  with pytest.raises(data.DataError, match="could not load 'glue:sst2' from the Hugging Face"):
+    data.load_splits(DataConfig(source="hub", path="glue:sst2"), seed=0)
+
+
+def test_disk_source_with_class_labels_and_unlabelled_test(tmp_path):
+  import datasets  # pylint: disable=import-outside-toplevel
+  features = datasets.Features({"sentence": datasets.Value("string"),
+                                "label": datasets.ClassLabel(names=["neg", "pos"])})
+  dd = datasets.DatasetDict({
+      "train": datasets.Dataset.from_dict({"sentence": ["a", "b", "c"], "label": [1, 0, 1]},
+                                          features=features),
+      "validation": datasets.Dataset.from_dict({"sentence": ["d"], "label": [0]},
+                                               features=features),
+      "test": datasets.Dataset.from_dict({"sentence": ["e", "f"], "label": [-1, -1]},
+                                         features=features)})
+  dd.save_to_disk(str(tmp_path / "saved"))
+  cfg = DataConfig(source="disk", path="saved", text_column="sentence")
+  splits, names = data.load_splits(cfg, seed=0)
+  assert names == ("neg", "pos") and sorted(splits) == ["dev", "train"]  # test is unlabelled
+  assert splits["train"].texts == ("a", "b", "c") and splits["train"].labels.tolist() == [1, 0, 1]
+  assert splits["dev"].labels.tolist() == [0]
+  with pytest.raises(data.DataError, match="not found"):
+    data.load_splits(DataConfig(source="disk", path="nowhere"), seed=0)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_by_seed():
+  cfg = DataConfig(synthetic_train_size=200, synthetic_eval_size=50)
+  a, b, c = (data.synthetic_splits(cfg, s) for s in (0, 0, 1))
+  assert a["train"].texts == b["train"].texts and a["test"].texts == b["test"].texts
+  np.testing.assert_array_equal(a["dev"].labels, b["dev"].labels)
+  assert a["train"].texts != c["train"].texts
+  assert a["dev"].texts != a["test"].texts
+  assert {k: len(s) for k, s in a.items()} == {"train": 200, "dev": 50, "test": 50}
+
+
+def test_synthetic_planted_structure():
+  cfg = DataConfig(synthetic_topics=4, synthetic_words_per_topic=20, synthetic_shared_words=100,
+                   synthetic_train_size=2000, synthetic_length=24)
+  truth = data.synthetic_word_topics(cfg)
+  assert len(truth) == 4 * 20 + 100 and truth["t2_w17"] == 2 and truth["s5"] == -1
+  split = data.synthetic_splits(cfg, seed=0)["train"]
+  assert set(np.unique(split.labels)) == {0, 1, 2, 3}
+  by_word = collections.defaultdict(lambda: np.zeros(4))
+  own = total = 0
+  for doc, label in zip(split.texts, split.labels):
+    words = doc.split()
+    assert 12 <= len(words) <= 36 and set(words) <= set(truth)
+    for w in words:
+      by_word[w][label] += 1
+      own += truth[w] == label
+    total += len(words)
+  assert 0.30 < own / total < 0.40  # the share of a document's own topic words
+  for w, topic in truth.items():
+    counts = by_word[w]
+    if topic >= 0:  # topic words of class c occur mostly in class-c documents
+      assert counts[topic] / counts.sum() > 0.6, (w, counts)
+    else:  # shared words occur in every class
+      assert counts.sum() == 0 or counts.max() / counts.sum() < 0.6, (w, counts)
+  # Zipf: the first shared word is much more frequent than the last.
+  assert by_word["s0"].sum() > 10 * by_word["s99"].sum()
+
+
+def test_synthetic_is_learnable_by_a_bag_of_words():
+  """A nearest-centroid bag of words (numpy) separates the classes: the structure is real."""
+  cfg = DataConfig(synthetic_train_size=2000, synthetic_eval_size=500)
+  d = data.encode_splits(cfg, seed=0, cache=False)
+  def bags(ids):
+    out = np.zeros((len(ids), len(d.vocab)))
+    np.add.at(out, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), 1.0)
+    out[:, 0] = 0
+    return out / out.sum(1, keepdims=True)
+  train, test = bags(d.train_ids), bags(d.test_ids)
+  centroids = np.stack([train[d.train_labels == c].mean(0) for c in range(d.num_classes)])
+  accuracy = ((test @ centroids.T).argmax(1) == d.test_labels).mean()
+  assert accuracy > 0.9
+
+
+# ----------------------------------------------------------------------------- encode + cache
+
+
+def test_encode_splits_vocab_from_train_only(tmp_path):
+  _write(tmp_path / "train.tsv", "label\ttext\n0\tthe cat\n1\tthe dog the\n")
+  _write(tmp_path / "dev.tsv", "label\ttext\n1\tthe zebra\n")
+  cfg = _files(tmp_path, train="train.tsv", dev="dev.tsv", max_len=4, ngrams=2, num_buckets=10)
+  d = data.encode_splits(cfg, seed=0, cache=False)
+  assert d.vocab.tokens == ("<pad>", "<unk>", "the", "cat", "dog")
+  assert d.num_embeddings == 5 + 10 and d.label_names == ("0", "1") and d.test_ids is None
+  assert d.train_ids.shape == (2, 8)
+  np.testing.assert_array_equal(d.train_ids[:, :4], [[2, 3, 0, 0], [2, 4, 2, 0]])
+  np.testing.assert_array_equal(d.dev_ids[:, :4], [[2, text.UNK_ID, 0, 0]])
+  np.testing.assert_array_equal(d.train_ids[1, 4:], text.ngram_ids_batch(
+      d.train_ids[1:, :4], 2, 10, 5)[0])
+  np.testing.assert_array_equal(d.train_lengths, [3, 5])
+
+
+def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch):
+  path = _numbered(tmp_path, "train.tsv", 40)
+  cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.25, min_freq=1)
+  first = data.encode_splits(cfg, seed=1)
+  files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+  key = data.cache_key(cfg, 1)
+  assert files == [f"{key}.npz", f"{key}.vocab.txt"]  # no tmp files left behind
+
+  def no_tokenizing(*args, **kwargs):
+    raise AssertionError("tokenized although cached")
+
+  monkeypatch.setattr(text, "tokenize_many", no_tokenizing)
+  second = data.encode_splits(cfg, seed=1)
+  for f in dataclasses.fields(data.EncodedData):
+    a, b = getattr(first, f.name), getattr(second, f.name)
+    if isinstance(a, np.ndarray):
+      np.testing.assert_array_equal(a, b)
+      assert a.dtype == b.dtype
+    else:
+      assert a == b, f.name
+  # A different seed, config or changed file is a different key: it must tokenize again.
+  for other_cfg, seed in ((cfg, 2), (dataclasses.replace(cfg, max_len=5), 1)):
+    with pytest.raises(AssertionError, match="tokenized although cached"):
+      data.encode_splits(other_cfg, seed=seed)
+  _numbered(tmp_path, "train.tsv", 41)
+  assert data.cache_key(cfg, 1) != key
+  with pytest.raises(AssertionError, match="tokenized although cached"):
+    data.encode_splits(cfg, seed=1)
+  assert path.exists()
+
+
+def test_corrupt_cache_is_ignored(tmp_path):
+  cfg = DataConfig(synthetic_train_size=20, synthetic_eval_size=5)
+  key = data.cache_key(cfg, 0)
+  first = data.encode_splits(cfg, 0)
+  (tmp_path / "cache" / f"{key}.npz").write_bytes(b"garbage")
+  with pytest.warns(UserWarning, match="unreadable cache"):
+    again = data.encode_splits(cfg, 0)
+  np.testing.assert_array_equal(first.train_ids, again.train_ids)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def test_batch_indices_deterministic_and_cover_the_epoch():
+  a = data.batch_indices(103, 10, seed=5, epoch=2)
+  np.testing.assert_array_equal(a, data.batch_indices(103, 10, seed=5, epoch=2))
+  assert a.shape == (10, 10) and data.num_batches(103, 10) == 10
+  assert len(np.unique(a)) == 100 and a.min() >= 0 and a.max() < 103
+  np.testing.assert_array_equal(a.ravel(), np.random.default_rng([5, 2]).permutation(103)[:100])
+  assert not np.array_equal(a, data.batch_indices(103, 10, seed=5, epoch=3))
+  assert not np.array_equal(a, data.batch_indices(103, 10, seed=6, epoch=2))
+  full = data.batch_indices(103, 10, seed=5, epoch=2, drop_last=False)
+  assert full.shape == (11, 10) and data.num_batches(103, 10, drop_last=False) == 11
+  assert sorted(full[full >= 0].tolist()) == list(range(103)) and (full < 0).sum() == 7
+  ordered = data.batch_indices(6, 3, seed=0, epoch=0, shuffle=False)
+  np.testing.assert_array_equal(ordered, [[0, 1, 2], [3, 4, 5]])
+
+
+def test_batch_indices_bucketed_by_length():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 400, size=5000)
+  kw = dict(seed=1, epoch=0, lengths=lengths)
+  a = data.batch_indices(5000, 16, **kw)
+  np.testing.assert_array_equal(a, data.batch_indices(5000, 16, **kw))
+  assert a.shape == (312, 16) and len(np.unique(a)) == 312 * 16
+  plain = data.batch_indices(5000, 16, seed=1, epoch=0)
+  spread = lambda b: np.mean(np.ptp(lengths[b], axis=1))
+  assert spread(a) < spread(plain) / 5
+  assert not np.array_equal(a, data.batch_indices(5000, 16, seed=1, epoch=1, lengths=lengths))
+  assert sorted(data.batch_indices(50, 16, seed=0, epoch=0, drop_last=False,
+                                   lengths=lengths[:50]).ravel().tolist())[14:] == list(range(50))
+
+
+def test_eval_batches_fixed_size_with_mask():
+  ids = np.arange(14, dtype=np.int32).reshape(7, 2) + 1
+  labels = np.arange(7, dtype=np.int32)
+  batches = list(data.eval_batches(ids, labels, 3))
+  assert [b[0].shape for b in batches] == [(3, 2)] * 3
+  assert all(b[0].dtype == np.int32 and b[1].dtype == np.int32 for b in batches)
+  mask = np.concatenate([b[2] for b in batches])
+  np.testing.assert_array_equal(mask, [1, 1, 1, 1, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(np.concatenate([b[0] for b in batches])[:7], ids)
+  np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[:7], labels)
+  np.testing.assert_array_equal(batches[-1][0][1:], 0)
+  assert len(list(data.eval_batches(ids[:6], labels[:6], 3))) == 2

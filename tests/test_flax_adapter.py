@@ -1,0 +1,196 @@
+"""Tests for embedlab.flax_adapter: nnx and linen modules backed by embedlab.tables."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+from embedlab import tables
+from embedlab.flax_adapter import Embed, LinenEmbed
+
+V, D = 12, 5
+IDS = np.array([[3, 0, 11, 7], [1, 1, 0, 2]], np.int32)
+
+
+def _reference_table(seed=0):
+  return np.random.default_rng(seed).normal(size=(V, D)).astype(np.float32)
+
+
+def test_nnx_embed_matches_numpy_lookup_and_nnx_embed():
+  table = _reference_table()
+  layer = Embed(V, D, init=table, rngs=nnx.Rngs(0))
+  out = layer(jnp.asarray(IDS))
+  np.testing.assert_array_equal(np.asarray(out), table[IDS])
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(tables.lookup(layer.params, IDS)))
+
+  flax_layer = nnx.Embed(V, D, rngs=nnx.Rngs(1))
+  flax_layer.embedding[...] = jnp.asarray(table)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(flax_layer(jnp.asarray(IDS))))
+
+  # The parameter has nnx.Embed's name, so state moves between the two.
+  nnx.update(flax_layer, nnx.state(Embed(V, D, rngs=nnx.Rngs(5))))
+  other = Embed(V, D, rngs=nnx.Rngs(5))
+  np.testing.assert_array_equal(np.asarray(flax_layer(jnp.asarray(IDS))),
+                                np.asarray(other(jnp.asarray(IDS))))
+
+
+def test_nnx_embed_init_uses_rngs_and_padding_row_is_zero():
+  a = Embed(V, D, padding_id=0, rngs=nnx.Rngs(0))
+  b = Embed(V, D, padding_id=0, rngs=nnx.Rngs(0))
+  c = Embed(V, D, padding_id=0, rngs=nnx.Rngs(1))
+  np.testing.assert_array_equal(np.asarray(a.params["table"]), np.asarray(b.params["table"]))
+  assert not np.array_equal(np.asarray(a.params["table"]), np.asarray(c.params["table"]))
+  np.testing.assert_array_equal(np.asarray(a.params["table"][0]), np.zeros(D, np.float32))
+  assert isinstance(a.embedding, nnx.Param)
+  assert a.embedding[...].shape == (V, D) and a.embedding[...].dtype == jnp.float32
+
+
+def test_nnx_padding_gives_zero_vectors_and_zero_gradient():
+  table = _reference_table()
+  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+  out = np.asarray(layer(jnp.asarray(IDS)))
+  expected = table[IDS] * (IDS != 0)[..., None]
+  np.testing.assert_array_equal(out, expected)
+  assert np.all(out[IDS == 0] == 0)
+
+  def loss(model, ids):
+    return jnp.sum(model(ids) ** 2)
+
+  grads = nnx.grad(loss)(layer, jnp.asarray(IDS))
+  g = np.asarray(grads["embedding"][...])
+  expected_grad = np.zeros_like(table)
+  np.add.at(expected_grad, IDS, 2 * expected)
+  np.testing.assert_allclose(g, expected_grad, rtol=1e-6)
+  np.testing.assert_array_equal(g[0], np.zeros(D, np.float32))
+  assert np.any(g[3] != 0)
+
+  # The same through jax.grad on the split state.
+  graphdef, state = nnx.split(layer)
+
+  def pure_loss(state, ids):
+    return loss(nnx.merge(graphdef, state), ids)
+
+  g2 = jax.grad(pure_loss)(state, jnp.asarray(IDS))["embedding"][...]
+  np.testing.assert_allclose(np.asarray(g2), expected_grad, rtol=1e-6)
+
+
+def test_nnx_out_of_range_ids_raise_eagerly_and_under_jit():
+  layer = Embed(V, D, rngs=nnx.Rngs(0))
+  bad = np.array([[1, 2], [V, 0]], np.int32)
+  message = re.escape(f"lookup: id {V} at position (1, 0) is outside the table ({V} rows")
+  with pytest.raises(ValueError, match=message):
+    layer(jnp.asarray(bad))
+  with pytest.raises(ValueError, match=re.escape("lookup: id -1 at position (0,)")):
+    layer(jnp.array([-1]))
+
+  @nnx.jit
+  def forward(model, ids):
+    return model(ids)
+
+  np.testing.assert_array_equal(np.asarray(forward(layer, jnp.asarray(IDS))),
+                                np.asarray(layer.params["table"])[IDS])
+  with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+    jax.block_until_ready(forward(layer, jnp.asarray(bad)))
+
+  clipped = Embed(V, D, oob="clip", rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(clipped(jnp.array([V + 3]))),
+                                np.asarray(clipped.params["table"])[[V - 1]])
+  with pytest.raises(ValueError, match=r"Embed: oob='nan' is not one of error, clip, zero"):
+    Embed(V, D, oob="nan", rngs=nnx.Rngs(0))
+
+
+def test_nnx_attend_bag_max_norm_and_dtype():
+  table = _reference_table()
+  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+  padded = np.where(np.arange(V)[:, None] == 0, 0, table)  # init zeroes the padding row
+  x = np.random.default_rng(1).normal(size=(3, 2, D)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(layer.attend(jnp.asarray(x))), x @ padded.T, rtol=1e-5,
+                             atol=1e-5)
+
+  bags = np.asarray(layer.bag(jnp.asarray(IDS), mode="sum"))
+  np.testing.assert_allclose(bags, (table[IDS] * (IDS != 0)[..., None]).sum(1), rtol=1e-6)
+  means = np.asarray(layer.bag(jnp.asarray(IDS), mode="mean"))
+  np.testing.assert_allclose(means, bags / (IDS != 0).sum(1, keepdims=True), rtol=1e-6)
+
+  capped = Embed(V, D, init=table, max_norm=1.0, rngs=nnx.Rngs(0))
+  norms = np.linalg.norm(np.asarray(capped(jnp.asarray(IDS))), axis=-1)
+  expected = np.minimum(np.linalg.norm(table[IDS], axis=-1), 1.0)
+  np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+  half = Embed(V, D, init=table, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert half(jnp.asarray(IDS)).dtype == jnp.bfloat16
+  assert half.embedding[...].dtype == jnp.float32
+
+
+def test_nnx_train_step_moves_only_looked_up_rows():
+  table = _reference_table()
+  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+
+  @nnx.jit
+  def step(model, ids):
+    grads = nnx.grad(lambda m: jnp.sum(m(ids)))(model)
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda p, g: p - 0.5 * g, params, grads))
+
+  step(layer, jnp.array([[0, 4, 4]]))
+  after = np.asarray(layer.params["table"])
+  expected = table.copy()
+  expected[0] = 0  # the padding row starts at zero and stays there
+  expected[4] -= 0.5 * 2  # two uses of row 4, gradient 1 each
+  np.testing.assert_allclose(after, expected, rtol=1e-6)
+
+
+def test_linen_embed_matches_nn_embed_and_checks_ids():
+  table = _reference_table()
+  ids = jnp.asarray(IDS)
+  layer = LinenEmbed(V, D)
+  variables = layer.init(jax.random.key(0), ids)
+  assert set(variables["params"]) == {"embedding"}
+  assert variables["params"]["embedding"].shape == (V, D)
+
+  flax_variables = nn.Embed(V, D).init(jax.random.key(1), ids)
+  assert jax.tree.structure(flax_variables) == jax.tree.structure(variables)
+  assert jax.tree.map(jnp.shape, flax_variables) == jax.tree.map(jnp.shape, variables)
+  flax_variables = {"params": {"embedding": jnp.asarray(table)}}  # an nn.Embed checkpoint
+  out = layer.apply(flax_variables, ids)
+  np.testing.assert_array_equal(np.asarray(out), table[IDS])
+  np.testing.assert_array_equal(np.asarray(out),
+                                np.asarray(nn.Embed(V, D).apply(flax_variables, ids)))
+  x = np.ones((2, D), np.float32)
+  np.testing.assert_allclose(np.asarray(layer.apply(flax_variables, jnp.asarray(x),
+                                                    method="attend")), x @ table.T, rtol=1e-5)
+
+  with pytest.raises(ValueError, match=re.escape(f"lookup: id {V + 1} at position (0, 1)")):
+    layer.apply(flax_variables, jnp.array([[1, V + 1]]))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(f"lookup: id {V + 1}")):
+    jax.block_until_ready(jax.jit(layer.apply)(flax_variables, jnp.array([[1, V + 1]])))
+
+
+def test_linen_embed_padding_gradient_bag_and_init():
+  table = _reference_table()
+  layer = LinenEmbed(V, D, padding_id=0, embedding_init=table)
+  ids = jnp.asarray(IDS)
+  variables = layer.init(jax.random.key(0), ids)
+  np.testing.assert_array_equal(np.asarray(variables["params"]["embedding"]),
+                                np.where(np.arange(V)[:, None] == 0, 0, table))
+  out = np.asarray(layer.apply(variables, ids))
+  np.testing.assert_array_equal(out, table[IDS] * (IDS != 0)[..., None])
+
+  full = {"params": {"embedding": jnp.asarray(table)}}  # padding row not zero in the params
+  grads = jax.grad(lambda v: jnp.sum(layer.apply(v, ids) ** 2))(full)
+  g = np.asarray(grads["params"]["embedding"])
+  np.testing.assert_array_equal(g[0], np.zeros(D, np.float32))
+  np.testing.assert_allclose(g[3], 2 * table[3], rtol=1e-6)
+
+  bags = np.asarray(layer.apply(variables, ids, mode="max", method="bag"))
+  masked = np.where((IDS != 0)[..., None], table[IDS], -np.inf)
+  np.testing.assert_array_equal(bags, masked.max(1))
+
+  random_init = LinenEmbed(V, D, padding_id=0).init(jax.random.key(3), ids)
+  emb = np.asarray(random_init["params"]["embedding"])
+  np.testing.assert_array_equal(emb[0], np.zeros(D, np.float32))
+  assert np.all(emb[1:] != 0)

@@ -1,0 +1,132 @@
+"""Pooling strategies (embedlab/pooling.py) against a numpy reference, under jit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import embedlab as el
+from embedlab import pooling
+from embedlab.sparse import localize
+
+MODES = ("sum", "mean", "sqrtn", "max")
+
+
+def reference_bag(table, ids, weights, padding_id, mode):
+  table = np.asarray(table, np.float64)
+  out = np.zeros((ids.shape[0], table.shape[1]))
+  for b in range(ids.shape[0]):
+    real = [l for l in range(ids.shape[1]) if ids[b, l] != padding_id]
+    if not real:
+      continue
+    vecs = table[ids[b, real]]
+    w = np.ones(len(real)) if weights is None else np.asarray(weights[b, real], np.float64)
+    if mode == "max":
+      out[b] = vecs.max(0)
+    elif mode == "sum":
+      out[b] = w @ vecs
+    elif mode == "mean":
+      out[b] = w @ vecs / w.sum() if w.sum() != 0 else 0
+    else:
+      norm = np.sqrt((w ** 2).sum())
+      out[b] = w @ vecs / norm if norm != 0 else 0
+  return out
+
+
+def make_batch(seed=0, batch=6, bag_len=5, rows=11, features=3):
+  rng = np.random.default_rng(seed)
+  table = rng.normal(size=(rows, features)).astype(np.float32)
+  ids = rng.integers(0, rows, size=(batch, bag_len)).astype(np.int32)
+  ids[0] = 0                  # an empty bag (all padding)
+  ids[1, 2:] = 0              # trailing padding
+  ids[2, 1] = ids[2, 3]       # a duplicate inside a bag
+  weights = rng.uniform(0.5, 2.0, size=ids.shape).astype(np.float32)
+  return table, ids, weights
+
+
+def pool_with(strategy, table, ids, weights, mode):
+  mask = ids != 0
+  w = mask.astype(jnp.float32) if weights is None else weights * mask
+  return pooling.pool_padded(table, ids, w, mask, mode, strategy=strategy)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("strategy", pooling.STRATEGIES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_every_strategy_matches_numpy(strategy, mode, weighted):
+  if mode == "max" and (weighted or strategy != "take"):
+    pytest.skip("max takes no weights and pools with take only")
+  table, ids, weights = make_batch()
+  weights = weights if weighted else None
+  got = jax.jit(pool_with, static_argnums=(0, 4))(strategy, jnp.asarray(table), jnp.asarray(ids),
+                                                  weights, mode)
+  np.testing.assert_allclose(got, reference_bag(table, ids, weights, 0, mode), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ("sum", "mean", "sqrtn"))
+def test_strategies_have_the_same_gradient_and_empty_bags_stay_finite(mode):
+  table, ids, weights = make_batch(seed=1)
+
+  def loss(table, strategy):
+    pooled = pool_with(strategy, table, jnp.asarray(ids), jnp.asarray(weights), mode)
+    return jnp.sum(jnp.sin(pooled))
+
+  grads = {s: jax.jit(jax.grad(loss), static_argnums=1)(jnp.asarray(table), s)
+           for s in pooling.STRATEGIES}
+  for s in pooling.STRATEGIES:
+    assert np.isfinite(np.asarray(grads[s])).all()
+    np.testing.assert_allclose(grads[s], grads["take"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(grads["scan"][0], 0)   # padding row: exactly no gradient
+  untouched = np.setdiff1d(np.arange(table.shape[0]), ids)
+  np.testing.assert_array_equal(np.asarray(grads["scan"])[untouched], 0)
+
+
+def test_strategies_agree_on_a_localized_table():
+  table, ids, weights = make_batch(seed=2)
+  local = localize(jnp.asarray(table), jnp.asarray(ids), padding_id=0)
+  for strategy in pooling.STRATEGIES:
+    got = pool_with(strategy, local.params["table"], local.ids, jnp.asarray(weights), "mean")
+    np.testing.assert_allclose(got, reference_bag(table, ids, weights, 0, "mean"), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_bag_dispatches_to_scan_on_large_cpu_shapes_with_the_same_numbers(monkeypatch):
+  table, ids, weights = make_batch(seed=3)
+  expected = reference_bag(table, ids, weights, 0, "sqrtn")
+  assert pooling.choose_strategy(*ids.shape, 3, 4, "sqrtn", "cpu") == "take"
+  monkeypatch.setattr(pooling, "SCAN_MIN_BYTES", 1)
+  pooling.pool_padded.clear_cache()
+  assert pooling.choose_strategy(*ids.shape, 3, 4, "sqrtn", "cpu") == "scan"
+  assert pooling.choose_strategy(*ids.shape, 3, 4, "max", "cpu") == "take"
+  assert pooling.choose_strategy(*ids.shape, 3, 4, "sum", "gpu") == "take"
+  got = jax.jit(lambda t, i, w: el.bag({"table": t}, i, mode="sqrtn", weights=w, padding_id=0))(
+      jnp.asarray(table), jnp.asarray(ids), jnp.asarray(weights))
+  pooling.pool_padded.clear_cache()
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bag_keeps_its_oob_policies():
+  table = jnp.arange(12.0).reshape(4, 3)
+  ids = jnp.array([[1, 9, 0], [-1, 2, 2]])
+  zero = el.bag({"table": table}, ids, mode="sum", padding_id=0, oob="zero")
+  np.testing.assert_allclose(zero, [[3, 4, 5], [12, 14, 16]])
+  clip = el.bag({"table": table}, ids, mode="sum", oob="clip")
+  np.testing.assert_allclose(clip, [[12, 15, 18], [12, 15, 18]])  # -1 -> row 0
+  with pytest.raises(ValueError, match="id 9 at position"):
+    el.bag({"table": table}, ids, mode="sum")
+
+
+def test_bfloat16_compute_accumulates_in_float32():
+  table = jnp.full((3, 2), 1.0 + 2 ** -7, jnp.float32)   # not a bfloat16 number
+  ids = jnp.ones((1, 512), jnp.int32)
+  w = jnp.ones((1, 512), jnp.bfloat16)
+  got = pooling.pool_padded(table, ids, w, ids != 0, "sum", compute_dtype=jnp.bfloat16,
+                            strategy="scan")
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), 512.0, rtol=1e-2)
+
+
+def test_unknown_strategy_says_which_exist():
+  with pytest.raises(ValueError, match="take, scan, segment"):
+    pool_with("loop", jnp.ones((3, 2)), jnp.ones((1, 2), jnp.int32), None, "sum")

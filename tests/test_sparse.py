@@ -1,0 +1,263 @@
+"""Row-sparse optimizers (embedlab/sparse.py) against dense optax and numpy references, under jit."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import embedlab as el
+from embedlab import sparse
+
+ROWS, FEATURES, PAD = 13, 4, 0
+
+
+def batches(steps, seed=0, batch=3, bag_len=6):
+  """Batches with duplicates (within and across bags), padding and an empty bag."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(steps):
+    ids = rng.integers(1, 8, size=(batch, bag_len)).astype(np.int32)  # rows 8.. never used
+    ids[0, 3:] = PAD
+    ids[1, 1] = ids[1, 0]
+    ids[-1] = PAD if len(out) % 2 else ids[-1]
+    weights = rng.uniform(0.5, 2.0, size=ids.shape).astype(np.float32)
+    out.append((jnp.asarray(ids), jnp.asarray(weights)))
+  return out
+
+
+def initial_table(seed=0):
+  table = np.random.default_rng(seed).normal(size=(ROWS, FEATURES)).astype(np.float32)
+  table[PAD] = 0
+  return jnp.asarray(table)
+
+
+def loss_fn(params, ids, weights):
+  pooled = el.bag(params, ids, mode="mean", weights=weights, padding_id=PAD)
+  return jnp.sum(jnp.sin(pooled) * jnp.arange(1.0, pooled.shape[-1] + 1))
+
+
+def train_dense(tx, steps, seed=0):
+  params = {"table": initial_table()}
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, ids, weights):
+    grads = jax.grad(loss_fn)(params, ids, weights)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for ids, weights in batches(steps, seed):
+    params, state = step(params, state, ids, weights)
+  return params["table"]
+
+
+def make_sparse_step(opt, **update_kwargs):
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(table, state, ids, weights):
+    local = sparse.localize(table, ids, padding_id=PAD)
+    grads = jax.grad(loss_fn)(local.params, local.ids, weights)
+    return opt.update(table, state, local.row_ids, grads["table"], unique=True, **update_kwargs)
+  return step
+
+
+def train_sparse(opt, steps, seed=0, **update_kwargs):
+  table = initial_table()
+  state = opt.init(table)
+  step = make_sparse_step(opt, **update_kwargs)
+  for ids, weights in batches(steps, seed):
+    table, state = step(table, state, ids, weights)
+  return table, state
+
+
+def test_sparse_sgd_equals_dense_sgd_exactly():
+  dense = train_dense(optax.sgd(0.3), steps=6)
+  table, _ = train_sparse(sparse.sparse_sgd(0.3), steps=6)
+  np.testing.assert_array_equal(table, dense)
+  np.testing.assert_array_equal(table[PAD], 0)
+  np.testing.assert_array_equal(table[8:], initial_table()[8:])
+
+
+def test_update_sums_duplicate_ids_like_the_dense_gradient():
+  rng = np.random.default_rng(1)
+  ids = jnp.asarray(rng.integers(-1, ROWS + 2, size=40).astype(np.int32))  # dups, out of range
+  grads = jnp.asarray(rng.normal(size=(40, FEATURES)).astype(np.float32))
+  valid = (ids >= 0) & (ids < ROWS)
+  dense_grad = jnp.zeros((ROWS, FEATURES)).at[jnp.where(valid, ids, ROWS)].add(grads, mode="drop")
+  opt = sparse.sparse_sgd(1.0)
+  table, _ = jax.jit(opt.update)(initial_table(), opt.init(initial_table()), ids, grads)
+  np.testing.assert_array_equal(table, initial_table() - dense_grad)
+  unique, summed = jax.jit(sparse.sum_duplicates, static_argnums=2)(ids, grads, ROWS)
+  real = np.asarray(unique) < ROWS
+  assert sorted(np.asarray(unique)[real]) == sorted(set(np.asarray(ids)[np.asarray(valid)]))
+  np.testing.assert_array_equal(np.asarray(summed)[real], np.asarray(dense_grad)[unique[real]])
+  np.testing.assert_array_equal(np.asarray(summed)[~real], 0)
+
+
+def test_sparse_adagrad_equals_dense_adagrad_and_leaves_untouched_rows():
+  dense = train_dense(optax.adagrad(0.2), steps=5)
+  table, state = train_sparse(sparse.sparse_adagrad(0.2), steps=5)
+  np.testing.assert_allclose(table, dense, rtol=2e-6, atol=1e-7)
+  np.testing.assert_array_equal(table[8:], initial_table()[8:])
+  np.testing.assert_array_equal(state.sum_of_squares[8:], np.float32(0.1))
+  np.testing.assert_array_equal(state.sum_of_squares[PAD], np.float32(0.1))
+
+
+def reference_rows(name, steps, lr, weight_decay, b1=0.9, b2=0.999, eps=1e-8, seed=0):
+  """numpy reference of the documented rules, from the numpy row gradients of each step."""
+  table = np.asarray(initial_table(), np.float64)
+  m, v = np.zeros_like(table), np.zeros_like(table)
+  acc = np.zeros(ROWS) if name == "rowwise" else None
+  for t, (ids, weights) in enumerate(batches(steps, seed), start=1):
+    grad = np.asarray(jax.grad(loss_fn)({"table": jnp.asarray(table, jnp.float32)}, ids,
+                                        weights)["table"], np.float64)
+    touched = np.unique(np.asarray(ids)[np.asarray(ids) != PAD])
+    g, w = grad[touched], table[touched]
+    if name == "adam":
+      m[touched] = b1 * m[touched] + (1 - b1) * g
+      v[touched] = b2 * v[touched] + (1 - b2) * g * g
+      step = np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[touched] / (np.sqrt(v[touched]) + eps)
+    else:
+      acc[touched] += (g * g).mean(1)
+      step = g / (np.sqrt(acc[touched]) + eps)[:, None]
+    table[touched] = w - lr * (step + weight_decay * w)
+  return table
+
+
+def test_lazy_adam_matches_numpy_reference_of_its_rule():
+  schedule = optax.linear_schedule(0.05, 0.01, 4)
+  table, state = train_sparse(sparse.sparse_lazy_adam(schedule, weight_decay=0.1), steps=4)
+  # The reference uses the schedule's values: count 0..3.
+  expected = initial_table()
+  ref = np.asarray(expected, np.float64)
+  m, v = np.zeros_like(ref), np.zeros_like(ref)
+  for t, (ids, weights) in enumerate(batches(4), start=1):
+    grad = np.asarray(jax.grad(loss_fn)({"table": jnp.asarray(ref, jnp.float32)}, ids,
+                                        weights)["table"], np.float64)
+    touched = np.unique(np.asarray(ids)[np.asarray(ids) != PAD])
+    lr = float(schedule(t - 1))
+    g, w = grad[touched], ref[touched]
+    m[touched] = 0.9 * m[touched] + 0.1 * g
+    v[touched] = 0.999 * v[touched] + 0.001 * g * g
+    step = np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m[touched] / (np.sqrt(v[touched]) + 1e-8)
+    ref[touched] = w - lr * (step + 0.1 * w)
+  np.testing.assert_allclose(table, ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.mu, m, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(table[8:], initial_table()[8:])
+  assert int(state.count) == 4
+
+
+def test_lazy_adam_untouched_rows_keep_moments_unlike_dense_adam():
+  opt = sparse.sparse_lazy_adam(0.1)
+  table, state = initial_table(), opt.init(initial_table())
+  update = jax.jit(opt.update)
+  table, state = update(table, state, jnp.array([3]), jnp.ones((1, FEATURES)))
+  moved = table[3]
+  table, state = update(table, state, jnp.array([5]), jnp.ones((1, FEATURES)))
+  np.testing.assert_array_equal(table[3], moved)        # dense Adam would move row 3 again
+  np.testing.assert_allclose(state.mu[3], 0.1)           # and decay its momentum
+
+
+def test_lazy_adam_equals_dense_adam_when_every_row_is_touched_and_eps_is_zero():
+  rng = np.random.default_rng(4)
+  opt, tx = sparse.sparse_lazy_adam(0.01, eps=0.0), optax.adam(0.01, eps=0.0)
+  table, state = initial_table(), opt.init(initial_table())
+  params, tx_state = initial_table(), tx.init(initial_table())
+  ids = jnp.concatenate([jnp.arange(ROWS), jnp.arange(ROWS)])  # every row, duplicated
+  for _ in range(5):
+    g = jnp.asarray(rng.normal(size=(2 * ROWS, FEATURES)).astype(np.float32))
+    table, state = jax.jit(opt.update)(table, state, ids, g)
+    dense_grad = g[:ROWS] + g[ROWS:]
+    updates, tx_state = tx.update(dense_grad, tx_state)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(table, params, rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_adagrad_matches_numpy_reference():
+  table, state = train_sparse(sparse.sparse_rowwise_adagrad(0.1, weight_decay=0.05), steps=4)
+  expected = reference_rows("rowwise", 4, lr=0.1, weight_decay=0.05)
+  np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-6)
+  assert state.sum_of_squares.shape == (ROWS,)
+
+
+@pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
+def test_frozen_and_skipped_rows_never_change(name):
+  opt = sparse.get_sparse_optimizer(name, 0.5, weight_decay=0.3)
+  frozen = jnp.zeros(ROWS, bool).at[jnp.array([2, 5])].set(True)
+  table, state = initial_table(), opt.init(initial_table())
+  ids = jnp.array([1, 2, 5, 5, 6, 6, 9, 9])
+  grads = jnp.ones((8, FEATURES))
+  new_table, new_state = jax.jit(
+      functools.partial(opt.update, row_mask=~frozen, skip_ids=(9,)))(table, state, ids, grads)
+  for row in (0, 2, 5, 9):
+    np.testing.assert_array_equal(new_table[row], table[row])
+    for before, after in zip(state[1:], new_state[1:]):
+      np.testing.assert_array_equal(after[row], before[row])
+  for row in (1, 6):
+    assert not np.allclose(new_table[row], table[row])
+
+
+def test_jitted_sparse_step_compiles_once_and_updates_in_place():
+  traces = []
+  opt = sparse.sparse_lazy_adam(0.01)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(table, state, ids, weights):
+    traces.append(1)
+    local = sparse.localize(table, ids, padding_id=PAD)
+    grads = jax.grad(loss_fn)(local.params, local.ids, weights)
+    return opt.update(table, state, local.row_ids, grads["table"], unique=True)
+
+  rows, features = 1 << 16, 16
+  table = jnp.zeros((rows, features))
+  state = opt.init(table)
+  ids0, w0 = batches(1)[0]
+  compiled = step.lower(table, state, ids0, w0).compile()
+  memory = compiled.memory_analysis()
+  table_bytes = rows * features * 4
+  assert memory.alias_size_in_bytes >= 3 * table_bytes      # table, mu, nu written in place
+  assert memory.temp_size_in_bytes < table_bytes // 4        # no table-sized temporary
+  for ids, weights in batches(5, seed=7):
+    old = table
+    table, state = step(table, state, ids, weights)
+    assert old.is_deleted()                                  # donated buffer reused
+  assert len(traces) == 1
+
+
+def test_localize_gives_the_model_the_same_numbers():
+  table = initial_table()
+  ids = batches(1, seed=3)[0][0]
+  local = sparse.localize(table, ids, padding_id=PAD)
+  assert local.params["table"].shape == (ids.size + 1, FEATURES)
+  np.testing.assert_array_equal(el.lookup(local.params, local.ids, padding_id=PAD),
+                                el.lookup({"table": table}, ids, padding_id=PAD))
+  real_rows = np.asarray(local.row_ids) < ROWS
+  np.testing.assert_array_equal(np.sort(np.asarray(local.row_ids)[real_rows]),
+                                np.unique(np.asarray(ids)[np.asarray(ids) != PAD]))
+  other = sparse.localize({"table": table}, jnp.array([[4, 3, 3]]), padding_id=3)
+  np.testing.assert_array_equal(
+      el.bag(other.params, other.ids, mode="sum", padding_id=3), table[4][None])
+  unpadded = sparse.localize(table, jnp.array([4, 4, 0]), padding_id=None)
+  np.testing.assert_array_equal(el.lookup(unpadded.params, unpadded.ids), table[jnp.array([4, 4, 0])])
+
+
+def test_errors_say_what_and_how_to_fix():
+  table = initial_table()
+  with pytest.raises(ValueError, match=r"id 13 at position \(0, 1\) is outside the table"):
+    sparse.localize(table, jnp.array([[1, 13]]))
+  with pytest.raises(ValueError, match="padding_id 5 must be in 0..2"):
+    sparse.localize(table, jnp.array([1, 2]), padding_id=5)
+  opt = sparse.sparse_sgd(0.1)
+  with pytest.raises(ValueError, match="Flatten the batch's ids"):
+    opt.update(table, opt.init(table), jnp.ones((2, 2), jnp.int32), jnp.ones((4, FEATURES)))
+  with pytest.raises(ValueError, match="use one of sparse_adagrad, sparse_lazy_adam"):
+    sparse.slot_bytes("adam", (3, 2))
+
+
+@pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
+def test_slot_bytes_match_the_state(name):
+  state = sparse.get_sparse_optimizer(name, 0.1).init(jnp.zeros((100, 8)))
+  actual = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
+  assert sparse.slot_bytes(name, (100, 8)) == actual

@@ -1,0 +1,186 @@
+"""Tests for embedlab.text: tokenizer, vocabulary, hashed n-grams, encoding (vs. references)."""
+
+import numpy as np
+import pytest
+
+from embedlab import text
+
+# ----------------------------------------------------------------------------- tokenize
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Hello, World!", ["hello", ",", "world", "!"]),
+    ("It's NOT bad... isn't it?", ["it's", "not", "bad", ".", ".", ".", "isn't", "it", "?"]),
+    ("it 's a does n't ( director )", ["it", "'s", "a", "does", "n't", "(", "director", ")"]),
+    ("'Star Wars' rocks", ["'", "star", "wars", "'", "rocks"]),
+    ("line<br />break<br/>x<BR>y", ["line", "break", "x", "y"]),
+    ("café naïve 10,000 $5", ["café", "naïve", "10", ",", "000", "$", "5"]),
+    ("snake_case t2_w17", ["snake_case", "t2_w17"]),
+    ("  \t\n ", []),
+    ("", []),
+])
+def test_tokenize_cases(raw, expected):
+  assert text.tokenize(raw) == expected
+
+
+def test_tokenize_keeps_case_when_asked():
+  assert text.tokenize("The CAT's <br />Hat", lowercase=False) == ["The", "CAT's", "Hat"]
+
+
+def test_tokenize_many_matches_tokenize():
+  texts = ["A b, c.", "", "<br />X y'z 'S", "Ünïcode — dash", "x" * 50]
+  for lowercase in (True, False):
+    assert text.tokenize_many(texts, lowercase) == [text.tokenize(t, lowercase) for t in texts]
+
+
+# ----------------------------------------------------------------------------- vocab
+
+
+def test_build_vocab_orders_by_frequency_then_token():
+  docs = [["b", "a", "c", "b"], ["c", "d", "b", "a"]]  # b:3, a:2, c:2, d:1
+  v = text.build_vocab(docs)
+  assert v.tokens == ("<pad>", "<unk>", "b", "a", "c", "d")
+  assert text.build_vocab(list(reversed(docs))).tokens == v.tokens  # order-independent
+  assert text.PAD_ID == 0 and text.UNK_ID == 1
+
+
+def test_build_vocab_min_freq_and_max_size():
+  docs = [["b", "a", "c", "b"], ["c", "d", "b", "a"]]
+  assert text.build_vocab(docs, min_freq=2).tokens == ("<pad>", "<unk>", "b", "a", "c")
+  assert text.build_vocab(docs, max_size=4).tokens == ("<pad>", "<unk>", "b", "a")
+  assert len(text.build_vocab(docs, max_size=2)) == 2
+  with pytest.raises(ValueError, match="max_size = 1"):
+    text.build_vocab(docs, max_size=1)
+
+
+def test_build_vocab_ignores_special_tokens_in_input():
+  v = text.build_vocab([["<pad>", "<unk>", "x", "<unk>"]])
+  assert v.tokens == ("<pad>", "<unk>", "x")
+
+
+def test_vocab_lookup_and_encode():
+  v = text.Vocab(("<pad>", "<unk>", "the", "film"))
+  assert len(v) == 4
+  assert v.id_of("film") == 3 and v.id_of("zebra") == text.UNK_ID
+  ids = v.encode(["the", "zebra", "film"])
+  assert ids.dtype == np.int32 and ids.tolist() == [2, 1, 3]
+  assert v.encode([]).shape == (0,)
+
+
+def test_vocab_rejects_bad_tokens():
+  with pytest.raises(ValueError, match="first two tokens"):
+    text.Vocab(("a", "<unk>"))
+  with pytest.raises(ValueError, match="duplicate tokens \\['x'\\]"):
+    text.Vocab(("<pad>", "<unk>", "x", "x"))
+
+
+def test_vocab_save_load_round_trip(tmp_path):
+  # \x85 and \u2028 would be line breaks for str.splitlines(); the file format must not care.
+  v = text.Vocab.from_words(["the", "café", "'s", "a\x85b", "c\u2028d", "", "."])
+  path = tmp_path / "vocab.txt"
+  v.save(path)
+  assert text.Vocab.load(path) == v
+  assert path.read_bytes().decode("utf-8").split("\n")[:3] == ["<pad>", "<unk>", "the"]
+  with pytest.raises(ValueError, match="line break"):
+    text.Vocab.from_words(["a\nb"]).save(tmp_path / "bad.txt")
+  (tmp_path / "cut.txt").write_text("<pad>\n<unk>\nx", encoding="utf-8")
+  with pytest.raises(ValueError, match="does not end with a newline"):
+    text.Vocab.load(tmp_path / "cut.txt")
+
+
+# ----------------------------------------------------------------------------- n-grams
+
+
+def _reference_ngrams(row, n, num_buckets, offset):
+  """Pure-python fastText hashing, block layout as documented in ngram_ids_batch."""
+  length = len(row)
+  words = []
+  for w in row:
+    if w == 0:
+      break
+    words.append(int(w))
+  out = []
+  for k in range(2, n + 1):
+    block = [0] * length
+    for i in range(len(words) - k + 1):
+      h = words[i]
+      for j in range(1, k):
+        h = (h * 116049371 + words[i + j]) % 2**64
+      block[i] = offset + h % num_buckets
+    out += block
+  return out
+
+
+def _random_padded(rng, num_docs, length, vocab_size):
+  ids = rng.integers(1, vocab_size, size=(num_docs, length))
+  lengths = rng.integers(0, length + 1, size=num_docs)
+  ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
+  return ids.astype(np.int32)
+
+
+@pytest.mark.parametrize("n, num_buckets", [(2, 7), (3, 1000), (4, 2_000_003)])
+def test_ngram_ids_batch_matches_reference(n, num_buckets):
+  rng = np.random.default_rng(n)
+  # Large ids make the uint64 products wrap around: the reference must agree on that too.
+  ids = _random_padded(rng, 40, 9, 2**31 - 1)
+  offset = 12345
+  got = text.ngram_ids_batch(ids, n, num_buckets, offset)
+  assert got.dtype == np.int32 and got.shape == (40, (n - 1) * 9)
+  expected = np.array([_reference_ngrams(r, n, num_buckets, offset) for r in ids])
+  np.testing.assert_array_equal(got, expected)
+  nonpad = got[got != 0]
+  assert nonpad.min() >= offset and nonpad.max() < offset + num_buckets
+
+
+def test_ngram_ids_single_row_and_padding():
+  row = [5, 7, 9, 0, 0]
+  got = text.ngram_ids(row, 3, num_buckets=1000, offset=50)
+  ref = [x for x in _reference_ngrams(row, 3, 1000, 50) if x]
+  assert got.tolist() == ref and len(ref) == 3  # two bigrams, one trigram; pads form none
+  assert text.ngram_ids([4, 0, 0], 2, 10, 50).tolist() == []
+  # The same bigram hashes to the same id wherever it occurs.
+  same = text.ngram_ids([3, 4, 3, 4], 2, 97, 10)
+  assert same[0] == same[2]
+
+
+def test_ngram_ids_batch_rejects_bad_arguments():
+  ids = np.ones((2, 3), np.int32)
+  with pytest.raises(ValueError, match="offset = 0"):
+    text.ngram_ids_batch(ids, 2, 10, 0)
+  with pytest.raises(ValueError, match="n >= 2"):
+    text.ngram_ids_batch(ids, 1, 10, 5)
+  with pytest.raises(ValueError, match="int32"):
+    text.ngram_ids_batch(ids, 2, 2**31, 5)
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def test_encode_values_truncation_and_padding():
+  v = text.Vocab.from_words(["a", "b", "c"])
+  got = text.encode([["a", "b", "zz", "c", "a"], [], ["c"]], v, max_len=4)
+  np.testing.assert_array_equal(got, [[2, 3, 1, 4], [0, 0, 0, 0], [4, 0, 0, 0]])
+  assert got.dtype == np.int32
+
+
+def test_encode_matches_reference_with_ngrams():
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(30)]
+  v = text.build_vocab([words[:20]])
+  docs = [[words[j] for j in rng.integers(0, 30, size=rng.integers(0, 12))] for _ in range(50)]
+  max_len, n, buckets = 8, 3, 101
+  got = text.encode(docs, v, max_len=max_len, ngrams=n, num_buckets=buckets)
+  assert got.shape == (50, max_len * n)
+  for doc, row in zip(docs, got):
+    word_ids = [v.id_of(t) for t in doc[:max_len]]
+    word_ids += [0] * (max_len - len(word_ids))
+    assert row[:max_len].tolist() == word_ids
+    assert row[max_len:].tolist() == _reference_ngrams(word_ids, n, buckets, len(v))
+
+
+def test_encode_needs_buckets_for_ngrams():
+  v = text.Vocab.from_words(["a"])
+  with pytest.raises(ValueError, match="num_buckets > 0"):
+    text.encode([["a"]], v, max_len=3, ngrams=2)
+  with pytest.raises(ValueError, match="max_len = 0"):
+    text.encode([["a"]], v, max_len=0)

@@ -1,0 +1,204 @@
+"""End to end: the train loop, run directory, resume equivalence, NaN guard, experiments."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from embedlab import checkpoint as ckpt_lib
+from embedlab import config as config_lib
+from embedlab import models, train
+from embedlab.config import Config
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+TINY = ["data.synthetic_train_size=320", "data.synthetic_eval_size=64",
+        "data.synthetic_length=12", "data.max_len=16", "data.synthetic_words_per_topic=10",
+        "data.synthetic_shared_words=30", "model.features=8", "train.batch_size=32",
+        "train.num_epochs=2", "train.eval_every=7", "train.log_every=3",
+        "train.checkpoint_every=4", "train.progress=false", "optim.learning_rate=0.05"]
+
+
+def tiny(*extra) -> Config:
+  return config_lib.apply_overrides(Config(name="tiny"), TINY + list(extra))
+
+
+def quiet(*_):
+  pass
+
+
+def final_params(run_dir, cfg):
+  """The latest checkpoint's parameters as numpy."""
+  ckpt = ckpt_lib.Checkpoints(run_dir)
+  _, state, _ = ckpt.read("latest")
+  ckpt.close()
+  return jax.tree.map(np.asarray, state["params"])
+
+
+def metric_values(run_dir):
+  keep = ("event", "split", "step", "loss", "accuracy")
+  lines = (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k in keep} for line in lines]
+
+
+def test_run_directory_holds_everything(tmp_path):
+  cfg = tiny()
+  results = train.train(cfg, tmp_path / "run", echo=quiet)
+  run = tmp_path / "run"
+  for name in ("config.json", "vocab.txt", "labels.json", "metrics.jsonl", "results.json",
+               "plots/loss.png", "plots/accuracy.png"):
+    assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+  assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+  assert (run / "checkpoints" / "latest").is_dir() and (run / "checkpoints" / "best").is_dir()
+  assert config_lib.from_dict(json.loads((run / "config.json").read_text())) == cfg
+  for key in ("dev_accuracy", "test_accuracy", "train_seconds", "steps", "num_params"):
+    assert key in results
+  assert results["steps"] == 20 and results["test_accuracy"] > 0.5  # 4 planted topics
+  events = metric_values(run)
+  assert [e["step"] for e in events if e.get("split") == "dev"] == [7, 14, 20]
+
+
+@pytest.mark.parametrize("extra", [(), ("optim.name=sgd", "optim.learning_rate=0.5",
+                                        "model.name=cnn", "model.dropout=0.5")])
+def test_resumed_run_equals_uninterrupted_bitwise(tmp_path, monkeypatch, extra):
+  cfg = tiny(*extra)
+  train.train(cfg, tmp_path / "straight", echo=quiet)
+
+  saves = {"n": 0}
+  real_save = ckpt_lib.Checkpoints.save_latest
+
+  def dying_save(self, step, state, meta):
+    real_save(self, step, state, meta)
+    saves["n"] += 1
+    if saves["n"] == 2:  # die after the second checkpoint (step 8), mid-epoch
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_latest", dying_save)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(cfg, tmp_path / "resumed", echo=quiet)
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_latest", real_save)
+  # events after the last checkpoint (a log at step 9) are replayed, not duplicated
+  train.train(cfg, tmp_path / "resumed", echo=quiet)
+
+  a, b = final_params(tmp_path / "straight", cfg), final_params(tmp_path / "resumed", cfg)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert metric_values(tmp_path / "straight") == metric_values(tmp_path / "resumed")
+  ra = json.loads((tmp_path / "straight" / "results.json").read_text())
+  rb = json.loads((tmp_path / "resumed" / "results.json").read_text())
+  assert ra["test_accuracy"] == rb["test_accuracy"] and ra["dev_accuracy"] == rb["dev_accuracy"]
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(tmp_path):
+  cfg = tiny()
+  first = train.train(cfg, tmp_path / "run", echo=quiet)
+  messages = []
+  second = train.train(cfg, tmp_path / "run", echo=messages.append)
+  assert any("resuming" in m and "step 20" in m for m in messages)
+  assert first["test_accuracy"] == second["test_accuracy"]
+
+
+def test_different_config_in_existing_run_dir_is_refused(tmp_path):
+  train.train(tiny(), tmp_path / "run", echo=quiet)
+  with pytest.raises(Exception, match=r"different config \(model.features: 8 there, 9 now\).*"
+                                      r"--restart"):
+    train.train(tiny("model.features=9"), tmp_path / "run", echo=quiet)
+  train.train(tiny("model.features=9"), tmp_path / "run", restart=True, echo=quiet)
+
+
+def poison(monkeypatch, bad_step_rows):
+  """Makes the bag model's logits NaN for batches holding a marked training example."""
+  real_encode = train.data_lib.encode_splits
+
+  def encode(cfg, seed, **kw):
+    data = real_encode(cfg, seed, **kw)
+    ids = data.train_ids.copy()
+    ids[bad_step_rows, :3] = data.num_embeddings - 1
+    import dataclasses
+    return dataclasses.replace(data, train_ids=ids)
+
+  real_bag = models.MODELS["bag"]
+
+  def bag(cfg, num_embeddings, num_classes, pretrained=None):
+    model = real_bag(cfg, num_embeddings, num_classes, pretrained)
+
+    def apply(params, ids, **kw):
+      logits = model.apply(params, ids, **kw)
+      marked = jnp.any(jnp.all(ids[:, :3] == num_embeddings - 1, axis=1))
+      return jnp.where(marked, jnp.nan, logits)
+
+    return models.Model(model.init, apply, model.stages)
+
+  monkeypatch.setattr(train.data_lib, "encode_splits", encode)
+  monkeypatch.setitem(models.MODELS, "bag", bag)
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  cfg = tiny()
+  # batch order is a pure function of (seed, epoch): poison the first example of step 6
+  order = train.data_lib.batch_indices(320, 32, seed=cfg.seed, epoch=0)
+  bad_step = 6
+  poison(monkeypatch, [int(order[bad_step, 0])])
+  with pytest.raises(train.NonFiniteError, match=rf"NaN/inf at step {bad_step} "):
+    train.train(cfg, tmp_path / "run", echo=quiet)
+  params = final_params(tmp_path / "run", cfg)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  ckpt = ckpt_lib.Checkpoints(tmp_path / "run")
+  assert ckpt.latest.all_steps() == [4]  # the last checkpoint before the bad step
+  ckpt.close()
+
+
+def test_skip_nonfinite_counts_skipped_batches_and_finishes(tmp_path, monkeypatch):
+  poison(monkeypatch, [5])
+  results = train.train(tiny("train.skip_nonfinite=true"), tmp_path / "run", echo=quiet)
+  assert results["skipped_nonfinite"] == 2  # example 5 is in one batch of each of 2 epochs
+  params = final_params(tmp_path / "run", tiny())
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_train_step_compiles_once(tmp_path):
+  cfg = tiny()
+  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  setup = train.build(cfg, data, 10)
+  traces = {"n": 0}
+  inner = train.make_train_step(setup.model, setup.optimizer)
+
+  def counted(*args):
+    traces["n"] += 1
+    return inner(*args)
+
+  step = jax.jit(counted, donate_argnums=0)
+  state = train.init_state(cfg, setup)
+  for k in range(5):
+    rows = np.arange(k * 32, (k + 1) * 32)
+    state, _ = step(state, data.train_ids[rows], data.train_labels[rows])
+  assert traces["n"] == 1
+
+
+def test_predict_and_eval_use_the_best_checkpoint(tmp_path):
+  cfg = tiny("train.num_epochs=4")
+  results = train.train(cfg, tmp_path / "run", echo=quiet)
+  again = train.evaluate_run(tmp_path / "run", "test")
+  assert again["accuracy"] == pytest.approx(results["test_accuracy"])
+  words = train.data_lib.synthetic_word_topics(cfg.data)
+  topic0 = [w for w, t in words.items() if t == 0][:8]
+  rows = train.predict(tmp_path / "run", [" ".join(topic0)])
+  assert rows[0]["label"] == json.loads((tmp_path / "run" / "labels.json").read_text())[0]
+  assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "experiments").glob("*.py")))
+def test_every_experiment_runs_a_few_steps_on_tiny_data(tmp_path, experiment):
+  overrides = ["train.num_steps=3", "train.batch_size=8", "train.eval_every=3",
+               "train.eval_batch_size=16", "data.max_examples=48", "train.progress=false"]
+  cfg = config_lib.load_config(REPO / "experiments" / f"{experiment}.py", overrides)
+  if cfg.data.num_buckets:
+    cfg = config_lib.apply_overrides(cfg, ["data.num_buckets=1024"])
+  results = train.train(cfg, tmp_path / experiment, echo=quiet)
+  assert results["steps"] == 3 and 0.0 <= results["dev_accuracy"] <= 1.0
+  if cfg.model.pretrained:
+    assert results["pretrained_rows_found"] > 0
