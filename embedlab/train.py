@@ -101,24 +101,25 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   def sparse_step(state, ids, labels, rng):
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     table = state.params["embed"]["table"]
-    local, local_ids = sparse_lib.localize(table, ids, models_lib.PADDING_ID)
+    local = sparse_lib.localize(table, ids, padding_id=models_lib.PADDING_ID)
     dense = {k: v for k, v in state.params.items() if k != "embed"}
 
     def split_loss(dense, local_table):
-      return loss_fn({**dense, "embed": {"table": local_table}}, local_ids, labels, rng)
+      return loss_fn({**dense, "embed": {"table": local_table}}, local.ids, labels, rng)
 
-    (_, sums), (g_dense, g_rows) = jax.value_and_grad(split_loss, argnums=(0, 1), has_aux=True)(
-        dense, local["table"])
-    row_grads = g_rows[1:]
+    (_, sums), (g_dense, row_grads) = jax.value_and_grad(
+        split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
     ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
     updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
     dense = _select(ok, optax.apply_updates(dense, updates), dense)
     dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
-    # a bad batch touches no row: all its ids become padding, which is never updated
-    flat_ids = jnp.where(ok, ids.reshape(-1), models_lib.PADDING_ID)
-    row_grads = jnp.where(ok, row_grads, 0)
-    table, table_opt = table_optimizer.update(table, state.opt_state["table"], flat_ids,
-                                              row_grads, row_mask=row_mask)
+    # a bad batch touches no row: its row ids become out of range, which update ignores
+    row_ids = jnp.where(ok, local.row_ids, table.shape[0])
+    table, table_opt = table_optimizer.update(
+        table, state.opt_state["table"], row_ids, jnp.where(ok, row_grads, 0), unique=True,
+        row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
+    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
+                                                   state.opt_state["table"].count))
     params = {**dense, "embed": {**state.params["embed"], "table": table}}
     return params, {"dense": dense_opt, "table": table_opt}, ok, sums
 
@@ -199,7 +200,7 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
     row_mask = None if row_mask is None else jnp.asarray(row_mask)
     schedule = optim_lib.make_schedule(cfg.optim.schedule, cfg.optim.learning_rate, steps,
                                        cfg.optim.warmup_steps)
-    table_optimizer = sparse_lib.make_sparse_optimizer(cfg.optim.tables, schedule,
+    table_optimizer = sparse_lib.get_sparse_optimizer(cfg.optim.tables, schedule,
                                                        weight_decay=cfg.optim.weight_decay)
     dense = {k: v for k, v in params.items() if k != "embed"}
     optimizer = optim_lib.make_optimizer(cfg.optim, dense, steps)

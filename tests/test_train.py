@@ -62,7 +62,8 @@ def test_run_directory_holds_everything(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [(), ("optim.name=sgd", "optim.learning_rate=0.5",
-                                        "model.name=cnn", "model.dropout=0.5")])
+                                        "model.name=cnn", "model.dropout=0.5"),
+                                   ("optim.tables=sparse_lazy_adam",)])
 def test_resumed_run_equals_uninterrupted_bitwise(tmp_path, monkeypatch, extra):
   cfg = tiny(*extra)
   train.train(cfg, tmp_path / "straight", echo=quiet)
@@ -202,3 +203,34 @@ def test_every_experiment_runs_a_few_steps_on_tiny_data(tmp_path, experiment):
   assert results["steps"] == 3 and 0.0 <= results["dev_accuracy"] <= 1.0
   if cfg.model.pretrained:
     assert results["pretrained_rows_found"] > 0
+
+
+def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
+  dense = tiny("optim.name=sgd", "optim.learning_rate=0.5")
+  sparse = tiny("optim.name=sgd", "optim.learning_rate=0.5", "optim.tables=sparse_sgd")
+  ra = train.train(dense, tmp_path / "dense", echo=quiet)
+  rb = train.train(sparse, tmp_path / "sparse", echo=quiet)
+  a, b = final_params(tmp_path / "dense", dense), final_params(tmp_path / "sparse", sparse)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert ra["test_accuracy"] == rb["test_accuracy"]
+  assert rb["table_update"] == "sparse_sgd"
+
+
+@pytest.mark.parametrize("tables", ["dense", "sparse_adagrad"])
+def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, tables):
+  from embedlab import pretrained
+  cfg0 = tiny()
+  data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
+  words = list(data.vocab.tokens[2:12])  # 10 words with vectors, the rest without
+  vectors = np.random.default_rng(0).standard_normal((len(words), 8)).astype(np.float32)
+  path = tmp_path / "vectors.txt"
+  pretrained.save_vectors(path, {"table": vectors}, words)
+  cfg = tiny(f"model.pretrained={path}", "model.pretrained_mode=freeze_found",
+             f"optim.tables={tables}")
+  results = train.train(cfg, tmp_path / "run", echo=quiet)
+  assert results["pretrained_rows_found"] == 10
+  table = final_params(tmp_path / "run", cfg)["embed"]["table"]
+  np.testing.assert_array_equal(table[2:12], vectors)
+  assert np.all(table[0] == 0)
+  assert not np.allclose(table[12:], train.build(cfg, data, 10).params["embed"]["table"][12:])
