@@ -20,10 +20,42 @@ from embedlab.tables import (
 from embedlab.pretrained import load_vectors, read_vectors, save_vectors
 from embedlab.optim import freeze, freeze_rows, path_mask
 from embedlab.flax_adapter import Embed, LinenEmbed
+from embedlab.sparse import (
+    SPARSE_OPTIMIZERS,
+    Localized,
+    SparseAdagradState,
+    SparseLazyAdamState,
+    SparseOptimizer,
+    SparseRowwiseAdagradState,
+    SparseSgdState,
+    get_sparse_optimizer,
+    localize,
+    slot_bytes,
+    sparse_adagrad,
+    sparse_lazy_adam,
+    sparse_rowwise_adagrad,
+    sparse_sgd,
+    sum_duplicates,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SPARSE_OPTIMIZERS",
+    "Localized",
+    "SparseAdagradState",
+    "SparseLazyAdamState",
+    "SparseOptimizer",
+    "SparseRowwiseAdagradState",
+    "SparseSgdState",
+    "get_sparse_optimizer",
+    "localize",
+    "slot_bytes",
+    "sparse_adagrad",
+    "sparse_lazy_adam",
+    "sparse_rowwise_adagrad",
+    "sparse_sgd",
+    "sum_duplicates",
     "Embed",
     "LinenEmbed",
     "freeze",

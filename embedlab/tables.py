@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedlab import pooling
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -204,24 +206,30 @@ def _traced_range_check(ids: Array, rows: int, where: str) -> None:
   jax.debug.callback(raise_if_bad, bad.any(), flat[first], first)
 
 
-def _gather(table: Array, ids: Any, oob: str, where: str) -> tuple[Array, Array, Array | None]:
-  """Returns (vectors, ids, in_range mask or None) for one of the oob policies."""
+def _checked_ids(table: Array, ids: Any, oob: str, where: str) -> tuple[Array, Array | None]:
+  """Returns (ids safe to gather, in-range mask or None) under one of the oob policies."""
   if oob not in OOB_POLICIES:
     raise ValueError(f"{where}: oob={oob!r} is not one of {', '.join(OOB_POLICIES)}.")
   rows = table.shape[0]
   if oob == "error":
-    ids = check_ids(ids, rows, where=where)
-    return jnp.take(table, ids, axis=0, mode="clip"), ids, None
+    return check_ids(ids, rows, where=where), None
   if not isinstance(ids, (jax.Array, np.ndarray)):
     ids = np.asarray(ids)
   _check_integer_dtype(ids.dtype, where)
   ids = jnp.asarray(ids)
   safe = jnp.clip(ids, 0, rows - 1)
-  vecs = jnp.take(table, safe, axis=0, mode="clip")
   if oob == "clip":
-    return vecs, safe, None
-  in_range = (ids >= 0) & (ids < rows)
-  return vecs * in_range[..., None].astype(vecs.dtype), ids, in_range
+    return safe, None
+  return safe, (ids >= 0) & (ids < rows)
+
+
+def _gather(table: Array, ids: Any, oob: str, where: str) -> tuple[Array, Array, Array | None]:
+  """Returns (vectors, safe ids, in-range mask or None); out-of-range rows are zero ("zero")."""
+  ids, in_range = _checked_ids(table, ids, oob, where)
+  vecs = jnp.take(table, ids, axis=0, mode="clip")
+  if in_range is not None:
+    vecs = vecs * in_range[..., None].astype(vecs.dtype)
+  return vecs, ids, in_range
 
 
 def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str = "error",
@@ -348,10 +356,8 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
       if isinstance(segment_ids, jax.core.Tracer):
         raise ValueError("bag: under jit, ragged input needs num_bags (a Python int).")
       num_bags = int(np.max(np.asarray(segment_ids))) + 1 if ids_shape[0] else 0
-  vecs, ids, in_range = _gather(table, ids, oob, "bag")
-  if compute_dtype is not None:
-    vecs = vecs.astype(compute_dtype)
-  dtype = vecs.dtype
+  ids, in_range = _checked_ids(table, ids, oob, "bag")
+  dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else table.dtype
   mask = jnp.ones(ids.shape, bool) if padding_id is None else ids != padding_id
   if in_range is not None:
     mask = mask & in_range
@@ -363,29 +369,15 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
                        f"got {np.shape(weights)}.")
     w = jnp.asarray(weights).astype(dtype) * mask.astype(dtype)
   if segment_ids is None:
-    # The pooling strategy (embedlab/pooling.py) gathers from the table itself; under jit the
-    # [B, L, D] gather above is then dead code and removed.
-    from embedlab import pooling  # pylint: disable=import-outside-toplevel
+    # the strategy (gather-then-sum or a scan over positions) is chosen per backend and shape
     return pooling.pool_padded(table, ids, w, mask, mode, compute_dtype=compute_dtype)
-  segment_ids = jnp.asarray(segment_ids)
-  return _pool_ragged(vecs, w, mask, segment_ids, int(num_bags), mode)
+  vecs = jnp.take(table, ids, axis=0, mode="clip").astype(dtype)
+  return _pool_ragged(vecs, w, mask, jnp.asarray(segment_ids), int(num_bags), mode)
 
 
 def _safe_divide(total: Array, denom: Array) -> Array:
   ok = denom != 0
   return jnp.where(ok, total / jnp.where(ok, denom, 1), 0)
-
-
-def _pool_padded(vecs_BxLxD, w_BxL, mask_BxL, mode):
-  if mode == "max":
-    neg = jnp.array(-jnp.inf, vecs_BxLxD.dtype)
-    best = jnp.max(jnp.where(mask_BxL[..., None], vecs_BxLxD, neg), axis=1)
-    return jnp.where(mask_BxL.any(1, keepdims=True), best, 0)
-  total_BxD = jnp.einsum("bl,bld->bd", w_BxL, vecs_BxLxD)
-  if mode == "sum":
-    return total_BxD
-  denom = w_BxL.sum(1) if mode == "mean" else jnp.sqrt((w_BxL ** 2).sum(1))
-  return _safe_divide(total_BxD, denom[:, None])
 
 
 def _pool_ragged(vecs_NxD, w_N, mask_N, seg_N, num_bags, mode):

@@ -21,6 +21,6 @@ def get_config() -> Config:
                       test="sst2/test.tsv.gz", max_len=64, ngrams=2, num_buckets=131072),
       model=ModelConfig(name="bag", features=64, init="normal", init_scale=0.05,
                         pooling="mean"),
-      optim=OptimConfig(name="adam", learning_rate=0.002),
-      train=TrainConfig(batch_size=64, num_epochs=3, eval_every=500, log_every=100),
+      optim=OptimConfig(name="sgd", learning_rate=5.0, schedule="linear", tables="sparse_sgd"),
+      train=TrainConfig(batch_size=64, num_epochs=5, eval_every=500, log_every=100),
   )

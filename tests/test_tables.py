@@ -259,6 +259,11 @@ def test_oob_clip_and_zero_policies():
   np.testing.assert_array_equal(zeroed, [[0, 0], [0, 1], [8, 9], [0, 0]])
   grad = jax.grad(lambda p: el.lookup(p, ids, oob="zero").sum())({"table": table})["table"]
   np.testing.assert_array_equal(grad, [[1, 1], [0, 0], [0, 0], [0, 0], [1, 1]])
+  bagged = el.bag({"table": table}, ids[None], oob="zero", mode="mean")
+  np.testing.assert_allclose(bagged, [[4, 5]])  # the mean of the two in-range rows
+  bag_grad = jax.grad(lambda p: el.bag(p, ids[None], oob="zero", mode="sum").sum())(
+      {"table": table})["table"]
+  np.testing.assert_array_equal(bag_grad, [[1, 1], [0, 0], [0, 0], [0, 0], [1, 1]])
   with pytest.raises(ValueError, match="oob='nan' is not one of"):
     el.lookup({"table": table}, ids, oob="nan")
 
