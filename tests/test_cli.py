@@ -65,3 +65,20 @@ def _capture(fn):
   except Exception as e:  # noqa: BLE001
     return e
   raise AssertionError("no error")
+
+
+def test_get_sweep_runs_each_override_set_and_prints_a_comparison(tmp_path, capsys):
+  experiment = tmp_path / "swept.py"
+  experiment.write_text(
+      (REPO / "experiments" / "quickstart.py").read_text() +
+      '\n\ndef get_sweep():\n  return [["model.features=4"], ["model.features=8"]]\n')
+  assert cli.main(["train", str(experiment), "--workdir", str(tmp_path / "sweep"),
+                   "--no-progress"] + SMALL) == 0
+  out = capsys.readouterr().out
+  runs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+  assert runs == ["features-4", "features-8"]
+  for name, width in (("features-4", 4), ("features-8", 8)):
+    cfg = json.loads((tmp_path / "sweep" / name / "config.json").read_text())
+    assert cfg["model"]["features"] == width
+  table = out[out.index("run  "):]
+  assert "features-4" in table and "features-8" in table and "test_accuracy" in table
