@@ -4,7 +4,9 @@
   embedlab eval RUN_DIR [--split test]
   embedlab predict RUN_DIR TEXT...
   embedlab summary EXPERIMENT [--set K=V ...]
-  embedlab compare RUN_DIR...
+  embedlab compare RUN_DIR... [--plots DIR]
+  embedlab inspect RUN_DIR [--word W ...] [--analogy A B C] [-k K] [--plots [DIR]]
+  embedlab export RUN_DIR --format word2vec|projector|npy OUT
 
 Errors end with a one-line message and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -46,6 +48,31 @@ def _parser() -> argparse.ArgumentParser:
 
   cp = sub.add_parser("compare", help="a table of the results of several runs")
   cp.add_argument("run_dirs", nargs="+")
+  cp.add_argument("--plots", metavar="DIR", help="also write DIR/curves.png: loss and dev "
+                  "accuracy of the runs side by side")
+
+  ins = sub.add_parser("inspect", help="look inside a run's embedding table: summary, "
+                       "neighbours, analogies, pictures")
+  ins.add_argument("run_dir")
+  ins.add_argument("--word", dest="words", nargs="+", default=[], metavar="W",
+                   help="print the nearest neighbours (cosine) of these words")
+  ins.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"),
+                   help="print the words nearest to A - B + C (king man woman -> queen)")
+  ins.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+  ins.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+  ins.add_argument("--plots", nargs="?", const="", metavar="DIR",
+                   help="write embedding.png (PCA of the words: the --word words and their "
+                   "neighbours, else the --top most frequent), norms.png and curves.png to DIR "
+                   "(default RUN_DIR/plots)")
+  ins.add_argument("--top", type=int, default=500, help="words in embedding.png (default 500)")
+
+  ex = sub.add_parser("export", help="write a run's table as word2vec text, TensorBoard "
+                      "projector files or numpy")
+  ex.add_argument("run_dir")
+  ex.add_argument("--format", required=True, choices=("word2vec", "projector", "npy"))
+  ex.add_argument("out", help="output file (word2vec: .txt or .txt.gz; npy: .npy) or "
+                  "directory (projector)")
+  ex.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   return parser
 
 
@@ -63,7 +90,15 @@ def _train(args) -> int:
     cfg = config_lib.load_config(args.experiment, overrides)
     print(f"== {cfg.name} -> {workdir}" + (f"  ({' '.join(overrides)})" if overrides else ""))
     results = train.train(cfg, workdir, restart=args.restart, progress=not args.no_progress)
+    planted = None
+    if cfg.data.source == "synthetic":  # show what the embedding layer learned
+      from embedlab import inspection  # noqa: PLC0415
+      planted = inspection.record_planted_structure(workdir)
+      results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
     print(json.dumps(results, indent=2))
+    if planted is not None:
+      check, picture = planted
+      print(f"planted structure: {check}; picture: {picture}")
     done.append(workdir)
   if len(done) > 1:
     print(report.compare_table(done))
@@ -82,6 +117,61 @@ def _summary(args) -> int:
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   _, steps = train.total_steps(cfg, len(data.train_labels))
   print(report.summary_text(cfg, data, train.build(cfg, data, steps)))
+  return 0
+
+
+def _inspect(args) -> int:
+  import time  # noqa: PLC0415
+  from embedlab import inspection, report  # noqa: PLC0415
+
+  emb = inspection.load_embedding(args.run_dir, args.checkpoint)
+  print(f"run {emb.run_dir}: experiment {emb.config.name}, model {emb.config.model.name}, "
+        f"{args.checkpoint} checkpoint (step {emb.step})")
+  initial = None
+  try:
+    initial = inspection.initial_table(emb.config)
+  except Exception as e:  # noqa: BLE001 - the summary goes on without the comparison
+    print(f"(rows changed by training: unknown; the initial table could not be rebuilt: "
+          f"{_one_line(e)})")
+  summary = (inspection.summarize_run(emb, initial=initial) if initial is not None else
+             inspection.summarize_table(emb.table, words=emb.num_words))
+  print(summary)
+  words, tokens = emb.words, emb.tokens[:emb.num_words]
+  found = []
+  if args.words:
+    start = time.perf_counter()
+    found = inspection.neighbours(words, tokens, args.words, k=args.k)
+    took = time.perf_counter() - start
+    print(f"nearest neighbours by cosine similarity ({len(tokens):,} words searched, "
+          f"{took * 1000:.1f} ms):")
+    for word, row in zip(args.words, found):
+      print(f"  {word:<16} " + "  ".join(f"{w} {s:.3f}" for w, s in row))
+  if args.analogy:
+    a, b, c = args.analogy
+    row = inspection.analogy(words, tokens, a, b, c, k=args.k)
+    print(f"{a} - {b} + {c} = " + "  ".join(f"{w} {s:.3f}" for w, s in row))
+  if args.plots is not None:
+    out = pathlib.Path(args.plots or emb.run_dir / "plots")
+    selected = list(dict.fromkeys(args.words + [w for row in found for w, _ in row]))
+    pictures = [
+        inspection.plot_embedding(emb, out / "embedding.png", words=selected, top=args.top),
+        inspection.plot_norms(emb, out / "norms.png", initial=initial),
+        report.plot_training_curves([emb.run_dir], out / "curves.png")]
+    print("pictures: " + ", ".join(str(p.path) for p in pictures))
+  return 0
+
+
+def _export(args) -> int:
+  from embedlab import inspection  # noqa: PLC0415
+
+  paths = inspection.export_run(args.run_dir, args.format, args.out, checkpoint=args.checkpoint)
+  print("wrote " + ", ".join(str(p) for p in paths))
+  if args.format == "word2vec":
+    print(f"read it with gensim: KeyedVectors.load_word2vec_format({str(paths[0])!r}); start "
+          f"another experiment's table from it: --set model.pretrained={paths[0].absolute()}")
+  elif args.format == "projector":
+    print(f"view it: tensorboard --logdir {paths[0].parent} (Projector tab), or load "
+          f"tensors.tsv and metadata.tsv at https://projector.tensorflow.org")
   return 0
 
 
@@ -120,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
       from embedlab import report  # noqa: PLC0415
       print(report.compare_table(args.run_dirs))
+      if args.plots:
+        picture = report.plot_training_curves(args.run_dirs, pathlib.Path(args.plots) / "curves.png")
+        print(f"picture: {picture.path}")
       return 0
+    if args.command == "inspect":
+      return _inspect(args)
+    if args.command == "export":
+      return _export(args)
   except KeyboardInterrupt:
     print("embedlab: interrupted; the last checkpoint is kept (run the same command to resume).",
           file=sys.stderr)

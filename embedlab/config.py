@@ -112,6 +112,7 @@ class TrainConfig:
   checkpoint_every: int = 0
   keep_checkpoints: int = 2
   eval_batch_size: int = 512
+  steps_per_dispatch: int = 1
   skip_nonfinite: bool = False
   progress: bool = True
 
@@ -146,7 +147,7 @@ _CHOICES = {
 _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
              "model.num_filters", "model.lstm_hidden", "train.batch_size",
              "train.eval_every", "train.log_every", "train.keep_checkpoints",
-             "train.eval_batch_size", "data.synthetic_topics",
+             "train.eval_batch_size", "train.steps_per_dispatch", "data.synthetic_topics",
              "data.synthetic_words_per_topic", "data.synthetic_train_size",
              "data.synthetic_eval_size", "data.synthetic_length")
 _NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "model.hidden",

@@ -61,7 +61,8 @@ def _compute_dtype(cfg):
   return jnp.dtype(cfg.compute_dtype)
 
 
-def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Model:
+def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
+              oob: str = "error") -> Model:
   """fastText: the mean of word (and hashed n-gram) embeddings, an optional hidden layer, and
   a linear classifier (Joulin et al. 2017)."""
   dtype = _compute_dtype(cfg)
@@ -78,7 +79,7 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Mo
 
   def apply(params, ids, *, train=False, rng=None):
     x = tables.bag(params["embed"], ids, mode=cfg.pooling, padding_id=PADDING_ID,
-                   compute_dtype=dtype)
+                   compute_dtype=dtype, oob=oob)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     if cfg.hidden:
       x = jax.nn.relu(_dense(params["hidden"], x))
@@ -95,7 +96,8 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Mo
   return Model(init, apply, stages)
 
 
-def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Model:
+def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
+              oob: str = "error") -> Model:
   """Kim (2014): convolutions of several widths over the embeddings, max-over-time pooling,
   dropout, and a linear classifier."""
   dtype = _compute_dtype(cfg)
@@ -112,7 +114,7 @@ def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Mo
     return params
 
   def apply(params, ids, *, train=False, rng=None):
-    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype)
+    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
     lengths = jnp.maximum((ids != PADDING_ID).sum(1), 1)
     pooled = []
     for w in widths:
@@ -174,7 +176,8 @@ def _reverse_within_length(x_BxL, lengths_B):
   return jnp.take_along_axis(x_BxL, index.reshape(index.shape + (1,) * (x_BxL.ndim - 2)), axis=1)
 
 
-def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Model:
+def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
+                 oob: str = "error") -> Model:
   """A bidirectional LSTM with attention pooling and an MLP head (the flax SST-2 example)."""
   dtype = _compute_dtype(cfg)
   hidden = cfg.lstm_hidden
@@ -189,7 +192,7 @@ def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) ->
             "out": _dense_init(keys[5], 2 * hidden, num_classes)}
 
   def apply(params, ids, *, train=False, rng=None):
-    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype)
+    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     x = _dropout(x, cfg.dropout, train, keys[0])
     mask = ids != PADDING_ID
@@ -216,9 +219,15 @@ def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) ->
 MODELS = {"bag": bag_model, "cnn": cnn_model, "bilstm": bilstm_model}
 
 
-def make_model(cfg, num_embeddings: int, num_classes: int, pretrained=None) -> Model:
-  """The model named by ``cfg.name`` (a key of ``MODELS``)."""
+def make_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
+               oob: str = "error") -> Model:
+  """The model named by ``cfg.name`` (a key of ``MODELS``).
+
+  ``oob`` is the id policy of the model's table reads (``embedlab.lookup``): ``"error"`` checks
+  every call; the train loop validates the whole encoded dataset once up front and passes
+  ``"clip"`` so the jitted steps carry no per-call host callback.
+  """
   if cfg.name not in MODELS:
     raise ValueError(f"model.name={cfg.name!r} is not a known model; choose one of "
                      f"{', '.join(MODELS)}.")
-  return MODELS[cfg.name](cfg, num_embeddings, num_classes, pretrained)
+  return MODELS[cfg.name](cfg, num_embeddings, num_classes, pretrained, oob=oob)

@@ -123,7 +123,8 @@ class Localized(NamedTuple):
   row_ids: Array
 
 
-def localize(table: Any, ids: Any, *, padding_id: int | None = 0) -> Localized:
+def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
+             oob: str = "error") -> Localized:
   """Gathers the distinct rows of a batch into a local table the model can use unchanged.
 
   The model calls ``bag(localized.params, localized.ids, padding_id=padding_id)`` (or
@@ -137,6 +138,8 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0) -> Localized:
     ids: int ids of any shape; checked against the table (as ``lookup``'s ``oob="error"``).
     padding_id: the padding id the model passes to ``bag``/``lookup`` (its row is never
       updated), or None. Must be at most ``ids.size``; 0, the convention, always is.
+    oob: ``"error"`` checks the ids (as ``lookup``); ``"clip"`` skips the check (and its host
+      callback under ``jit``) for ids already validated, e.g. a whole dataset checked once.
 
   Returns:
     ``Localized(params, ids, row_ids)``; the local table has ``ids.size`` rows, plus one for
@@ -161,7 +164,12 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0) -> Localized:
     raise ValueError(f"localize: the table must be 2-D [num_embeddings, features], "
                      f"got shape {table.shape}.")
   rows, features = table.shape
-  ids = check_ids(ids, rows, where="localize")
+  if oob == "error":
+    ids = check_ids(ids, rows, where="localize")
+  elif oob == "clip":
+    ids = jnp.clip(jnp.asarray(ids), 0, rows - 1)
+  else:
+    raise ValueError(f"localize: oob={oob!r} is not one of error, clip.")
   n = math.prod(ids.shape)
   if padding_id is not None:
     if isinstance(padding_id, bool) or not isinstance(padding_id, (int, np.integer)):

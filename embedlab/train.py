@@ -78,12 +78,13 @@ def _select(ok, new, old):
 
 
 def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransformation, *,
-                    table_optimizer=None, row_mask=None) -> Callable:
+                    table_optimizer=None, row_mask=None, oob: str = "error") -> Callable:
   """Returns ``step(state, ids, labels) -> (state, metric_sums)``, pure and unjitted.
 
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
   gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
-  parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``.
+  parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
+  policy of the sparse path's gather (``"clip"`` once the data has been validated).
   """
 
   def loss_fn(params, ids, labels, rng):
@@ -101,7 +102,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   def sparse_step(state, ids, labels, rng):
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     table = state.params["embed"]["table"]
-    local = sparse_lib.localize(table, ids, padding_id=models_lib.PADDING_ID)
+    local = sparse_lib.localize(table, ids, padding_id=models_lib.PADDING_ID, oob=oob)
     dense = {k: v for k, v in state.params.items() if k != "embed"}
 
     def split_loss(dense, local_table):
@@ -132,6 +133,19 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     return TrainState(state.step + 1, params, opt_state, state.rng), sums
 
   return step
+
+
+def make_multi_step(step: Callable) -> Callable:
+  """Runs ``step`` over a block of batches (``ids [K, B, L]``, ``labels [K, B]``) with
+  ``lax.scan``: K training steps per dispatch, metric sums added over the block."""
+
+  def multi_step(state, ids_KxBxL, labels_KxB):
+    state, sums = jax.lax.scan(lambda st, batch: step(st, *batch), state,
+                               (ids_KxBxL, labels_KxB))
+    first = jnp.min(sums.pop("first_nonfinite"))
+    return state, {**jax.tree.map(lambda x: jnp.sum(x, 0), sums), "first_nonfinite": first}
+
+  return multi_step
 
 
 def make_eval_step(model: models_lib.Model) -> Callable:
@@ -181,8 +195,9 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
   pretrained, found = None, None
   if cfg.model.pretrained:
     pretrained, found = _load_pretrained(cfg, data, jax.random.fold_in(key, 1))
+  validate_ids(data)
   model = models_lib.make_model(cfg.model, data.num_embeddings, len(data.label_names),
-                                pretrained)
+                                pretrained, oob="clip")
   params = model.init(key)
   frozen, row_masks = [], {}
   mode = cfg.model.pretrained_mode
@@ -209,6 +224,15 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
                                          row_masks=row_masks)
   return Setup(model, optimizer, table_optimizer, row_mask, params,
                0 if found is None else int(found.sum()), tuple(frozen))
+
+
+def validate_ids(data: data_lib.EncodedData) -> None:
+  """Checks every encoded id of every split against the table once, on the host, so the jitted
+  steps can read the table unchecked (no host callback per step) and still nothing is silent."""
+  for split in ("train", "dev", "test"):
+    ids = getattr(data, f"{split}_ids")
+    if ids is not None:
+      tables.check_ids(ids, data.num_embeddings, where=f"data ({split} split)")
 
 
 def _load_pretrained(cfg, data, key):
@@ -257,38 +281,41 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
     echo(f"resuming {run.path} from step {int(state.step)}")
   run.truncate_metrics(int(state.step))
   echo(report.summary_text(cfg, data, setup))
-  step_fn = jax.jit(make_train_step(setup.model, setup.optimizer,
-                                    table_optimizer=setup.table_optimizer,
-                                    row_mask=setup.row_mask), donate_argnums=0)
+  step = int(state.step)
+  one_step = make_train_step(setup.model, setup.optimizer, table_optimizer=setup.table_optimizer,
+                             row_mask=setup.row_mask, oob="clip")
+  step_fn = jax.jit(make_multi_step(one_step), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(setup.model))
   every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
-  bar = report.progress_bar(steps, int(state.step), cfg.train.progress if progress is None
-                            else progress)
+  bar = report.progress_bar(steps, step, cfg.train.progress if progress is None else progress)
   acc, order_epoch, order = None, -1, None
   prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
-  while int(state.step) < steps:
-    step = int(state.step)
+  boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
+  while step < steps:
     epoch, index = divmod(step, per_epoch)
     if epoch != order_epoch:
       order = data_lib.batch_indices(
           len(data.train_labels), cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
           lengths=data.train_lengths if cfg.data.bucket_by_length else None)
       order_epoch = epoch
-    rows = order[index]
+    # a block never crosses a log / eval / checkpoint / epoch boundary: a few block sizes only
+    block = min([cfg.train.steps_per_dispatch, steps - step] +
+                [b - step % b for b in boundaries])
+    rows = order[index:index + block]
     state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
     acc = _accumulate(acc, sums)
-    bar.update(1)
-    done = step + 1
-    save = done % every_ckpt == 0 or done == steps
-    if done % cfg.train.log_every == 0 or save:
-      meta["skipped_nonfinite"] += _check_finite(acc, cfg, done)
-      run.log_train(done, acc, bar)
+    bar.update(block)
+    step += block
+    save = step % every_ckpt == 0 or step == steps
+    if step % cfg.train.log_every == 0 or save:
+      meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
+      run.log_train(step, acc, bar)
       acc = None
-    if done % cfg.train.eval_every == 0 or done == steps:
-      _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, done)
+    if step % cfg.train.eval_every == 0 or step == steps:
+      _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step)
     if save:
       meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
-      checkpoints.save_latest(done, state, meta)
+      checkpoints.save_latest(step, state, meta)
   bar.close()
   results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps)
   checkpoints.close()

@@ -23,6 +23,6 @@ def get_config() -> Config:
                       dev_fraction=0.1, max_len=512, ngrams=2, num_buckets=262144),
       model=ModelConfig(name="bag", features=64, init="normal", init_scale=0.05,
                         pooling="mean"),
-      optim=OptimConfig(name="adam", learning_rate=0.002),
-      train=TrainConfig(batch_size=32, num_epochs=4, eval_every=250, log_every=50),
+      optim=OptimConfig(name="adam", learning_rate=0.002, tables="sparse_lazy_adam"),
+      train=TrainConfig(batch_size=32, num_epochs=3, eval_every=250, log_every=50),
   )

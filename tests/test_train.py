@@ -123,8 +123,8 @@ def poison(monkeypatch, bad_step_rows):
 
   real_bag = models.MODELS["bag"]
 
-  def bag(cfg, num_embeddings, num_classes, pretrained=None):
-    model = real_bag(cfg, num_embeddings, num_classes, pretrained)
+  def bag(cfg, num_embeddings, num_classes, pretrained=None, **kw):
+    model = real_bag(cfg, num_embeddings, num_classes, pretrained, **kw)
 
     def apply(params, ids, **kw):
       logits = model.apply(params, ids, **kw)
@@ -166,7 +166,7 @@ def test_train_step_compiles_once(tmp_path):
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
   setup = train.build(cfg, data, 10)
   traces = {"n": 0}
-  inner = train.make_train_step(setup.model, setup.optimizer)
+  inner = train.make_multi_step(train.make_train_step(setup.model, setup.optimizer))
 
   def counted(*args):
     traces["n"] += 1
@@ -175,7 +175,7 @@ def test_train_step_compiles_once(tmp_path):
   step = jax.jit(counted, donate_argnums=0)
   state = train.init_state(cfg, setup)
   for k in range(5):
-    rows = np.arange(k * 32, (k + 1) * 32)
+    rows = np.arange(k * 64, (k + 1) * 64).reshape(2, 32)  # 2 steps per dispatch
     state, _ = step(state, data.train_ids[rows], data.train_labels[rows])
   assert traces["n"] == 1
 
@@ -234,3 +234,31 @@ def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, 
   np.testing.assert_array_equal(table[2:12], vectors)
   assert np.all(table[0] == 0)
   assert not np.allclose(table[12:], train.build(cfg, data, 10).params["embed"]["table"][12:])
+
+
+def test_several_steps_per_dispatch_train_like_one_at_a_time(tmp_path):
+  one = tiny()
+  four = tiny("train.steps_per_dispatch=4")
+  ra = train.train(one, tmp_path / "one", echo=quiet)
+  rb = train.train(four, tmp_path / "four", echo=quiet)
+  a, b = final_params(tmp_path / "one", one), final_params(tmp_path / "four", four)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert metric_values(tmp_path / "one") == pytest.approx(metric_values(tmp_path / "four"))
+  assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
+  real_encode = train.data_lib.encode_splits
+
+  def encode(cfg, seed, **kw):
+    import dataclasses
+    data = real_encode(cfg, seed, **kw)
+    ids = data.dev_ids.copy()
+    ids[3, 2] = data.num_embeddings + 5
+    return dataclasses.replace(data, dev_ids=ids)
+
+  monkeypatch.setattr(train.data_lib, "encode_splits", encode)
+  with pytest.raises(ValueError, match=r"data \(dev split\): id \d+ at position \(3, 2\) is "
+                                       r"outside the table"):
+    train.train(tiny(), tmp_path / "run", echo=quiet)
