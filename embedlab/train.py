@@ -198,7 +198,8 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
   validate_ids(data)
   model = models_lib.make_model(cfg.model, data.num_embeddings, len(data.label_names),
                                 pretrained, oob="clip")
-  params = model.init(key)
+  # one compilation for all the initializers (a pretrained table stays out of the program)
+  params = model.init(key) if pretrained is not None else jax.jit(model.init)(key)
   frozen, row_masks = [], {}
   mode = cfg.model.pretrained_mode
   if pretrained is not None and mode == "freeze":
@@ -267,8 +268,10 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
 
   Returns the results dict also written to ``workdir/results.json``.
   """
+  clock = report.PhaseClock()
   run = report.RunDir(pathlib.Path(workdir), cfg, restart=restart)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
+  clock.lap("data")
   run.save_vocab(data.vocab, data.label_names)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)
@@ -282,6 +285,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   run.truncate_metrics(int(state.step))
   echo(report.summary_text(cfg, data, setup))
   step = int(state.step)
+  clock.lap("setup")
   one_step = make_train_step(setup.model, setup.optimizer, table_optimizer=setup.table_optimizer,
                              row_mask=setup.row_mask, oob="clip")
   step_fn = jax.jit(make_multi_step(one_step), donate_argnums=0)
@@ -303,6 +307,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
                 [b - step % b for b in boundaries])
     rows = order[index:index + block]
     state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
+    if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
+      clock.lap("first_dispatch", wait_for=sums)
     acc = _accumulate(acc, sums)
     bar.update(block)
     step += block
@@ -317,7 +323,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
       meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
       checkpoints.save_latest(step, state, meta)
   bar.close()
-  results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps)
+  clock.lap("train_loop", wait_for=state)
+  results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock)
   checkpoints.close()
   return results
 
@@ -345,7 +352,7 @@ def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
     checkpoints.save_best(step, state.params, {"dev_accuracy": dev["accuracy"]})
 
 
-def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps):
+def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock):
   best = checkpoints.restore_best(state.params)
   params = best[1] if best is not None else state.params
   results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
@@ -362,6 +369,8 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps):
     run.log_eval(steps, "test", test)
     results["test_accuracy"] = test["accuracy"]
     results["test_loss"] = test["loss"]
+  clock.lap("test")
+  results["timings"] = clock.rounded()
   run.write_results(results)
   return results
 

@@ -1,0 +1,153 @@
+"""embedlab against fastText on SST-2 and IMDB, whole jobs, same files, same tokens, 2 threads.
+
+  pip install -e '.[bench]'          # the fasttext package (fasttext-wheel)
+  python benchmarks/vs_fasttext.py [--repeats 3] [--datasets sst2 imdb]
+
+Each job starts from the raw files in EMBEDLAB_DATA and ends with a test accuracy:
+
+* fastText: read the files (csv module), tokenize them with embedlab's tokenizer, write them in
+  fastText's format, ``fasttext.train_supervised`` (word + bigram buckets, the settings below,
+  2 threads), ``model.test``. Run in this process (fastText has no start-up cost to speak of).
+* embedlab: ``embedlab train experiments/<dataset>_fasttext.py`` in a fresh process (so the
+  Python and JAX start-up count), 2 CPU threads. Reported: the whole wall time, and from the
+  run's ``results.json`` the phases (data, setup, first dispatch = compilation + one block,
+  train loop, test) and the JAX import time measured in an empty process.
+
+"cold" runs start with an empty encoded-data cache and an empty Hugging Face datasets cache;
+"warm" runs reuse both. Prints a table per dataset and ends with one JSON line of all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DATA = pathlib.Path(os.environ.get("EMBEDLAB_DATA", REPO.parent / "shared" / "data"))
+
+DATASETS = {
+    "sst2": {"train": "sst2/train.tsv.gz", "test": "sst2/test.tsv.gz", "delimiter": "\t",
+             "experiment": "experiments/sst2_fasttext.py",
+             # fastText's documented supervised settings (lr 0.1, dim 100, 5 epochs) with
+             # bigrams; the best of those tried on SST-2 dev is kept here.
+             "fasttext": dict(lr=0.1, dim=100, epoch=5, wordNgrams=2, bucket=2_000_000,
+                              minCount=1)},
+    "imdb": {"train": "imdb/train.csv.gz", "test": "imdb/test.csv.gz", "delimiter": ",",
+             "experiment": "experiments/imdb_fasttext.py",
+             "fasttext": dict(lr=0.1, dim=100, epoch=5, wordNgrams=2, bucket=2_000_000,
+                              minCount=1)},
+}
+
+
+def read_rows(path: pathlib.Path, delimiter: str):
+  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+  with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
+    return [(r["label"], r["text"]) for r in reader]
+
+
+def fasttext_job(name: str, settings: dict, threads: int) -> dict:
+  import fasttext  # noqa: PLC0415 - the bench extra
+  from embedlab import text  # noqa: PLC0415
+
+  spec = DATASETS[name]
+  start = time.perf_counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    files = {}
+    for split in ("train", "test"):
+      rows = read_rows(DATA / spec[split], spec["delimiter"])
+      tokens = text.tokenize_many([t for _, t in rows])
+      files[split] = pathlib.Path(tmp) / f"{split}.txt"
+      files[split].write_text("".join(f"__label__{label} {' '.join(toks)}\n"
+                                      for (label, _), toks in zip(rows, tokens)))
+    prepared = time.perf_counter()
+    model = fasttext.train_supervised(str(files["train"]), thread=threads, verbose=0,
+                                      seed=0, **settings)
+    trained = time.perf_counter()
+    _, accuracy, _ = model.test(str(files["test"]))
+  end = time.perf_counter()
+  return {"test_accuracy": accuracy, "seconds": end - start,
+          "data_seconds": prepared - start, "train_seconds": trained - prepared,
+          "test_seconds": end - trained}
+
+
+def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool) -> dict:
+  spec = DATASETS[name]
+  if cold and cache.exists():
+    shutil.rmtree(cache)
+  env = dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
+             HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_DATA=str(DATA),
+             OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "embedlab.cli", "train", spec["experiment"],
+                    "--workdir", workdir, "--restart", "--no-progress"], cwd=REPO, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+  return {"test_accuracy": results["test_accuracy"], "seconds": seconds, **results["timings"]}
+
+
+def jax_startup_seconds() -> float:
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", "import jax, jax.numpy as jnp; "
+                  "jnp.zeros(1).block_until_ready(); import embedlab"], check=True)
+  return time.perf_counter() - start
+
+
+def median(runs: list[dict], key: str) -> float:
+  return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+  args = parser.parse_args()
+  figures = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
+             "python_jax_embedlab_import_seconds": round(jax_startup_seconds(), 3)}
+  for name in args.datasets:
+    ft = [fasttext_job(name, DATASETS[name]["fasttext"], args.threads)
+          for _ in range(args.repeats)]
+    with tempfile.TemporaryDirectory() as cache_dir:
+      cache = pathlib.Path(cache_dir) / "cache"
+      cold = [embedlab_job(name, args.threads, cache, cold=True) for _ in range(args.repeats)]
+      warm = [embedlab_job(name, args.threads, cache, cold=False) for _ in range(args.repeats)]
+    row = {"fasttext": ft, "embedlab_cold": cold, "embedlab_warm": warm}
+    summary = {k: {"test_accuracy": median(v, "test_accuracy"),
+                   "seconds": round(median(v, "seconds"), 3)} for k, v in row.items()}
+    summary["ratio_cold"] = round(summary["embedlab_cold"]["seconds"] /
+                                  summary["fasttext"]["seconds"], 2)
+    summary["ratio_warm"] = round(summary["embedlab_warm"]["seconds"] /
+                                  summary["fasttext"]["seconds"], 2)
+    summary["embedlab_phases_warm"] = {k: round(median(warm, k), 3) for k in warm[0]
+                                       if k.endswith("_seconds")}
+    summary["embedlab_phases_cold"] = {k: round(median(cold, k), 3) for k in cold[0]
+                                       if k.endswith("_seconds")}
+    figures[name] = {**summary, "runs": row, "fasttext_settings": DATASETS[name]["fasttext"]}
+    print(f"\n{name}: median of {args.repeats} (whole job, seconds)")
+    print(f"{'':16} {'test acc':>9} {'seconds':>9} {'ratio':>7}")
+    for key, label in (("fasttext", "fastText"), ("embedlab_cold", "embedlab cold"),
+                       ("embedlab_warm", "embedlab warm")):
+      ratio = "" if key == "fasttext" else f"{summary['ratio_' + key.split('_')[1]]:7.2f}"
+      print(f"{label:16} {summary[key]['test_accuracy']:9.4f} {summary[key]['seconds']:9.2f} "
+            f"{ratio}")
+    print("embedlab phases (warm):", summary["embedlab_phases_warm"])
+    print("embedlab phases (cold):", summary["embedlab_phases_cold"])
+  print(f"python + jax + embedlab import: {figures['python_jax_embedlab_import_seconds']} s")
+  print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+  main()
