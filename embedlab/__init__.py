@@ -18,6 +18,27 @@ from embedlab.tables import (
 )
 
 from embedlab.pretrained import load_vectors, read_vectors, save_vectors
+from embedlab.inspection import (
+    EmbeddingSummary,
+    RunEmbedding,
+    TopicCheck,
+    UnknownWordError,
+    analogy,
+    class_association,
+    export_npy,
+    export_projector,
+    export_run,
+    export_word2vec,
+    load_embedding,
+    nearest_neighbours,
+    neighbours,
+    pca,
+    plot_embedding,
+    summarize_run,
+    summarize_table,
+    topic_neighbour_accuracy,
+    unit_rows,
+)
 from embedlab.optim import freeze, freeze_rows, path_mask
 from embedlab.flax_adapter import Embed, LinenEmbed
 from embedlab.sparse import (
@@ -41,6 +62,25 @@ from embedlab.sparse import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "EmbeddingSummary",
+    "RunEmbedding",
+    "TopicCheck",
+    "UnknownWordError",
+    "analogy",
+    "class_association",
+    "export_npy",
+    "export_projector",
+    "export_run",
+    "export_word2vec",
+    "load_embedding",
+    "nearest_neighbours",
+    "neighbours",
+    "pca",
+    "plot_embedding",
+    "summarize_run",
+    "summarize_table",
+    "topic_neighbour_accuracy",
+    "unit_rows",
     "SPARSE_OPTIMIZERS",
     "Localized",
     "SparseAdagradState",

@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
       from embedlab import report  # noqa: PLC0415
       print(report.compare_table(args.run_dirs))
       if args.plots:
-        picture = report.plot_training_curves(args.run_dirs, pathlib.Path(args.plots) / "curves.png")
-        print(f"picture: {picture.path}")
+        out = pathlib.Path(args.plots) / "curves.png"
+        print(f"picture: {report.plot_training_curves(args.run_dirs, out).path}")
       return 0
     if args.command == "inspect":
       return _inspect(args)

@@ -83,6 +83,7 @@ class ModelConfig:
   max_norm: float = 0.0
   pretrained: str = ""
   pretrained_mode: str = "finetune"
+  pretrained_scale: float = 1.0
   compute_dtype: str = "float32"
 
 
@@ -154,7 +155,7 @@ _NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "mod
                  "model.max_norm", "optim.learning_rate", "optim.warmup_steps",
                  "optim.weight_decay", "optim.clip_norm", "train.num_epochs",
                  "train.num_steps", "train.checkpoint_every", "data.synthetic_shared_words",
-                 "model.init_scale")
+                 "model.init_scale", "model.pretrained_scale")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

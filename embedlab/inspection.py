@@ -6,9 +6,10 @@ from a run directory, and the ``*_run`` helpers add what the run's data knows (t
 of each synthetic word, the class each word is most associated with, word counts).
 
 Similarity is cosine, computed on the host in numpy as one batched matrix product
-``queries @ unit_table.T`` followed by ``argpartition``: no Python loop over rows, and no
+``unit_queries @ table.T`` divided by the row norms, then ``argpartition``: no Python loop over rows, and no
 compilation per query shape (``jax.lax.top_k`` would compile for every new number of queries).
-On a 100,000 x 50 table a query takes a few milliseconds.
+On the 100,000-word GloVe 6B 50d table (2-core CPU) one word's neighbours take about 20 ms, an
+analogy about 25 ms, 100 words at once about 0.2 s.
 
   >>> import numpy as np
   >>> table = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [-1, 0]], np.float32)
@@ -32,7 +33,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from embedlab import checkpoint as ckpt_lib
 from embedlab import config as config_lib
 from embedlab import pretrained as pretrained_lib
 from embedlab import report
@@ -108,6 +108,7 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   if not (run_dir / "checkpoints" / checkpoint).is_dir():
     raise FileNotFoundError(f"{run_dir} holds no {checkpoint} checkpoint; train it first "
                             f"(embedlab train EXPERIMENT --workdir {run_dir}).")
+  from embedlab import checkpoint as ckpt_lib  # noqa: PLC0415 - orbax only when reading runs
   checkpoints = ckpt_lib.Checkpoints(run_dir)
   try:
     step, tree, _ = checkpoints.read(checkpoint)
@@ -195,7 +196,12 @@ class EmbeddingSummary:
 
 
 def row_norms(table: Any) -> np.ndarray:
-  """The L2 norm of every row, ``float32[V]``."""
+  """The L2 norm of every row, ``float32[V]``.
+
+  Example:
+    >>> row_norms(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([5., 0.], dtype=float32)
+  """
   return np.linalg.norm(np.asarray(table, np.float32), axis=1)
 
 
@@ -253,6 +259,11 @@ def summarize_run(emb: RunEmbedding, *, initial: Any = None) -> EmbeddingSummary
 
   Returns:
     An ``EmbeddingSummary`` with ``updated_rows`` and ``pretrained_rows`` filled in.
+
+  Example:
+    >>> print(summarize_run(load_embedding("runs/quickstart")))  # doctest: +SKIP
+    embedding table: 402 rows x 16 features = 6,432 weights (float32, 25.1 KiB)
+    ...
   """
   if initial is None:
     initial = initial_table(emb.config)
@@ -342,6 +353,12 @@ def nearest_neighbours(table: Any, queries: Any, *, k: int = 10, skip: Any = Non
     scores[r, ex[r, c]] = -np.inf
     top = np.argpartition(scores, rows - k, axis=1)[:, rows - k:]
     top_scores = np.take_along_axis(scores, top, 1)
+    kth = top_scores.min(1, keepdims=True)
+    tied = (scores == kth).sum(1) > (top_scores == kth).sum(1)
+    for r in np.nonzero(tied)[0]:  # rows tied at the k-th score: argpartition picks any of them
+      candidates = np.nonzero(scores[r] >= kth[r])[0]
+      top[r] = candidates[np.lexsort((candidates, -scores[r, candidates]))[:k]]
+      top_scores[r] = scores[r, top[r]]
     order = np.lexsort((top, -top_scores), axis=1)
     out_ids[start:start + block] = np.take_along_axis(top, order, 1)
     out_scores[start:start + block] = np.take_along_axis(top_scores, order, 1)
@@ -595,6 +612,11 @@ def word_groups(emb: RunEmbedding, data: Any = None) -> tuple[np.ndarray, tuple[
   Returns:
     ``(groups int64[rows], names)``: ``names[g]`` describes group ``g``; ``names[-1]`` is the
     description of group ``-1``.
+
+  Example:
+    >>> groups, names = word_groups(load_embedding("runs/quickstart"))  # doctest: +SKIP
+    >>> names  # doctest: +SKIP
+    ('topic 0', 'topic 1', 'topic 2', 'topic 3', 'shared word')
   """
   from embedlab import data as data_lib  # noqa: PLC0415
   cfg = emb.config
@@ -630,6 +652,11 @@ def plot_embedding(emb: RunEmbedding, path: str | os.PathLike, *, words: Sequenc
 
   Returns:
     The ``report.Picture`` (its ``series`` hold the points as drawn, per group).
+
+  Example:
+    >>> pic = plot_embedding(load_embedding("runs/quickstart"), "e.png")  # doctest: +SKIP
+    >>> {name: len(points) for name, points in pic.series.items()}  # doctest: +SKIP
+    {'shared word': 200, 'topic 0': 50, 'topic 1': 50, 'topic 2': 50, 'topic 3': 50}
   """
   if words:
     ids = _ids_of(emb.tokens[:emb.num_words], list(dict.fromkeys(words)), "plot_embedding")
@@ -641,14 +668,8 @@ def plot_embedding(emb: RunEmbedding, path: str | os.PathLike, *, words: Sequenc
   coords, explained = pca(emb.words[ids], 2)
   if words:
     labelled = np.arange(len(ids))[:num_labels]
-  else:  # round-robin over groups, the words farthest out first: they overlap least
-    distance = -np.linalg.norm(coords, axis=1)
-    per_group = [np.nonzero(groups == g)[0] for g in sorted(set(groups.tolist()),
-                                                              key=lambda g: (g < 0, g))]
-    per_group = [p[np.argsort(distance[p], kind="stable")] for p in per_group]
-    order = [p[i] for i in range(max(map(len, per_group), default=0)) for p in per_group
-             if i < len(p)]
-    labelled = np.array(order[:num_labels], np.int64)
+  else:
+    labelled = _spread_out(coords, groups, num_labels)
   colour = ("planted topic" if emb.config.data.source == "synthetic" else
             "the class each word is used most in")
   title = (f"{emb.config.name} ({emb.checkpoint} step {emb.step}): {len(ids)} words, PCA of "
@@ -656,6 +677,26 @@ def plot_embedding(emb: RunEmbedding, path: str | os.PathLike, *, words: Sequenc
            f"colour: {colour}")
   return report.plot_projection(coords, [emb.tokens[i] for i in ids], groups, names, path,
                                 labelled=labelled, title=title)
+
+
+def _spread_out(coords: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+  """Indices of ``count`` points to label, far from each other (greedy farthest-point
+  sampling), taking each group in turn so every group gets names."""
+  order = sorted(set(groups.tolist()), key=lambda g: (g < 0, g))
+  members = {g: np.nonzero(groups == g)[0] for g in order}
+  nearest = np.full(len(coords), np.inf)  # distance of each point to the nearest chosen one
+  centre = coords.mean(0)
+  chosen: list[int] = []
+  while len(chosen) < min(count, len(coords)):
+    for g in order:
+      free = members[g][~np.isin(members[g], chosen)]
+      if len(free) == 0 or len(chosen) >= count:
+        continue
+      far = nearest[free] if chosen else np.linalg.norm(coords[free] - centre, axis=1)
+      pick = int(free[np.argmax(far)])
+      chosen.append(pick)
+      nearest = np.minimum(nearest, np.linalg.norm(coords - coords[pick], axis=1))
+  return np.array(chosen, np.int64)
 
 
 def plot_norms(emb: RunEmbedding, path: str | os.PathLike, *,
@@ -669,6 +710,11 @@ def plot_norms(emb: RunEmbedding, path: str | os.PathLike, *,
 
   Returns:
     The ``report.Picture``; ``series["trained"]`` holds the bar heights (they sum to rows - 1).
+
+  Example:
+    >>> emb = load_embedding("runs/quickstart")  # doctest: +SKIP
+    >>> int(plot_norms(emb, "norms.png").series["trained"].sum())  # doctest: +SKIP
+    401
   """
   keep = np.arange(emb.table.shape[0]) != _PADDING_ID
   before = None if initial is None else row_norms(initial)[keep]
@@ -689,6 +735,11 @@ def record_planted_structure(run_dir: str | os.PathLike, *, k: int = 5,
 
   Returns:
     ``(check, picture_path)``; the picture is ``plots/embedding.png`` in the run directory.
+
+  Example:
+    >>> check, picture = record_planted_structure("runs/quickstart")  # doctest: +SKIP
+    >>> check.accuracy, round(check.chance, 3)  # doctest: +SKIP
+    (1.0, 0.123)
   """
   from embedlab import data as data_lib  # noqa: PLC0415
   emb = load_embedding(run_dir, checkpoint)
@@ -739,6 +790,7 @@ def export_word2vec(path: str | os.PathLike, table: Any, tokens: Sequence[str], 
     2
   """
   _check_same_length(table, tokens, "export_word2vec")
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   return pretrained_lib.save_vectors(path, {"table": np.asarray(table)}, list(tokens),
                                      skip_special=list(skip))
 
@@ -854,6 +906,10 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
 
   Returns:
     The paths written.
+
+  Example:
+    >>> export_run("runs/quickstart", "word2vec", "vectors.txt")  # doctest: +SKIP
+    [PosixPath('vectors.txt')]
   """
   if fmt not in EXPORT_FORMATS:
     raise ValueError(f"export: unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}.")

@@ -247,7 +247,9 @@ def _load_pretrained(cfg, data, key):
     raise config_lib.ConfigError(
         f"model.pretrained {cfg.model.pretrained} has {table.shape[1]} features but "
         f"model.features={cfg.model.features}; set --set model.features={table.shape[1]}.")
-  return np.asarray(table), np.asarray(found, bool)
+  # GloVe rows have std ~0.65; a smaller scale lets fine-tuning reshape them as fast as a
+  # random init of ``model.init_scale`` (the directions, hence the neighbours, are kept)
+  return np.asarray(table) * cfg.model.pretrained_scale, np.asarray(found, bool)
 
 
 def init_state(cfg: config_lib.Config, setup: Setup) -> TrainState:
