@@ -22,10 +22,12 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read."""
 
 
-def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                         save_interval_steps=0 if read_only else 1,
+                                         create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=False,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(directory.absolute(), options=options,
                                item_names=("state", "meta"))
 
@@ -41,10 +43,12 @@ class Checkpoints:
     3
   """
 
-  def __init__(self, run_dir: pathlib.Path, keep: int = 2):
+  def __init__(self, run_dir: pathlib.Path, keep: int = 2, *, read_only: bool = False):
+    """``read_only`` opens a run's checkpoints for reading (eval, predict, inspect): nothing
+    is created or cleaned up, so a run still training is never disturbed."""
     root = pathlib.Path(run_dir) / "checkpoints"
-    self.latest = _manager(root / "latest", keep)
-    self.best = _manager(root / "best", 1)
+    self.latest = _manager(root / "latest", keep, read_only)
+    self.best = _manager(root / "best", 1, read_only)
 
   def save_latest(self, step: int, state: Any, meta: dict) -> None:
     self._save(self.latest, step, state, meta)

@@ -109,7 +109,7 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
     raise FileNotFoundError(f"{run_dir} holds no {checkpoint} checkpoint; train it first "
                             f"(embedlab train EXPERIMENT --workdir {run_dir}).")
   from embedlab import checkpoint as ckpt_lib  # noqa: PLC0415 - orbax only when reading runs
-  checkpoints = ckpt_lib.Checkpoints(run_dir)
+  checkpoints = ckpt_lib.Checkpoints(run_dir, read_only=True)
   try:
     step, tree, _ = checkpoints.read(checkpoint)
   except ckpt_lib.CheckpointError as e:

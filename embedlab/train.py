@@ -410,7 +410,7 @@ def _restore_for_eval(run_dir, cfg, vocab, label_names):
   model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
-  checkpoints = ckpt_lib.Checkpoints(run_dir)
+  checkpoints = ckpt_lib.Checkpoints(run_dir, read_only=True)
   restored = checkpoints.restore_best(target) or None
   checkpoints.close()
   if restored is None:
