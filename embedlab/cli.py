@@ -186,6 +186,18 @@ def _one_line(error: Exception) -> str:
   return inner[-1].split(": ", 1)[1] if inner else lines[0]
 
 
+def _enable_compilation_cache() -> None:
+  """JAX's persistent compilation cache, so a second run of an experiment skips compiling its
+  steps: ``EMBEDLAB_COMPILE_CACHE`` (default ``~/.cache/embedlab/jax``; ``off`` disables)."""
+  where = os.environ.get("EMBEDLAB_COMPILE_CACHE", "~/.cache/embedlab/jax")
+  if where.lower() in ("off", "0", "false", ""):
+    return
+  import jax  # noqa: PLC0415
+
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(where))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "jax._src.xla_bridge"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  _enable_compilation_cache()
   try:
     if args.command == "train":
       return _train(args)

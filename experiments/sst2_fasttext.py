@@ -1,0 +1,29 @@
+"""SST-2, embedlab's fastText: word + hashed-bigram embeddings, mean bag, linear classifier.
+
+What it reproduces: fastText's supervised classifier (Joulin et al. 2017, "Bag of Tricks for
+Efficient Text Classification") on GLUE SST-2 (../shared/data/sst2), measured side by side with
+the `fasttext` package by `benchmarks/vs_fasttext.py` on the same files and tokens. Built for
+speed as much as accuracy: row-sparse table updates, 16 training steps per dispatch
+(`lax.scan`), one evaluation per epoch, cached encoded data. Tuned on the dev split only.
+
+Measured on a 2-core CPU: see BENCHMARKS.md ("embedlab vs fastText").
+
+Command:
+  embedlab train experiments/sst2_fasttext.py
+"""
+
+from embedlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config() -> Config:
+  return Config(
+      name="sst2_fasttext",
+      seed=0,
+      data=DataConfig(source="files", train="sst2/train.tsv.gz", dev="sst2/dev.tsv.gz",
+                      test="sst2/test.tsv.gz", max_len=56, ngrams=2, num_buckets=262144),
+      model=ModelConfig(name="bag", features=32, init="normal", init_scale=0.05,
+                        pooling="mean"),
+      optim=OptimConfig(name="adam", learning_rate=0.003, tables="sparse_lazy_adam"),
+      train=TrainConfig(batch_size=128, num_epochs=2, eval_every=526, log_every=263,
+                        steps_per_dispatch=16, eval_batch_size=1024, keep_checkpoints=1),
+  )
