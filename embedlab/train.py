@@ -256,14 +256,21 @@ def _load_pretrained(cfg, data, key):
                                                                         len(data.vocab))]
   params, found = pretrained_lib.load_vectors(data_lib.resolve(cfg.model.pretrained), tokens,
                                               key=key, padding_id=models_lib.PADDING_ID)
-  table = params["table"]
-  if table.shape[1] != cfg.model.features:
+  table = np.asarray(params["table"]) * cfg.model.pretrained_scale
+  width = table.shape[1]
+  if width > cfg.model.features:
     raise config_lib.ConfigError(
-        f"model.pretrained {cfg.model.pretrained} has {table.shape[1]} features but "
-        f"model.features={cfg.model.features}; set --set model.features={table.shape[1]}.")
-  # GloVe rows have std ~0.65; a smaller scale lets fine-tuning reshape them as fast as a
-  # random init of ``model.init_scale`` (the directions, hence the neighbours, are kept)
-  return np.asarray(table) * cfg.model.pretrained_scale, np.asarray(found, bool)
+        f"model.pretrained {cfg.model.pretrained} has {width} features but "
+        f"model.features={cfg.model.features}; set --set model.features={width} (or more: the "
+        f"extra columns start random, a trainable channel beside the pretrained one).")
+  if width < cfg.model.features:
+    extra = tables.init_table(jax.random.fold_in(key, 2), table.shape[0],
+                              cfg.model.features - width, init=cfg.model.init,
+                              scale=cfg.model.init_scale, padding_id=models_lib.PADDING_ID)
+    table = np.concatenate([table, np.asarray(extra["table"])], axis=1)
+  # pretrained_scale: GloVe rows have std ~0.65; a smaller scale lets fine-tuning reshape them
+  # as fast as a random init of model.init_scale (directions, hence neighbours, are kept)
+  return table, np.asarray(found, bool)
 
 
 def init_state(cfg: config_lib.Config, setup: Setup) -> TrainState:

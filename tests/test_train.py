@@ -262,3 +262,20 @@ def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"data \(dev split\): id \d+ at position \(3, 2\) is "
                                        r"outside the table"):
     train.train(tiny(), tmp_path / "run", echo=quiet)
+
+
+def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
+  from embedlab import pretrained
+  cfg0 = tiny()
+  data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
+  words = list(data.vocab.tokens[2:7])
+  vectors = np.random.default_rng(1).standard_normal((len(words), 3)).astype(np.float32)
+  path = tmp_path / "vectors.txt"
+  pretrained.save_vectors(path, {"table": vectors}, words)
+  cfg = tiny(f"model.pretrained={path}", "model.pretrained_scale=0.5")  # 3 of 8 features
+  table = np.asarray(train.build(cfg, data, 10).params["embed"]["table"])
+  assert table.shape[1] == 8
+  np.testing.assert_allclose(table[2:7, :3], 0.5 * vectors, rtol=1e-6)
+  assert np.all(table[0] == 0) and np.std(table[2:, 3:]) > 0
+  with pytest.raises(config_lib.ConfigError, match="has 3 features but model.features=2"):
+    train.build(tiny(f"model.pretrained={path}", "model.features=2"), data, 10)
