@@ -20,8 +20,8 @@ def get_config() -> Config:
       seed=0,
       data=DataConfig(source="files", train="sst2/train.tsv.gz", dev="sst2/dev.tsv.gz",
                       test="sst2/test.tsv.gz", max_len=56, bucket_by_length=True),
-      model=ModelConfig(name="cnn", features=128, init="normal", init_scale=0.1,
+      model=ModelConfig(name="cnn", features=128, init="uniform", init_scale=0.25,
                         filter_widths=(3, 4, 5), num_filters=100, dropout=0.5),
       optim=OptimConfig(name="adam", learning_rate=0.001),
-      train=TrainConfig(batch_size=50, num_epochs=3, eval_every=500, log_every=100),
+      train=TrainConfig(batch_size=50, num_epochs=3, eval_every=250, log_every=100),
   )
