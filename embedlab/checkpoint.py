@@ -2,38 +2,123 @@
 
 ``checkpoints/latest/<step>/`` holds the whole ``TrainState`` plus a JSON record of the run's
 bookkeeping (best dev accuracy so far, skipped batches); ``checkpoints/best/<step>/`` holds the
-parameters with the best dev accuracy. orbax writes each step to a temporary directory and
-renames it when complete, so a run killed mid-save leaves the previous checkpoint intact.
+parameters with the best dev accuracy.
+
+What survives what:
+
+* **A kill at any moment** (SIGKILL, out of memory, preemption). orbax writes each step into
+  ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only when every file is written,
+  so a step directory is complete or absent; a leftover temporary directory is removed when the
+  run is opened again. Old steps are deleted only after a newer one is committed.
+* **A corrupt or truncated checkpoint** (a bad disk, a copy cut short, a file edited by hand).
+  Every checkpoint carries a CRC-32 of each array in its JSON record; a step whose files cannot
+  be read or whose arrays do not match their checksums is reported (a warning naming the step
+  and the reason), moved aside to ``checkpoints/corrupt/`` and the step before it is used. What
+  was recovered is listed in ``Checkpoints.recovered``.
+* **A full disk or a failing writer.** The save stops with ``CheckpointError`` naming the step,
+  the directory, the reason and the fix; the half-written temporary directory is removed and the
+  previous checkpoint is kept untouched.
+
+Test-only fault injection (never set these in real runs): ``EMBEDLAB_FAULT_KILL_AT_SAVE=N``
+makes the N-th checkpoint write of the process (latest and best counted together, from 1) kill
+its own process with SIGKILL after all files are in the temporary directory and before the
+rename that commits them; ``EMBEDLAB_FAULT_SLEEP_IN_SAVE=SECONDS`` sleeps at that same point in
+every write, so a kill from outside lands inside a write more often. ``tests/test_reliability_*``
+use them to prove that a kill while a checkpoint is being written loses nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pathlib
+import shutil
+import signal
+import time
+import zlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("embedlab")
+
+_CHECKSUM_KEY = "_embedlab_crc32"
+FAULT_KILL_AT_SAVE = "EMBEDLAB_FAULT_KILL_AT_SAVE"
+FAULT_SLEEP_IN_SAVE = "EMBEDLAB_FAULT_SLEEP_IN_SAVE"
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read."""
 
 
+class _FaultInjectingPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """orbax's atomic-rename temporary directory with the test-only fault hooks before the rename
+  that commits a step (used only when one of the ``EMBEDLAB_FAULT_*`` variables is set)."""
+
+  commits = 0  # checkpoint writes of this process that reached the commit point
+
+  async def finalize(self, *args, **kwargs):
+    _FaultInjectingPath.commits += 1
+    pause = float(os.environ.get(FAULT_SLEEP_IN_SAVE) or 0)
+    if pause > 0:
+      time.sleep(pause)
+    if str(_FaultInjectingPath.commits) == os.environ.get(FAULT_KILL_AT_SAVE, "").strip():
+      os.kill(os.getpid(), signal.SIGKILL)
+    return await super().finalize(*args, **kwargs)
+
+
 def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
+  faults = any(os.environ.get(v) for v in (FAULT_KILL_AT_SAVE, FAULT_SLEEP_IN_SAVE))
   options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
                                          save_interval_steps=0 if read_only else 1,
                                          create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=False,
-                                         cleanup_tmp_directories=not read_only)
+                                         cleanup_tmp_directories=not read_only,
+                                         temporary_path_class=(_FaultInjectingPath
+                                                               if faults else None))
   return ocp.CheckpointManager(directory.absolute(), options=options,
                                item_names=("state", "meta"))
 
 
+def checksum(tree: Any) -> list[str]:
+  """CRC-32 fingerprints of a pytree's arrays, ``"dtype[shape]:crc"`` sorted, so a tree and
+  the same tree read back without its structure (as dicts) give the same list.
+
+  Example:
+    >>> import numpy as np
+    >>> checksum({"b": np.zeros(2, np.int32), "a": np.ones(1, np.float32)})
+    ['float32[1]:aca16a6a', 'int32[2]:6522df69']
+  """
+  out = []
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    arr = np.ascontiguousarray(np.asarray(leaf))
+    shape = ",".join(str(d) for d in arr.shape)
+    out.append(f"{arr.dtype}[{shape}]:{zlib.crc32(arr.view(np.uint8).reshape(-1)):08x}")
+  return sorted(out)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+  """The ``OSError`` behind an error (orbax and tensorstore may wrap it), or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
 class Checkpoints:
   """The checkpoints of one run directory.
+
+  Attributes:
+    recovered: one dict per unreadable checkpoint met while restoring (``which``, ``step``,
+      ``reason``, ``moved_to``), for reports; empty when every checkpoint was sound.
 
   Example:
     >>> import tempfile, pathlib, jax.numpy as jnp
@@ -45,60 +130,144 @@ class Checkpoints:
 
   def __init__(self, run_dir: pathlib.Path, keep: int = 2, *, read_only: bool = False):
     """``read_only`` opens a run's checkpoints for reading (eval, predict, inspect): nothing
-    is created or cleaned up, so a run still training is never disturbed."""
-    root = pathlib.Path(run_dir) / "checkpoints"
-    self.latest = _manager(root / "latest", keep, read_only)
-    self.best = _manager(root / "best", 1, read_only)
+    is created, cleaned up or moved aside, so a run still training is never disturbed."""
+    self.root = pathlib.Path(run_dir) / "checkpoints"
+    self.read_only = read_only
+    self.latest = _manager(self.root / "latest", keep, read_only)
+    self.best = _manager(self.root / "best", 1, read_only)
+    self.recovered: list[dict[str, Any]] = []
 
   def save_latest(self, step: int, state: Any, meta: dict) -> None:
+    """Writes ``state`` and ``meta`` (JSON) as step ``step`` of the latest checkpoints."""
     self._save(self.latest, step, state, meta)
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
+    """Writes ``params`` and ``meta`` (JSON) as the best checkpoint (one is kept)."""
     self._save(self.best, step, params, meta)
 
   def _save(self, manager, step, tree, meta):
+    step = int(step)
     try:
-      manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
+      if step in manager.all_steps():
+        # left by an earlier attempt that died before its next checkpoint (the run replays
+        # the same steps to the same values), or moved on from: the new write replaces it
+        manager.delete(step)
+      record = {**meta, _CHECKSUM_KEY: checksum(tree)}
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                 meta=ocp.args.JsonSave(record)), force=True)
       manager.wait_until_finished()
-    except OSError as e:
-      raise CheckpointError(f"checkpoint: could not write step {step} to {manager.directory} "
-                            f"({e.strerror or e}); the previous checkpoint is kept. Free disk "
-                            f"space or choose another --workdir.") from e
+    except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors in its own types
+      cause = _os_error(e)
+      if cause is None:
+        raise
+      try:  # let writes still in flight end before removing what they wrote
+        manager.wait_until_finished()
+      except Exception:  # noqa: BLE001 - the first error is the one reported
+        pass
+      shutil.rmtree(pathlib.Path(str(manager.directory)) / f"{step}.orbax-checkpoint-tmp",
+                    ignore_errors=True)
+      full = cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+      raise CheckpointError(
+          f"checkpoint: could not write step {step} to {manager.directory} "
+          f"({cause.strerror or cause}); the previous checkpoint is kept"
+          + (f" (step {manager.latest_step()})" if manager.latest_step() is not None else "")
+          + ". " + ("The disk is full: free" if full else "Free") + " disk space or choose "
+          "another --workdir, then run the same command again to resume.") from e
 
   def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
     """``(step, state, meta)`` of the newest readable checkpoint, or None if there is none.
 
-    A corrupt or truncated newest checkpoint is reported and the one before it is used.
+    A corrupt or truncated newest checkpoint is reported, moved aside and the one before it
+    is used.
     """
-    return self._restore(self.latest, target)
+    return self._restore(self.latest, "latest", target)
 
   def restore_best(self, target: Any) -> tuple[int, Any, dict] | None:
-    return self._restore(self.best, target)
+    """``(step, params, meta)`` of the best checkpoint, or None if there is none."""
+    return self._restore(self.best, "best", target)
 
-  def _restore(self, manager, target):
+  def _restore(self, manager, which, target):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    for step in sorted(manager.all_steps(), reverse=True):
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                              meta=ocp.args.JsonRestore())
+    return self._newest_readable(manager, which, args)
+
+  def _newest_readable(self, manager, which, args, steps=None):
+    bad = []
+    found = None
+    for step in steps if steps is not None else sorted(manager.all_steps(), reverse=True):
       try:
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return step, out["state"], dict(out["meta"])
+        found = (step,) + _read_verified(manager, step, args)
+        break
       except Exception as e:  # noqa: BLE001 - any failure to read means: try the older one
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
-                    manager.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
-    return None
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e) else ''}"
+        bad.append((step, reason))
+        log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one.",
+                    manager.directory, step, reason)
+    for step, reason in bad:
+      moved = None if self.read_only else self._move_aside(manager, which, step)
+      self.recovered.append({"which": which, "step": step, "reason": reason,
+                             "moved_to": None if moved is None else str(moved)})
+    if bad:
+      log.warning("checkpoint: %s", self._recovery_note(which, bad, found))
+      if not self.read_only:
+        manager.reload()
+    return found
+
+  def _recovery_note(self, which, bad, found):
+    steps = ", ".join(str(s) for s, _ in bad)
+    kept = f"using step {found[0]}" if found else "no readable checkpoint is left"
+    where = "" if self.read_only else f"; moved aside to {self.root / 'corrupt'}"
+    return f"{which} checkpoint step(s) {steps} unreadable{where}; {kept}."
+
+  def _move_aside(self, manager, which, step) -> pathlib.Path | None:
+    source = pathlib.Path(str(manager.directory)) / str(step)
+    target = self.root / "corrupt" / f"{which}-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.replace(source, target)
+      return target
+    except OSError as e:
+      log.warning("checkpoint: could not move %s aside (%s); deleting it.", source, e)
+      shutil.rmtree(source, ignore_errors=True)
+      return None
 
   def read(self, which: str = "latest", step: int | None = None) -> tuple[int, Any, dict]:
     """``(step, tree, meta)`` of a checkpoint read without a target (state fields as a dict of
-    arrays), for inspection and tests. ``which`` is ``latest`` or ``best``."""
+    arrays), for inspection and tests. ``which`` is ``latest`` or ``best``; without ``step``,
+    the newest readable one (an unreadable newer one is reported as by ``restore_latest``).
+
+    Raises:
+      CheckpointError: no checkpoint, or the one asked for is unreadable or fails its checksum.
+    """
+    if which not in ("latest", "best"):
+      raise ValueError(f"checkpoint.read: which={which!r} is not 'latest' or 'best'.")
     manager = {"latest": self.latest, "best": self.best}[which]
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"checkpoint: {manager.directory} holds no checkpoint.")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        meta=ocp.args.JsonRestore()))
-    return step, out["state"], dict(out["meta"])
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    if step is not None:
+      try:
+        return (step,) + _read_verified(manager, step, args)
+      except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint: {manager.directory}/{step} is unreadable "
+                              f"({type(e).__name__}: {e}); read another step "
+                              f"(there are {list(manager.all_steps())}).") from e
+    found = self._newest_readable(manager, which, args)
+    if found is None:
+      raise CheckpointError(f"checkpoint: {manager.directory} holds no readable checkpoint.")
+    return found
 
   def close(self) -> None:
+    """Waits for pending writes and releases the managers."""
     self.latest.close()
     self.best.close()
+
+
+def _read_verified(manager, step, args) -> tuple[Any, dict]:
+  """``(tree, meta)`` of one step, its arrays checked against the checksums saved with it."""
+  out = manager.restore(step, args=args)
+  meta = dict(out["meta"])
+  expected = meta.pop(_CHECKSUM_KEY, None)
+  if expected is not None and checksum(out["state"]) != sorted(expected):
+    raise CheckpointError(f"step {step}: the arrays read back do not match the checksums "
+                          "written with them (corrupted files)")
+  return out["state"], meta

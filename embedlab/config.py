@@ -184,12 +184,15 @@ def validate(cfg: Config) -> Config:
     if flat[key] not in choices:
       raise ConfigError(f"config: {key} = {flat[key]!r} is not one of {', '.join(choices)}"
                         f"{_closest_hint(str(flat[key]), choices)}.")
+  defaults = flatten(Config())
   for key in _POSITIVE:
     if flat[key] <= 0:
-      raise ConfigError(f"config: {key} = {flat[key]!r} must be positive.")
+      raise ConfigError(f"config: {key} = {flat[key]!r} must be positive; e.g. "
+                        f"--set {key}={defaults[key]} (the default).")
   for key in _NON_NEGATIVE:
     if flat[key] < 0:
-      raise ConfigError(f"config: {key} = {flat[key]!r} must be >= 0.")
+      raise ConfigError(f"config: {key} = {flat[key]!r} must be >= 0; e.g. "
+                        f"--set {key}={defaults[key]} (the default).")
   if not 0.0 <= cfg.data.dev_fraction < 1.0:
     raise ConfigError(f"config: data.dev_fraction = {cfg.data.dev_fraction} must be in [0, 1).")
   if not 0.0 <= cfg.model.dropout < 1.0:

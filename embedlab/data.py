@@ -25,9 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -47,6 +50,11 @@ _DEV_NAMES = ("dev", "validation", "valid", "val")
 _SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json",
                    ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}
+# A text this long is almost surely a parse accident (an unclosed quote swallowing the rest of
+# the file, a file that is not one example per row), not an example: it is a bad row.
+MAX_TEXT_CHARS = 1_000_000
+
+log = logging.getLogger("embedlab")
 
 
 class DataError(ValueError):
@@ -127,6 +135,12 @@ class _RawSplit:
   source: str
   skipped: int = 0
   label_names: tuple[str, ...] | None = None  # from a datasets ClassLabel feature
+  lines: list[int] | None = None  # the file line each row starts on (text files only)
+
+  def where(self, i: int) -> str:
+    """``row 3 (line 4)``: where row ``i`` (0-based) is, for messages."""
+    line = f" (line {self.lines[i]})" if self.lines is not None and i < len(self.lines) else ""
+    return f"row {i + 1}{line}"
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str, ...]]:
@@ -162,7 +176,7 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str
   else:
     raw = _load_raw(cfg)
     names = _label_names(raw["train"])
-    splits = {name: _to_split(r, names) for name, r in raw.items()}
+    splits = {name: _to_split(r, names, cfg.skip_bad_rows) for name, r in raw.items()}
   splits = _carve_dev(splits, cfg, seed)
   if cfg.max_examples > 0:
     splits = {k: s.take(np.arange(min(len(s), cfg.max_examples))) for k, s in splits.items()}
@@ -194,17 +208,27 @@ def _label_names(train: _RawSplit) -> tuple[str, ...]:
   return tuple(sorted(distinct))
 
 
-def _to_split(raw: _RawSplit, names: tuple[str, ...]) -> Split:
+def _to_split(raw: _RawSplit, names: tuple[str, ...], skip_bad_rows: bool = False) -> Split:
   index = {name: i for i, name in enumerate(names)}
   ids = np.fromiter((index.get(label, -1) for label in raw.labels), dtype=np.int32,
                     count=len(raw.labels))
   unknown = np.flatnonzero(ids < 0)
-  if unknown.size:
+  texts = tuple(raw.texts)
+  if unknown.size and not skip_bad_rows:
     first = int(unknown[0])
-    raise DataError(f"data: {raw.source}, row {first + 1}: label {raw.labels[first]!r} does not "
+    where = raw.where(first).replace("row ", "", 1)
+    raise DataError(f"data: {raw.source}, row {where}: label {raw.labels[first]!r} does not "
                     f"occur in train (known labels: {', '.join(names)}; {unknown.size} rows "
-                    "have unknown labels). Fix the label, or use a train file with every class.")
-  return Split(tuple(raw.texts), ids, raw.source, raw.skipped)
+                    "have unknown labels). Fix the label, use a train file with every class, or "
+                    "set data.skip_bad_rows=true to skip such rows (they are counted).")
+  if unknown.size:
+    log.warning("data: %s: skipped %d row(s) whose label does not occur in train (first: %s, "
+                "label %r) because data.skip_bad_rows=true.", raw.source, unknown.size,
+                raw.where(int(unknown[0])), raw.labels[int(unknown[0])])
+    keep = ids >= 0
+    texts = tuple(t for t, k in zip(texts, keep) if k)
+    ids = ids[keep]
+  return Split(texts, ids, raw.source, raw.skipped + int(unknown.size))
 
 
 def _carve_dev(splits: dict[str, Split], cfg: DataConfig, seed: int) -> dict[str, Split]:
@@ -257,8 +281,11 @@ def _is_empty(path: pathlib.Path) -> bool:
     return True
   if path.suffix.lower() == ".gz":
     import gzip  # pylint: disable=import-outside-toplevel
-    with gzip.open(path, "rb") as f:
-      return not f.read(4096).strip()
+    try:
+      with gzip.open(path, "rb") as f:
+        return not f.read(4096).strip()
+    except (OSError, EOFError):
+      return False  # a broken gzip file: reading it reports that
   return False
 
 
@@ -272,14 +299,142 @@ def _read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> _RawSplit:
   if fmt != "parquet" and _is_empty(path):
     raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
                     f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
+  lines, source = None, path
+  if fmt != "parquet":
+    path, lines, skipped_lines, cleanup = _scan_text_file(path, fmt, cfg, split)
+  else:
+    skipped_lines, cleanup = 0, None
   kwargs: dict[str, Any] = {}
   if fmt in ("csv", "tsv"):
     # Strings as they are: no "NA" -> NaN, no 1 -> 1.0 when a label is missing.
     kwargs = dict(na_filter=False, converters={cfg.text_column: str, cfg.label_column: str})
     if fmt == "tsv":
       kwargs.update(delimiter="\t", quoting=3)  # csv.QUOTE_NONE
-  ds, skipped = _load_file_dataset(path, fmt, kwargs, cfg.skip_bad_rows)
-  return _raw_from_dataset(ds, cfg, str(path), skipped, allow_unlabelled=False)
+  try:
+    ds, skipped = _load_file_dataset(path, fmt, kwargs, cfg.skip_bad_rows)
+    raw = _raw_from_dataset(ds, cfg, str(source), skipped + skipped_lines,
+                            allow_unlabelled=False, lines=lines if not skipped else None)
+  finally:
+    if cleanup is not None:
+      cleanup.cleanup()
+  return raw
+
+
+def _scan_text_file(path: pathlib.Path, fmt: str, cfg: DataConfig, split: str):
+  """Checks a csv / tsv / jsonl file line by line before ``datasets`` reads it: bytes that are
+  not UTF-8, rows whose field count differs from the header's, quotes never closed.
+
+  Returns ``(path to read, start line of each data row, bad rows skipped, temporary directory
+  or None)``; with bad rows and ``cfg.skip_bad_rows`` the path is a cleaned copy without them.
+
+  Raises:
+    DataError: naming the file, the first bad line, what is wrong and the fix.
+  """
+  raw = path.read_bytes()
+  if path.suffix.lower() == ".gz":
+    import gzip  # pylint: disable=import-outside-toplevel
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+      raise DataError(f"data: {path} is not a readable gzip file ({e}); it may be truncated. "
+                      "Download or compress it again.") from e
+  pieces = raw.split(b"\n")
+  texts, bad = [], {}  # bad: 1-based line -> reason
+  for i, piece in enumerate(pieces, 1):
+    try:
+      texts.append(piece.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of the "
+                "line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+      texts.append("")
+  if fmt == "json":
+    rows = []
+    for i, t in enumerate(texts, 1):
+      if not t.strip() or i in bad:
+        continue
+      try:
+        ok = isinstance(json.loads(t), dict)
+      except ValueError:
+        ok = False
+      if ok:
+        rows.append(i)
+      else:
+        bad[i] = "each line must hold one JSON object"
+    bad_lines = {i: {i} for i in bad}
+  else:
+    rows, bad_lines = _delimited_rows(texts, fmt, bad)
+  if bad_lines:
+    first = min(bad_lines)
+    reason = bad.get(first) or next(bad[i] for i in sorted(bad_lines[first]) if i in bad)
+    numbers = sorted(bad_lines)
+    listed = ", ".join(str(n) for n in numbers[:10]) + (", ..." if len(numbers) > 10 else "")
+    if not cfg.skip_bad_rows:
+      kind = "malformed JSON row" if "JSON object" in reason else "malformed row"
+      raise DataError(f"data: {path}, line {first}: {kind} ({len(numbers)} bad row(s) in all: "
+                      f"lines {listed}; {reason}). Fix them, or set data.skip_bad_rows=true to "
+                      "skip such rows (they are counted).")
+    log.warning("data: %s: skipped %d bad row(s) (lines %s; first: %s) because "
+                "data.skip_bad_rows=true.", path, len(numbers), listed, reason)
+    drop = set().union(*bad_lines.values())
+    tmp = tempfile.TemporaryDirectory()
+    clean = pathlib.Path(tmp.name) / path.name.removesuffix(".gz").removesuffix(".GZ")
+    clean.write_text("\n".join(t for i, t in enumerate(texts, 1) if i not in drop),
+                     encoding="utf-8")
+    kept = [r for r in rows if r not in drop]
+    return clean, kept, len(numbers), tmp
+  return path, rows, 0, None
+
+
+def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
+  """``(start line of each good data row, {start line of a bad row: its lines})`` of a csv /
+  tsv file split into lines; fills ``bad`` with the reasons."""
+  bad_lines = {i: {i} for i in bad}
+  header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
+  if header_at is None:
+    return [], bad_lines
+  if fmt == "tsv":
+    width = texts[header_at - 1].rstrip("\r").count("\t") + 1
+    rows = []
+    for i, t in enumerate(texts, 1):
+      if i <= header_at or i in bad or not t.strip():
+        continue
+      n = t.rstrip("\r").count("\t") + 1
+      if n != width:
+        bad[i] = (f"{n} tab-separated fields, the header has {width} "
+                  f"({texts[header_at - 1].strip()!r})")
+        bad_lines[i] = {i}
+      else:
+        rows.append(i)
+    return rows, bad_lines
+  rows, width, start = [], None, header_at
+  while start <= len(texts):
+    chunk = [t + "\n" for t in texts[start - 1:]]
+    reader = csv.reader(chunk, strict=True)
+    line = start - 1  # lines consumed so far
+    try:
+      for record in reader:
+        first = line + 1
+        line = start - 1 + reader.line_num
+        if not record or first in bad:
+          continue
+        if width is None:
+          width = len(record)
+          continue
+        if len(record) != width:
+          bad[first] = f"{len(record)} comma-separated fields, the header has {width}"
+          bad_lines[first] = set(range(first, line + 1))
+        elif any(i in bad for i in range(first, line + 1)):
+          bad_lines.setdefault(first, set()).update(range(first, line + 1))
+        else:
+          rows.append(first)
+      break
+    except csv.Error as e:
+      first = line + 1
+      bad[first] = (f"bad quoting ({e}: a quote opened here is never closed, or text follows a "
+                    "closing quote); quote the whole field and double inner quotes (\"\")")
+      bad_lines[first] = {first}
+      start = first + 1
+  return rows, bad_lines
 
 
 def _load_file_dataset(path: pathlib.Path, fmt: str, kwargs: dict[str, Any],
@@ -378,7 +533,7 @@ def _column(ds, name: str) -> list[Any]:
 
 
 def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int,
-                      allow_unlabelled: bool) -> _RawSplit:
+                      allow_unlabelled: bool, lines: list[int] | None = None) -> _RawSplit:
   """Texts and string labels of a ``datasets.Dataset``; checks columns and missing values."""
   import datasets  # pylint: disable=import-outside-toplevel
   missing = [c for c in (cfg.text_column, cfg.label_column) if c not in ds.column_names]
@@ -397,22 +552,42 @@ def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int,
   else:
     labels = [None if l is None else str(l).strip() for l in labels]
     labels = [l if l else None for l in labels]
+  at = _RawSplit([], [], source, lines=lines).where
   bad = [i for i, (t, l) in enumerate(zip(texts, labels)) if l is None or t is None]
   if bad and allow_unlabelled and len(bad) == len(labels):
     return _RawSplit([], [], source + " (unlabelled)", 0, names)
   if bad and not cfg.skip_bad_rows:
     i = bad[0]
     what = "label" if labels[i] is None else "text"
-    raise DataError(f"data: {source}, row {i + 1}: missing {what} ({cfg.label_column!r} = "
-                    f"{labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
+    where = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
+    raise DataError(f"data: {source}, row {i + 1}: missing {what}{where} ({cfg.label_column!r} "
+                    f"= {labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
                     "a missing label or text. Fix them, or set data.skip_bad_rows=true to skip "
                     "such rows (they are counted).")
-  if bad:
-    drop = set(bad)
+  texts = [t if isinstance(t, str) or t is None else str(t) for t in texts]
+  long = [i for i, t in enumerate(texts) if t is not None and len(t) > MAX_TEXT_CHARS]
+  if long and not cfg.skip_bad_rows:
+    i = long[0]
+    raise DataError(f"data: {source}, {at(i)}: a text of {len(texts[i]):,} characters (the "
+                    f"limit is {MAX_TEXT_CHARS:,}; {len(long)} such rows), probably a quote "
+                    "never closed or a file that is not one example per row. Fix the file, or "
+                    "set data.skip_bad_rows=true to skip such rows (they are counted).")
+  empty = [i for i, t in enumerate(texts) if t is not None and not t.strip()]
+  if empty and not cfg.skip_bad_rows:
+    log.warning("data: %s: %d row(s) have an empty text (first: %s); they are kept and encode "
+                "to padding only (the model sees no words). Set data.skip_bad_rows=true to skip "
+                "them (they are counted).", source, len(empty), at(empty[0]))
+  drop = set(bad) | set(long) | (set(empty) if cfg.skip_bad_rows else set())
+  if drop:
+    if cfg.skip_bad_rows:
+      log.warning("data: %s: skipped %d row(s) (%d missing a label or text, %d with an empty "
+                  "text, %d longer than %s characters; first: %s) because "
+                  "data.skip_bad_rows=true.", source, len(drop), len(bad),
+                  len(set(empty) - set(bad)), len(long), f"{MAX_TEXT_CHARS:,}", at(min(drop)))
     texts = [t for i, t in enumerate(texts) if i not in drop]
     labels = [l for i, l in enumerate(labels) if i not in drop]
-  texts = [t if isinstance(t, str) else str(t) for t in texts]
-  return _RawSplit(texts, labels, source, skipped + len(bad), names)
+    lines = None if lines is None else [n for i, n in enumerate(lines) if i not in drop]
+  return _RawSplit(texts, labels, source, skipped + len(drop), names, lines)
 
 
 # ----------------------------------------------------------------------------- disk / hub

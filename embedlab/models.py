@@ -33,6 +33,12 @@ class Model(NamedTuple):
   stages: Callable[[int, int], list[tuple[str, tuple[int, ...]]]]
 
 
+def _check_ids_rank(ids, where):
+  if jnp.ndim(ids) != 2:
+    raise ValueError(f"{where}: ids must be 2-D [batch, seq_len], got shape {jnp.shape(ids)}; "
+                     "add a batch axis with ids[None] or reshape to (batch, seq_len).")
+
+
 def _dense_init(key, fan_in, fan_out):
   w = jax.nn.initializers.lecun_normal()(key, (fan_in, fan_out), jnp.float32)
   return {"w": w, "b": jnp.zeros((fan_out,), jnp.float32)}
@@ -114,6 +120,7 @@ def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
     return params
 
   def apply(params, ids, *, train=False, rng=None):
+    _check_ids_rank(ids, "cnn_model.apply")
     x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
     lengths = jnp.maximum((ids != PADDING_ID).sum(1), 1)
     pooled = []
@@ -192,6 +199,7 @@ def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
             "out": _dense_init(keys[5], 2 * hidden, num_classes)}
 
   def apply(params, ids, *, train=False, rng=None):
+    _check_ids_rank(ids, "bilstm_model.apply")
     x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     x = _dropout(x, cfg.dropout, train, keys[0])

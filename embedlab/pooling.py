@@ -96,7 +96,8 @@ def pool_padded(table: Array, ids_BxL: Array, w_BxL: Array, mask_BxL: Array, mod
     if strategy != "take":
       raise ValueError("pool_padded: mode='max' is pooled with strategy='take' only.")
     vecs_BxLxD = jnp.take(table, ids_BxL, axis=0, mode="clip").astype(dtype)
-    best = jnp.max(jnp.where(mask_BxL[..., None], vecs_BxLxD, -jnp.inf), axis=1)
+    best = jnp.max(jnp.where(mask_BxL[..., None], vecs_BxLxD, -jnp.inf), axis=1,
+                   initial=-jnp.inf)
     return jnp.where(mask_BxL.any(1, keepdims=True), best, 0).astype(dtype)
   w_BxL = w_BxL.astype(dtype)
   if strategy == "take":

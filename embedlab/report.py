@@ -67,8 +67,14 @@ class RunDir:
     """Drops events after ``step`` (left by a run that died after its last checkpoint)."""
     if not self.metrics_file.exists():
       return
-    kept = [line for line in self.metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in self.metrics_file.read_text().splitlines():
+      try:
+        event = json.loads(line)
+      except json.JSONDecodeError:  # a line torn by a crash (or a full disk) mid-write
+        continue
+      if event["step"] <= step:
+        kept.append(line)
     _atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
 
   def _event(self, record: dict) -> None:

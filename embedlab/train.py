@@ -31,6 +31,7 @@ from embedlab import data as data_lib
 from embedlab import models as models_lib
 from embedlab import optim as optim_lib
 from embedlab import report
+from embedlab import resources
 from embedlab import tables
 from embedlab import text as text_lib
 
@@ -205,6 +206,7 @@ def total_steps(cfg: config_lib.Config, num_train: int) -> tuple[int, int]:
 
 def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Setup:
   """The model, its initial params and its optimizer(s) for a config and its data."""
+  resources.check_fits(cfg, data.num_embeddings, len(data.label_names), data.train_ids.shape[1])
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
   pretrained, found = None, None
   if cfg.model.pretrained:
@@ -388,6 +390,7 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "skipped_nonfinite": meta["skipped_nonfinite"],
              "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
              "pretrained_rows_found": setup.pretrained_found,
+             "checkpoint_recoveries": list(checkpoints.recovered),
              "table_update": cfg.optim.tables}
   if data.test_ids is not None:
     test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)

@@ -1,0 +1,219 @@
+"""Memory a configuration needs, checked against the device before anything is allocated.
+
+``estimate_bytes`` counts, without allocating (``jax.eval_shape``): the parameters (the
+embedding table and the rest), their gradients (the whole table for dense updates, only the
+rows of one batch for a row-sparse table optimizer), the optimizer slots (optax adam / adamw 2
+per weight, momentum and adagrad 1, sgd 0; row-sparse ones from ``embedlab.sparse.slot_bytes``)
+and the activations of one training batch (forward and backward) and one evaluation batch.
+``check_fits`` compares the total with the memory available (the device's own count where the
+backend reports one, ``MemAvailable`` of the host otherwise) and fails early with both numbers
+and settings that would fit.
+
+Example:
+  >>> from embedlab.config import Config
+  >>> est = estimate_bytes(Config(), num_embeddings=10_000, num_classes=2, seq_len=64)
+  >>> est["table"], est["optimizer_slots"] >= 2 * est["table"]
+  (2560000, True)
+  >>> check_fits(Config(), 10_000, 2, 64, available=1 << 40)["total"] < 1 << 40
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from embedlab import config as config_lib
+from embedlab import models as models_lib
+
+# Slots per weight of the dense optax optimizers of ``embedlab.optim`` (adam: mu and nu).
+DENSE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2, "adagrad": 1}
+# The estimate leaves this share of the available memory for XLA's own buffers, fragmentation
+# and everything it does not count.
+HEADROOM = 0.8
+
+
+class ResourceError(RuntimeError):
+  """A configuration needs more memory than the device has."""
+
+
+def _bytes(tree: Any) -> int:
+  return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int,
+                   seq_len: int) -> dict[str, int]:
+  """Bytes one training run of ``cfg`` holds at once, by part; nothing is allocated.
+
+  Args:
+    cfg: the experiment config (model, optimizer, batch sizes).
+    num_embeddings: rows of the embedding table (vocabulary + hash buckets).
+    num_classes: classes of the classifier.
+    seq_len: ids per example (``max_len * ngrams``).
+
+  Returns:
+    ``{"table", "other_params", "gradients", "optimizer_slots", "activations", "total"}``, in
+    bytes.
+
+  Example:
+    >>> from embedlab.config import Config
+    >>> estimate_bytes(Config(), 1000, 2, 16)["table"]
+    256000
+  """
+  model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  table_shape = shapes["embed"]["table"].shape
+  table = _bytes(shapes["embed"])
+  other = _bytes(shapes) - table
+  itemsize = np.dtype(shapes["embed"]["table"].dtype).itemsize
+  batch = cfg.train.batch_size
+  if cfg.optim.tables == "dense":
+    gradients = table + other
+    slots = DENSE_SLOTS[cfg.optim.name] * (table + other)
+  else:
+    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    # the rows of one batch at most, each gathered once
+    rows = min(batch * seq_len, table_shape[0])
+    gradients = rows * table_shape[1] * itemsize + other
+    slots = (sparse_lib.slot_bytes(cfg.optim.tables, table_shape)
+             + DENSE_SLOTS[cfg.optim.name] * other)
+  act_itemsize = np.dtype(cfg.model.compute_dtype).itemsize
+
+  def activations(b):
+    return sum(math.prod(shape) for _, shape in model.stages(b, seq_len)) * act_itemsize
+
+  # training: the forward pass kept for the backward one, and its gradients (x2); evaluation
+  # runs in its own batches, forward only, and not at the same time as a training step
+  acts = max(2 * activations(batch), activations(cfg.train.eval_batch_size))
+  acts += batch * seq_len * 4 * 2  # the ids and their gathered row indices
+  total = table + other + gradients + slots + acts
+  return {"table": table, "other_params": other, "gradients": gradients,
+          "optimizer_slots": slots, "activations": acts, "total": total}
+
+
+def available_bytes(device: Any = None) -> tuple[int | None, str]:
+  """``(bytes, where the number comes from)`` that a run may use on ``device`` (default: the
+  first JAX device): the device's ``bytes_limit - bytes_in_use`` where its backend reports
+  memory (GPU, TPU), else the host's ``MemAvailable``; ``(None, reason)`` if neither is known.
+
+  Example:
+    >>> n, source = available_bytes()
+    >>> n is None or n > 0
+    True
+  """
+  device = device if device is not None else jax.devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+    stats = None
+  if stats and "bytes_limit" in stats:
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return free, f"{device.platform} device {device.id} memory (bytes_limit - bytes_in_use)"
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024, "host MemAvailable (/proc/meminfo)"
+  except OSError:
+    pass
+  return None, "unknown (no device memory stats and no /proc/meminfo)"
+
+
+def human(n: float) -> str:
+  """``1536 -> '1.5 KiB'``.
+
+  Example:
+    >>> human(3 * 2**30)
+    '3.0 GiB'
+  """
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_fits(cfg: config_lib.Config, num_embeddings: int, num_classes: int, seq_len: int, *,
+               available: int | None = None, device: Any = None) -> dict[str, int]:
+  """Raises ``ResourceError`` if ``estimate_bytes`` exceeds ``HEADROOM`` of the memory
+  available, naming both numbers, the biggest parts and settings that would fit.
+
+  Args:
+    cfg, num_embeddings, num_classes, seq_len: as for ``estimate_bytes``.
+    available: bytes available; default ``available_bytes(device)`` (no check if unknown).
+    device: the device to ask (default: the first JAX device).
+
+  Returns:
+    The estimate.
+
+  Example:
+    >>> from embedlab.config import Config
+    >>> try:
+    ...   check_fits(Config(), 10_000_000, 2, 64, available=2**30)
+    ... except ResourceError as e:
+    ...   print(str(e).split(" (")[0])
+    resources: this config needs about 9.5 GiB
+  """
+  estimate = estimate_bytes(cfg, num_embeddings, num_classes, seq_len)
+  source = "given"
+  if available is None:
+    available, source = available_bytes(device)
+    if available is None:
+      return estimate
+  budget = int(available * HEADROOM)
+  if estimate["total"] <= budget:
+    return estimate
+  parts = ", ".join(f"{k.replace('_', ' ')} {human(v)}" for k, v in estimate.items()
+                    if k != "total" and v)
+  fixes = _settings_that_fit(cfg, num_embeddings, num_classes, seq_len, budget)
+  raise ResourceError(
+      f"resources: this config needs about {human(estimate['total'])} ({parts}) but "
+      f"{human(available)} is available ({source}; {int(HEADROOM * 100)}% of it may be used: "
+      f"{human(budget)}). Nothing was allocated. Settings that would fit: "
+      + ("; ".join(fixes) if fixes else "none found by shrinking the table, the optimizer or "
+         "the batch: use a device with more memory") + ".")
+
+
+def _settings_that_fit(cfg, num_embeddings, num_classes, seq_len, budget) -> list[str]:
+  def fits(c, rows=num_embeddings):
+    return estimate_bytes(c, rows, num_classes, seq_len)["total"] <= budget
+
+  def with_(**groups):
+    return dataclasses.replace(cfg, **{g: dataclasses.replace(getattr(cfg, g), **kw)
+                                       for g, kw in groups.items()})
+
+  out = []
+  if cfg.optim.tables == "dense":
+    for name in ("sparse_rowwise_adagrad", "sparse_lazy_adam"):
+      if fits(with_(optim={"tables": name})):
+        out.append(f"--set optim.tables={name} (no dense table gradient or full slots)")
+        break
+  features = cfg.model.features
+  while features > 1 and not fits(with_(model={"features": features})):
+    features //= 2
+  if features != cfg.model.features and fits(with_(model={"features": features})):
+    out.append(f"--set model.features={features}")
+  buckets = cfg.data.num_buckets
+  if buckets:
+    vocab = num_embeddings - buckets
+    while buckets > 1 and not fits(cfg, vocab + buckets):
+      buckets //= 2
+    if buckets != cfg.data.num_buckets and fits(cfg, vocab + buckets):
+      out.append(f"--set data.num_buckets={buckets}")
+  batch = cfg.train.batch_size
+  while batch > 1 and not fits(with_(train={"batch_size": batch,
+                                            "eval_batch_size": min(batch,
+                                                                   cfg.train.eval_batch_size)})):
+    batch //= 2
+  if batch != cfg.train.batch_size and fits(with_(train={"batch_size": batch,
+                                                         "eval_batch_size": batch})):
+    out.append(f"--set train.batch_size={batch} --set train.eval_batch_size={batch}")
+  if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") is None and jax.default_backend() == "gpu":
+    out.append("or let JAX use more of the GPU: XLA_PYTHON_CLIENT_MEM_FRACTION=0.95")
+  return out

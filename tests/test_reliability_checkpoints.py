@@ -1,0 +1,275 @@
+"""Fault injection on checkpoints: corrupt or truncated checkpoints are detected, reported and
+replaced by the previous good one; a full disk or a failing writer during a save keeps the
+previous checkpoint and stops with a clear message; writes are atomic."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from embedlab import checkpoint as ckpt_lib
+from embedlab import config as config_lib
+from embedlab import train
+from embedlab.config import Config
+
+TINY = ["data.synthetic_train_size=320", "data.synthetic_eval_size=64",
+        "data.synthetic_length=12", "data.max_len=16", "data.synthetic_words_per_topic=10",
+        "data.synthetic_shared_words=30", "model.features=8", "model.dropout=0.3",
+        "model.hidden=8", "train.batch_size=32", "train.num_epochs=2", "train.eval_every=7",
+        "train.log_every=3", "train.checkpoint_every=4", "train.progress=false",
+        "optim.learning_rate=0.05"]
+
+
+def tiny() -> Config:
+  return config_lib.apply_overrides(Config(name="tiny"), TINY)
+
+
+def quiet(*_):
+  pass
+
+
+def _state(value: float):
+  """A small train-state-like tree: params, optimizer slots, a step and a key."""
+  return train.TrainState(jnp.array(int(value), jnp.int32),
+                          {"embed": {"table": jnp.full((5, 3), value, jnp.float32)},
+                           "out": {"w": jnp.arange(6.0).reshape(2, 3) * value}},
+                          (jnp.full((5, 3), value / 2), jnp.zeros(2)),
+                          jax.random.PRNGKey(int(value)))
+
+
+def _assert_tree_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _files(step_dir: pathlib.Path, pattern: str = "**/*"):
+  return sorted(p for p in step_dir.glob(pattern) if p.is_file())
+
+
+def _truncate_array_data(d):
+  for p in _files(d / "state", "**/d/*"):
+    p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+
+
+def _flip_array_bytes(d):
+  for p in _files(d / "state", "**/d/*"):
+    b = bytearray(p.read_bytes())
+    for i in range(len(b) // 3, len(b), max(len(b) // 7, 1)):
+      b[i] ^= 0x5A
+    p.write_bytes(bytes(b))
+
+
+def _zero_every_file(d):
+  for p in _files(d):
+    p.write_bytes(b"")
+
+
+def _garble_meta(d):
+  (d / "meta" / "metadata").write_text('{"best_dev_accuracy": 0.5, "sk')
+
+
+def _delete_meta(d):
+  (d / "meta" / "metadata").unlink()
+
+
+def _delete_state_metadata(d):
+  (d / "state" / "_METADATA").unlink()
+
+
+def _truncate_manifests(d):
+  for p in _files(d / "state", "**/manifest.ocdbt"):
+    p.write_bytes(p.read_bytes()[:10])
+
+
+def _empty_step_dir(d):
+  for p in _files(d):
+    p.unlink()
+
+
+def _swap_arrays_keep_checksums(d):
+  """Arrays that decode fine but are not the ones written: only the checksum can tell."""
+  meta = json.loads((d / "meta" / "metadata").read_text())
+  meta["_embedlab_crc32"] = [s[:-8] + "00000000" for s in meta["_embedlab_crc32"]]
+  (d / "meta" / "metadata").write_text(json.dumps(meta))
+
+
+CORRUPTIONS = {"truncated array data": _truncate_array_data,
+               "flipped bytes in array data": _flip_array_bytes,
+               "every file zero bytes": _zero_every_file,
+               "garbled JSON record": _garble_meta, "JSON record deleted": _delete_meta,
+               "state metadata deleted": _delete_state_metadata,
+               "truncated manifests": _truncate_manifests, "empty step directory": _empty_step_dir,
+               "arrays not matching their checksums": _swap_arrays_keep_checksums}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_corrupt_latest_checkpoint_is_reported_moved_aside_and_the_previous_used(
+    tmp_path, caplog, kind):
+  ckpt = ckpt_lib.Checkpoints(tmp_path, keep=3)
+  for step in (4, 8, 12):
+    ckpt.save_latest(step, _state(step), {"best_step": step})
+  ckpt.close()
+  CORRUPTIONS[kind](tmp_path / "checkpoints" / "latest" / "12")
+
+  ckpt = ckpt_lib.Checkpoints(tmp_path, keep=3)
+  with caplog.at_level(logging.WARNING, logger="embedlab"):
+    step, state, meta = ckpt.restore_latest(_state(0))
+  assert step == 8 and meta == {"best_step": 8}
+  _assert_tree_equal(state, _state(8))
+  warned = " ".join(r.getMessage() for r in caplog.records)
+  assert "latest/12 is unreadable" in warned and "using step 8" in warned
+  assert [r["step"] for r in ckpt.recovered] == [12]
+  assert pathlib.Path(ckpt.recovered[0]["moved_to"]).is_dir()  # kept for a post-mortem
+  # the resumed run writes step 12 again, and that one is read back
+  ckpt.save_latest(12, _state(12), {"best_step": 12})
+  assert ckpt.restore_latest(_state(0))[0] == 12
+  ckpt.close()
+
+
+def test_every_checkpoint_corrupt_means_none_and_a_read_error(tmp_path, caplog):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  for step in (1, 2):
+    ckpt.save_latest(step, _state(step), {})
+  for step in (1, 2):
+    _zero_every_file(tmp_path / "checkpoints" / "latest" / str(step))
+  with caplog.at_level(logging.WARNING, logger="embedlab"):
+    assert ckpt.restore_latest(_state(0)) is None
+  assert "no readable checkpoint is left" in caplog.text
+  ckpt.close()
+  with pytest.raises(ckpt_lib.CheckpointError, match="holds no readable checkpoint"):
+    ckpt_lib.Checkpoints(tmp_path, read_only=True).read("latest")
+
+
+def test_read_only_fallback_reports_but_moves_nothing(tmp_path, caplog):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  for step in (1, 2):
+    ckpt.save_latest(step, _state(step), {})
+  ckpt.close()
+  _truncate_array_data(tmp_path / "checkpoints" / "latest" / "2")
+  reader = ckpt_lib.Checkpoints(tmp_path, read_only=True)
+  with caplog.at_level(logging.WARNING, logger="embedlab"):
+    step, tree, _ = reader.read("latest")
+  assert step == 1 and (tmp_path / "checkpoints" / "latest" / "2").is_dir()
+  np.testing.assert_array_equal(tree["params"]["embed"]["table"], np.full((5, 3), 1.0))
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"latest/2 is unreadable"):
+    reader.read("latest", step=2)
+
+
+def test_corrupt_best_checkpoint_falls_back_to_none_not_to_garbage(tmp_path):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  ckpt.save_best(5, _state(5).params, {"dev_accuracy": 0.9})
+  _flip_array_bytes(tmp_path / "checkpoints" / "best" / "5")
+  _swap_arrays_keep_checksums(tmp_path / "checkpoints" / "best" / "5")
+  assert ckpt.restore_best(_state(0).params) is None
+  assert ckpt.recovered[0]["which"] == "best"
+  ckpt.close()
+
+
+def _enospc(*_, **__):
+  raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def _async_enospc(*_, **__):
+  _enospc()
+
+
+@pytest.mark.parametrize("where", ["array and JSON writer", "commit rename"])
+def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  ckpt.save_latest(4, _state(4), {"best_step": 4})
+  if where == "commit rename":
+    monkeypatch.setattr(ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", _async_enospc)
+  else:
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", _async_enospc)
+  with pytest.raises(ckpt_lib.CheckpointError) as e:
+    ckpt.save_latest(8, _state(8), {"best_step": 8})
+  msg = str(e.value)
+  assert "could not write step 8" in msg and "No space left on device" in msg
+  assert "previous checkpoint is kept (step 4)" in msg
+  assert "Free disk space or choose another --workdir" in msg.replace("free", "Free")
+  monkeypatch.undo()
+  latest = tmp_path / "checkpoints" / "latest"
+  # nothing half-written is taken for a step (a temporary directory that a writer thread
+  # still held is removed when the run directory is opened again)
+  assert sorted(p.name for p in latest.iterdir() if "tmp" not in p.name) == ["4"]
+  again = ckpt_lib.Checkpoints(tmp_path)
+  step, state, meta = again.restore_latest(_state(0))
+  assert step == 4 and meta == {"best_step": 4}
+  _assert_tree_equal(state, _state(4))
+  again.close()
+
+
+def test_a_save_that_fails_for_another_reason_is_not_disguised(tmp_path):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  with pytest.raises(TypeError):
+    ckpt.save_latest(1, {"w": object()}, {})
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  run = tmp_path_factory.mktemp("straight") / "run"
+  train.train(tiny(), run, echo=quiet)
+  return run
+
+
+def _final(run):
+  ckpt = ckpt_lib.Checkpoints(run, read_only=True)
+  out = ckpt.read("latest")
+  ckpt.close()
+  return out
+
+
+def _metrics(run):
+  keep = ("event", "split", "step", "loss", "accuracy")
+  return [{k: v for k, v in json.loads(line).items() if k in keep}
+          for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_as(straight_dir, run):
+  (sa, ta, _), (sb, tb, _) = _final(straight_dir), _final(run)
+  assert sa == sb == 20
+  _assert_tree_equal(ta, tb)
+  assert _metrics(straight_dir) == _metrics(run)
+
+
+def test_full_disk_then_a_corrupt_checkpoint_and_the_rerun_still_ends_bitwise(
+    tmp_path, monkeypatch, caplog, straight):
+  """The disk fills up during a save (the run stops clearly), then the newest checkpoint left
+  is found corrupt: the rerun reports it, resumes from the one before, and ends bitwise equal
+  to an uninterrupted run."""
+  real_save = ocp.handlers.JsonCheckpointHandler._save_fn
+  calls = {"n": 0}
+
+  async def filling_disk(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] >= 4:  # latest 4, best 7, latest 8 fit; then the disk is full
+      _enospc()
+    return await real_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", filling_disk)
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"could not write step \d+ .*No space left on device.*previous "
+                           r"checkpoint is kept \(step 8\).*--workdir"):
+    train.train(tiny(), tmp_path / "run", echo=quiet)
+  monkeypatch.undo()
+  assert _final(tmp_path / "run")[0] == 8
+  _truncate_array_data(tmp_path / "run" / "checkpoints" / "latest" / "8")
+  messages = []
+  with caplog.at_level(logging.WARNING, logger="embedlab"):
+    train.train(tiny(), tmp_path / "run", echo=messages.append)
+  assert "latest/8 is unreadable" in caplog.text
+  assert any("resuming" in m and "from step 4" in m for m in messages)
+  _assert_same_as(straight, tmp_path / "run")
