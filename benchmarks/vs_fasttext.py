@@ -38,13 +38,14 @@ DATA = pathlib.Path(os.environ.get("EMBEDLAB_DATA", REPO.parent / "shared" / "da
 DATASETS = {
     "sst2": {"train": "sst2/train.tsv.gz", "test": "sst2/test.tsv.gz", "delimiter": "\t",
              "experiment": "experiments/sst2_fasttext.py",
-             # fastText's documented supervised settings (lr 0.1, dim 100, 5 epochs) with
-             # bigrams; the best of those tried on SST-2 dev is kept here.
+             # the best on SST-2 dev of fastText's documented settings tried (lr 0.05-0.5,
+             # dim 10/100, 5/10 epochs, bigrams, 2M buckets): dev 0.8245
              "fasttext": dict(lr=0.1, dim=100, epoch=5, wordNgrams=2, bucket=2_000_000,
                               minCount=1)},
     "imdb": {"train": "imdb/train.csv.gz", "test": "imdb/test.csv.gz", "delimiter": ",",
              "experiment": "experiments/imdb_fasttext.py",
-             "fasttext": dict(lr=0.1, dim=100, epoch=5, wordNgrams=2, bucket=2_000_000,
+             # best on a seeded 10% dev carve-out of train, same grid: dev 0.910
+             "fasttext": dict(lr=0.25, dim=10, epoch=10, wordNgrams=2, bucket=2_000_000,
                               minCount=1)},
 }
 
