@@ -6,7 +6,8 @@ What it reproduces: the neural bag-of-words baseline on the IMDB Large Movie Rev
 is carved out of train by seed for model selection; test is used once at the end.
 Goal (issue 3): test accuracy >= 88.9%.
 
-Measured on a 2-core CPU: see RESULTS.md.
+Measured on a 2-core CPU (RESULTS.md): dev 0.9104, test 0.9014 (best dev at step 1,500 of
+2,109); 73 s of training with row-sparse lazy Adam on a CPU shared with other work.
 
 Command:
   embedlab train experiments/imdb_bag.py

@@ -5,8 +5,10 @@ What it reproduces: the planted structure of the synthetic dataset (4 latent top
 embeddings (fastText-style mean pooling + linear classifier) classifies each document's topic,
 and the table it learns is the thing to look at: 402 rows x 16 features = 6,432 weights.
 
-Measured on a 2-core CPU (see RESULTS.md): test accuracy 1.000, training 0.9 s, whole command
-about 15 s including JAX start-up and compilation.
+Measured on a 2-core CPU (RESULTS.md): dev accuracy 0.992, test accuracy
+0.988, training 2.2 s, the whole command 6.3 s including JAX start-up and
+compilation; 100% of the 5 nearest neighbours of each topic word share its planted topic
+(chance 12.3%).
 
 Command:
   embedlab train experiments/quickstart.py
