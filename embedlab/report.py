@@ -26,6 +26,7 @@ import time
 from typing import Any, Sequence
 
 from embedlab import config as config_lib
+from embedlab import tables
 
 
 class RunDirError(RuntimeError):
@@ -452,12 +453,7 @@ def _table(header, rows) -> str:
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def _human_bytes(n: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if n < 1024 or unit == "TiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-  return str(n)
+_human_bytes = tables.human_bytes
 
 
 def summary_text(cfg: config_lib.Config, data, setup) -> str:

@@ -443,7 +443,7 @@ class TableSummary:
 
   def __str__(self) -> str:
     text = (f"embedding table: {self.rows:,} rows x {self.features:,} features = "
-            f"{self.weights:,} weights ({self.dtype}, {_human_bytes(self.bytes)})")
+            f"{self.weights:,} weights ({self.dtype}, {human_bytes(self.bytes)})")
     if self.ids_shape is not None:
       text += f"\nids {self.ids_shape} -> embeddings {self.output_shape}"
     return text
@@ -468,7 +468,8 @@ def describe(params: Params, ids_shape: tuple[int, ...] | None = None) -> TableS
                       str(table.dtype), ids_shape, out)
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+  """``2.4 MiB`` for 2,560,000 bytes."""
   for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
     if n < 1024 or unit == "TiB":
       return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
