@@ -321,38 +321,40 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   acc, order_epoch, order = None, -1, None
   prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
   boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
-  while step < steps:
-    epoch, index = divmod(step, per_epoch)
-    if epoch != order_epoch:
-      order = data_lib.batch_indices(
-          len(data.train_labels), cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-          lengths=data.train_lengths if cfg.data.bucket_by_length else None)
-      order_epoch = epoch
-    # a block never crosses a log / eval / checkpoint / epoch boundary: a few block sizes only
-    block = min([cfg.train.steps_per_dispatch, steps - step] +
-                [b - step % b for b in boundaries])
-    rows = order[index:index + block]
-    step_fn = single_fn if block == 1 else multi_fn
-    state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
-    if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
-      clock.lap("first_dispatch", wait_for=sums)
-    acc = _accumulate(acc, sums)
-    bar.update(block)
-    step += block
-    save = step % every_ckpt == 0 or step == steps
-    if step % cfg.train.log_every == 0 or save:
-      meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
-      run.log_train(step, acc, bar)
-      acc = None
-    if step % cfg.train.eval_every == 0 or step == steps:
-      _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step)
-    if save:
-      meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
-      checkpoints.save_latest(step, state, meta)
-  bar.close()
-  clock.lap("train_loop", wait_for=state)
-  results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock)
-  checkpoints.close()
+  try:
+    while step < steps:
+      epoch, index = divmod(step, per_epoch)
+      if epoch != order_epoch:
+        order = data_lib.batch_indices(
+            len(data.train_labels), cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+            lengths=data.train_lengths if cfg.data.bucket_by_length else None)
+        order_epoch = epoch
+      # a block never crosses a log / eval / checkpoint / epoch boundary: a few block sizes only
+      block = min([cfg.train.steps_per_dispatch, steps - step] +
+                  [b - step % b for b in boundaries])
+      rows = order[index:index + block]
+      step_fn = single_fn if block == 1 else multi_fn
+      state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
+      if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
+        clock.lap("first_dispatch", wait_for=sums)
+      acc = _accumulate(acc, sums)
+      bar.update(block)
+      step += block
+      save = step % every_ckpt == 0 or step == steps
+      if step % cfg.train.log_every == 0 or save:
+        meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
+        run.log_train(step, acc, bar)
+        acc = None
+      if step % cfg.train.eval_every == 0 or step == steps:
+        _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step)
+      if save:
+        meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
+        checkpoints.save_latest(step, state, meta)
+    clock.lap("train_loop", wait_for=state)
+    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock)
+  finally:  # also when the run stops on an error: the last checkpoint is kept
+    bar.close()
+    checkpoints.close()
   return results
 
 
