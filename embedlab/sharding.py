@@ -1,0 +1,336 @@
+"""Sharded embedding tables: a ("data", "model") device mesh, rows split over "model".
+
+A table too big for one device is split by rows: with ``model`` shards, shard ``k`` holds rows
+``k * V/model .. (k+1) * V/model - 1``. The batch is split over "data". ``sharded_lookup`` and
+``sharded_bag`` run under ``jax.shard_map``: each shard gathers only the ids it owns (others give
+zeros), and one ``psum`` over "model" adds the pieces, so every id is read from exactly one
+device. Values and gradients equal ``embedlab.lookup`` / ``embedlab.bag`` on the whole table.
+
+  >>> import jax, jax.numpy as jnp, embedlab as el
+  >>> from embedlab import sharding
+  >>> mesh = sharding.make_mesh(data=1, model=1)
+  >>> params = sharding.shard_table(el.init_table(jax.random.key(0), 10, 4), mesh)
+  >>> sharding.sharded_lookup(params, jnp.array([[1, 2], [3, 9]]), mesh).shape
+  (2, 2, 4)
+
+The other path is to place the table with ``shard_table`` and call plain ``embedlab.lookup``
+under ``jax.jit``: XLA's partitioner then decides how to gather (``partitioned_lookup``).
+``python benchmarks/sharded_lookup.py`` times both on simulated CPU devices.
+
+Rows must divide evenly by the "model" size. ``shard_table`` raises when they do not, unless
+``pad=True``: then zero rows are appended up to ``padded_rows(V, model)``; pass the real
+vocabulary size as ``num_embeddings`` to the lookups so ids in the padding still raise.
+
+Process-wide settings (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to simulate 8 CPU
+devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from embedlab import tables
+
+Array = jax.Array
+Params = dict[str, Array]
+
+AXES = ("data", "model")
+SHARD_BY = ("rows",)
+SHARDED_BAG_MODES = ("sum", "mean", "sqrtn")
+
+
+def make_mesh(data: int = 0, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+  """Builds a 2-D device mesh with axes ``("data", "model")``.
+
+  Args:
+    data: devices along "data" (the batch is split over it); 0 means all devices not used by
+      ``model``.
+    model: devices along "model" (the table's rows are split over it).
+    devices: the devices to use, in order; default ``jax.devices()``.
+
+  Returns:
+    a ``jax.sharding.Mesh`` of shape ``{"data": data, "model": model}``.
+
+  Example:
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> mesh.axis_names, mesh.shape["model"]
+    (('data', 'model'), 1)
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  for name, v in (("data", data), ("model", model)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+      raise ValueError(f"make_mesh: {name} must be a non-negative integer, got {v!r}.")
+  if model == 0:
+    raise ValueError("make_mesh: model must be at least 1 (1 = the table is not split).")
+  if data == 0:
+    if n % model:
+      raise ValueError(f"make_mesh: model={model} does not divide the {n} devices available "
+                       f"({_describe(devices)}); choose model among the divisors of {n}.")
+    data = n // model
+  if data * model != n:
+    raise ValueError(f"make_mesh: data={data} x model={model} = {data * model} devices, but "
+                     f"{n} are available ({_describe(devices)}). Choose data * model == {n}, "
+                     f"or pass data=0 to use all remaining devices. To simulate more CPU "
+                     f"devices, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+                     f"JAX starts.")
+  return Mesh(np.array(devices, dtype=object).reshape(data, model), AXES)
+
+
+def _describe(devices) -> str:
+  kinds = sorted({d.platform for d in devices})
+  return f"{len(devices)} x {'/'.join(kinds)}" if devices else "none"
+
+
+def _check_mesh(mesh: Any, where: str) -> Mesh:
+  if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != AXES:
+    raise TypeError(f"{where}: mesh must be a jax.sharding.Mesh with axes {AXES} (use "
+                    f"embedlab.sharding.make_mesh), got {getattr(mesh, 'axis_names', mesh)!r}.")
+  return mesh
+
+
+def table_sharding(mesh: Mesh, *, by: str = "rows") -> NamedSharding:
+  """The sharding of a table: rows split over "model", replicated over "data".
+
+  Args:
+    mesh: a mesh from ``make_mesh``.
+    by: ``"rows"`` (the only layout the sharded lookups support).
+
+  Returns:
+    ``NamedSharding(mesh, P("model", None))``.
+
+  Example:
+    >>> from embedlab import sharding
+    >>> sharding.table_sharding(sharding.make_mesh()).spec
+    P('model', None)
+  """
+  _check_mesh(mesh, "table_sharding")
+  if by not in SHARD_BY:
+    raise ValueError(f"table_sharding: by={by!r} is not supported; use one of "
+                     f"{', '.join(SHARD_BY)} (column sharding is not implemented).")
+  return NamedSharding(mesh, P("model", None))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a batch ``[B, ...]``: split over "data", replicated over "model".
+
+  Example:
+    >>> from embedlab import sharding
+    >>> sharding.batch_sharding(sharding.make_mesh()).spec
+    P('data', None)
+  """
+  _check_mesh(mesh, "batch_sharding")
+  return NamedSharding(mesh, P("data", None))
+
+
+def padded_rows(num_embeddings: int, model: int) -> int:
+  """``num_embeddings`` rounded up to a multiple of ``model`` (rows after padding).
+
+  Example:
+    >>> from embedlab import sharding
+    >>> sharding.padded_rows(10, 4)
+    12
+  """
+  if model <= 0:
+    raise ValueError(f"padded_rows: model must be positive, got {model}.")
+  return int(math.ceil(num_embeddings / model) * model)
+
+
+def shard_table(params: Params, mesh: Mesh, *, pad: bool = False) -> Params:
+  """Places ``params["table"]`` on the mesh, rows split over "model".
+
+  Args:
+    params: ``{"table": Array[V, D]}``.
+    mesh: a mesh from ``make_mesh``.
+    pad: if ``V`` is not a multiple of ``mesh.shape["model"]``, append zero rows up to
+      ``padded_rows(V, model)`` instead of raising. The padding rows are never looked up when
+      the lookups get ``num_embeddings=V``; strip them with ``table[:V]`` before saving vectors.
+
+  Returns:
+    params with the table as a sharded ``jax.Array``; each device holds ``V / model`` rows.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> p = sharding.shard_table({"table": jnp.ones((10, 4))}, sharding.make_mesh())
+    >>> p["table"].sharding.spec
+    P('model', None)
+  """
+  table = tables._table(params, "shard_table")
+  model = _check_mesh(mesh, "shard_table").shape["model"]
+  rows = table.shape[0]
+  if rows % model:
+    if not pad:
+      raise ValueError(f"shard_table: the table's {rows} rows do not split evenly over "
+                       f"model={model} devices. Pass pad=True to append "
+                       f"{padded_rows(rows, model) - rows} zero rows (and num_embeddings={rows} "
+                       f"to the lookups), or build the table with "
+                       f"padded_rows({rows}, {model}) = {padded_rows(rows, model)} rows.")
+    extra = padded_rows(rows, model) - rows
+    table = jnp.concatenate([jnp.asarray(table), jnp.zeros((extra, table.shape[1]), table.dtype)])
+  return {**params, "table": jax.device_put(table, table_sharding(mesh))}
+
+
+def _prepare(params, ids, mesh, padding_id, num_embeddings, where):
+  table = tables._table(params, where)
+  mesh = _check_mesh(mesh, where)
+  rows, model, data = table.shape[0], mesh.shape["model"], mesh.shape["data"]
+  if rows % model:
+    raise ValueError(f"{where}: the table's {rows} rows do not split evenly over model={model} "
+                     f"devices; place it with shard_table(params, mesh, pad=True) first.")
+  valid = rows if num_embeddings is None else int(num_embeddings)
+  if not 0 < valid <= rows:
+    raise ValueError(f"{where}: num_embeddings={valid} must be in 1..{rows} (the table's rows).")
+  if padding_id is not None:
+    tables._check_padding_id(padding_id, valid, where)
+  ids = tables.check_ids(ids, valid, where=where)
+  if ids.ndim < 1 or ids.shape[0] % data:
+    raise ValueError(f"{where}: the batch size {ids.shape[0] if ids.ndim else None} (ids shape "
+                     f"{ids.shape}) must be a multiple of the mesh's data={data} devices; pad "
+                     f"the batch with padding ids or choose another mesh.")
+  return table, ids, rows // model
+
+
+def _owned_rows(table_shard, ids, rows_per_shard):
+  """This shard's rows for ``ids``, zero where another shard owns the id; and the owned mask."""
+  start = jax.lax.axis_index("model") * rows_per_shard
+  local = ids - start
+  owned = (local >= 0) & (local < rows_per_shard)
+  vecs = jnp.take(table_shard, jnp.clip(local, 0, rows_per_shard - 1), axis=0, mode="clip")
+  return vecs * owned[..., None].astype(vecs.dtype), owned
+
+
+def _batch_spec(ndim):
+  return P("data", *([None] * (ndim - 1)))
+
+
+def sharded_lookup(params: Params, ids: Any, mesh: Mesh, *, padding_id: int | None = None,
+                   num_embeddings: int | None = None) -> Array:
+  """``embedlab.lookup`` on a row-sharded table with ``jax.shard_map``: ``[*ids.shape, D]``.
+
+  Each "model" shard gathers the ids it owns, the others contribute zeros, and a ``psum`` over
+  "model" combines them; the batch (first axis of ``ids``) is split over "data".
+
+  Args:
+    params: ``{"table": Array[V, D]}``, ideally placed by ``shard_table``.
+    ids: integer ids ``[B, ...]``; ``B`` a multiple of ``mesh.shape["data"]``.
+    mesh: a mesh from ``make_mesh``.
+    padding_id: positions holding it come out as zero and send no gradient.
+    num_embeddings: the real vocabulary size when the table was padded (ids are checked
+      against it); default ``V``.
+
+  Returns:
+    ``Array[*ids.shape, D]``, split over "data" along the first axis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> p = sharding.shard_table({"table": jnp.arange(8.0).reshape(4, 2)}, mesh)
+    >>> sharding.sharded_lookup(p, jnp.array([[3, 0]]), mesh, padding_id=0)
+    Array([[[6., 7.],
+            [0., 0.]]], dtype=float32)
+  """
+  table, ids, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
+                                        "sharded_lookup")
+  spec = _batch_spec(ids.ndim)
+
+  def local_lookup(table_shard, ids_local):
+    vecs, _ = _owned_rows(table_shard, ids_local, rows_per_shard)
+    if padding_id is not None:
+      vecs = vecs * (ids_local != padding_id)[..., None].astype(vecs.dtype)
+    return jax.lax.psum(vecs, "model")
+
+  return jax.shard_map(local_lookup, mesh=mesh, in_specs=(P("model", None), spec),
+                       out_specs=P(*spec, None))(table, ids)
+
+
+def sharded_bag(params: Params, ids: Any, mesh: Mesh, *, mode: str = "mean",
+                weights: Any = None, padding_id: int | None = None,
+                num_embeddings: int | None = None) -> Array:
+  """``embedlab.bag`` (padded layout) on a row-sharded table: ``Array[B, D]``.
+
+  Each "model" shard sums the weighted rows it owns per bag, a ``psum`` over "model" adds the
+  partial sums, and ``mean`` / ``sqrtn`` then divide by the bag's total weight, which every
+  shard knows already (it sees all the ids of its "data" slice). An empty bag gives zeros.
+
+  Args:
+    params: ``{"table": Array[V, D]}``, ideally placed by ``shard_table``.
+    ids: ``[B, L]`` integer ids, one bag per row; ``B`` a multiple of ``mesh.shape["data"]``.
+    mesh: a mesh from ``make_mesh``.
+    mode: ``"sum"``, ``"mean"`` or ``"sqrtn"`` (``"max"`` is not sharded yet).
+    weights: optional ``[B, L]`` per-position weights.
+    padding_id: positions holding it are not part of the bag.
+    num_embeddings: the real vocabulary size when the table was padded; default ``V``.
+
+  Returns:
+    ``Array[B, D]``, split over "data".
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> p = sharding.shard_table({"table": jnp.arange(12.0).reshape(4, 3)}, mesh)
+    >>> sharding.sharded_bag(p, jnp.array([[1, 2, 0]]), mesh, mode="sum", padding_id=0)
+    Array([[ 9., 11., 13.]], dtype=float32)
+  """
+  if mode not in SHARDED_BAG_MODES:
+    raise ValueError(f"sharded_bag: mode={mode!r} is not one of {', '.join(SHARDED_BAG_MODES)} "
+                     f"('max' is not sharded yet: use embedlab.bag under jit).")
+  if np.ndim(ids) != 2:
+    raise ValueError(f"sharded_bag: ids must be 2-D [batch, bag_len], got shape {np.shape(ids)}.")
+  table, ids, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
+                                        "sharded_bag")
+  mask = jnp.ones(ids.shape, bool) if padding_id is None else ids != padding_id
+  if weights is None:
+    w = mask.astype(table.dtype)
+  else:
+    if np.shape(weights) != ids.shape:
+      raise ValueError(f"sharded_bag: weights must have the shape of ids {ids.shape}, "
+                       f"got {np.shape(weights)}.")
+    w = jnp.asarray(weights).astype(table.dtype) * mask.astype(table.dtype)
+
+  def local_bag(table_shard, ids_local, w_local):
+    vecs, _ = _owned_rows(table_shard, ids_local, rows_per_shard)
+    total = jax.lax.psum(jnp.einsum("bl,bld->bd", w_local, vecs), "model")
+    if mode == "sum":
+      return total
+    denom = w_local.sum(-1) if mode == "mean" else jnp.sqrt((w_local ** 2).sum(-1))
+    return tables._safe_divide(total, denom[:, None])
+
+  return jax.shard_map(local_bag, mesh=mesh, in_specs=(P("model", None), P("data", None),
+                                                       P("data", None)),
+                       out_specs=P("data", None))(table, ids, w)
+
+
+@functools.partial(jax.jit, static_argnames=("padding_id",))
+def _jit_lookup(params, ids, padding_id):
+  return tables.lookup(params, ids, padding_id=padding_id)
+
+
+def partitioned_lookup(params: Params, ids: Any, mesh: Mesh, *,
+                       padding_id: int | None = None) -> Array:
+  """The comparison path: plain ``embedlab.lookup`` under ``jit`` on a sharded table, the batch
+  placed with ``batch_sharding``; XLA's partitioner decides how to gather.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> p = sharding.shard_table({"table": jnp.arange(8.0).reshape(4, 2)}, mesh)
+    >>> sharding.partitioned_lookup(p, jnp.array([[3, 1]]), mesh)
+    Array([[[6., 7.],
+            [2., 3.]]], dtype=float32)
+  """
+  ids = jnp.asarray(ids)
+  spec = _batch_spec(ids.ndim)
+  ids = jax.device_put(ids, NamedSharding(_check_mesh(mesh, "partitioned_lookup"), spec))
+  return _jit_lookup(params, ids, padding_id)
