@@ -1,12 +1,12 @@
 """The ``embedlab`` command. The only place where process-wide settings (logging, JAX) are made.
 
   embedlab train EXPERIMENT [--set K=V ...] [--workdir DIR] [--restart]
-  embedlab eval RUN_DIR [--split test]
+  embedlab eval RUN_DIR [--split test] [--quantize int8|int4]
   embedlab predict RUN_DIR TEXT...
   embedlab summary EXPERIMENT [--set K=V ...]
   embedlab compare RUN_DIR... [--plots DIR]
   embedlab inspect RUN_DIR [--word W ...] [--analogy A B C] [-k K] [--plots [DIR]]
-  embedlab export RUN_DIR --format word2vec|projector|npy OUT
+  embedlab export RUN_DIR --format word2vec|projector|npy [--quantize int8|int4] OUT
 
 Errors end with a one-line message and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
   ev = sub.add_parser("eval", help="evaluate a run's best checkpoint")
   ev.add_argument("run_dir")
   ev.add_argument("--split", default="test", choices=("train", "dev", "test"))
+  ev.add_argument("--quantize", choices=("int8", "int4"),
+                  help="evaluate with the embedding quantized row-wise (as export --quantize)")
 
   pr = sub.add_parser("predict", help="classify texts with a run's best checkpoint")
   pr.add_argument("run_dir")
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
   ex.add_argument("out", help="output file (word2vec: .txt or .txt.gz; npy: .npy) or "
                   "directory (projector)")
   ex.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+  ex.add_argument("--quantize", choices=("int8", "int4"),
+                  help="with --format npy: write the stored embedding quantized row-wise "
+                  "(int8 or packed 4-bit values and a float32 scale per row) as OUT.npz")
   return parser
 
 
@@ -135,6 +140,11 @@ def _inspect(args) -> int:
           f"{_one_line(e)})")
   summary = (inspection.summarize_run(emb, initial=initial) if initial is not None else
              inspection.summarize_table(emb.table, words=emb.num_words))
+  if emb.config.model.table != "plain":
+    from embedlab import models  # noqa: PLC0415
+    stored = models.table_summary(emb.config.model, emb.embed, emb.table.shape[0])
+    parts = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(emb.embed.items()))
+    print(f"stored as {stored} ({parts}); the vectors below are every id looked up through it")
   print(summary)
   words, tokens = emb.words, emb.tokens[:emb.num_words]
   found = []
@@ -164,6 +174,15 @@ def _inspect(args) -> int:
 def _export(args) -> int:
   from embedlab import inspection  # noqa: PLC0415
 
+  if args.quantize:
+    if args.format != "npy":
+      raise ValueError(f"export: --quantize writes numpy arrays; use --format npy (not "
+                       f"{args.format}).")
+    paths, info = inspection.export_quantized(args.run_dir, args.out, args.quantize,
+                                              checkpoint=args.checkpoint)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    print(info)
+    return 0
   paths = inspection.export_run(args.run_dir, args.format, args.out, checkpoint=args.checkpoint)
   print("wrote " + ", ".join(str(p) for p in paths))
   if args.format == "word2vec":
@@ -213,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
       return _summary(args)
     if args.command == "eval":
       from embedlab import train  # noqa: PLC0415
-      print(json.dumps(train.evaluate_run(args.run_dir, args.split), indent=2))
+      print(json.dumps(train.evaluate_run(args.run_dir, args.split, quantize=args.quantize),
+                       indent=2))
       return 0
     if args.command == "predict":
       from embedlab import train  # noqa: PLC0415

@@ -572,6 +572,45 @@ def quantization_error(params: Params, quantized: Params) -> float:
   return float(jnp.max(jnp.abs(dequantize(quantized)["table"] - table)))
 
 
+QUANTIZE_NAMES = {"int8": 8, "int4": 4}
+
+
+def quantize_entries(params: Params, bits: int = 8) -> dict[str, Any]:
+  """``quantize`` applied to every 2-D float entry of any variant's params (the plain table,
+  a factorized table and its projection, a pool, ...); other entries are kept as they are.
+
+  Returns ``{name: quantize({"table": entry}, bits) or entry}``; ``dequantize_entries`` inverts
+  it. Row-wise scales: the error of each element is at most half its row's step.
+
+  Example:
+    >>> import jax, embedlab.compress as ec
+    >>> p = ec.init_factorized_table(jax.random.key(0), 100, 8, rank=2)
+    >>> q = ec.quantize_entries(p)
+    >>> sorted(q["table"]), ec.dequantize_entries(q)["projection"].shape
+    (['q8', 'scale'], (2, 8))
+  """
+  if not isinstance(params, dict):
+    raise TypeError(f"quantize_entries: params must be a dict of arrays, got "
+                    f"{type(params).__name__}.")
+  out = {}
+  for name, value in params.items():
+    if jnp.ndim(value) == 2 and jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
+      try:
+        out[name] = quantize({"table": value}, bits)
+      except ValueError as e:
+        raise ValueError(f"quantize_entries: entry {name!r}: {e}") from None
+    else:
+      out[name] = value
+  return out
+
+
+def dequantize_entries(quantized: dict[str, Any], dtype: Any = jnp.float32) -> Params:
+  """Inverse of ``quantize_entries``: float entries again (what ``lookup_quantized`` computes
+  for the rows it reads), so a model runs unchanged on a quantized table."""
+  return {name: dequantize(v, dtype)["table"] if isinstance(v, dict) else v
+          for name, v in quantized.items()}
+
+
 # ---------------------------------------------------------------- pooling
 
 def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mode: str = "mean",

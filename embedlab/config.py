@@ -68,7 +68,16 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Which model, and the shape of its embedding table."""
+  """Which model, and the shape of its embedding table.
+
+  ``table`` picks the embedding (``embedlab.models.make_embedder``): ``plain`` (one row per
+  id), ``hashed`` (``table_exact`` rows for the most frequent ids plus ``table_buckets`` hashed
+  rows shared by the rest), ``hash_embedding`` (a pool of ``table_buckets`` vectors, each id a
+  learned mix of ``table_hashes`` of them), ``qr`` (quotient-remainder with ``table_collisions``
+  rows in the remainder table, 0 = sqrt of the vocabulary, combined by ``table_combine``) or
+  ``factorized`` (a rank-``table_rank`` table times a projection). ``param_dtype`` is the stored
+  dtype of the embedding (``bfloat16``: half the bytes, for training too).
+  """
 
   name: str = "bag"
   features: int = 64
@@ -85,6 +94,14 @@ class ModelConfig:
   pretrained_mode: str = "finetune"
   pretrained_scale: float = 1.0
   compute_dtype: str = "float32"
+  table: str = "plain"
+  table_buckets: int = 0
+  table_exact: int = 0
+  table_hashes: int = 2
+  table_collisions: int = 0
+  table_combine: str = "mult"
+  table_rank: int = 0
+  param_dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +157,16 @@ _CHOICES = {
     "model.pooling": ("mean", "sum", "max", "sqrtn"),
     "model.pretrained_mode": ("finetune", "freeze", "freeze_found"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
+    "model.table": ("plain", "hashed", "hash_embedding", "qr", "factorized"),
+    "model.table_combine": ("mult", "add", "concat"),
+    "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("sgd", "momentum", "adam", "adamw", "adagrad"),
     "optim.schedule": ("constant", "cosine", "linear", "warmup_cosine"),
     "optim.tables": ("dense", "sparse_sgd", "sparse_adagrad", "sparse_rowwise_adagrad",
                      "sparse_lazy_adam"),
 }
 _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
-             "model.num_filters", "model.lstm_hidden", "train.batch_size",
+             "model.num_filters", "model.lstm_hidden", "model.table_hashes", "train.batch_size",
              "train.eval_every", "train.log_every", "train.keep_checkpoints",
              "train.eval_batch_size", "train.steps_per_dispatch", "data.synthetic_topics",
              "data.synthetic_words_per_topic", "data.synthetic_train_size",
@@ -155,7 +175,8 @@ _NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "mod
                  "model.max_norm", "optim.learning_rate", "optim.warmup_steps",
                  "optim.weight_decay", "optim.clip_norm", "train.num_epochs",
                  "train.num_steps", "train.checkpoint_every", "data.synthetic_shared_words",
-                 "model.init_scale", "model.pretrained_scale")
+                 "model.init_scale", "model.pretrained_scale", "model.table_buckets",
+                 "model.table_exact", "model.table_collisions", "model.table_rank")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -208,10 +229,37 @@ def validate(cfg: Config) -> Config:
     raise ConfigError(f"config: data.source = {cfg.data.source!r} needs data.path.")
   if cfg.train.num_steps == 0 and cfg.train.num_epochs == 0:
     raise ConfigError("config: set train.num_steps or train.num_epochs to a positive value.")
+  _validate_table(cfg.model, cfg.optim)
   if any(w <= 0 for w in cfg.model.filter_widths) or not cfg.model.filter_widths:
     raise ConfigError(f"config: model.filter_widths = {cfg.model.filter_widths} must be "
                       "positive widths, e.g. 3,4,5.")
   return cfg
+
+
+_TABLE_SIZE = {"hashed": ("table_buckets", 262144), "hash_embedding": ("table_buckets", 65536),
+               "factorized": ("table_rank", 8)}
+
+
+def _validate_table(model: ModelConfig, optim: OptimConfig) -> None:
+  if model.table in _TABLE_SIZE:
+    field, example = _TABLE_SIZE[model.table]
+    if getattr(model, field) <= 0:
+      raise ConfigError(f"config: model.table = {model.table!r} needs model.{field} > 0, e.g. "
+                        f"--set model.{field}={example}.")
+  if model.table != "plain" and model.pretrained:
+    raise ConfigError(f"config: model.pretrained needs model.table = 'plain' (pretrained "
+                      f"vectors are one row per word), not {model.table!r}.")
+  if model.table != "plain" and model.max_norm:
+    raise ConfigError(f"config: model.max_norm applies to model.table = 'plain' only, not "
+                      f"{model.table!r}; set --set model.max_norm=0.")
+  if optim.tables != "dense" and model.table in ("hash_embedding", "qr"):
+    raise ConfigError(f"config: optim.tables = {optim.tables!r} updates rows of a table; "
+                      f"model.table = {model.table!r} has none (its few weights are shared by "
+                      f"many ids). Use --set optim.tables=dense, or model.table = plain, hashed "
+                      f"or factorized.")
+  if model.table == "qr" and model.table_combine == "concat" and model.features < 2:
+    raise ConfigError("config: model.table_combine = 'concat' splits model.features between "
+                      "the two tables and needs model.features >= 2.")
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -65,9 +65,12 @@ class RunEmbedding:
       bucket rows.
     num_words: how many rows are vocabulary words (the rest are n-gram buckets).
     label_names: the class names.
-    table: ``np.ndarray[rows, features]`` as stored in the checkpoint.
+    table: ``np.ndarray[rows, features]``: row ``i`` is id ``i``'s vector; for a plain table
+      as stored in the checkpoint, for the smaller variants (``model.table``) every id looked
+      up through them.
     step: the checkpoint's step.
     checkpoint: ``best`` or ``latest``.
+    embed: the stored ``params["embed"]`` (``{"table": ...}``, or a variant's entries).
   """
 
   run_dir: pathlib.Path
@@ -78,6 +81,7 @@ class RunEmbedding:
   table: np.ndarray
   step: int
   checkpoint: str
+  embed: Any = None
 
   @property
   def words(self) -> np.ndarray:
@@ -95,9 +99,9 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   Returns:
     A ``RunEmbedding``.
 
-  Example:
-    >>> emb = load_embedding("runs/quickstart")  # doctest: +SKIP
-    >>> emb.table.shape, emb.tokens[:3]  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    emb = load_embedding("runs/quickstart")
+    emb.table.shape, emb.tokens[:3]
     ((402, 16), ('<pad>', '<unk>', 's0'))
   """
   if checkpoint not in CHECKPOINTS:
@@ -118,7 +122,8 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   finally:
     checkpoints.close()
   params = tree["params"] if checkpoint == "latest" else tree
-  table = np.asarray(params["embed"]["table"])
+  embed = {k: np.asarray(v) for k, v in params["embed"].items()}
+  table = _logical_table(cfg, embed, len(vocab))
   num_words = len(vocab)
   if table.shape[0] < num_words:
     raise ValueError(f"{run_dir}: the table has {table.shape[0]} rows but vocab.txt holds "
@@ -126,7 +131,17 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
                      f"with --restart).")
   tokens = tuple(vocab.tokens) + tuple(f"<bucket {i}>" for i in range(table.shape[0] - num_words))
   return RunEmbedding(run_dir, cfg, tokens, num_words, tuple(label_names), table, int(step),
-                      checkpoint)
+                      checkpoint, embed)
+
+
+def _logical_table(cfg: config_lib.Config, embed: Any, num_words: int) -> np.ndarray:
+  """The ``[V, D]`` vectors of every id: the stored table, or a variant's lookups."""
+  if cfg.model.table == "plain":
+    return np.asarray(embed["table"])
+  from embedlab import models  # noqa: PLC0415
+  num_embeddings = num_words + cfg.data.num_buckets
+  return models.materialize(models.make_embedder(cfg.model, num_embeddings), embed,
+                            num_embeddings)
 
 
 def initial_table(cfg: config_lib.Config) -> np.ndarray:
@@ -138,17 +153,18 @@ def initial_table(cfg: config_lib.Config) -> np.ndarray:
   Returns:
     ``np.ndarray[rows, features]``: the initial table (pretrained rows included).
 
-  Example:
-    >>> from embedlab import config
-    >>> cfg = config.load_config("experiments/quickstart.py", [])  # doctest: +SKIP
-    >>> initial_table(cfg).shape  # doctest: +SKIP
+  Example (from the repository root)::
+    from embedlab import config
+    cfg = config.load_config("experiments/quickstart.py", [])
+    initial_table(cfg).shape
     (402, 16)
   """
   # imported here: train may come to import this module to report on a finished run
   from embedlab import data as data_lib, train  # noqa: PLC0415
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   _, steps = train.total_steps(cfg, len(data.train_labels))
-  return np.asarray(train.build(cfg, data, steps).params["embed"]["table"])
+  embed = train.build(cfg, data, steps).params["embed"]
+  return _logical_table(cfg, embed, len(data.vocab))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -260,8 +276,8 @@ def summarize_run(emb: RunEmbedding, *, initial: Any = None) -> EmbeddingSummary
   Returns:
     An ``EmbeddingSummary`` with ``updated_rows`` and ``pretrained_rows`` filled in.
 
-  Example:
-    >>> print(summarize_run(load_embedding("runs/quickstart")))  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    print(summarize_run(load_embedding("runs/quickstart")))
     embedding table: 402 rows x 16 features = 6,432 weights (float32, 25.1 KiB)
     ...
   """
@@ -613,9 +629,9 @@ def word_groups(emb: RunEmbedding, data: Any = None) -> tuple[np.ndarray, tuple[
     ``(groups int64[rows], names)``: ``names[g]`` describes group ``g``; ``names[-1]`` is the
     description of group ``-1``.
 
-  Example:
-    >>> groups, names = word_groups(load_embedding("runs/quickstart"))  # doctest: +SKIP
-    >>> names  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    groups, names = word_groups(load_embedding("runs/quickstart"))
+    names
     ('topic 0', 'topic 1', 'topic 2', 'topic 3', 'shared word')
   """
   from embedlab import data as data_lib  # noqa: PLC0415
@@ -653,9 +669,9 @@ def plot_embedding(emb: RunEmbedding, path: str | os.PathLike, *, words: Sequenc
   Returns:
     The ``report.Picture`` (its ``series`` hold the points as drawn, per group).
 
-  Example:
-    >>> pic = plot_embedding(load_embedding("runs/quickstart"), "e.png")  # doctest: +SKIP
-    >>> {name: len(points) for name, points in pic.series.items()}  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    pic = plot_embedding(load_embedding("runs/quickstart"), "e.png")
+    {name: len(points) for name, points in pic.series.items()}
     {'shared word': 200, 'topic 0': 50, 'topic 1': 50, 'topic 2': 50, 'topic 3': 50}
   """
   if words:
@@ -711,9 +727,9 @@ def plot_norms(emb: RunEmbedding, path: str | os.PathLike, *,
   Returns:
     The ``report.Picture``; ``series["trained"]`` holds the bar heights (they sum to rows - 1).
 
-  Example:
-    >>> emb = load_embedding("runs/quickstart")  # doctest: +SKIP
-    >>> int(plot_norms(emb, "norms.png").series["trained"].sum())  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    emb = load_embedding("runs/quickstart")
+    int(plot_norms(emb, "norms.png").series["trained"].sum())
     401
   """
   keep = np.arange(emb.table.shape[0]) != _PADDING_ID
@@ -736,9 +752,9 @@ def record_planted_structure(run_dir: str | os.PathLike, *, k: int = 5,
   Returns:
     ``(check, picture_path)``; the picture is ``plots/embedding.png`` in the run directory.
 
-  Example:
-    >>> check, picture = record_planted_structure("runs/quickstart")  # doctest: +SKIP
-    >>> check.accuracy, round(check.chance, 3)  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    check, picture = record_planted_structure("runs/quickstart")
+    check.accuracy, round(check.chance, 3)
     (1.0, 0.123)
   """
   from embedlab import data as data_lib  # noqa: PLC0415
@@ -907,8 +923,8 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
   Returns:
     The paths written.
 
-  Example:
-    >>> export_run("runs/quickstart", "word2vec", "vectors.txt")  # doctest: +SKIP
+  Example, after ``embedlab train experiments/quickstart.py``::
+    export_run("runs/quickstart", "word2vec", "vectors.txt")
     [PosixPath('vectors.txt')]
   """
   if fmt not in EXPORT_FORMATS:
@@ -932,3 +948,58 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
               "count": counts[:emb.num_words].tolist(),
               column: [names[g] for g in groups[:emb.num_words]]}
   return export_projector(out, words, tokens, metadata=metadata)
+
+
+def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantize: str = "int8",
+                     *, checkpoint: str = "best") -> tuple[list[pathlib.Path], str]:
+  """Writes a run's stored embedding quantized row-wise to ``.npz``, its tokens beside it.
+
+  Every 2-D entry ``NAME`` of ``params["embed"]`` (``table`` for a plain table) becomes
+  ``NAME_q8`` (``int8``) or ``NAME_q4`` (two 4-bit values per ``uint8``) and ``NAME_scale``
+  (``float32`` per row); read it back with ``embedlab.compress.lookup_quantized``:
+  ``q = np.load(path); lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids)``.
+
+  Args:
+    run_dir: a run directory.
+    out: the ``.npz`` file (the suffix is added if missing); tokens go to ``<out>.tokens.txt``.
+    quantize: ``int8`` or ``int4``.
+    checkpoint: ``best`` or ``latest``.
+
+  Returns:
+    ``([npz_path, tokens_path], a line with the bytes before and after and the largest error)``.
+
+  Example, after ``embedlab train experiments/quickstart.py``::
+    export_quantized("runs/quickstart", "table_int8", "int8")
+  """
+  from embedlab import compress  # noqa: PLC0415
+  if quantize not in compress.QUANTIZE_NAMES:
+    raise ValueError(f"export: quantize={quantize!r} is not one of "
+                     f"{', '.join(compress.QUANTIZE_NAMES)}.")
+  emb = load_embedding(run_dir, checkpoint)
+  bits = compress.QUANTIZE_NAMES[quantize]
+  quantized = compress.quantize_entries(emb.embed, bits)
+  arrays, errors = {}, []
+  for name, value in quantized.items():
+    if isinstance(value, dict):
+      for part, array in value.items():
+        arrays[f"{name}_{part}"] = np.asarray(array)
+      errors.append(compress.quantization_error({"table": emb.embed[name]}, value))
+    else:
+      arrays[name] = np.asarray(value)
+  path = pathlib.Path(out)
+  if path.suffix != ".npz":
+    path = path.with_name(path.name + ".npz")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, **arrays)
+  tokens_path = path.with_suffix(".tokens.txt")
+  tokens_path.write_text("".join(t + "\n" for t in emb.tokens), encoding="utf-8")
+  before, after = compress.table_bytes(emb.embed), sum(a.nbytes for a in arrays.values())
+  info = (f"{quantize}: {_human_bytes(before)} -> {_human_bytes(after)} "
+          f"({before / after:.1f}x smaller); largest absolute error {max(errors, default=0):.4g}; "
+          f"accuracy with it: embedlab eval {run_dir} --quantize {quantize}")
+  return [path, tokens_path], info
+
+
+def _human_bytes(n: int) -> str:
+  from embedlab import tables  # noqa: PLC0415
+  return tables.human_bytes(n)

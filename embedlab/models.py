@@ -1,8 +1,12 @@
 """Small text classifiers as pure ``(init, apply)`` pairs built on the table functions.
 
-Every model keeps its embedding table at ``params["embed"]`` (``{"table": f32[V, D]}``) and
-reads it only through ``embedlab.lookup`` / ``embedlab.bag`` with ``padding_id=0``, so the
-row-sparse train step can hand it a gathered local table instead (``embedlab.sparse``).
+Every model keeps its embedding at ``params["embed"]`` and reads it only through its
+``Embedder`` (``make_embedder``), with ``padding_id=0``. ``model.table`` picks the embedding:
+the plain table ``{"table": f32[V, D]}`` (``embedlab.lookup`` / ``embedlab.bag``) or one of the
+smaller variants of ``embedlab.compress`` (hashing trick, hash embeddings, quotient-remainder,
+factorized), so an experiment switches with one config field. Where the embedding has a
+row-indexed ``table`` (plain, hashed, factorized), the row-sparse train step hands the model a
+gathered local table instead and passes ``rows=True`` (``embedlab.sparse``).
 
   >>> import jax, jax.numpy as jnp
   >>> from embedlab.config import ModelConfig
@@ -14,23 +18,46 @@ row-sparse train step can hand it a gathered local table instead (``embedlab.spa
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from embedlab import compress
 from embedlab import tables
 
 PADDING_ID = 0
+TABLES = ("plain", "hashed", "hash_embedding", "qr", "factorized")
+SPARSE_TABLES = ("plain", "hashed", "factorized")  # the ones with a row-indexed "table"
+
+
+class Embedder(NamedTuple):
+  """How a model holds and reads ``params["embed"]``.
+
+  ``init(key) -> embed params``; ``lookup(embed, ids, *, rows=False) -> [..., D]`` and
+  ``bag(embed, ids, mode, *, rows=False) -> [B, D]`` read ids ``0..V-1`` (padding id 0 gives
+  zero vectors and gradients). ``rows(ids)`` maps ids to rows of ``embed["table"]`` (None where
+  the variant has no such table: hash embeddings, quotient-remainder); with ``rows=True`` the ids
+  given are already such rows, e.g. those of the row-sparse step's local table.
+  """
+
+  init: Callable[..., Any]
+  lookup: Callable[..., jax.Array]
+  bag: Callable[..., jax.Array]
+  rows: Callable[[Any], jax.Array] | None
+  kind: str
 
 
 class Model(NamedTuple):
-  """A model: ``init(key) -> params``; ``apply(params, ids, *, train=False, rng=None) -> logits``;
-  ``stages(batch, seq_len) -> [(name, shape), ...]`` describes what flows through it."""
+  """A model: ``init(key) -> params``; ``apply(params, ids, *, train=False, rng=None,
+  rows=False) -> logits``; ``stages(batch, seq_len) -> [(name, shape), ...]`` describes what
+  flows through it; ``embedder`` reads ``params["embed"]``."""
 
   init: Callable[..., Any]
   apply: Callable[..., jax.Array]
   stages: Callable[[int, int], list[tuple[str, tuple[int, ...]]]]
+  embedder: Embedder | None = None
 
 
 def _check_ids_rank(ids, where):
@@ -57,25 +84,202 @@ def _dropout(x, rate, train, rng):
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def _embed_init(cfg, key, num_embeddings, pretrained):
-  init = pretrained if pretrained is not None else cfg.init
-  return tables.init_table(key, num_embeddings, cfg.features, init=init,
-                           padding_id=PADDING_ID, scale=cfg.init_scale)
-
-
 def _compute_dtype(cfg):
   return jnp.dtype(cfg.compute_dtype)
+
+
+def _logical(ids, num_embeddings, oob, where):
+  """Ids checked against the logical vocabulary ``0..V-1`` (``oob`` "error" or "clip")."""
+  return compress._checked(ids, num_embeddings, oob, where)[0]
+
+
+def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "error") -> Embedder:
+  """The embedding named by ``cfg.table`` (a ``ModelConfig``) for ids ``0..num_embeddings-1``.
+
+  ================  ==================================  =========================================
+  ``model.table``   ``params["embed"]``                 size settings
+  ================  ==================================  =========================================
+  plain             ``{"table": [V, D]}``               (``model.max_norm``, ``model.pretrained``)
+  hashed            ``{"table": [E + B, D]}``           ``table_buckets`` B, ``table_exact`` E: ids
+                                                        below E keep a row, others are hashed
+  hash_embedding    ``{"pool": [B, D],``                ``table_buckets`` B (pool rows),
+                    `` "importance": [V, k]}``          ``table_hashes`` k
+  qr                ``{"quotient": [V/m, D],``          ``table_collisions`` m (0: sqrt V),
+                    `` "remainder": [m, D]}``           ``table_combine``
+  factorized        ``{"table": [V, r],``               ``table_rank`` r
+                    `` "projection": [r, D]}``
+  ================  ==================================  =========================================
+
+  ``model.param_dtype`` is the stored dtype (``bfloat16`` halves the table), ``compute_dtype``
+  the one vectors are computed in.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from embedlab.config import ModelConfig
+    >>> e = make_embedder(ModelConfig(features=8, table="factorized", table_rank=2), 100)
+    >>> embed = e.init(jax.random.key(0))
+    >>> embed["table"].shape, e.bag(embed, jnp.array([[1, 2, 0]]), "mean").shape
+    ((100, 2), (1, 8))
+  """
+  kind, features, dtype = cfg.table, cfg.features, _compute_dtype(cfg)
+  param_dtype = jnp.dtype(cfg.param_dtype)
+  if kind not in TABLES:
+    raise ValueError(f"model.table={kind!r} is not one of {', '.join(TABLES)}.")
+  if kind != "plain" and pretrained is not None:
+    raise ValueError(f"model.pretrained needs model.table='plain', not {kind!r}.")
+  max_norm = cfg.max_norm or None
+
+  def cast(embed):
+    return jax.tree.map(lambda x: x.astype(param_dtype), embed)
+
+  if kind in ("plain", "hashed", "factorized"):
+    if kind == "hashed":
+      exact, buckets = max(cfg.table_exact, PADDING_ID + 1), cfg.table_buckets
+      rows_total, width = exact + buckets, features
+
+      def to_rows(ids):
+        ids = _logical(ids, num_embeddings, oob, "model.table=hashed")
+        return compress._hash_ints(ids, buckets, 0, exact, jnp)
+    else:
+      rows_total = num_embeddings
+      width = cfg.table_rank if kind == "factorized" else features
+
+      def to_rows(ids):
+        return ids
+
+    def init(key):
+      init_with = pretrained if pretrained is not None else cfg.init
+      embed = tables.init_table(key, rows_total, width, init=init_with,
+                                padding_id=PADDING_ID, scale=cfg.init_scale)
+      if kind == "factorized":  # vectors start with the plain table's scale
+        proj = jax.random.normal(jax.random.fold_in(key, 1), (width, features)) / math.sqrt(width)
+        embed = {"table": embed["table"], "projection": proj}
+      return cast(embed)
+
+    def project(embed, x):
+      if kind != "factorized":
+        return x
+      return x @ embed["projection"].astype(x.dtype)
+
+    def lookup(embed, ids, *, rows=False):
+      check = "clip" if rows or kind == "hashed" else oob
+      ids = ids if rows else to_rows(ids)
+      x = tables.lookup({"table": embed["table"]}, ids, padding_id=PADDING_ID,
+                        compute_dtype=dtype, oob=check, max_norm=max_norm)
+      return project(embed, x)
+
+    def bag(embed, ids, mode, *, rows=False):
+      if max_norm is not None or (kind == "factorized" and mode == "max"):
+        vecs = lookup(embed, ids, rows=rows)
+        return _pool(vecs, jnp.asarray(ids) != PADDING_ID, mode)
+      check = "clip" if rows or kind == "hashed" else oob
+      ids = ids if rows else to_rows(ids)
+      x = tables.bag({"table": embed["table"]}, ids, mode=mode, padding_id=PADDING_ID,
+                     compute_dtype=dtype, oob=check)
+      return project(embed, x)
+
+    return Embedder(init, lookup, bag, to_rows, kind)
+
+  if kind == "hash_embedding":
+    k = cfg.table_hashes
+
+    def init(key):
+      return cast(compress.init_hash_embedding(
+          key, num_embeddings, features, pool_size=cfg.table_buckets, num_hashes=k,
+          padding_id=PADDING_ID, scale=cfg.init_scale / math.sqrt(k)))
+
+    def lookup_fn(embed, ids, **kw):
+      return compress.lookup_hash_embedding(embed, ids, **kw)
+  else:  # qr
+    m = cfg.table_collisions or math.isqrt(num_embeddings - 1) + 1
+
+    def init(key):
+      if cfg.table_combine == "concat":  # the two tables' columns add up to model.features
+        widths = {"features": features - features // 2, "remainder_features": features // 2}
+      else:
+        widths = {"features": features}
+      return cast(compress.init_qr_table(key, num_embeddings, num_collisions=m,
+                                         combine=cfg.table_combine, scale=cfg.init_scale,
+                                         **widths))
+
+    def lookup_fn(embed, ids, **kw):
+      return compress.lookup_qr(embed, ids, combine=cfg.table_combine,
+                                num_embeddings=num_embeddings, **kw)
+
+  def lookup(embed, ids, *, rows=False):
+    del rows  # no row-indexed table: always logical ids
+    return lookup_fn(embed, ids, padding_id=PADDING_ID, oob=oob).astype(dtype)
+
+  def bag(embed, ids, mode, *, rows=False):
+    del rows
+    return compress.bag_lookup(lookup_fn, embed, ids, mode=mode, padding_id=PADDING_ID,
+                               oob=oob).astype(dtype)
+
+  return Embedder(init, lookup, bag, None, kind)
+
+
+def _pool(vecs, mask, mode):
+  """``embedlab.bag``'s padded pooling of looked-up vectors ``[B, L, D]`` (mask: real ids)."""
+  if mode == "max":
+    best = jnp.max(jnp.where(mask[..., None], vecs, -jnp.inf), axis=1)
+    return jnp.where(mask.any(axis=1)[:, None], best, 0).astype(vecs.dtype)
+  w = mask.astype(vecs.dtype)
+  total = jnp.einsum("bl,bld->bd", w, vecs)
+  if mode == "sum":
+    return total
+  denom = w.sum(axis=1) if mode == "mean" else jnp.sqrt(w.sum(axis=1))
+  return tables._safe_divide(total, denom[:, None])
+
+
+def table_summary(cfg, embed, num_embeddings: int) -> compress.CompressedSummary:
+  """The embedding's logical size, weights and bytes against a plain float32 table.
+
+  Example:
+    >>> import jax
+    >>> from embedlab.config import ModelConfig
+    >>> cfg = ModelConfig(features=64, table="hashed", table_buckets=1000, table_exact=24)
+    >>> embed = jax.eval_shape(make_embedder(cfg, 100_000).init, jax.random.key(0))
+    >>> print(table_summary(cfg, embed, 100_000))  # doctest: +NORMALIZE_WHITESPACE
+    hashed embedding: 100,000 ids x 64 features in 65,536 weights (256.0 KiB; a plain float32
+    table: 24.4 MiB, 97.7x larger)
+  """
+  weights = sum(math.prod(x.shape) for x in jax.tree.leaves(embed))
+  return compress.CompressedSummary(cfg.table, int(num_embeddings), int(cfg.features), weights,
+                                    compress.table_bytes(embed),
+                                    int(num_embeddings) * int(cfg.features) * 4)
+
+
+def materialize(embedder: Embedder, embed, num_embeddings: int, *, chunk: int = 65536):
+  """Every id's vector as one float32 ``numpy`` array ``[V, D]`` (for inspection and export):
+  ``embed["table"]`` itself for the plain table, else each id looked up.
+
+  Example:
+    >>> import jax
+    >>> from embedlab.config import ModelConfig
+    >>> e = make_embedder(ModelConfig(features=4, table="qr"), 10)
+    >>> materialize(e, e.init(jax.random.key(0)), 10).shape
+    (10, 4)
+  """
+  import numpy as np  # noqa: PLC0415
+  if embedder.kind == "plain":
+    return np.asarray(embed["table"], np.float32)
+  fn = jax.jit(lambda e, ids: embedder.lookup(e, ids).astype(jnp.float32))
+  parts = []
+  for start in range(0, num_embeddings, chunk):
+    ids = np.arange(start, start + chunk, dtype=np.int32)
+    parts.append(np.asarray(fn(embed, np.minimum(ids, num_embeddings - 1))))
+  return np.concatenate(parts)[:num_embeddings]
 
 
 def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
               oob: str = "error") -> Model:
   """fastText: the mean of word (and hashed n-gram) embeddings, an optional hidden layer, and
   a linear classifier (Joulin et al. 2017)."""
-  dtype = _compute_dtype(cfg)
+  embedder = make_embedder(cfg, num_embeddings, pretrained, oob=oob)
 
   def init(key):
     k_embed, k_hidden, k_out = jax.random.split(key, 3)
-    params = {"embed": _embed_init(cfg, k_embed, num_embeddings, pretrained)}
+    params = {"embed": embedder.init(k_embed)}
     width = cfg.features
     if cfg.hidden:
       params["hidden"] = _dense_init(k_hidden, width, cfg.hidden)
@@ -83,9 +287,8 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
     params["out"] = _dense_init(k_out, width, num_classes)
     return params
 
-  def apply(params, ids, *, train=False, rng=None):
-    x = tables.bag(params["embed"], ids, mode=cfg.pooling, padding_id=PADDING_ID,
-                   compute_dtype=dtype, oob=oob)
+  def apply(params, ids, *, train=False, rng=None, rows=False):
+    x = embedder.bag(params["embed"], ids, cfg.pooling, rows=rows)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     if cfg.hidden:
       x = jax.nn.relu(_dense(params["hidden"], x))
@@ -99,7 +302,7 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
       out.append(("hidden", (batch, cfg.hidden)))
     return out + [("logits", (batch, num_classes))]
 
-  return Model(init, apply, stages)
+  return Model(init, apply, stages, embedder)
 
 
 def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
@@ -108,10 +311,11 @@ def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
   dropout, and a linear classifier."""
   dtype = _compute_dtype(cfg)
   widths = tuple(cfg.filter_widths)
+  embedder = make_embedder(cfg, num_embeddings, pretrained, oob=oob)
 
   def init(key):
     keys = jax.random.split(key, len(widths) + 2)
-    params = {"embed": _embed_init(cfg, keys[0], num_embeddings, pretrained)}
+    params = {"embed": embedder.init(keys[0])}
     for i, w in enumerate(widths):
       kernel = jax.nn.initializers.he_uniform(in_axis=(0, 1), out_axis=2)(
           keys[i + 1], (w, cfg.features, cfg.num_filters), jnp.float32)
@@ -119,9 +323,9 @@ def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
     params["out"] = _dense_init(keys[-1], cfg.num_filters * len(widths), num_classes)
     return params
 
-  def apply(params, ids, *, train=False, rng=None):
+  def apply(params, ids, *, train=False, rng=None, rows=False):
     _check_ids_rank(ids, "cnn_model.apply")
-    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
+    x = embedder.lookup(params["embed"], ids, rows=rows)
     lengths = jnp.maximum((ids != PADDING_ID).sum(1), 1)
     pooled = []
     for w in widths:
@@ -143,7 +347,7 @@ def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
             ("max over time, concatenated", (batch, n * len(widths))),
             ("logits", (batch, num_classes))]
 
-  return Model(init, apply, stages)
+  return Model(init, apply, stages, embedder)
 
 
 def _lstm_init(key, d_in, hidden):
@@ -188,19 +392,20 @@ def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
   """A bidirectional LSTM with attention pooling and an MLP head (the flax SST-2 example)."""
   dtype = _compute_dtype(cfg)
   hidden = cfg.lstm_hidden
+  embedder = make_embedder(cfg, num_embeddings, pretrained, oob=oob)
 
   def init(key):
     keys = jax.random.split(key, 6)
-    return {"embed": _embed_init(cfg, keys[0], num_embeddings, pretrained),
+    return {"embed": embedder.init(keys[0]),
             "forward": _lstm_init(keys[1], cfg.features, hidden),
             "backward": _lstm_init(keys[2], cfg.features, hidden),
             "attention": {"proj": _dense_init(keys[3], 2 * hidden, hidden),
                           "v": jax.nn.initializers.normal(0.1)(keys[4], (hidden,))},
             "out": _dense_init(keys[5], 2 * hidden, num_classes)}
 
-  def apply(params, ids, *, train=False, rng=None):
+  def apply(params, ids, *, train=False, rng=None, rows=False):
     _check_ids_rank(ids, "bilstm_model.apply")
-    x = tables.lookup(params["embed"], ids, padding_id=PADDING_ID, compute_dtype=dtype, oob=oob)
+    x = embedder.lookup(params["embed"], ids, rows=rows)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     x = _dropout(x, cfg.dropout, train, keys[0])
     mask = ids != PADDING_ID
@@ -221,7 +426,7 @@ def bilstm_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
             ("bilstm states", (batch, seq_len, 2 * hidden)),
             ("attention-pooled", (batch, 2 * hidden)), ("logits", (batch, num_classes))]
 
-  return Model(init, apply, stages)
+  return Model(init, apply, stages, embedder)
 
 
 MODELS = {"bag": bag_model, "cnn": cnn_model, "bilstm": bilstm_model}

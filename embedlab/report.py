@@ -461,16 +461,19 @@ def summary_text(cfg: config_lib.Config, data, setup) -> str:
   slots and its update path, the other parameters, and the shapes at each stage for one batch."""
   import jax  # noqa: PLC0415
 
-  table = setup.params["embed"]["table"]
-  rows, features = table.shape
-  itemsize = table.dtype.itemsize
+  from embedlab import compress, models as models_lib, train  # noqa: PLC0415
+
+  embed = setup.params["embed"]
+  embed_weights = sum(math.prod(x.shape) for x in jax.tree.leaves(embed))
   if setup.table_optimizer is None:
     state = jax.eval_shape(setup.optimizer.init, setup.params)
-    leaves = jax.tree.leaves(state)
-    slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves
-                     if tuple(x.shape) == tuple(table.shape))
+    # optax slots mirror the params: those of the embedding's shapes
+    shapes = {tuple(x.shape) for x in jax.tree.leaves(embed)}
+    slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state)
+                     if tuple(x.shape) in shapes)
     path = f"dense optax {cfg.optim.name}"
   else:
+    table = train.split_table(setup.params)[0]
     state = jax.eval_shape(setup.table_optimizer.init, table)
     slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     path = f"row-sparse {cfg.optim.tables}"
@@ -478,18 +481,28 @@ def summary_text(cfg: config_lib.Config, data, setup) -> str:
     path += " (frozen)"
   other = sum(math.prod(x.shape) for k, v in setup.params.items() if k != "embed"
               for x in jax.tree.leaves(v))
+  parts = ", ".join(f"{name} {'x'.join(map(str, x.shape))}" for name, x in sorted(embed.items()))
+  if cfg.model.table == "plain":
+    rows, features = embed["table"].shape
+    head = (f"embedding table embed/table: {rows:,} rows x {features:,} features = "
+            f"{rows * features:,} weights ({embed['table'].dtype}, "
+            f"{_human_bytes(compress.table_bytes(embed))}")
+  else:
+    s = models_lib.table_summary(cfg.model, embed, data.num_embeddings)
+    head = (f"embedding embed ({s.kind}: {parts}, {next(iter(embed.values())).dtype}): "
+            f"{s.num_embeddings:,} ids x {s.features:,} features in {s.weights:,} weights "
+            f"({_human_bytes(s.bytes)}, {s.ratio:.1f}x smaller than a plain float32 table of "
+            f"{_human_bytes(s.plain_bytes)}")
   lines = [
       f"experiment {cfg.name}: model {cfg.model.name}, {len(data.label_names)} classes, "
       f"train/dev/test = {len(data.train_labels):,}/{len(data.dev_labels):,}/"
       f"{0 if data.test_labels is None else len(data.test_labels):,}",
-      f"embedding table embed/table: {rows:,} rows x {features:,} features = "
-      f"{rows * features:,} weights ({table.dtype}, {_human_bytes(rows * features * itemsize)}; "
-      f"+ optimizer slots {_human_bytes(slot_bytes)}); updates: {path}",
-      f"  rows: {len(data.vocab):,} vocabulary (0 = <pad>, 1 = <unk>)"
+      head + f"; + optimizer slots {_human_bytes(slot_bytes)}); updates: {path}",
+      f"  ids: {len(data.vocab):,} vocabulary (0 = <pad>, 1 = <unk>)"
       + (f" + {cfg.data.num_buckets:,} hashed n-gram buckets" if cfg.data.num_buckets else "")
       + (f"; {setup.pretrained_found:,} from {cfg.model.pretrained} "
          f"({cfg.model.pretrained_mode})" if cfg.model.pretrained else ""),
-      f"other parameters: {other:,} weights; total {rows * features + other:,}",
+      f"other parameters: {other:,} weights; total {embed_weights + other:,}",
       "shapes for one batch:",
   ]
   stages = setup.model.stages(cfg.train.batch_size, data.train_ids.shape[1])

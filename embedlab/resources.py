@@ -67,21 +67,23 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
   """
   model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  table_shape = shapes["embed"]["table"].shape
-  table = _bytes(shapes["embed"])
+  table = _bytes(shapes["embed"])  # the whole embedding, any model.table variant
   other = _bytes(shapes) - table
-  itemsize = np.dtype(shapes["embed"]["table"].dtype).itemsize
   batch = cfg.train.batch_size
   if cfg.optim.tables == "dense":
     gradients = table + other
     slots = DENSE_SLOTS[cfg.optim.name] * (table + other)
   else:
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
-    # the rows of one batch at most, each gathered once
+    # the rows of one batch at most, each gathered once; the rest of the embedding (a
+    # factorized table's projection) is updated densely like the other params
+    row_table = shapes["embed"]["table"]
+    table_shape, itemsize = row_table.shape, np.dtype(row_table.dtype).itemsize
+    rest = other + table - _bytes(row_table)
     rows = min(batch * seq_len, table_shape[0])
-    gradients = rows * table_shape[1] * itemsize + other
+    gradients = rows * table_shape[1] * itemsize + rest
     slots = (sparse_lib.slot_bytes(cfg.optim.tables, table_shape)
-             + DENSE_SLOTS[cfg.optim.name] * other)
+             + DENSE_SLOTS[cfg.optim.name] * rest)
   act_itemsize = np.dtype(cfg.model.compute_dtype).itemsize
 
   def activations(b):

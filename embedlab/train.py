@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from embedlab import checkpoint as ckpt_lib
+from embedlab import compress as compress_lib
 from embedlab import config as config_lib
 from embedlab import data as data_lib
 from embedlab import models as models_lib
@@ -102,12 +103,16 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
 
   def sparse_step(state, ids, labels, rng):
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
-    table = state.params["embed"]["table"]
-    local = sparse_lib.localize(table, ids, padding_id=models_lib.PADDING_ID, oob=oob)
-    dense = {k: v for k, v in state.params.items() if k != "embed"}
+    table, dense = split_table(state.params)
+    # the table's rows of the batch (the hashing trick maps ids to shared rows first)
+    local = sparse_lib.localize(table, model.embedder.rows(ids), padding_id=models_lib.PADDING_ID,
+                                oob=oob)
 
     def split_loss(dense, local_table):
-      return loss_fn({**dense, "embed": {"table": local_table}}, local.ids, labels, rng)
+      logits = model.apply(join_table(dense, local_table), local.ids, train=True, rng=rng,
+                           rows=True)
+      sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
+      return sums["loss"] / labels.shape[0], sums
 
     (_, sums), (g_dense, row_grads) = jax.value_and_grad(
         split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
@@ -122,8 +127,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
         row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
     table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
                                                    state.opt_state["table"].count))
-    params = {**dense, "embed": {**state.params["embed"], "table": table}}
-    return params, {"dense": dense_opt, "table": table_opt}, ok, sums
+    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
 
   def step(state, ids, labels):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -134,6 +138,22 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     return TrainState(state.step + 1, params, opt_state, state.rng), sums
 
   return step
+
+
+def split_table(params) -> tuple[jax.Array, Any]:
+  """``(params["embed"]["table"], the other params)``: what the row-sparse path updates by rows
+  and what the dense optimizer updates (other ``embed`` entries, e.g. a factorized table's
+  projection, stay under ``"embed"``)."""
+  rest = {k: v for k, v in params.items() if k != "embed"}
+  embed_rest = {k: v for k, v in params["embed"].items() if k != "table"}
+  if embed_rest:
+    rest["embed"] = embed_rest
+  return params["embed"]["table"], rest
+
+
+def join_table(rest, table) -> Any:
+  """Inverse of ``split_table``."""
+  return {**rest, "embed": {**rest.get("embed", {}), "table": table}}
 
 
 def make_multi_step(step: Callable) -> Callable:
@@ -234,8 +254,7 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
                                        cfg.optim.warmup_steps)
     table_optimizer = sparse_lib.get_sparse_optimizer(cfg.optim.tables, schedule,
                                                        weight_decay=cfg.optim.weight_decay)
-    dense = {k: v for k, v in params.items() if k != "embed"}
-    optimizer = optim_lib.make_optimizer(cfg.optim, dense, steps)
+    optimizer = optim_lib.make_optimizer(cfg.optim, split_table(params)[1], steps)
   else:
     optimizer = optim_lib.make_optimizer(cfg.optim, params, steps, frozen=frozen,
                                          row_masks=row_masks)
@@ -280,9 +299,8 @@ def init_state(cfg: config_lib.Config, setup: Setup) -> TrainState:
   if setup.table_optimizer is None:
     opt_state = setup.optimizer.init(params)
   else:
-    dense = {k: v for k, v in params.items() if k != "embed"}
-    opt_state = {"dense": setup.optimizer.init(dense),
-                 "table": setup.table_optimizer.init(params["embed"]["table"])}
+    table, dense = split_table(params)
+    opt_state = {"dense": setup.optimizer.init(dense), "table": setup.table_optimizer.init(table)}
   rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
   return TrainState(jnp.array(0, jnp.int32), params, opt_state, rng)
 
@@ -389,6 +407,8 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "train_seconds": round(meta["train_seconds"], 3),
              "num_params": tables.num_params(state.params),
              "num_embeddings": int(data.num_embeddings), "features": cfg.model.features,
+             "table": cfg.model.table,
+             "embedding_bytes": compress_lib.table_bytes(state.params["embed"]),
              "skipped_nonfinite": meta["skipped_nonfinite"],
              "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
              "pretrained_rows_found": setup.pretrained_found,
@@ -419,18 +439,35 @@ def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
           for t, p in zip(texts, probs)]
 
 
-def evaluate_run(run_dir: str | pathlib.Path, split: str = "test") -> dict[str, float]:
-  """Re-evaluates the best parameters of a run on one of its data splits."""
+def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
+                 quantize: str | None = None) -> dict[str, float]:
+  """Re-evaluates the best parameters of a run on one of its data splits.
+
+  ``quantize`` (``"int8"`` or ``"int4"``) evaluates with the embedding quantized row-wise
+  (``embedlab.compress.quantize_entries``), as ``embedlab export --quantize`` writes it; the
+  result then also holds the embedding's bytes before and after.
+  """
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
   model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
+  extra = {}
+  if quantize is not None:
+    from embedlab import compress  # noqa: PLC0415
+    if quantize not in compress.QUANTIZE_NAMES:
+      raise ValueError(f"eval: quantize={quantize!r} is not one of "
+                       f"{', '.join(compress.QUANTIZE_NAMES)}.")
+    quantized = compress.quantize_entries(params["embed"], compress.QUANTIZE_NAMES[quantize])
+    extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
+             "quantized_bytes": compress.table_bytes(quantized)}
+    params = {**params, "embed": compress.dequantize_entries(quantized)}
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   ids, labels = {"train": (data.train_ids, data.train_labels),
                  "dev": (data.dev_ids, data.dev_labels),
                  "test": (data.test_ids, data.test_labels)}[split]
   if ids is None:
     raise ValueError(f"eval: the run's data has no {split!r} split.")
-  return evaluate(jax.jit(make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
+  result = evaluate(jax.jit(make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
+  return {**result, **extra}
 
 
 def _restore_for_eval(run_dir, cfg, vocab, label_names):
