@@ -170,8 +170,9 @@ def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "erro
 
     def bag(embed, ids, mode, *, rows=False):
       if max_norm is not None or (kind == "factorized" and mode == "max"):
-        vecs = lookup(embed, ids, rows=rows)
-        return _pool(vecs, jnp.asarray(ids) != PADDING_ID, mode)
+        # pool the looked-up vectors (max_norm applies to each row, so no fused gather-pool)
+        return compress.bag_lookup(lambda e, i, **_: lookup(e, i, rows=rows), embed, ids,
+                                   mode=mode, padding_id=PADDING_ID, oob="clip")
       check = "clip" if rows or kind == "hashed" else oob
       ids = ids if rows else to_rows(ids)
       x = tables.bag({"table": embed["table"]}, ids, mode=mode, padding_id=PADDING_ID,
@@ -216,19 +217,6 @@ def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "erro
                                oob=oob).astype(dtype)
 
   return Embedder(init, lookup, bag, None, kind)
-
-
-def _pool(vecs, mask, mode):
-  """``embedlab.bag``'s padded pooling of looked-up vectors ``[B, L, D]`` (mask: real ids)."""
-  if mode == "max":
-    best = jnp.max(jnp.where(mask[..., None], vecs, -jnp.inf), axis=1)
-    return jnp.where(mask.any(axis=1)[:, None], best, 0).astype(vecs.dtype)
-  w = mask.astype(vecs.dtype)
-  total = jnp.einsum("bl,bld->bd", w, vecs)
-  if mode == "sum":
-    return total
-  denom = w.sum(axis=1) if mode == "mean" else jnp.sqrt(w.sum(axis=1))
-  return tables._safe_divide(total, denom[:, None])
 
 
 def table_summary(cfg, embed, num_embeddings: int) -> compress.CompressedSummary:

@@ -14,7 +14,6 @@ that batch and counts it; the run then stops naming the step (or, with
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import time

@@ -70,6 +70,10 @@ def test_embedder_values_and_bag_match_the_variant_in_numpy(name):
   got = jax.jit(embedder.bag, static_argnums=2)(embed, ids, "mean")
   np.testing.assert_allclose(got, want_mean, rtol=1e-5, atol=1e-6)
   assert not np.any(got[1])  # the empty bag
+  want_max = np.where(mask.any(1)[:, None],
+                      np.where(mask[..., None], want, -np.inf).max(1), 0)
+  np.testing.assert_allclose(jax.jit(embedder.bag, static_argnums=2)(embed, ids, "max"),
+                             want_max, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(models.materialize(embedder, embed, V)[ids],
                              want, rtol=1e-5, atol=1e-6)
 
