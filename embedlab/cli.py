@@ -6,7 +6,8 @@
   embedlab summary EXPERIMENT [--set K=V ...]
   embedlab compare RUN_DIR... [--plots DIR]
   embedlab inspect RUN_DIR [--word W ...] [--analogy A B C] [-k K] [--plots [DIR]]
-  embedlab export RUN_DIR --format word2vec|projector|npy [--quantize int8|int4] OUT
+  embedlab export RUN_DIR --format word2vec|projector|npy OUT
+  embedlab export RUN_DIR --quantize int8|int4 OUT
 
 Errors end with a one-line message and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -71,13 +72,14 @@ def _parser() -> argparse.ArgumentParser:
   ex = sub.add_parser("export", help="write a run's table as word2vec text, TensorBoard "
                       "projector files or numpy")
   ex.add_argument("run_dir")
-  ex.add_argument("--format", required=True, choices=("word2vec", "projector", "npy"))
+  ex.add_argument("--format", choices=("word2vec", "projector", "npy"),
+                  help="required, except with --quantize (which writes npy arrays)")
   ex.add_argument("out", help="output file (word2vec: .txt or .txt.gz; npy: .npy) or "
                   "directory (projector)")
   ex.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   ex.add_argument("--quantize", choices=("int8", "int4"),
-                  help="with --format npy: write the stored embedding quantized row-wise "
-                  "(int8 or packed 4-bit values and a float32 scale per row) as OUT.npz")
+                  help="write the stored embedding quantized row-wise (int8 or packed 4-bit "
+                  "values and a float32 scale per row) as OUT.npz")
   return parser
 
 
@@ -174,8 +176,10 @@ def _inspect(args) -> int:
 def _export(args) -> int:
   from embedlab import inspection  # noqa: PLC0415
 
+  if args.format is None and not args.quantize:
+    raise ValueError("export: choose --format word2vec, projector or npy (or --quantize int8).")
   if args.quantize:
-    if args.format != "npy":
+    if args.format not in (None, "npy"):
       raise ValueError(f"export: --quantize writes numpy arrays; use --format npy (not "
                        f"{args.format}).")
     paths, info = inspection.export_quantized(args.run_dir, args.out, args.quantize,

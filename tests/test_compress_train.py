@@ -236,6 +236,7 @@ def test_cli_eval_and_export_quantize(tmp_path, capsys):
   assert cli.main(["export", str(tmp_path / "run"), "--format", "word2vec", "--quantize",
                    "int8", str(tmp_path / "x")]) == 1
   assert "use --format npy" in capsys.readouterr().err
-  assert cli.main(["export", str(tmp_path / "run"), "--format", "npy", "--quantize", "int8",
-                   str(tmp_path / "q")]) == 0
+  assert cli.main(["export", str(tmp_path / "run"), "--quantize", "int8", str(tmp_path / "q")]) == 0
   assert (tmp_path / "q.npz").is_file() and "smaller" in capsys.readouterr().out
+  assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "q")]) == 1
+  assert "choose --format" in capsys.readouterr().err
