@@ -134,7 +134,7 @@ def plot(figures: dict[str, list[dict]], path: pathlib.Path) -> pathlib.Path:
   for ax, (dataset, rows) in zip(axes[0], figures.items()):
     families: dict[str, list[dict]] = {}
     for r in rows:
-      family = r["variant"].split(" ")[0].rstrip(",")
+      family = r["variant"].rsplit(" ", 1)[0] if " " in r["variant"] else r["variant"]
       if "after training" in r["variant"]:
         family = r["variant"].split(", ")[1].split(" ")[0]
       families.setdefault(family, []).append(r)
