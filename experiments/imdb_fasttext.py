@@ -25,7 +25,7 @@ def get_config() -> Config:
       data=DataConfig(source="files", train="imdb/train.csv.gz", test="imdb/test.csv.gz",
                       dev_fraction=0.1, max_len=512, ngrams=2, num_buckets=262144),
       model=ModelConfig(name="bag", features=32, init="normal", init_scale=0.05,
-                        pooling="mean"),
+                        pooling="mean", table="factorized", table_rank=8),
       optim=OptimConfig(name="adam", learning_rate=0.004, tables="sparse_lazy_adam"),
       train=TrainConfig(batch_size=64, num_epochs=2, eval_every=351, log_every=117,
                         steps_per_dispatch=8, eval_batch_size=1024, keep_checkpoints=1),
