@@ -448,7 +448,16 @@ def _compile(cfg, setup, mesh, shardings):
   multi_fn = jax.jit(make_multi_step(one_step), donate_argnums=0, out_shardings=out)
   put = functools.partial(sharding.global_batch, mesh)
   eval_jit = jax.jit(eval_step, out_shardings=replicated)
-  return single_fn, multi_fn, lambda params, *batch: eval_jit(params, *map(put, batch)), put
+  eval_fn = lambda params, *batch: eval_jit(params, *map(put, batch))  # noqa: E731
+  if jax.process_count() > 1:
+    # one program in flight at a time: CPU collectives (gloo) of two programs running at once
+    # can pair up in a different order on each process and hang (seen with train + eval)
+    single_fn, multi_fn, eval_fn = (_synchronous(f) for f in (single_fn, multi_fn, eval_fn))
+  return single_fn, multi_fn, eval_fn, put
+
+
+def _synchronous(fn):
+  return lambda *args: jax.block_until_ready(fn(*args))
 
 
 def _check_finite(acc, cfg, step) -> int:
