@@ -21,8 +21,17 @@ Rows must divide evenly by the "model" size. ``shard_table`` raises when they do
 ``pad=True``: then zero rows are appended up to ``padded_rows(V, model)``; pass the real
 vocabulary size as ``num_embeddings`` to the lookups so ids in the padding still raise.
 
+Training (``embedlab train`` with a ``mesh`` config section) uses the second half of this
+module: ``mesh_from_config`` builds the mesh, ``state_shardings`` / ``place`` put the train
+state on it (tables and their optimizer slots by rows over "model", the rest replicated),
+``global_batch`` splits each batch over "data" (each process handing over only its own rows),
+and the row-sparse step reads and updates rows with ``sharded_take`` /
+``sharded_sparse_update`` (``mesh.lookup=shard_map``) or leaves it to XLA (``xla``).
+
 Process-wide settings (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to simulate 8 CPU
-devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here.
+devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here:
+``initialize_distributed(cfg.mesh)`` is the helper such an entry point (``embedlab train``)
+calls first.
 """
 
 from __future__ import annotations
@@ -401,6 +410,11 @@ def initialize_distributed(mesh_cfg: Any, environ: Any = None) -> bool:
         f"mesh.coordinator_address=HOST:PORT, mesh.num_processes and mesh.process_id on every "
         f"process, or --set mesh.distributed=off for a single process.") from e
   return True
+
+
+def is_primary() -> bool:
+  """True in the process that writes the run directory (process 0; the only one, usually)."""
+  return jax.process_index() == 0
 
 
 def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh | None:

@@ -38,8 +38,10 @@ from embedlab import tables
 from embedlab import text as text_lib
 
 TABLE_PATH = "embed/table"
-# mesh.lookup=auto on the row-sparse path: the faster of the two on benchmarks/sharded_scaling.py
-AUTO_LOOKUP = "xla"
+# mesh.lookup=auto on the row-sparse path: shard_map from this many "model" shards up, the
+# faster there on benchmarks/sharded_scaling.py (BENCHMARKS.md: 1.7x over 4 and 8 shards; XLA's
+# partitioner 1.4x faster over 2)
+AUTO_SHARD_MAP_FROM = 4
 
 
 class TrainState(NamedTuple):
@@ -389,7 +391,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
         meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
         checkpoints.save_latest(step, state, meta)
     clock.lap("train_loop", wait_for=state)
-    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock)
+    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
+                      mesh)
   finally:  # also when the run stops on an error: the last checkpoint is kept
     bar.close()
     checkpoints.close()
@@ -428,7 +431,9 @@ def lookup_path(mesh_cfg) -> str:
   measured faster (``benchmarks/sharded_scaling.py``, BENCHMARKS.md)."""
   if mesh_cfg.lookup != "auto":
     return mesh_cfg.lookup
-  return "xla" if mesh_cfg.table == "rows_columns" else AUTO_LOOKUP
+  if mesh_cfg.table == "rows_columns" or mesh_cfg.model < AUTO_SHARD_MAP_FROM:
+    return "xla"
+  return "shard_map"
 
 
 def _compile(cfg, setup, mesh, shardings):
@@ -483,7 +488,8 @@ def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
     checkpoints.save_best(step, state.params, {"dev_accuracy": dev["accuracy"]})
 
 
-def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock):
+def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
+            mesh=None):
   best = checkpoints.restore_best(state.params)
   params = best[1] if best is not None else state.params
   results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
@@ -496,6 +502,10 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "pretrained_rows_found": setup.pretrained_found,
              "checkpoint_recoveries": list(checkpoints.recovered),
              "table_update": cfg.optim.tables}
+  if mesh is not None:
+    results["mesh"] = {"data": mesh.shape["data"], "model": mesh.shape["model"],
+                       "processes": jax.process_count(), "lookup": lookup_path(cfg.mesh),
+                       "table_rows": int(state.params["embed"]["table"].shape[0])}
   if data.test_ids is not None:
     test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)
