@@ -73,6 +73,10 @@ for name, extra in runs.items():
   record[name] = {"results": results, "rows": int(table.shape[0]), "shards": shards,
                   "slot_shards": slot_shards, "restored_step": int(step),
                   "model": cfg.mesh.model}
+# the same run directory reopened on another mesh (1x8: 408 rows, saved with 402) resumes from
+# its last checkpoint and evaluates the same parameters
+cfg = config_lib.load_config("experiments/quickstart.py", base + ["mesh.data=1", "mesh.model=8"])
+record["resumed_1x8"] = train.train(cfg, out / "dense_4x2", echo=lambda s: None)
 (out / "record.json").write_text(json.dumps(record))
 print("OK trained", len(record))
 '''
@@ -189,6 +193,17 @@ def test_each_device_holds_one_model_th_of_the_table(eight, name):
   # Adam's and lazy Adam's mu and nu: split like the table
   assert got["slot_shards"] == [[got["rows"] // model, 8]], got["slot_shards"]
   assert got["restored_step"] == 30
+
+
+def test_run_resumes_on_another_mesh(eight):
+  _, record = eight
+  resumed, first = record["resumed_1x8"], record["dense_4x2"]["results"]
+  assert resumed["mesh"]["model"] == 8 and resumed["mesh"]["table_rows"] == 408
+  for key in ("dev_accuracy", "test_accuracy", "best_step"):
+    assert resumed[key] == first[key], key
+  assert abs(resumed["test_loss"] - first["test_loss"]) < 1e-6
+  # restored, not trained again: the training time is the one saved in the checkpoint
+  assert resumed["train_seconds"] == first["train_seconds"]
 
 
 @pytest.mark.parametrize("devices,extra", [(1, []), (4, ["mesh.data=1", "mesh.model=4"]),
