@@ -32,6 +32,7 @@ RUNS = {  # name: extra overrides, on 8 devices
     "dense_8x1": ["mesh.data=8", "mesh.model=1"],
     "dense_4x2": ["mesh.data=4", "mesh.model=2"],
     "dense_1x8": ["mesh.data=1", "mesh.model=8"],
+    "dense_4x2_rows_columns": ["mesh.data=4", "mesh.model=2", "mesh.table=rows_columns"],
     "sparse_8x1": SPARSE + ["mesh.data=8", "mesh.model=1"],
     "sparse_4x2_xla": SPARSE + ["mesh.data=4", "mesh.model=2", "mesh.lookup=xla"],
     "sparse_4x2_shard_map": SPARSE + ["mesh.data=4", "mesh.model=2", "mesh.lookup=shard_map"],
@@ -56,7 +57,7 @@ for name, extra in runs.items():
   setup = train.build(cfg, data, 30)
   state = train.init_state(cfg, setup)
   mesh = sharding.mesh_from_config(cfg.mesh)
-  placed = sharding.place(state, sharding.state_shardings(state, mesh))
+  placed = sharding.place(state, sharding.state_shardings(state, mesh, table=cfg.mesh.table))
   table = placed.params["embed"]["table"]
   shards = sorted({tuple(s.data.shape) for s in table.addressable_shards})
   slots = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(placed)
@@ -70,7 +71,9 @@ for name, extra in runs.items():
   got = restored.params["embed"]["table"]
   assert got.sharding == table.sharding, (got.sharding, table.sharding)
   np.save(out / f"{name}.npy", np.asarray(got))
+  mesh_shape = dict(mesh.shape)
   record[name] = {"results": results, "rows": int(table.shape[0]), "shards": shards,
+                  "columns_over": mesh_shape["data"] if cfg.mesh.table == "rows_columns" else 1,
                   "slot_shards": slot_shards, "restored_step": int(step),
                   "model": cfg.mesh.model}
 # the same run directory reopened on another mesh (1x8: 408 rows, saved with 402) resumes from
@@ -189,9 +192,10 @@ def test_each_device_holds_one_model_th_of_the_table(eight, name):
   got = record[name]
   model = got["model"]
   assert got["rows"] == -(-402 // model) * model  # padded to a multiple of model
-  assert got["shards"] == [[got["rows"] // model, 8]], got["shards"]
+  shard = [got["rows"] // model, 8 // got["columns_over"]]
+  assert got["shards"] == [shard], got["shards"]
   # Adam's and lazy Adam's mu and nu: split like the table
-  assert got["slot_shards"] == [[got["rows"] // model, 8]], got["slot_shards"]
+  assert got["slot_shards"] == [shard], got["slot_shards"]
   assert got["restored_step"] == 30
 
 
