@@ -41,6 +41,7 @@ from embedlab.inspection import (
 )
 from embedlab.optim import freeze, freeze_rows, path_mask
 from embedlab.flax_adapter import Embed, LinenEmbed
+from embedlab.sharding import make_mesh, shard_table, sharded_bag, sharded_lookup
 from embedlab.sparse import (
     SPARSE_OPTIMIZERS,
     Localized,
@@ -81,6 +82,10 @@ __all__ = [
     "summarize_table",
     "topic_neighbour_accuracy",
     "unit_rows",
+    "make_mesh",
+    "shard_table",
+    "sharded_bag",
+    "sharded_lookup",
     "SPARSE_OPTIMIZERS",
     "Localized",
     "SparseAdagradState",

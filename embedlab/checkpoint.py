@@ -96,6 +96,11 @@ def checksum(tree: Any) -> list[str]:
   for leaf in jax.tree.leaves(tree):
     if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      # split over several processes: every process gathers the whole array (a collective,
+      # called by all of them in the same order) so all write and check the same checksums
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
     arr = np.ascontiguousarray(np.asarray(leaf))
     shape = ",".join(str(d) for d in arr.shape)
     out.append(f"{arr.dtype}[{shape}]:{zlib.crc32(arr.view(np.uint8).reshape(-1)):08x}")
@@ -187,17 +192,27 @@ class Checkpoints:
     return self._restore(self.best, "best", target)
 
   def _restore(self, manager, which, target):
+    """Restores into ``target``'s shapes and shardings (arrays split over another mesh, or
+    another number of devices, are re-split as they are read). A table saved with more or
+    fewer zero padding rows (padded for another ``mesh.model``) is read as saved, checked,
+    then cut or padded to the target's rows."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                              meta=ocp.args.JsonRestore())
-    return self._newest_readable(manager, which, args)
+
+    def read(step):
+      stored = _as_stored(manager, step, abstract)
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(stored),
+                                meta=ocp.args.JsonRestore())
+      state, meta = _read_verified(manager, step, args)
+      return _resize_rows(state, abstract, step), meta
+
+    return self._newest_readable(manager, which, read)
 
   def _newest_readable(self, manager, which, args, steps=None):
     bad = []
     found = None
     for step in steps if steps is not None else sorted(manager.all_steps(), reverse=True):
       try:
-        found = (step,) + _read_verified(manager, step, args)
+        found = (step,) + (args(step) if callable(args) else _read_verified(manager, step, args))
         break
       except Exception as e:  # noqa: BLE001 - any failure to read means: try the older one
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e) else ''}"
@@ -243,7 +258,10 @@ class Checkpoints:
     if which not in ("latest", "best"):
       raise ValueError(f"checkpoint.read: which={which!r} is not 'latest' or 'best'.")
     manager = {"latest": self.latest, "best": self.best}[which]
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    # a run trained over several devices is read onto this process's first device
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=local),
+                              meta=ocp.args.JsonRestore())
     if step is not None:
       try:
         return (step,) + _read_verified(manager, step, args)
@@ -271,3 +289,58 @@ def _read_verified(manager, step, args) -> tuple[Any, dict]:
     raise CheckpointError(f"step {step}: the arrays read back do not match the checksums "
                           "written with them (corrupted files)")
   return out["state"], meta
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _as_stored(manager, step, abstract):
+  """``abstract`` with the stored shape of every array whose rows (first axis) differ from the
+  checkpoint's, sharded on the target's mesh where the stored rows divide, else replicated."""
+  try:
+    directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
+    stored = ocp.tree.to_flat_dict(ocp.StandardCheckpointHandler().metadata(directory).tree)
+  except Exception:  # noqa: BLE001 - no metadata: restore as asked, errors are reported then
+    return abstract
+
+  def one(path, want):
+    have = getattr(stored.get(tuple(_key_name(k) for k in path)), "shape", None)
+    if (not isinstance(want, jax.ShapeDtypeStruct) or have is None or not want.shape
+        or tuple(have) == want.shape or tuple(have[1:]) != want.shape[1:]):
+      return want
+    sh = want.sharding
+    if isinstance(sh, jax.sharding.NamedSharding) and sh.spec and sh.spec[0] is not None:
+      axes = sh.spec[0] if isinstance(sh.spec[0], tuple) else (sh.spec[0],)
+      if have[0] % int(np.prod([sh.mesh.shape[a] for a in axes])):
+        sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
+    return jax.ShapeDtypeStruct(tuple(have), want.dtype, sharding=sh)
+
+  return jax.tree_util.tree_map_with_path(one, abstract)
+
+
+def _resize_rows(tree, abstract, step):
+  """Cuts or pads (with zeros) the first axis of arrays read with another row count to the
+  target's, on the target's sharding; the rows cut must be zero (padding)."""
+
+  def one(x, want):
+    if not isinstance(want, jax.ShapeDtypeStruct) or x.shape == want.shape:
+      return x
+    rows = want.shape[0]
+    if x.shape[0] > rows and bool(jax.numpy.any(x[rows:] != 0)):
+      raise CheckpointError(f"step {step}: an array of shape {x.shape} does not fit the "
+                            f"target's {want.shape} (its rows beyond {rows} are not padding); "
+                            f"the checkpoint is from another vocabulary")
+
+    def resize(x):
+      if x.shape[0] > rows:
+        return x[:rows]
+      pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+      return jax.numpy.pad(x, pad)
+
+    return jax.jit(resize, out_shardings=want.sharding)(x)
+
+  return jax.tree.map(one, tree, abstract)

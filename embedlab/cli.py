@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-  from embedlab import config as config_lib, report, train  # noqa: PLC0415
+  from embedlab import config as config_lib, report, sharding, train  # noqa: PLC0415
 
   module = config_lib.load_experiment(args.experiment)
   base = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
@@ -92,13 +92,16 @@ def _train(args) -> int:
   runs = [(base, list(args.overrides))]
   if sweep:
     runs = [(base / _sweep_name(extra), list(args.overrides) + list(extra)) for extra in sweep]
+  # before anything starts JAX's backends: join the other processes of a multi-host run
+  sharding.initialize_distributed(config_lib.load_config(args.experiment, runs[0][1]).mesh)
   done = []
   for workdir, overrides in runs:
     cfg = config_lib.load_config(args.experiment, overrides)
     print(f"== {cfg.name} -> {workdir}" + (f"  ({' '.join(overrides)})" if overrides else ""))
     results = train.train(cfg, workdir, restart=args.restart, progress=not args.no_progress)
     planted = None
-    if cfg.data.source == "synthetic":  # show what the embedding layer learned
+    # show what the embedding layer learned (one process writes the run directory)
+    if cfg.data.source == "synthetic" and sharding.is_primary():
       from embedlab import inspection  # noqa: PLC0415
       planted = inspection.record_planted_structure(workdir)
       results = json.loads((pathlib.Path(workdir) / "results.json").read_text())

@@ -136,6 +136,34 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """How the run spreads over devices and hosts (``embedlab.sharding``).
+
+  The devices form a ``data x model`` mesh: the batch is split over ``data``, every table's rows
+  over ``model`` (padded with zero rows up to a multiple of ``model``). ``data=0`` puts every
+  device not used by ``model`` on ``data``; with one device nothing is sharded and the run is the
+  plain single-device program. ``table``: ``rows``, or ``rows_columns`` (columns also split over
+  ``data``). ``dense``: ``replicate`` the other parameters, or ``model`` (split the last axis of
+  each weight matrix over ``model`` where it divides). ``lookup``: how a row-sparse step gathers
+  and updates the table's rows: ``shard_map`` (each shard serves the ids it owns, one ``psum``),
+  ``xla`` (XLA's partitioner) or ``auto`` (the faster on the benchmark, see BENCHMARKS.md).
+  ``distributed``: ``auto`` calls ``jax.distributed.initialize`` when ``coordinator_address`` is
+  set or a cluster (SLURM, Open MPI, TPU pod, ``JAX_COORDINATOR_ADDRESS``) is detected; ``on``
+  always; ``off`` never.
+  """
+
+  data: int = 0
+  model: int = 1
+  table: str = "rows"
+  dense: str = "replicate"
+  lookup: str = "auto"
+  distributed: str = "auto"
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """The whole experiment. ``get_config()`` in an experiment file returns one."""
 
@@ -145,6 +173,7 @@ class Config:
   model: ModelConfig = ModelConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
 
 
 _CHOICES = {
@@ -164,6 +193,10 @@ _CHOICES = {
     "optim.schedule": ("constant", "cosine", "linear", "warmup_cosine"),
     "optim.tables": ("dense", "sparse_sgd", "sparse_adagrad", "sparse_rowwise_adagrad",
                      "sparse_lazy_adam"),
+    "mesh.table": ("rows", "rows_columns"),
+    "mesh.dense": ("replicate", "model"),
+    "mesh.lookup": ("auto", "shard_map", "xla"),
+    "mesh.distributed": ("auto", "on", "off"),
 }
 _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
              "model.num_filters", "model.lstm_hidden", "model.table_hashes", "train.batch_size",
@@ -176,7 +209,8 @@ _NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "mod
                  "optim.weight_decay", "optim.clip_norm", "train.num_epochs",
                  "train.num_steps", "train.checkpoint_every", "data.synthetic_shared_words",
                  "model.init_scale", "model.pretrained_scale", "model.table_buckets",
-                 "model.table_exact", "model.table_collisions", "model.table_rank")
+                 "model.table_exact", "model.table_collisions", "model.table_rank",
+                 "mesh.data", "mesh.num_processes")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -230,6 +264,15 @@ def validate(cfg: Config) -> Config:
   if cfg.train.num_steps == 0 and cfg.train.num_epochs == 0:
     raise ConfigError("config: set train.num_steps or train.num_epochs to a positive value.")
   _validate_table(cfg.model, cfg.optim)
+  if cfg.mesh.model < 1:
+    raise ConfigError(f"config: mesh.model = {cfg.mesh.model} must be at least 1 (1 = tables "
+                      "are not split over devices).")
+  if cfg.mesh.process_id < -1:
+    raise ConfigError(f"config: mesh.process_id = {cfg.mesh.process_id} must be -1 (from the "
+                      "environment) or a process index 0..mesh.num_processes-1.")
+  if cfg.mesh.num_processes and cfg.mesh.process_id >= cfg.mesh.num_processes:
+    raise ConfigError(f"config: mesh.process_id = {cfg.mesh.process_id} must be below "
+                      f"mesh.num_processes = {cfg.mesh.num_processes}.")
   if any(w <= 0 for w in cfg.model.filter_widths) or not cfg.model.filter_widths:
     raise ConfigError(f"config: model.filter_widths = {cfg.model.filter_widths} must be "
                       "positive widths, e.g. 3,4,5.")

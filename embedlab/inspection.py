@@ -135,11 +135,12 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
 
 
 def _logical_table(cfg: config_lib.Config, embed: Any, num_words: int) -> np.ndarray:
-  """The ``[V, D]`` vectors of every id: the stored table, or a variant's lookups."""
-  if cfg.model.table == "plain":
-    return np.asarray(embed["table"])
-  from embedlab import models  # noqa: PLC0415
+  """The ``[V, D]`` vectors of every id: the stored table (without the zero rows a run on
+  several devices appends, ``mesh.model``), or a variant's lookups."""
   num_embeddings = num_words + cfg.data.num_buckets
+  if cfg.model.table == "plain":
+    return np.asarray(embed["table"])[:num_embeddings]
+  from embedlab import models  # noqa: PLC0415
   return models.materialize(models.make_embedder(cfg.model, num_embeddings), embed,
                             num_embeddings)
 

@@ -45,6 +45,10 @@ class RunDir:
     if config_file.exists():
       old = json.loads(config_file.read_text())
       new = config_lib.to_dict(cfg)
+      # the mesh may change between runs (resume on another number of devices), and a run
+      # written before meshes existed has no mesh section
+      old.pop("mesh", None)
+      new.pop("mesh", None)
       if json.loads(json.dumps(new)) != old:
         diff = _config_diff(old, json.loads(json.dumps(new)))
         raise RunDirError(f"{path} holds a run of a different config ({diff}); pass --restart "

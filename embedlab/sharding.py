@@ -21,8 +21,17 @@ Rows must divide evenly by the "model" size. ``shard_table`` raises when they do
 ``pad=True``: then zero rows are appended up to ``padded_rows(V, model)``; pass the real
 vocabulary size as ``num_embeddings`` to the lookups so ids in the padding still raise.
 
+Training (``embedlab train`` with a ``mesh`` config section) uses the second half of this
+module: ``mesh_from_config`` builds the mesh, ``state_shardings`` / ``place`` put the train
+state on it (tables and their optimizer slots by rows over "model", the rest replicated),
+``global_batch`` splits each batch over "data" (each process handing over only its own rows),
+and the row-sparse step reads and updates rows with ``sharded_take`` /
+``sharded_sparse_update`` (``mesh.lookup=shard_map``) or leaves it to XLA (``xla``).
+
 Process-wide settings (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to simulate 8 CPU
-devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here.
+devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here:
+``initialize_distributed(cfg.mesh)`` is the helper such an entry point (``embedlab train``)
+calls first.
 """
 
 from __future__ import annotations
@@ -334,3 +343,290 @@ def partitioned_lookup(params: Params, ids: Any, mesh: Mesh, *,
   spec = _batch_spec(ids.ndim)
   ids = jax.device_put(ids, NamedSharding(_check_mesh(mesh, "partitioned_lookup"), spec))
   return _jit_lookup(params, ids, padding_id)
+
+
+# ------------------------------------------------------------------ training on a mesh
+# The train step (embedlab.train) is one jitted program over the whole mesh: the state placed by
+# ``state_shardings``, the batch by ``global_batch``, and XLA partitions the model; the
+# row-sparse path can also gather and update the table's rows with ``sharded_take`` and
+# ``sharded_sparse_update`` (``mesh.lookup=shard_map``).
+
+_CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                      "TPU_WORKER_HOSTNAMES")
+
+
+def _cluster_detected(environ) -> str | None:
+  """The environment variable that shows a multi-process launch, or None."""
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if (environ.get(name) or "1").strip().isdigit() and int(environ.get(name) or 1) > 1:
+      return name
+  if "," in environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return "TPU_WORKER_HOSTNAMES"
+  return None
+
+
+def initialize_distributed(mesh_cfg: Any, environ: Any = None) -> bool:
+  """Calls ``jax.distributed.initialize`` when ``mesh_cfg`` (a ``config.MeshConfig``) asks.
+
+  ``mesh.distributed="auto"`` initializes when ``mesh.coordinator_address`` is set or the
+  environment shows a multi-process launch (``JAX_COORDINATOR_ADDRESS``, SLURM with more than
+  one task, Open MPI, a multi-host TPU slice); JAX then reads the rest from the environment.
+  ``"on"`` always initializes, ``"off"`` never. Call it at the program's entry point, before
+  any other JAX call (``embedlab train`` does).
+
+  Returns:
+    True if this call initialized the distributed runtime (False: not asked, or done already).
+
+  Example:
+    >>> from embedlab.config import MeshConfig
+    >>> from embedlab import sharding
+    >>> sharding.initialize_distributed(MeshConfig(distributed="off"))
+    False
+  """
+  import os  # noqa: PLC0415
+  environ = os.environ if environ is None else environ
+  mode = mesh_cfg.distributed
+  if mode == "off" or (mode == "auto" and not mesh_cfg.coordinator_address
+                       and not _cluster_detected(environ)):
+    return False
+  from jax._src import distributed as _distributed  # noqa: PLC0415 - "already initialized?"
+  if getattr(_distributed.global_state, "client", None) is not None:
+    return False
+  kwargs = {}
+  if mesh_cfg.coordinator_address:
+    kwargs["coordinator_address"] = mesh_cfg.coordinator_address
+  if mesh_cfg.num_processes:
+    kwargs["num_processes"] = mesh_cfg.num_processes
+  if mesh_cfg.process_id >= 0:
+    kwargs["process_id"] = mesh_cfg.process_id
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:
+    raise RuntimeError(
+        f"jax.distributed.initialize({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+        f"failed: {e}. Outside a detected cluster (SLURM, Open MPI, TPU pod) set "
+        f"mesh.coordinator_address=HOST:PORT, mesh.num_processes and mesh.process_id on every "
+        f"process, or --set mesh.distributed=off for a single process.") from e
+  return True
+
+
+def is_primary() -> bool:
+  """True in the process that writes the run directory (process 0; the only one, usually)."""
+  return jax.process_index() == 0
+
+
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh | None:
+  """The mesh a run uses, or None when it runs on one device in one process (unsharded).
+
+  Args:
+    mesh_cfg: a ``config.MeshConfig``.
+    devices: default ``jax.devices()`` (all devices of all processes).
+
+  Example:
+    >>> from embedlab.config import MeshConfig
+    >>> from embedlab import sharding
+    >>> sharding.mesh_from_config(MeshConfig()) is None  # one CPU device
+    True
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  data, model = mesh_cfg.data, mesh_cfg.model
+  if (n % model if data == 0 else data * model != n):
+    divisors = [m for m in range(1, n + 1) if n % m == 0]
+    fit = model if n % model == 0 else 1
+    raise ValueError(f"mesh: data={data or 'auto'} x model={model} does not match the {n} "
+                     f"device(s) available ({_describe(devices)}); mesh.data x mesh.model must "
+                     f"be {n}, with mesh.model one of {divisors} (mesh.data=0 takes the rest), "
+                     f"e.g. --set mesh.data={n // fit} --set mesh.model={fit}. To simulate N "
+                     f"CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                     f"before JAX starts.")
+  if n == 1 and jax.process_count() == 1:
+    return None
+  return make_mesh(data, model, devices)
+
+
+def is_table_leaf(path: Any, leaf: Any) -> bool:
+  """Whether a leaf of a train state is the table or one of its per-row slots: its path holds
+  ``['embed']['table']`` (params, optax slots) or starts at ``opt_state['table']`` (the
+  row-sparse optimizer's slots)."""
+  key = jax.tree_util.keystr(path)
+  return ("['embed']['table']" in key
+          or (key.startswith(".opt_state['table']") and getattr(leaf, "ndim", 0) >= 1))
+
+
+def leaf_spec(leaf: Any, mesh: Mesh, *, table_leaf: bool, table: str = "rows",
+              dense: str = "replicate") -> P:
+  """The partition spec of one array of the train state.
+
+  A table (and its slots) has its rows over "model" (and, with ``table="rows_columns"``, its
+  columns over "data"); another array is replicated, or with ``dense="model"`` a matrix has
+  its last axis over "model" when it divides.
+  """
+  ndim = getattr(leaf, "ndim", 0)
+  if table_leaf and ndim >= 1:
+    if table == "rows_columns" and ndim == 2:
+      return P("model", "data")
+    return P("model", *([None] * (ndim - 1)))
+  if dense == "model" and ndim == 2 and leaf.shape[-1] % mesh.shape["model"] == 0:
+    return P(None, "model")
+  return P()
+
+
+def state_shardings(tree: Any, mesh: Mesh, *, table: str = "rows", dense: str = "replicate",
+                    is_table: Any = is_table_leaf) -> Any:
+  """``NamedSharding``s for every array of a train state (see ``leaf_spec``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> sh = sharding.state_shardings({"embed": {"table": jnp.ones((4, 2))}, "w": jnp.ones(3)},
+    ...                               mesh)
+    >>> sh["embed"]["table"].spec, sh["w"].spec
+    (P('model', None), P())
+  """
+  _check_mesh(mesh, "state_shardings")
+  if table not in ("rows", "rows_columns"):
+    raise ValueError(f"state_shardings: table={table!r} is not rows or rows_columns.")
+
+  def one(path, leaf):
+    spec = leaf_spec(leaf, mesh, table_leaf=is_table(path, leaf), table=table, dense=dense)
+    for axis, name in enumerate(spec):
+      if name is not None and leaf.shape[axis] % mesh.shape[name]:
+        raise ValueError(f"state_shardings: {jax.tree_util.keystr(path)} has shape "
+                         f"{leaf.shape}; axis {axis} ({leaf.shape[axis]}) does not split over "
+                         f"{name}={mesh.shape[name]} devices (pad the table with "
+                         f"padded_rows, or choose model.features divisible by mesh.data for "
+                         f"mesh.table=rows_columns).")
+    return NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+  """Puts a pytree (the same values on every process) on the mesh, leaf by leaf.
+
+  Works with several processes too: each builds only the shards of its own devices.
+  """
+
+  def one(x, sh):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.device_put(x, sh)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sh)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sh, lambda index: host[index])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def global_batch(mesh: Mesh, array: Any, *, batch_axis: int = 0) -> Array:
+  """A host batch (the same on every process) as one array split over "data" on ``batch_axis``.
+
+  With several processes each one hands over only the rows its own devices hold
+  (``jax.make_array_from_process_local_data``). A batch that does not split evenly over
+  "data" is replicated instead.
+
+  Example:
+    >>> import numpy as np
+    >>> from embedlab import sharding
+    >>> sharding.global_batch(sharding.make_mesh(), np.zeros((4, 3))).sharding.spec
+    P('data', None)
+  """
+  array = np.asarray(array)
+  spec = [None] * array.ndim
+  if array.shape[batch_axis] % mesh.shape["data"] == 0:
+    spec[batch_axis] = "data"
+  sh = NamedSharding(mesh, P(*spec))
+  if jax.process_count() == 1:
+    return jax.device_put(array, sh)
+  if spec[batch_axis] is None:
+    return jax.make_array_from_callback(array.shape, sh, lambda index: array[index])
+  spans = [idx[batch_axis] for idx in sh.addressable_devices_indices_map(array.shape).values()]
+  start = min(s.start or 0 for s in spans)
+  stop = max(array.shape[batch_axis] if s.stop is None else s.stop for s in spans)
+  local = np.take(array, np.arange(start, stop), axis=batch_axis)
+  return jax.make_array_from_process_local_data(sh, local, array.shape)
+
+
+def sharded_take(table: Array, row_ids: Array, mesh: Mesh) -> Array:
+  """``jnp.take(table, row_ids, axis=0, mode="fill", fill_value=0)`` on a row-sharded table
+  with ``shard_map``: each "model" shard reads the ids it owns, one ``psum`` combines them.
+
+  Args:
+    table: ``Array[V, D]`` with rows split over "model".
+    row_ids: int ``[N]``, the same on every device (e.g. a batch's distinct ids); ids outside
+      ``0..V-1`` give zero rows.
+    mesh: the table's mesh.
+
+  Returns:
+    ``Array[N, D]``, replicated.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding
+    >>> mesh = sharding.make_mesh()
+    >>> sharding.sharded_take(jnp.arange(6.0).reshape(3, 2), jnp.array([2, 3]), mesh)
+    Array([[4., 5.],
+           [0., 0.]], dtype=float32)
+  """
+  rows_per_shard = table.shape[0] // _check_mesh(mesh, "sharded_take").shape["model"]
+
+  def local_take(table_shard, ids):
+    vecs, _ = _owned_rows(table_shard, ids, rows_per_shard)
+    return jax.lax.psum(vecs, "model")
+
+  return jax.shard_map(local_take, mesh=mesh, in_specs=(P("model", None), P()),
+                       out_specs=P())(table, row_ids.astype(jnp.int32))
+
+
+def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Array,
+                          row_grads: Array, mesh: Mesh, *, row_mask: Array | None = None,
+                          skip_ids: Sequence[int] = ()) -> tuple[Array, Any]:
+  """A row-sparse optimizer's ``update(..., unique=True)`` on a row-sharded table: each
+  "model" shard updates only the rows it owns, in its own slice of the table and its slots.
+
+  Args:
+    optimizer: an ``embedlab.sparse.SparseOptimizer``.
+    table: ``Array[V, D]``, rows split over "model"; ``state`` its optimizer state (slots
+      split like the table, ``count`` replicated).
+    row_ids: int ``[N]`` distinct ids (``V`` or beyond = no row), the same on every device.
+    row_grads: ``[N, D]``, replicated.
+    mesh: the table's mesh.
+    row_mask: optional bool ``[V]`` (True = trainable).
+    skip_ids: ids never updated (the padding id).
+
+  Returns:
+    ``(table, state)`` sharded as they came.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab import sharding, sparse
+    >>> mesh, opt = sharding.make_mesh(), sparse.sparse_sgd(1.0)
+    >>> table = jnp.zeros((4, 1))
+    >>> table, st = sharding.sharded_sparse_update(opt, table, opt.init(table),
+    ...                                            jnp.array([3, 4]), jnp.ones((2, 1)), mesh)
+    >>> table[:, 0].tolist()
+    [0.0, 0.0, 0.0, -1.0]
+  """
+  rows = table.shape[0]
+  rows_per_shard = rows // _check_mesh(mesh, "sharded_sparse_update").shape["model"]
+  row_ids = jnp.asarray(row_ids).astype(jnp.int32)
+  for skip in skip_ids:
+    row_ids = jnp.where(row_ids == int(skip), rows, row_ids)
+  mask = jnp.ones((rows,), bool) if row_mask is None else jnp.asarray(row_mask)
+  specs = jax.tree.map(lambda x: P("model", *([None] * (x.ndim - 1))) if x.ndim else P(),
+                       state)
+
+  def local_update(table_shard, state_shard, ids, grads, mask_shard):
+    local = ids - jax.lax.axis_index("model") * rows_per_shard
+    local = jnp.where((local >= 0) & (local < rows_per_shard), local, rows_per_shard)
+    return optimizer.update(table_shard, state_shard, local, grads, unique=True,
+                            row_mask=mask_shard)
+
+  return jax.shard_map(local_update, mesh=mesh,
+                       in_specs=(P("model", None), specs, P(), P(), P("model")),
+                       out_specs=(P("model", None), specs))(table, state, row_ids, row_grads,
+                                                            mask)

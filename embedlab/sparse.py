@@ -124,7 +124,8 @@ class Localized(NamedTuple):
 
 
 def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
-             oob: str = "error") -> Localized:
+             oob: str = "error", gather: Callable[[Array, Array], Array] | None = None
+             ) -> Localized:
   """Gathers the distinct rows of a batch into a local table the model can use unchanged.
 
   The model calls ``bag(localized.params, localized.ids, padding_id=padding_id)`` (or
@@ -140,6 +141,9 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
       updated), or None. Must be at most ``ids.size``; 0, the convention, always is.
     oob: ``"error"`` checks the ids (as ``lookup``); ``"clip"`` skips the check (and its host
       callback under ``jit``) for ids already validated, e.g. a whole dataset checked once.
+    gather: ``gather(table, row_ids) -> rows`` reading the distinct rows (out-of-range ids
+      give zero rows); default ``jnp.take``. A table split over devices passes
+      ``functools.partial(embedlab.sharding.sharded_take, mesh=mesh)``.
 
   Returns:
     ``Localized(params, ids, row_ids)``; the local table has ``ids.size`` rows, plus one for
@@ -183,7 +187,10 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
   real = jnp.ones_like(flat, bool) if padding_id is None else flat != padding_id
   key = jnp.where(real, flat, rows)
   first_pos, unique_ids = _dedup(key, rows)
-  local_table = jnp.take(table, unique_ids, axis=0, mode="fill", fill_value=0)
+  if gather is None:
+    local_table = jnp.take(table, unique_ids, axis=0, mode="fill", fill_value=0)
+  else:
+    local_table = gather(table, unique_ids)
   local_ids = first_pos
   row_ids = unique_ids
   if padding_id is not None:

@@ -14,6 +14,7 @@ that batch and counts it; the run then stops naming the step (or, with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import time
@@ -32,10 +33,15 @@ from embedlab import models as models_lib
 from embedlab import optim as optim_lib
 from embedlab import report
 from embedlab import resources
+from embedlab import sharding
 from embedlab import tables
 from embedlab import text as text_lib
 
 TABLE_PATH = "embed/table"
+# mesh.lookup=auto on the row-sparse path: shard_map from this many "model" shards up, the
+# faster there on benchmarks/sharded_scaling.py (BENCHMARKS.md: 1.7x over 4 and 8 shards; XLA's
+# partitioner 1.4x faster over 2)
+AUTO_SHARD_MAP_FROM = 4
 
 
 class TrainState(NamedTuple):
@@ -79,14 +85,22 @@ def _select(ok, new, old):
 
 
 def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransformation, *,
-                    table_optimizer=None, row_mask=None, oob: str = "error") -> Callable:
+                    table_optimizer=None, row_mask=None, oob: str = "error", mesh=None,
+                    lookup: str = "xla") -> Callable:
   """Returns ``step(state, ids, labels) -> (state, metric_sums)``, pure and unjitted.
 
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
   gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
   parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
   policy of the sparse path's gather (``"clip"`` once the data has been validated).
+
+  With a ``mesh`` (``embedlab.sharding``) and ``lookup="shard_map"`` the sparse path reads the
+  batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
+  updates only its own rows (``sharding.sharded_sparse_update``); with ``lookup="xla"`` (and on
+  the dense path) XLA's partitioner splits the plain program.
   """
+  by_shard = mesh is not None and lookup == "shard_map"
+  gather = functools.partial(sharding.sharded_take, mesh=mesh) if by_shard else None
 
   def loss_fn(params, ids, labels, rng):
     logits = model.apply(params, ids, train=True, rng=rng)
@@ -105,7 +119,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     table, dense = split_table(state.params)
     # the table's rows of the batch (the hashing trick maps ids to shared rows first)
     local = sparse_lib.localize(table, model.embedder.rows(ids), padding_id=models_lib.PADDING_ID,
-                                oob=oob)
+                                oob=oob, gather=gather)
 
     def split_loss(dense, local_table):
       logits = model.apply(join_table(dense, local_table), local.ids, train=True, rng=rng,
@@ -121,9 +135,15 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
     # a bad batch touches no row: its row ids become out of range, which update ignores
     row_ids = jnp.where(ok, local.row_ids, table.shape[0])
-    table, table_opt = table_optimizer.update(
-        table, state.opt_state["table"], row_ids, jnp.where(ok, row_grads, 0), unique=True,
-        row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
+    if by_shard:
+      table, table_opt = sharding.sharded_sparse_update(
+          table_optimizer, table, state.opt_state["table"], row_ids,
+          jnp.where(ok, row_grads, 0), mesh, row_mask=row_mask,
+          skip_ids=(models_lib.PADDING_ID,))
+    else:
+      table, table_opt = table_optimizer.update(
+          table, state.opt_state["table"], row_ids, jnp.where(ok, row_grads, 0), unique=True,
+          row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
     table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
                                                    state.opt_state["table"].count))
     return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
@@ -241,13 +261,14 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
     frozen.append(TABLE_PATH)
   elif pretrained is not None and mode == "freeze_found":
     row_masks[TABLE_PATH] = ~found
+  params, row_masks = _pad_for_mesh(cfg, params, row_masks)
   table_optimizer, row_mask = None, None
   if cfg.optim.tables != "dense":
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     row_mask = row_masks.pop(TABLE_PATH, None)
     if TABLE_PATH in frozen:
       frozen.remove(TABLE_PATH)
-      row_mask = np.zeros(data.num_embeddings, bool)
+      row_mask = np.zeros(params["embed"]["table"].shape[0], bool)
     row_mask = None if row_mask is None else jnp.asarray(row_mask)
     schedule = optim_lib.make_schedule(cfg.optim.schedule, cfg.optim.learning_rate, steps,
                                        cfg.optim.warmup_steps)
@@ -259,6 +280,23 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
                                          row_masks=row_masks)
   return Setup(model, optimizer, table_optimizer, row_mask, params,
                0 if found is None else int(found.sum()), tuple(frozen))
+
+
+def _pad_for_mesh(cfg, params, row_masks):
+  """Zero rows appended to the table up to a multiple of ``mesh.model`` (frozen: never read,
+  never updated), so its rows split evenly over the devices. Nothing changes for model=1, nor
+  for an embedding without a row table (hash embeddings, quotient-remainder: replicated)."""
+  if cfg.mesh.model == 1 or "table" not in params["embed"]:
+    return params, row_masks
+  table = params["embed"]["table"]
+  rows = sharding.padded_rows(table.shape[0], cfg.mesh.model)
+  extra = rows - table.shape[0]
+  if extra == 0:
+    return params, row_masks
+  table = jnp.concatenate([table, jnp.zeros((extra, table.shape[1]), table.dtype)])
+  masks = {k: np.concatenate([np.asarray(m, bool), np.zeros(extra, bool)])
+           for k, m in row_masks.items()}
+  return {**params, "embed": {**params["embed"], "table": table}}, masks
 
 
 def validate_ids(data: data_lib.EncodedData) -> None:
@@ -311,15 +349,22 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   Returns the results dict also written to ``workdir/results.json``.
   """
   clock = report.PhaseClock()
-  run = report.RunDir(pathlib.Path(workdir), cfg, restart=restart)
+  mesh = sharding.mesh_from_config(cfg.mesh)
+  run = _run_dir(pathlib.Path(workdir), cfg, restart)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   clock.lap("data")
   run.save_vocab(data.vocab, data.label_names)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)
-  checkpoints = ckpt_lib.Checkpoints(run.path, cfg.train.keep_checkpoints)
+  checkpoints = ckpt_lib.Checkpoints(pathlib.Path(workdir), cfg.train.keep_checkpoints)
   state, meta = init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
                                          "skipped_nonfinite": 0, "train_seconds": 0.0}
+  shardings = None
+  if mesh is not None:
+    _check_batch_splits(cfg, mesh)
+    shardings = sharding.state_shardings(state, mesh, table=cfg.mesh.table,
+                                         dense=cfg.mesh.dense)
+    state = sharding.place(state, shardings)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     _, state, meta = restored
@@ -328,11 +373,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   echo(report.summary_text(cfg, data, setup))
   step = int(state.step)
   clock.lap("setup")
-  one_step = make_train_step(setup.model, setup.optimizer, table_optimizer=setup.table_optimizer,
-                             row_mask=setup.row_mask, oob="clip")
-  single_fn = jax.jit(_as_block(one_step), donate_argnums=0)
-  multi_fn = jax.jit(make_multi_step(one_step), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(setup.model))
+  single_fn, multi_fn, eval_step, put = _compile(cfg, setup, mesh, shardings)
   every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
   bar = report.progress_bar(steps, step, cfg.train.progress if progress is None else progress)
   acc, order_epoch, order = None, -1, None
@@ -351,7 +392,8 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
                   [b - step % b for b in boundaries])
       rows = order[index:index + block]
       step_fn = single_fn if block == 1 else multi_fn
-      state, sums = step_fn(state, data.train_ids[rows], data.train_labels[rows])
+      state, sums = step_fn(state, put(data.train_ids[rows], batch_axis=1),
+                            put(data.train_labels[rows], batch_axis=1))
       if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
         clock.lap("first_dispatch", wait_for=sums)
       acc = _accumulate(acc, sums)
@@ -368,11 +410,78 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
         meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
         checkpoints.save_latest(step, state, meta)
     clock.lap("train_loop", wait_for=state)
-    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock)
+    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
+                      mesh)
   finally:  # also when the run stops on an error: the last checkpoint is kept
     bar.close()
     checkpoints.close()
   return results
+
+
+def _run_dir(workdir, cfg, restart):
+  """The run directory. With several processes only process 0 writes it (the others keep their
+  logs beside it, in ``WORKDIR.process<i>``); checkpoints are shared in ``WORKDIR``."""
+  if jax.process_count() == 1:
+    return report.RunDir(workdir, cfg, restart=restart)
+  from jax.experimental import multihost_utils  # noqa: PLC0415 - several processes only
+  index = jax.process_index()
+  path = workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
+  run = report.RunDir(path, cfg, restart=restart)
+  multihost_utils.sync_global_devices("embedlab run directory ready")
+  return run
+
+
+def _check_batch_splits(cfg, mesh):
+  data = mesh.shape["data"]
+  if cfg.train.batch_size % data:
+    raise config_lib.ConfigError(
+        f"train.batch_size={cfg.train.batch_size} does not split over mesh.data={data} "
+        f"devices; choose a multiple of {data}, e.g. --set train.batch_size="
+        f"{max(data, cfg.train.batch_size // data * data)}.")
+  if cfg.mesh.table == "rows_columns" and cfg.model.features % data:
+    raise config_lib.ConfigError(
+        f"mesh.table=rows_columns splits the table's {cfg.model.features} columns over "
+        f"mesh.data={data} devices; choose model.features divisible by {data}, or "
+        f"mesh.table=rows.")
+
+
+def lookup_path(mesh_cfg) -> str:
+  """The row-sparse step's lookup path: ``mesh.lookup``, with ``auto`` resolved to the one
+  measured faster (``benchmarks/sharded_scaling.py``, BENCHMARKS.md)."""
+  if mesh_cfg.lookup != "auto":
+    return mesh_cfg.lookup
+  if mesh_cfg.table == "rows_columns" or mesh_cfg.model < AUTO_SHARD_MAP_FROM:
+    return "xla"
+  return "shard_map"
+
+
+def _compile(cfg, setup, mesh, shardings):
+  """The jitted train steps (one batch, a block of batches), the eval step, and ``put`` that
+  places a host batch for them: unchanged single-device programs when ``mesh`` is None."""
+  one_step = make_train_step(setup.model, setup.optimizer, table_optimizer=setup.table_optimizer,
+                             row_mask=setup.row_mask, oob="clip", mesh=mesh,
+                             lookup=lookup_path(cfg.mesh))
+  eval_step = make_eval_step(setup.model)
+  if mesh is None:
+    return (jax.jit(_as_block(one_step), donate_argnums=0),
+            jax.jit(make_multi_step(one_step), donate_argnums=0), jax.jit(eval_step),
+            lambda array, batch_axis=0: array)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  out = (shardings, replicated)
+  single_fn = jax.jit(_as_block(one_step), donate_argnums=0, out_shardings=out)
+  multi_fn = jax.jit(make_multi_step(one_step), donate_argnums=0, out_shardings=out)
+  put = functools.partial(sharding.global_batch, mesh)
+  eval_jit = jax.jit(eval_step, out_shardings=replicated)
+  eval_fn = lambda params, *batch: eval_jit(params, *map(put, batch))  # noqa: E731
+  if jax.process_count() > 1:
+    # one program in flight at a time: CPU collectives (gloo) of two programs running at once
+    # can pair up in a different order on each process and hang (seen with train + eval)
+    single_fn, multi_fn, eval_fn = (_synchronous(f) for f in (single_fn, multi_fn, eval_fn))
+  return single_fn, multi_fn, eval_fn, put
+
+
+def _synchronous(fn):
+  return lambda *args: jax.block_until_ready(fn(*args))
 
 
 def _check_finite(acc, cfg, step) -> int:
@@ -398,7 +507,8 @@ def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
     checkpoints.save_best(step, state.params, {"dev_accuracy": dev["accuracy"]})
 
 
-def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock):
+def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
+            mesh=None):
   best = checkpoints.restore_best(state.params)
   params = best[1] if best is not None else state.params
   results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
@@ -413,6 +523,10 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "pretrained_rows_found": setup.pretrained_found,
              "checkpoint_recoveries": list(checkpoints.recovered),
              "table_update": cfg.optim.tables}
+  if mesh is not None:
+    results["mesh"] = {"data": mesh.shape["data"], "model": mesh.shape["model"],
+                       "processes": jax.process_count(), "lookup": lookup_path(cfg.mesh),
+                       "table_rows": int(state.params["embed"]["table"].shape[0])}
   if data.test_ids is not None:
     test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)

@@ -61,3 +61,36 @@ def test_every_experiment_file_loads_and_validates():
 def test_unknown_experiment_names_the_closest():
   with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
     config_lib.resolve_experiment_path("quickstar")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mesh.lookup=shardmap", r"mesh.lookup = 'shardmap' is not one of .*did you mean "
+                             r"'shard_map'"),
+    ("mesh.model=0", r"mesh.model = 0 must be at least 1"),
+    ("mesh.data=-2", r"mesh.data = -2 must be >= 0"),
+    ("mesh.table=columns", r"mesh.table = 'columns' is not one of rows, rows_columns"),
+    ("mesh.distributed=yes", r"mesh.distributed = 'yes' is not one of auto, on, off"),
+])
+def test_bad_mesh_settings_fail_with_a_suggestion(override, message):
+  with pytest.raises(ConfigError, match=message):
+    config_lib.apply_overrides(Config(), [override])
+
+
+def test_process_id_must_be_below_num_processes():
+  with pytest.raises(ConfigError, match="mesh.process_id = 2 must be below mesh.num_processes"):
+    config_lib.apply_overrides(Config(), ["mesh.num_processes=2", "mesh.process_id=2"])
+
+
+def test_config_json_written_before_meshes_existed_still_loads():
+  old = json.loads(config_lib.to_json(Config()))
+  del old["mesh"]
+  assert config_lib.from_dict(old) == Config()
+  assert config_lib.flatten(Config())["mesh.data"] == 0  # all devices on "data" by default
+
+
+def test_mesh_that_does_not_match_the_devices_says_how_many_there_are():
+  from embedlab import sharding
+  with pytest.raises(ValueError, match=r"does not match the 1 device\(s\) available .*"
+                                       r"--set mesh.data=1 --set mesh.model=1"):
+    sharding.mesh_from_config(config_lib.MeshConfig(data=4, model=2))
+  assert sharding.mesh_from_config(config_lib.MeshConfig()) is None  # one device: unsharded

@@ -196,3 +196,23 @@ def test_single_device_mesh_matches_lookup():
                              table[[1, 1, 7]].mean(0)[None].repeat(len(ids), 0), rtol=1e-6)
   with pytest.raises(ValueError, match="make_mesh: data="):
     sharding.make_mesh(data=len(jax.devices()) + 1)
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, None),
+    ({"SLURM_NTASKS": "1"}, None),
+    ({"SLURM_NTASKS": "16"}, "SLURM_NTASKS"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "OMPI_COMM_WORLD_SIZE"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS"),
+    ({"TPU_WORKER_HOSTNAMES": "t0"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "TPU_WORKER_HOSTNAMES"),
+])
+def test_multi_process_launches_are_detected_from_the_environment(environ, expected):
+  assert sharding._cluster_detected(environ) == expected
+
+
+def test_initialize_distributed_only_when_asked():
+  from embedlab.config import MeshConfig
+  assert not sharding.initialize_distributed(MeshConfig(), environ={})
+  assert not sharding.initialize_distributed(MeshConfig(distributed="off"),
+                                             environ={"SLURM_NTASKS": "8"})
