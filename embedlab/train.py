@@ -526,7 +526,8 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
   if mesh is not None:
     results["mesh"] = {"data": mesh.shape["data"], "model": mesh.shape["model"],
                        "processes": jax.process_count(), "lookup": lookup_path(cfg.mesh),
-                       "table_rows": int(state.params["embed"]["table"].shape[0])}
+                       "table_rows": int(state.params["embed"]["table"].shape[0])
+                       if "table" in state.params["embed"] else None}
   if data.test_ids is not None:
     test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)

@@ -264,3 +264,42 @@ def test_two_processes_match_one(reference, tmp_path, extra):
   assert json.loads((workdir / "results.json").read_text())["test_loss"] == \
       results[0]["test_loss"]
   assert (tmp_path / "run.process1" / "metrics.jsonl").exists()
+
+
+# Smaller tables (model.table) on a mesh: a factorized table trained row-sparse with its rows
+# split over "model", and a quotient-remainder table (no row table: replicated), against one
+# device.
+VARIANT_RUNS = {
+    "factorized_sparse": SPARSE + ["model.table=factorized", "model.table_rank=4"],
+    "qr_dense": ["model.table=qr", "model.table_collisions=7"],
+}
+VARIANT_SCRIPT = r'''
+import json, pathlib, sys
+import jax, numpy as np
+from embedlab import config as config_lib, train
+
+out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+record = {}
+for name, extra in runs.items():
+  cfg = config_lib.load_config("experiments/quickstart.py",
+                               base + extra + ["mesh.data=4", "mesh.model=2",
+                                               "mesh.lookup=shard_map"])
+  record[name] = train.train(cfg, out / name, restart=True, echo=lambda s: None)
+(out / "record.json").write_text(json.dumps(record))
+print("OK variants", len(record))
+'''
+
+
+def test_smaller_tables_on_a_mesh_match_one_device(tmp_path):
+  assert "OK variants" in _run(VARIANT_SCRIPT, 8, tmp_path, json.dumps(BASE),
+                               json.dumps(VARIANT_RUNS))
+  record = json.loads((tmp_path / "record.json").read_text())
+  for name, extra in VARIANT_RUNS.items():
+    cfg = config_lib.load_config(ROOT / "experiments/quickstart.py", BASE + extra)
+    want = train.train(cfg, tmp_path / f"one_{name}", echo=lambda s: None)
+    got = record[name]
+    assert got["mesh"]["model"] == 2 and got["table"] == cfg.model.table
+    for key in ("dev_accuracy", "test_accuracy", "best_step"):
+      assert got[key] == want[key], (name, key, got[key], want[key])
+    assert abs(got["test_loss"] - want["test_loss"]) < 1e-4, name
+    assert want["test_accuracy"] > 0.5, want  # it learned (4 topics: chance 0.25)
