@@ -19,13 +19,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 
 import functools  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
+from pooling import median_ms  # noqa: E402  (benchmarks/pooling.py: the shared timer)
 from embedlab import sharding  # noqa: E402
 
 SHAPES = (  # (num_embeddings, features, batch, bag_len)
@@ -34,16 +34,6 @@ SHAPES = (  # (num_embeddings, features, batch, bag_len)
 )
 MESHES = ((8, 1), (4, 2), (1, 8))
 REPEATS = 10
-
-
-def time_ms(fn, *args):
-  jax.block_until_ready(fn(*args))  # compile
-  times = []
-  for _ in range(REPEATS):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
 
 
 def main():
@@ -72,7 +62,8 @@ def main():
                                  paths["bag xla"](params, ids), rtol=1e-5, atol=1e-6)
       row = dict(num_embeddings=num_embeddings, features=features, batch=batch,
                  bag_len=bag_len, mesh=f"{data}x{model}")
-      row.update({name: round(time_ms(fn, params, ids), 3) for name, fn in paths.items()})
+      row.update({name: round(median_ms(fn, params, ids, repeats=REPEATS), 3)
+                  for name, fn in paths.items()})
       rows.append(row)
       print(f"{num_embeddings:>8} {features:>4} {f'{batch}x{bag_len}':>8} {row['mesh']:>5} | "
             f"{row['lookup shard_map']:>16.2f} {row['lookup xla']:>10.2f} | "

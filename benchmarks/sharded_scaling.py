@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
+from pooling import median_ms  # noqa: E402  (benchmarks/pooling.py: the shared timer)
 from embedlab import config as config_lib  # noqa: E402
 from embedlab import models as models_lib  # noqa: E402
 from embedlab import optim as optim_lib  # noqa: E402
@@ -44,16 +45,6 @@ from embedlab import train as train_lib  # noqa: E402
 
 DEVICES = (1, 2, 4, 8)
 FEATURES, BATCH, BAG_LEN, CLASSES = 64, 512, 32, 4
-
-
-def time_ms(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
 
 
 def time_steps_ms(step, state, ids, labels, repeats):
@@ -74,8 +65,8 @@ def bag_times(mesh, table, ids_np, repeats):
   shard_map = jax.jit(functools.partial(sharding.sharded_bag, mesh=mesh, padding_id=0))
   xla = jax.jit(functools.partial(el.bag, padding_id=0))
   np.testing.assert_allclose(shard_map(params, ids), xla(params, ids), rtol=1e-5, atol=1e-6)
-  return {"bag shard_map": time_ms(shard_map, params, ids, repeats=repeats),
-          "bag xla": time_ms(xla, params, ids, repeats=repeats)}
+  return {"bag shard_map": median_ms(shard_map, params, ids, repeats=repeats),
+          "bag xla": median_ms(xla, params, ids, repeats=repeats)}
 
 
 def step_time(mesh, rows, ids_np, labels_np, tables, lookup, repeats):

@@ -995,12 +995,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   tokens_path = path.with_suffix(".tokens.txt")
   tokens_path.write_text("".join(t + "\n" for t in emb.tokens), encoding="utf-8")
   before, after = compress.table_bytes(emb.embed), sum(a.nbytes for a in arrays.values())
-  info = (f"{quantize}: {_human_bytes(before)} -> {_human_bytes(after)} "
+  info = (f"{quantize}: {report._human_bytes(before)} -> {report._human_bytes(after)} "
           f"({before / after:.1f}x smaller); largest absolute error {max(errors, default=0):.4g}; "
           f"accuracy with it: embedlab eval {run_dir} --quantize {quantize}")
   return [path, tokens_path], info
-
-
-def _human_bytes(n: int) -> str:
-  from embedlab import tables  # noqa: PLC0415
-  return tables.human_bytes(n)
