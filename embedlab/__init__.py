@@ -40,7 +40,6 @@ from embedlab.inspection import (
     unit_rows,
 )
 from embedlab.optim import freeze, freeze_rows, path_mask
-from embedlab.flax_adapter import Embed, LinenEmbed
 from embedlab.sharding import make_mesh, shard_table, sharded_bag, sharded_lookup
 from embedlab.sparse import (
     SPARSE_OPTIMIZERS,
@@ -61,6 +60,23 @@ from embedlab.sparse import (
 )
 
 __version__ = "0.1.0"
+
+_LAZY = {"Embed": "embedlab.flax_adapter", "LinenEmbed": "embedlab.flax_adapter"}
+
+
+def __getattr__(name):
+  """Names whose module is slow to import (flax: ~0.7 s) load on first use, so ``embedlab
+  train`` and ``import embedlab`` do not pay for them."""
+  if name in _LAZY:
+    import importlib  # noqa: PLC0415
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'embedlab' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "EmbeddingSummary",

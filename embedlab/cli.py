@@ -1,13 +1,13 @@
 """The ``embedlab`` command. The only place where process-wide settings (logging, JAX) are made.
 
   embedlab train EXPERIMENT [--set K=V ...] [--workdir DIR] [--restart]
-  embedlab eval RUN_DIR [--split test] [--quantize int8|int4]
+  embedlab eval RUN_DIR [--split test] [--quantize int8|int4|int2]
   embedlab predict RUN_DIR TEXT...
   embedlab summary EXPERIMENT [--set K=V ...]
   embedlab compare RUN_DIR... [--plots DIR]
   embedlab inspect RUN_DIR [--word W ...] [--analogy A B C] [-k K] [--plots [DIR]]
   embedlab export RUN_DIR --format word2vec|projector|npy OUT
-  embedlab export RUN_DIR --quantize int8|int4 OUT
+  embedlab export RUN_DIR --quantize int8|int4|int2 OUT
 
 Errors end with a one-line message and a non-zero exit code; ``--debug`` shows the traceback.
 """
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
   ev = sub.add_parser("eval", help="evaluate a run's best checkpoint")
   ev.add_argument("run_dir")
   ev.add_argument("--split", default="test", choices=("train", "dev", "test"))
-  ev.add_argument("--quantize", choices=("int8", "int4"),
+  ev.add_argument("--quantize", choices=("int8", "int4", "int2"),
                   help="evaluate with the embedding quantized row-wise (as export --quantize)")
 
   pr = sub.add_parser("predict", help="classify texts with a run's best checkpoint")
@@ -77,9 +77,9 @@ def _parser() -> argparse.ArgumentParser:
   ex.add_argument("out", help="output file (word2vec: .txt or .txt.gz; npy: .npy) or "
                   "directory (projector)")
   ex.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-  ex.add_argument("--quantize", choices=("int8", "int4"),
-                  help="write the stored embedding quantized row-wise (int8 or packed 4-bit "
-                  "values and a float32 scale per row) as OUT.npz")
+  ex.add_argument("--quantize", choices=("int8", "int4", "int2"),
+                  help="write the stored embedding quantized row-wise (int8, or packed 4-bit or "
+                  "2-bit values, and a float32 scale per row) as OUT.npz")
   return parser
 
 

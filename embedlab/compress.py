@@ -18,12 +18,13 @@ quotient-remainder  ``{"quotient": [ceil(V/m), D1],``             ``num_embeddin
 factorized          ``{"table": [V, r], "projection": [r, D]}``   ``V``
 quantized (8 bit)   ``{"q8": int8[V, D], "scale": f32[V]}``       ``V``
 quantized (4 bit)   ``{"q4": uint8[V, D/2], "scale": f32[V]}``    ``V``
+quantized (2 bit)   ``{"q2": uint8[V, D/4], "scale": f32[V]}``    ``V``
 ==================  ===========================================  ==============================
 
 Sizes for a 2,000,000 x 64 float32 table (488.3 MiB; ``table_bytes`` of each, see the tests):
 hashing trick with 100k exact + 200k buckets 73.2 MiB; hash embeddings with 250k pool vectors and
 k=2, 76.3 MiB; quotient-remainder with m=1414 ("mult") 0.7 MiB; factorized with r=16, 122.1 MiB;
-int8 129.7 MiB; 4-bit 68.7 MiB.
+int8 129.7 MiB; 4-bit 68.7 MiB; 2-bit 38.1 MiB.
 
   >>> import jax, jax.numpy as jnp, embedlab.compress as ec
   >>> p = ec.init_qr_table(jax.random.key(0), 1000, 16, num_collisions=32)
@@ -473,32 +474,51 @@ def lookup_factorized(params: Params, ids: Any, *, padding_id: int | None = None
 # ---------------------------------------------------------------- quantized
 
 def quantize(params: Params, bits: int = 8) -> Params:
-  """Row-wise symmetric quantization of a plain table for inference.
+  """Row-wise quantization of a plain table for inference, with one float32 scale per row.
 
-  Each row gets ``scale = max|row| / qmax`` (``qmax`` 127 for 8 bits, 7 for 4 bits) and values
-  ``q = round(x / scale)``, so every element is off by at most ``scale / 2``. 4-bit values are
-  stored two per byte (``uint8``: column ``2c`` in the low nibble, ``2c+1`` in the high one,
-  each as ``q + 8`` in 0..15), so ``D`` must be even for ``bits=4``.
+  - ``bits=8`` and ``bits=4``: symmetric, ``scale = max|row| / qmax`` (``qmax`` 127 or 7) and
+    ``q = round(x / scale)``.
+  - ``bits=2``: four levels ``(-1.5, -0.5, 0.5, 1.5) * scale`` with ``scale = max|row| / 1.5``
+    (a mid-rise quantizer: it has no zero level, so all four codes carry a value).
+
+  Every element is off by at most ``scale / 2``. Sub-byte values are packed into ``uint8``:
+  4-bit values two per byte (column ``2c`` in the low nibble, ``2c+1`` in the high one, each as
+  ``q + 8`` in 0..15), 2-bit codes four per byte (column ``4c+j`` in bits ``2j, 2j+1``, as 0..3),
+  so ``D`` must be a multiple of 2 (4 bits) or 4 (2 bits).
 
   Args:
     params: ``{"table": Array[V, D]}``.
-    bits: 8 or 4.
+    bits: 8, 4 or 2.
 
   Returns:
-    ``{"q8": int8[V, D], "scale": float32[V]}`` or ``{"q4": uint8[V, D/2], "scale": float32[V]}``.
+    ``{"q8": int8[V, D], "scale": float32[V]}``, ``{"q4": uint8[V, D/2], "scale": ...}`` or
+    ``{"q2": uint8[V, D/4], "scale": ...}``.
 
   Example:
     >>> import jax.numpy as jnp, embedlab.compress as ec
     >>> q = ec.quantize({"table": jnp.array([[1.0, -0.5], [0.0, 0.0]])})
     >>> q["q8"].tolist(), q["scale"].tolist()[1]
     ([[127, -64], [0, 0]], 0.0)
+    >>> q2 = ec.quantize({"table": jnp.array([[1.5, -0.6, 0.2, -1.5]])}, bits=2)
+    >>> ec.dequantize(q2)["table"].tolist()
+    [[1.5, -0.5, 0.5, -1.5]]
   """
   table = tables._table(params, "quantize").astype(jnp.float32)
-  if bits not in (8, 4):
-    raise ValueError(f"quantize: bits={bits!r} is not supported; use 8 or 4.")
-  if bits == 4 and table.shape[1] % 2:
-    raise ValueError(f"quantize: bits=4 packs two values per byte and needs an even number of "
-                     f"features, got {table.shape[1]}; use bits=8 or pad the table.")
+  if bits not in _PER_BYTE:
+    raise ValueError(f"quantize: bits={bits!r} is not supported; use 8, 4 or 2.")
+  per_byte = _PER_BYTE[bits]
+  if table.shape[1] % per_byte:
+    raise ValueError(f"quantize: bits={bits} packs {per_byte} values per byte and needs a "
+                     f"number of features divisible by {per_byte}, got {table.shape[1]}; use "
+                     f"bits=8 or pad the table.")
+  if bits == 2:
+    scale = jnp.max(jnp.abs(table), axis=1) / 1.5
+    codes = jnp.floor(table / jnp.where(scale == 0, 1, scale)[:, None]) + 2
+    codes = jnp.clip(codes, 0, 3).astype(jnp.uint8)
+    packed = codes[:, 0::4]
+    for j in range(1, 4):
+      packed = packed | (codes[:, j::4] << (2 * j))
+    return {"q2": packed, "scale": scale}
   qmax = 127 if bits == 8 else 7
   scale = jnp.max(jnp.abs(table), axis=1) / qmax
   q = jnp.round(table / jnp.where(scale == 0, 1, scale)[:, None])
@@ -509,17 +529,29 @@ def quantize(params: Params, bits: int = 8) -> Params:
   return {"q4": nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), "scale": scale}
 
 
-def _unpack4(packed):
-  low = (packed & 0xF).astype(jnp.int8) - 8
-  high = (packed >> 4).astype(jnp.int8) - 8
-  return jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+_PER_BYTE = {8: 1, 4: 2, 2: 4}
+
+
+def _unpack(stored, bits):
+  """The values of ``quantize``'s stored integers, in units of the row's scale (float32)."""
+  if bits == 8:
+    return stored.astype(jnp.float32)
+  if bits == 4:
+    low = (stored & 0xF).astype(jnp.float32) - 8
+    high = (stored >> 4).astype(jnp.float32) - 8
+    parts = [low, high]
+  else:
+    parts = [((stored >> (2 * j)) & 0x3).astype(jnp.float32) - 1.5 for j in range(4)]
+  return jnp.stack(parts, axis=-1).reshape(*stored.shape[:-1], len(parts) * stored.shape[-1])
 
 
 def _quantized_parts(params, where):
-  if isinstance(params, dict) and "scale" in params and ("q8" in params or "q4" in params):
-    return params.get("q8", params.get("q4")), "q8" in params, params["scale"]
-  raise TypeError(f"{where}: params must be quantize()'s output, a dict with 'q8' or 'q4' and "
-                  f"'scale', got {sorted(params) if isinstance(params, dict) else params!r}.")
+  if isinstance(params, dict) and "scale" in params:
+    for key, bits in (("q8", 8), ("q4", 4), ("q2", 2)):
+      if key in params:
+        return params[key], bits, params["scale"]
+  raise TypeError(f"{where}: params must be quantize()'s output, a dict with 'q8', 'q4' or 'q2' "
+                  f"and 'scale', got {sorted(params) if isinstance(params, dict) else params!r}.")
 
 
 def dequantize(params: Params, dtype: Any = jnp.float32) -> Params:
@@ -530,9 +562,8 @@ def dequantize(params: Params, dtype: Any = jnp.float32) -> Params:
     >>> ec.dequantize(ec.quantize({"table": jnp.array([[1.0, -0.5]])}))["table"].tolist()
     [[1.0, -0.5039370059967041]]
   """
-  q, is8, scale = _quantized_parts(params, "dequantize")
-  values = q if is8 else _unpack4(q)
-  return {"table": (values.astype(jnp.float32) * scale[:, None]).astype(dtype)}
+  stored, bits, scale = _quantized_parts(params, "dequantize")
+  return {"table": (_unpack(stored, bits) * scale[:, None]).astype(dtype)}
 
 
 def lookup_quantized(params: Params, ids: Any, *, padding_id: int | None = None,
@@ -548,14 +579,12 @@ def lookup_quantized(params: Params, ids: Any, *, padding_id: int | None = None,
     >>> ec.lookup_quantized(q, jnp.array([[1, 2]])).shape
     (1, 2, 8)
   """
-  q, is8, scale = _quantized_parts(params, "lookup_quantized")
-  rows = q.shape[0]
+  stored, bits, scale = _quantized_parts(params, "lookup_quantized")
+  rows = stored.shape[0]
   ids, valid = _checked(ids, rows, oob, "lookup_quantized")
   safe = jnp.clip(ids, 0, rows - 1)
-  values = jnp.take(q, safe, axis=0, mode="clip")
-  if not is8:
-    values = _unpack4(values)
-  vecs = (values.astype(jnp.float32) * jnp.take(scale, safe, mode="clip")[..., None]).astype(dtype)
+  values = _unpack(jnp.take(stored, safe, axis=0, mode="clip"), bits)
+  vecs = (values * jnp.take(scale, safe, mode="clip")[..., None]).astype(dtype)
   return _mask(vecs, ids, valid, padding_id, rows, "lookup_quantized")
 
 
@@ -572,7 +601,7 @@ def quantization_error(params: Params, quantized: Params) -> float:
   return float(jnp.max(jnp.abs(dequantize(quantized)["table"] - table)))
 
 
-QUANTIZE_NAMES = {"int8": 8, "int4": 4}
+QUANTIZE_NAMES = {"int8": 8, "int4": 4, "int2": 2}
 
 
 def quantize_entries(params: Params, bits: int = 8) -> dict[str, Any]:
@@ -732,10 +761,10 @@ def describe_compressed(params: Params, *, num_embeddings: int | None = None,
     d = q.shape[1] + r.shape[1] if combine == "concat" else q.shape[1]
   elif keys == {"table", "projection"}:
     kind, v, d = "factorized", params["table"].shape[0], params["projection"].shape[1]
-  elif keys in ({"q8", "scale"}, {"q4", "scale"}):
-    q = params.get("q8", params.get("q4"))
-    kind, v = ("int8" if "q8" in keys else "4-bit"), q.shape[0]
-    d = q.shape[1] * (1 if "q8" in keys else 2)
+  elif keys in ({"q8", "scale"}, {"q4", "scale"}, {"q2", "scale"}):
+    stored, bits, _ = _quantized_parts(params, "describe_compressed")
+    kind, v = ("int8" if bits == 8 else f"{bits}-bit"), stored.shape[0]
+    d = stored.shape[1] * _PER_BYTE[bits]
   elif keys == {"table"}:
     kind, (v, d) = "plain", params["table"].shape
   else:

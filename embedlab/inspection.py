@@ -956,14 +956,15 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   """Writes a run's stored embedding quantized row-wise to ``.npz``, its tokens beside it.
 
   Every 2-D entry ``NAME`` of ``params["embed"]`` (``table`` for a plain table) becomes
-  ``NAME_q8`` (``int8``) or ``NAME_q4`` (two 4-bit values per ``uint8``) and ``NAME_scale``
+  ``NAME_q8`` (``int8``), ``NAME_q4`` (two 4-bit values per ``uint8``) or ``NAME_q2`` (four
+  2-bit codes per ``uint8``) and ``NAME_scale``
   (``float32`` per row); read it back with ``embedlab.compress.lookup_quantized``:
   ``q = np.load(path); lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids)``.
 
   Args:
     run_dir: a run directory.
     out: the ``.npz`` file (the suffix is added if missing); tokens go to ``<out>.tokens.txt``.
-    quantize: ``int8`` or ``int4``.
+    quantize: ``int8``, ``int4`` or ``int2``.
     checkpoint: ``best`` or ``latest``.
 
   Returns:

@@ -557,9 +557,9 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
                  quantize: str | None = None) -> dict[str, float]:
   """Re-evaluates the best parameters of a run on one of its data splits.
 
-  ``quantize`` (``"int8"`` or ``"int4"``) evaluates with the embedding quantized row-wise
-  (``embedlab.compress.quantize_entries``), as ``embedlab export --quantize`` writes it; the
-  result then also holds the embedding's bytes before and after.
+  ``quantize`` (``"int8"``, ``"int4"`` or ``"int2"``) evaluates with the embedding quantized
+  row-wise (``embedlab.compress.quantize_entries``), as ``embedlab export --quantize`` writes it;
+  the result then also holds the embedding's bytes before and after.
   """
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)

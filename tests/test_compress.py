@@ -49,6 +49,11 @@ def py_fnv(word):
 def np_quant_values(params):
   if "q8" in params:
     q = params["q8"].astype(np.float64)
+  elif "q2" in params:  # four 2-bit codes per byte, code c means c - 1.5
+    p = params["q2"].astype(np.int64)
+    q = np.empty((p.shape[0], 4 * p.shape[1]))
+    for j in range(4):
+      q[:, j::4] = ((p >> (2 * j)) & 3) - 1.5
   else:
     p = params["q4"].astype(np.int64)
     q = np.empty((p.shape[0], 2 * p.shape[1]))
@@ -135,8 +140,8 @@ def make_variants():
                        "projection": (slice(None), np.outer(p["table"][i], c))},
       rows=30))
 
-  for bits in (8, 4):
-    q = {k: np.asarray(v) for k, v in ec.quantize({"table": f32(25, 6)}, bits=bits).items()}
+  for bits in (8, 4, 2):
+    q = {k: np.asarray(v) for k, v in ec.quantize({"table": f32(25, 8)}, bits=bits).items()}
     out.append(Variant(
         f"quantized{bits}", q, ec.lookup_quantized,
         lambda p, i, q=q: np_quant_values(q)[i], None, rows=25, trainable=False))
@@ -267,10 +272,12 @@ def test_wrong_params_and_options_say_how_to_fix():
     ec.init_qr_table(jax.random.key(0), 10, 4, num_collisions=3, combine="dot")
   with pytest.raises(ValueError, match="expected exact_size \\+ num_buckets = 2 \\+ 5"):
     ec.lookup_hashed({"table": jnp.ones((6, 2))}, jnp.array([0]), num_buckets=5, exact_size=2)
-  with pytest.raises(ValueError, match="needs an even number of features"):
+  with pytest.raises(ValueError, match="features divisible by 2, got 5; use bits=8"):
     ec.quantize({"table": jnp.ones((3, 5))}, bits=4)
-  with pytest.raises(ValueError, match="use 8 or 4"):
-    ec.quantize({"table": jnp.ones((3, 4))}, bits=2)
+  with pytest.raises(ValueError, match="features divisible by 4, got 6; use bits=8"):
+    ec.quantize({"table": jnp.ones((3, 6))}, bits=2)
+  with pytest.raises(ValueError, match="use 8, 4 or 2"):
+    ec.quantize({"table": jnp.ones((3, 4))}, bits=3)
   with pytest.raises(TypeError, match="quantize\\(\\)'s output"):
     ec.lookup_quantized({"table": jnp.ones((3, 4))}, jnp.array([0]))
 
@@ -357,13 +364,13 @@ def test_bag_factorized_equals_pooling_the_full_vectors(mode):
 
 # ---------------------------------------------------------------- quantization and bf16
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [8, 4, 2])
 def test_quantization_error_is_at_most_half_a_step_per_element(bits):
   rng = np.random.default_rng(6)
   table = rng.standard_normal((200, 16)).astype(np.float32) * rng.uniform(0.01, 3, (200, 1))
   table[7] = 0  # an all-zero row quantizes exactly
   q = ec.quantize({"table": jnp.asarray(table)}, bits=bits)
-  qmax = 127 if bits == 8 else 7
+  qmax = {8: 127, 4: 7, 2: 1.5}[bits]
   scale = np.abs(table).max(1) / qmax
   np.testing.assert_allclose(np.asarray(q["scale"]), scale, rtol=1e-6)
   deq = np.asarray(ec.dequantize(q)["table"])
@@ -375,9 +382,13 @@ def test_quantization_error_is_at_most_half_a_step_per_element(bits):
   assert ec.quantization_error({"table": jnp.asarray(table)}, q) == pytest.approx(err.max())
   ids = rng.integers(0, 200, (5, 3))
   np.testing.assert_array_equal(np.asarray(ec.lookup_quantized(q, ids)), deq[ids])
-  stored = q["q8"] if bits == 8 else q["q4"]
+  stored = q[f"q{bits}"]
   assert stored.dtype == (jnp.int8 if bits == 8 else jnp.uint8)
-  assert stored.shape == (200, 16 if bits == 8 else 8)
+  assert stored.shape == (200, 16 * bits // 8)
+  if bits == 2:  # the row's extremes are stored exactly, and every code is one of four levels
+    np.testing.assert_allclose(np.abs(deq).max(1), np.abs(table).max(1), rtol=1e-6)
+    levels = np.unique(np.round(deq[scale > 0] / scale[scale > 0, None], 5))
+    assert set(levels.tolist()) == {-1.5, -0.5, 0.5, 1.5}
   assert ec.table_bytes(q) == 200 * (16 * bits // 8 + 4)
 
 
@@ -408,6 +419,7 @@ SIZES = {  # the documented 2M x 64 configurations and their table_bytes
     "factorized": (lambda k: ec.init_factorized_table(k, V, D, rank=16), 128_004_096),
     "int8": (lambda k: ec.quantize(el.init_table(k, V, D), bits=8), 136_000_000),
     "4-bit": (lambda k: ec.quantize(el.init_table(k, V, D), bits=4), 72_000_000),
+    "2-bit": (lambda k: ec.quantize(el.init_table(k, V, D), bits=2), 40_000_000),
 }
 
 
@@ -433,6 +445,7 @@ def test_describe_compressed_names_the_variant():
       "factorized": ec.init_factorized_table(key, 100, 4, rank=2),
       "int8": ec.quantize(el.init_table(key, 100, 4)),
       "4-bit": ec.quantize(el.init_table(key, 100, 4), bits=4),
+      "2-bit": ec.quantize(el.init_table(key, 100, 4), bits=2),
       "plain": el.init_table(key, 100, 4),
   }, key)
   for kind, params in kinds.items():

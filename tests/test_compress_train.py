@@ -233,6 +233,11 @@ def test_cli_eval_and_export_quantize(tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   # 8 features: 4 bytes of nibbles + a 4-byte scale per row, against 32 bytes of float32
   assert out["quantize"] == "int4" and out["quantized_bytes"] * 4 == out["embedding_bytes"]
+  assert cli.main(["eval", str(tmp_path / "run"), "--quantize", "int2"]) == 0
+  out2 = json.loads(capsys.readouterr().out)
+  # 2 bytes of 2-bit codes + the scale per row: 6 of 32 bytes
+  assert out2["quantized_bytes"] * 32 == out2["embedding_bytes"] * 6
+  assert abs(out2["accuracy"] - out["accuracy"]) <= 0.1
   assert cli.main(["export", str(tmp_path / "run"), "--format", "word2vec", "--quantize",
                    "int8", str(tmp_path / "x")]) == 1
   assert "use --format npy" in capsys.readouterr().err
