@@ -133,6 +133,7 @@ class TrainConfig:
   steps_per_dispatch: int = 1
   skip_nonfinite: bool = False
   progress: bool = True
+  plots: bool = True  # loss.png / accuracy.png at the end (~0.9 s); `embedlab compare --plots`
 
 
 @dataclasses.dataclass(frozen=True)

@@ -227,6 +227,12 @@ def evaluate(eval_step, params, ids, labels, batch_size: int) -> dict[str, float
 def _accumulate(acc, sums):
   if acc is None:
     return sums
+  return _add_sums(acc, sums)
+
+
+@jax.jit
+def _add_sums(acc, sums):
+  """One dispatch per block instead of one eager op per metric (~1.3 s on SST-2's 263 blocks)."""
   out = jax.tree.map(jnp.add, acc, sums)
   out["first_nonfinite"] = jnp.minimum(acc["first_nonfinite"], sums["first_nonfinite"])
   return out

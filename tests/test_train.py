@@ -61,6 +61,34 @@ def test_run_directory_holds_everything(tmp_path):
   assert [e["step"] for e in events if e.get("split") == "dev"] == [7, 14, 20]
 
 
+def test_plots_off_and_one_checkpoint_at_the_end(tmp_path, monkeypatch):
+  """train.plots=false writes no pictures (the metrics they come from are all there) and a
+  checkpoint_every beyond the run saves the latest state once, at the last step."""
+  steps = []
+  real_save = ckpt_lib.Checkpoints.save_latest
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_latest",
+                      lambda self, step, *a: (steps.append(step), real_save(self, step, *a)))
+  results = train.train(tiny("train.plots=false", "train.checkpoint_every=1000000"),
+                        tmp_path / "run", echo=quiet)
+  run = tmp_path / "run"
+  assert not (run / "plots").exists() and (run / "results.json").is_file()
+  assert steps == [20] and results["best_step"] in (7, 14, 20)
+  assert [e["step"] for e in metric_values(run) if e.get("split") == "dev"] == [7, 14, 20]
+  assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_import_leaves_torch_importable():
+  """report hides torch while tensorboardX loads (it would import it only for type hints); the
+  hiding entry must not outlive the import, or a later `import torch` would fail."""
+  import sys  # noqa: PLC0415
+  from embedlab import report  # noqa: PLC0415
+  had = "torch" in sys.modules
+  report._import_tensorboardx()
+  assert "tensorboardX" in sys.modules
+  assert sys.modules.get("torch", "absent") is not None
+  assert ("torch" in sys.modules) == had
+
+
 @pytest.mark.parametrize("extra", [(), ("optim.name=sgd", "optim.learning_rate=0.5",
                                         "model.name=cnn", "model.dropout=0.5"),
                                    ("optim.tables=sparse_lazy_adam",)])
