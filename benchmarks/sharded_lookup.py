@@ -21,7 +21,6 @@ import functools  # noqa: E402
 import json  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
