@@ -511,38 +511,33 @@ def quantize(params: Params, bits: int = 8) -> Params:
     raise ValueError(f"quantize: bits={bits} packs {per_byte} values per byte and needs a "
                      f"number of features divisible by {per_byte}, got {table.shape[1]}; use "
                      f"bits=8 or pad the table.")
-  if bits == 2:
-    scale = jnp.max(jnp.abs(table), axis=1) / 1.5
-    codes = jnp.floor(table / jnp.where(scale == 0, 1, scale)[:, None]) + 2
-    codes = jnp.clip(codes, 0, 3).astype(jnp.uint8)
-    packed = codes[:, 0::4]
-    for j in range(1, 4):
-      packed = packed | (codes[:, j::4] << (2 * j))
-    return {"q2": packed, "scale": scale}
-  qmax = 127 if bits == 8 else 7
-  scale = jnp.max(jnp.abs(table), axis=1) / qmax
-  q = jnp.round(table / jnp.where(scale == 0, 1, scale)[:, None])
-  q = jnp.clip(q, -qmax, qmax).astype(jnp.int8)
   if bits == 8:
-    return {"q8": q, "scale": scale}
-  nibbles = (q + 8).astype(jnp.uint8)
-  return {"q4": nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), "scale": scale}
+    scale = jnp.max(jnp.abs(table), axis=1) / 127
+    q = jnp.round(table / jnp.where(scale == 0, 1, scale)[:, None])
+    return {"q8": jnp.clip(q, -127, 127).astype(jnp.int8), "scale": scale}
+  offset = _OFFSET[bits]  # code = level + offset, in 0 .. 2**bits - 1
+  scale = jnp.max(jnp.abs(table), axis=1) / (2 ** bits - 1 - offset)
+  unit = table / jnp.where(scale == 0, 1, scale)[:, None]
+  level = jnp.round(unit) if bits == 4 else jnp.floor(unit) + 0.5  # 2 bits: mid-rise
+  codes = jnp.clip(level + offset, 0, 2 ** bits - 1).astype(jnp.uint8)
+  packed = codes[:, 0::per_byte]
+  for j in range(1, per_byte):
+    packed = packed | (codes[:, j::per_byte] << (bits * j))
+  return {f"q{bits}": packed, "scale": scale}
 
 
 _PER_BYTE = {8: 1, 4: 2, 2: 4}
+_OFFSET = {4: 8, 2: 1.5}  # symmetric 4-bit levels -7..7 stored as 1..15; 2-bit -1.5..1.5 as 0..3
 
 
 def _unpack(stored, bits):
   """The values of ``quantize``'s stored integers, in units of the row's scale (float32)."""
   if bits == 8:
     return stored.astype(jnp.float32)
-  if bits == 4:
-    low = (stored & 0xF).astype(jnp.float32) - 8
-    high = (stored >> 4).astype(jnp.float32) - 8
-    parts = [low, high]
-  else:
-    parts = [((stored >> (2 * j)) & 0x3).astype(jnp.float32) - 1.5 for j in range(4)]
-  return jnp.stack(parts, axis=-1).reshape(*stored.shape[:-1], len(parts) * stored.shape[-1])
+  per_byte, mask = _PER_BYTE[bits], 2 ** bits - 1
+  parts = [((stored >> (bits * j)) & mask).astype(jnp.float32) - _OFFSET[bits]
+           for j in range(per_byte)]
+  return jnp.stack(parts, axis=-1).reshape(*stored.shape[:-1], per_byte * stored.shape[-1])
 
 
 def _quantized_parts(params, where):
@@ -602,6 +597,19 @@ def quantization_error(params: Params, quantized: Params) -> float:
 
 
 QUANTIZE_NAMES = {"int8": 8, "int4": 4, "int2": 2}
+
+
+def quantize_bits(name: str, where: str) -> int:
+  """The bits of a ``--quantize`` name (``int8``, ``int4``, ``int2``); a clear error otherwise.
+
+  Example:
+    >>> import embedlab.compress as ec
+    >>> ec.quantize_bits("int2", "eval")
+    2
+  """
+  if name not in QUANTIZE_NAMES:
+    raise ValueError(f"{where}: quantize={name!r} is not one of {', '.join(QUANTIZE_NAMES)}.")
+  return QUANTIZE_NAMES[name]
 
 
 def quantize_entries(params: Params, bits: int = 8) -> dict[str, Any]:

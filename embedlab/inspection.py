@@ -974,11 +974,8 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
     export_quantized("runs/quickstart", "table_int8", "int8")
   """
   from embedlab import compress  # noqa: PLC0415
-  if quantize not in compress.QUANTIZE_NAMES:
-    raise ValueError(f"export: quantize={quantize!r} is not one of "
-                     f"{', '.join(compress.QUANTIZE_NAMES)}.")
+  bits = compress.quantize_bits(quantize, "export")
   emb = load_embedding(run_dir, checkpoint)
-  bits = compress.QUANTIZE_NAMES[quantize]
   quantized = compress.quantize_entries(emb.embed, bits)
   arrays, errors = {}, []
   for name, value in quantized.items():

@@ -573,10 +573,8 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   extra = {}
   if quantize is not None:
     from embedlab import compress  # noqa: PLC0415
-    if quantize not in compress.QUANTIZE_NAMES:
-      raise ValueError(f"eval: quantize={quantize!r} is not one of "
-                       f"{', '.join(compress.QUANTIZE_NAMES)}.")
-    quantized = compress.quantize_entries(params["embed"], compress.QUANTIZE_NAMES[quantize])
+    quantized = compress.quantize_entries(params["embed"],
+                                          compress.quantize_bits(quantize, "eval"))
     extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
              "quantized_bytes": compress.table_bytes(quantized)}
     params = {**params, "embed": compress.dequantize_entries(quantized)}

@@ -278,6 +278,8 @@ def test_wrong_params_and_options_say_how_to_fix():
     ec.quantize({"table": jnp.ones((3, 6))}, bits=2)
   with pytest.raises(ValueError, match="use 8, 4 or 2"):
     ec.quantize({"table": jnp.ones((3, 4))}, bits=3)
+  with pytest.raises(ValueError, match="export: quantize='int3' is not one of int8, int4, int2"):
+    ec.quantize_bits("int3", "export")
   with pytest.raises(TypeError, match="quantize\\(\\)'s output"):
     ec.lookup_quantized({"table": jnp.ones((3, 4))}, jnp.array([0]))
 
