@@ -134,6 +134,9 @@ class TrainConfig:
   skip_nonfinite: bool = False
   progress: bool = True
   plots: bool = True  # loss.png / accuracy.png at the end (~0.9 s); `embedlab compare --plots`
+  # bag models: each training batch as one ragged id list of a fixed length (the run's longest
+  # batch) instead of padded [B, L] rows, so a step reads only real ids (data.ragged_batches)
+  ragged_batches: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +268,8 @@ def validate(cfg: Config) -> Config:
   if cfg.train.num_steps == 0 and cfg.train.num_epochs == 0:
     raise ConfigError("config: set train.num_steps or train.num_epochs to a positive value.")
   _validate_table(cfg.model, cfg.optim)
+  if cfg.train.ragged_batches:
+    _validate_ragged(cfg.model)
   if cfg.mesh.model < 1:
     raise ConfigError(f"config: mesh.model = {cfg.mesh.model} must be at least 1 (1 = tables "
                       "are not split over devices).")
@@ -304,6 +309,18 @@ def _validate_table(model: ModelConfig, optim: OptimConfig) -> None:
   if model.table == "qr" and model.table_combine == "concat" and model.features < 2:
     raise ConfigError("config: model.table_combine = 'concat' splits model.features between "
                       "the two tables and needs model.features >= 2.")
+
+
+def _validate_ragged(model: ModelConfig) -> None:
+  if model.name != "bag":
+    raise ConfigError(f"config: train.ragged_batches pools ragged bags, which only "
+                      f"model.name = 'bag' does, not {model.name!r}; "
+                      "--set train.ragged_batches=false.")
+  if (model.table not in ("plain", "hashed", "factorized") or model.max_norm
+      or (model.table == "factorized" and model.pooling == "max")):
+    raise ConfigError(f"config: train.ragged_batches needs model.table = plain, hashed or "
+                      f"factorized (not {model.table!r}), model.max_norm = 0 and, factorized, a "
+                      "pooling other than max; --set train.ragged_batches=false.")
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -35,7 +35,7 @@ import pathlib
 import re
 import tempfile
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -970,6 +970,84 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int, shuffle: bo
   if lengths is not None and shuffle:
     batches = batches[rng.permutation(count)]
   return batches
+
+
+class RaggedBatch(NamedTuple):
+  """Bags as one ragged id list each (PyTorch ``EmbeddingBag``'s layout), padded to a fixed length.
+
+  Attributes:
+    ids: int32 ``[..., T]``: the non-padding ids of bag 0, then of bag 1, ..., then padding
+      (id 0) up to ``T``.
+    segment_ids: int32 ``[..., T]``: the bag of each id, non-decreasing (padding slots name the
+      last bag; being padding, they add nothing to it).
+  """
+
+  ids: np.ndarray
+  segment_ids: np.ndarray
+
+
+def ragged_length(counts: np.ndarray, batches: Iterable[np.ndarray], multiple: int = 128) -> int:
+  """The fixed ragged length ``T`` that holds every batch: the largest batch's number of
+  non-padding ids, rounded up to ``multiple`` (one shape, so one compilation, for the run).
+
+  Args:
+    counts: ``[N]`` non-padding ids per example (``EncodedData.train_lengths``).
+    batches: index arrays ``[num_batches, B]`` (``batch_indices``), e.g. one per epoch.
+    multiple: round up to a multiple of this.
+
+  Example:
+    >>> ragged_length(np.array([3, 1, 200]), [np.array([[0, 1], [2, 1]])], multiple=64)
+    256
+  """
+  longest = 0
+  for rows in batches:
+    rows = np.asarray(rows)
+    if rows.size:
+      longest = max(longest, int(np.where(rows >= 0, counts[rows], 0).sum(axis=-1).max()))
+  return max(multiple, -(-longest // multiple) * multiple)
+
+
+def ragged_batches(ids: np.ndarray, length: int) -> RaggedBatch:
+  """Packs padded bags ``[..., B, L]`` into ragged batches ``[..., length]`` (``RaggedBatch``).
+
+  A bag model pooling a ragged batch (``embedlab.bag(..., segment_ids=..., num_bags=B)``) gets
+  the same vectors as from the padded one while reading only the real ids: SST-2 phrases fill
+  17% of their 112 padded slots.
+
+  Args:
+    ids: int ``[..., B, L]`` padded bags, 0 = padding (anywhere in a row).
+    length: ``T``, at least the number of non-padding ids of every batch (``ragged_length``).
+
+  Returns:
+    A ``RaggedBatch`` of int32 ``[..., T]`` arrays.
+
+  Raises:
+    ValueError: a batch holds more than ``length`` non-padding ids.
+
+  Example:
+    >>> r = ragged_batches(np.array([[[5, 0, 7], [0, 0, 0], [2, 3, 0]]]), 6)
+    >>> r.ids.tolist(), r.segment_ids.tolist()
+    ([[5, 7, 2, 3, 0, 0]], [[0, 0, 2, 2, 2, 2]])
+  """
+  ids = np.asarray(ids)
+  if ids.ndim < 2:
+    raise ValueError(f"ragged_batches: ids must be [..., B, L], got shape {ids.shape}.")
+  *lead, bags, _ = ids.shape
+  flat_ids = ids.reshape(-1, bags, ids.shape[-1])
+  mask = flat_ids != text_lib.PAD_ID
+  totals = mask.sum(axis=(1, 2))
+  if totals.size and totals.max() > length:
+    raise ValueError(f"ragged_batches: a batch holds {int(totals.max())} non-padding ids, more "
+                     f"than the ragged length {length}; compute it with ragged_length over "
+                     "every batch of the run.")
+  batch, bag, _ = np.nonzero(mask)  # row-major: batch by batch, bag by bag, in position order
+  starts = np.cumsum(totals) - totals
+  slot = np.arange(len(batch)) - np.repeat(starts, totals)
+  out_ids = np.zeros((len(flat_ids), length), np.int32)
+  out_seg = np.full((len(flat_ids), length), bags - 1, np.int32)
+  out_ids[batch, slot] = flat_ids[mask]
+  out_seg[batch, slot] = bag
+  return RaggedBatch(out_ids.reshape(*lead, length), out_seg.reshape(*lead, length))
 
 
 def eval_batches(ids: np.ndarray, labels: np.ndarray,

@@ -28,6 +28,9 @@ from embedlab import compress
 from embedlab import tables
 
 PADDING_ID = 0
+_RAGGED_ONLY = ("ragged bags (train.ragged_batches) are pooled by model.table = plain, hashed or "
+                "factorized without model.max_norm (and, factorized, not with pooling=max); "
+                "--set train.ragged_batches=false for this embedding.")
 TABLES = ("plain", "hashed", "hash_embedding", "qr", "factorized")
 SPARSE_TABLES = ("plain", "hashed", "factorized")  # the ones with a row-indexed "table"
 
@@ -36,7 +39,8 @@ class Embedder(NamedTuple):
   """How a model holds and reads ``params["embed"]``.
 
   ``init(key) -> embed params``; ``lookup(embed, ids, *, rows=False) -> [..., D]`` and
-  ``bag(embed, ids, mode, *, rows=False) -> [B, D]`` read ids ``0..V-1`` (padding id 0 gives
+  ``bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None) -> [B, D]`` (padded
+  bags ``[B, L]``, or ragged ones as ``embedlab.bag``'s) read ids ``0..V-1`` (padding id 0 gives
   zero vectors and gradients). ``rows(ids)`` maps ids to rows of ``embed["table"]`` (None where
   the variant has no such table: hash embeddings, quotient-remainder); with ``rows=True`` the ids
   given are already such rows, e.g. those of the row-sparse step's local table.
@@ -168,15 +172,18 @@ def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "erro
                         compute_dtype=dtype, oob=check, max_norm=max_norm)
       return project(embed, x)
 
-    def bag(embed, ids, mode, *, rows=False):
+    def bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None):
       if max_norm is not None or (kind == "factorized" and mode == "max"):
+        if segment_ids is not None:
+          raise ValueError(_RAGGED_ONLY)
         # pool the looked-up vectors (max_norm applies to each row, so no fused gather-pool)
         return compress.bag_lookup(lambda e, i, **_: lookup(e, i, rows=rows), embed, ids,
                                    mode=mode, padding_id=PADDING_ID, oob="clip")
       check = "clip" if rows or kind == "hashed" else oob
       ids = ids if rows else to_rows(ids)
       x = tables.bag({"table": embed["table"]}, ids, mode=mode, padding_id=PADDING_ID,
-                     compute_dtype=dtype, oob=check)
+                     compute_dtype=dtype, oob=check, segment_ids=segment_ids,
+                     num_bags=num_bags)
       return project(embed, x)
 
     return Embedder(init, lookup, bag, to_rows, kind)
@@ -211,8 +218,10 @@ def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "erro
     del rows  # no row-indexed table: always logical ids
     return lookup_fn(embed, ids, padding_id=PADDING_ID, oob=oob).astype(dtype)
 
-  def bag(embed, ids, mode, *, rows=False):
-    del rows
+  def bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None):
+    del rows, num_bags
+    if segment_ids is not None:
+      raise ValueError(_RAGGED_ONLY)
     return compress.bag_lookup(lookup_fn, embed, ids, mode=mode, padding_id=PADDING_ID,
                                oob=oob).astype(dtype)
 
@@ -275,8 +284,10 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
     params["out"] = _dense_init(k_out, width, num_classes)
     return params
 
-  def apply(params, ids, *, train=False, rng=None, rows=False):
-    x = embedder.bag(params["embed"], ids, cfg.pooling, rows=rows)
+  def apply(params, ids, *, train=False, rng=None, rows=False, segment_ids=None, num_bags=None):
+    # padded bags ids [B, L], or ragged ones: ids [T] with segment_ids [T] and num_bags
+    x = embedder.bag(params["embed"], ids, cfg.pooling, rows=rows, segment_ids=segment_ids,
+                     num_bags=num_bags)
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     if cfg.hidden:
       x = jax.nn.relu(_dense(params["hidden"], x))

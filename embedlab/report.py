@@ -189,13 +189,36 @@ def read_metrics(run_dir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# JAX's own timings of each compilation: tracing, lowering to MLIR, XLA (or a cache read)
+_COMPILE_EVENTS = frozenset(("/jax/core/compile/jaxpr_trace_duration",
+                             "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                             "/jax/core/compile/backend_compile_duration"))
+
+
 class PhaseClock:
   """Wall seconds per phase of a run (data, setup, first dispatch = compilation + one block,
-  train loop, test), for ``results.json``'s ``timings``."""
+  train loop, test), for ``results.json``'s ``timings``; and ``compile`` (not a phase: it falls
+  inside setup, first dispatch and test): the seconds JAX spent tracing, lowering and
+  compiling (or reading compiled programs from the persistent cache) until ``rounded()``."""
 
   def __init__(self):
+    import jax  # noqa: PLC0415
     self.seconds: dict[str, float] = {}
     self._last = time.perf_counter()
+    self._compile = 0.0
+    self._listening = True
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event: str, duration: float, **_) -> None:
+    if self._listening and event in _COMPILE_EVENTS:
+      self._compile += duration
+
+  def close(self) -> None:
+    """Stops counting compilations (idempotent)."""
+    if self._listening:
+      import jax  # noqa: PLC0415
+      self._listening = False
+      jax.monitoring.unregister_event_duration_listener(self._on_event)
 
   def lap(self, name: str, wait_for: Any = None) -> None:
     if wait_for is not None:
@@ -206,7 +229,9 @@ class PhaseClock:
     self._last = now
 
   def rounded(self) -> dict[str, float]:
-    return {f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()}
+    self.close()
+    return {**{f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()},
+            "compile_seconds": round(self._compile, 3)}
 
 
 class _NoBar:

@@ -89,6 +89,9 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
                     lookup: str = "xla") -> Callable:
   """Returns ``step(state, ids, labels) -> (state, metric_sums)``, pure and unjitted.
 
+  ``ids`` are padded bags ``[B, L]`` or, for the bag model, a ``data.RaggedBatch`` (``[T]``
+  arrays; ``train.ragged_batches``): the same loss, computed over the real ids only.
+
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
   gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
   parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
@@ -103,7 +106,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   gather = functools.partial(sharding.sharded_take, mesh=mesh) if by_shard else None
 
   def loss_fn(params, ids, labels, rng):
-    logits = model.apply(params, ids, train=True, rng=rng)
+    logits = _apply(model, params, ids, labels.shape[0], train=True, rng=rng)
     sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
     return sums["loss"] / labels.shape[0], sums
 
@@ -118,12 +121,14 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     table, dense = split_table(state.params)
     # the table's rows of the batch (the hashing trick maps ids to shared rows first)
-    local = sparse_lib.localize(table, model.embedder.rows(ids), padding_id=models_lib.PADDING_ID,
-                                oob=oob, gather=gather)
+    ragged = isinstance(ids, data_lib.RaggedBatch)
+    local = sparse_lib.localize(table, model.embedder.rows(ids.ids if ragged else ids),
+                                padding_id=models_lib.PADDING_ID, oob=oob, gather=gather)
+    local_ids = data_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
 
     def split_loss(dense, local_table):
-      logits = model.apply(join_table(dense, local_table), local.ids, train=True, rng=rng,
-                           rows=True)
+      logits = _apply(model, join_table(dense, local_table), local_ids, labels.shape[0],
+                      train=True, rng=rng, rows=True)
       sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
       return sums["loss"] / labels.shape[0], sums
 
@@ -159,6 +164,14 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   return step
 
 
+def _apply(model, params, ids, num_bags, **kwargs):
+  """``model.apply`` on padded ids ``[B, L]`` or on a ``data.RaggedBatch`` of ``num_bags`` bags."""
+  if isinstance(ids, data_lib.RaggedBatch):
+    return model.apply(params, ids.ids, segment_ids=ids.segment_ids, num_bags=num_bags,
+                       **kwargs)
+  return model.apply(params, ids, **kwargs)
+
+
 def split_table(params) -> tuple[jax.Array, Any]:
   """``(params["embed"]["table"], the other params)``: what the row-sparse path updates by rows
   and what the dense optimizer updates (other ``embed`` entries, e.g. a factorized table's
@@ -176,8 +189,9 @@ def join_table(rest, table) -> Any:
 
 
 def make_multi_step(step: Callable) -> Callable:
-  """Runs ``step`` over a block of batches (``ids [K, B, L]``, ``labels [K, B]``) with
-  ``lax.scan``: K training steps per dispatch, metric sums added over the block.
+  """Runs ``step`` over a block of batches (``ids [K, B, L]``, or a ``data.RaggedBatch`` of
+  ``[K, T]`` arrays; ``labels [K, B]``) with ``lax.scan``: K training steps per dispatch, metric
+  sums added over the block.
 
   Worth it for cheap steps (bag models: dispatch overhead dominates); not for convolutions on
   XLA:CPU, which run far slower inside a loop (keep ``train.steps_per_dispatch=1`` there).
@@ -197,7 +211,7 @@ def _as_block(step: Callable) -> Callable:
   convolution inside a ``scan`` about 40x slower than outside one (measured on the CNN)."""
 
   def single(state, ids_1xBxL, labels_1xB):
-    return step(state, ids_1xBxL[0], labels_1xB[0])
+    return step(state, jax.tree.map(lambda x: x[0], ids_1xBxL), labels_1xB[0])
 
   return single
 
@@ -355,6 +369,13 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   Returns the results dict also written to ``workdir/results.json``.
   """
   clock = report.PhaseClock()
+  try:
+    return _train(cfg, workdir, restart, progress, echo, clock)
+  finally:
+    clock.close()
+
+
+def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
   mesh = sharding.mesh_from_config(cfg.mesh)
   run = _run_dir(pathlib.Path(workdir), cfg, restart)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
@@ -382,23 +403,24 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   single_fn, multi_fn, eval_step, put = _compile(cfg, setup, mesh, shardings)
   every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
   bar = report.progress_bar(steps, step, cfg.train.progress if progress is None else progress)
-  acc, order_epoch, order = None, -1, None
+  acc, order_epoch, order, best = None, -1, None, None
   prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
   boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
+  lengths = data.train_lengths if cfg.data.bucket_by_length else None
+  pack = _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh)
   try:
     while step < steps:
       epoch, index = divmod(step, per_epoch)
       if epoch != order_epoch:
-        order = data_lib.batch_indices(
-            len(data.train_labels), cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-            lengths=data.train_lengths if cfg.data.bucket_by_length else None)
+        order = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size,
+                                       seed=cfg.seed, epoch=epoch, lengths=lengths)
         order_epoch = epoch
       # a block never crosses a log / eval / checkpoint / epoch boundary: a few block sizes only
       block = min([cfg.train.steps_per_dispatch, steps - step] +
                   [b - step % b for b in boundaries])
       rows = order[index:index + block]
       step_fn = single_fn if block == 1 else multi_fn
-      state, sums = step_fn(state, put(data.train_ids[rows], batch_axis=1),
+      state, sums = step_fn(state, put(pack(data.train_ids[rows]), batch_axis=1),
                             put(data.train_labels[rows], batch_axis=1))
       if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
         clock.lap("first_dispatch", wait_for=sums)
@@ -411,17 +433,37 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
         run.log_train(step, acc, bar)
         acc = None
       if step % cfg.train.eval_every == 0 or step == steps:
-        _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step)
+        best = _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) or best
       if save:
         meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
+        if best is not None and not best.saved:
+          checkpoints.save_best(best.step, best.params, {"dev_accuracy": best.dev_accuracy})
+          best = best._replace(saved=True)
         checkpoints.save_latest(step, state, meta)
     clock.lap("train_loop", wait_for=state)
     results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
-                      mesh)
+                      mesh, best)
   finally:  # also when the run stops on an error: the last checkpoint is kept
     bar.close()
     checkpoints.close()
   return results
+
+
+def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh) -> Callable:
+  """``train.ragged_batches``: packs each block of padded batches into ragged ones of one fixed
+  length, the longest batch of the whole run (so one compilation); the identity otherwise."""
+  if not cfg.train.ragged_batches:
+    return lambda ids: ids
+  if mesh is not None:
+    raise config_lib.ConfigError(
+        "train.ragged_batches packs each batch into one id list, which is not split over a "
+        "device mesh; --set train.ragged_batches=false to train on a mesh.")
+  counts = data.train_lengths
+  epochs = range(-(-steps // per_epoch))
+  length = data_lib.ragged_length(
+      counts, (data_lib.batch_indices(len(counts), cfg.train.batch_size, seed=cfg.seed, epoch=e,
+                                      lengths=lengths) for e in epochs))
+  return functools.partial(data_lib.ragged_batches, length=length)
 
 
 def _run_dir(workdir, cfg, restart):
@@ -502,7 +544,24 @@ def _check_finite(acc, cfg, step) -> int:
   return bad
 
 
-def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
+class _Best(NamedTuple):
+  """The best dev evaluation so far: its parameters (a host copy) and whether they are saved."""
+
+  step: int
+  params: Any
+  dev_accuracy: float
+  saved: bool
+
+
+def _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) -> _Best | None:
+  """Evaluates on dev; returns a new ``_Best`` when the parameters improve on the best so far.
+
+  The best parameters are written with the next resumable checkpoint (right after this
+  evaluation when ``checkpoint_every`` is ``eval_every``, the default), never later: a run that
+  dies before it replays the steps since that checkpoint and finds the same best again. A run
+  that saves rarely (the fastText experiments: once, at the end) holds them on the host instead
+  of writing each improvement (35 MB and ~0.2 s a write on SST-2).
+  """
   dev = evaluate(eval_step, state.params, data.dev_ids, data.dev_labels,
                  cfg.train.eval_batch_size)
   run.log_eval(step, "dev", dev)
@@ -510,13 +569,20 @@ def _evaluate_dev(run, eval_step, state, data, cfg, checkpoints, meta, step):
   if (dev["accuracy"], -dev["loss"]) > best:  # ties in accuracy go to the lower loss
     meta["best_dev_accuracy"], meta["best_step"] = dev["accuracy"], step
     meta["best_dev_loss"] = dev["loss"]
-    checkpoints.save_best(step, state.params, {"dev_accuracy": dev["accuracy"]})
+    # the state's buffers are donated to the next step: keep a copy, on the host when there is
+    # no mesh (no device memory held), else on the devices, sharded as the state
+    copy = jax.device_get if mesh is None else functools.partial(jax.tree.map, jnp.copy)
+    return _Best(step, copy(state.params), dev["accuracy"], saved=False)
+  return None
 
 
 def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
-            mesh=None):
-  best = checkpoints.restore_best(state.params)
-  params = best[1] if best is not None else state.params
+            mesh=None, best=None):
+  if best is not None:  # found in this process (and saved with the last checkpoint)
+    params = best.params if mesh is not None else jax.device_put(best.params)
+  else:  # found before a resume, or never (no dev improvement): the saved one, or the last
+    restored = checkpoints.restore_best(state.params)
+    params = restored[1] if restored is not None else state.params
   results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
              "dev_accuracy": meta["best_dev_accuracy"],
              "train_seconds": round(meta["train_seconds"], 3),

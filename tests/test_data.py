@@ -459,3 +459,24 @@ def test_eval_batches_fixed_size_with_mask():
   np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[:7], labels)
   np.testing.assert_array_equal(batches[-1][0][1:], 0)
   assert len(list(data.eval_batches(ids[:6], labels[:6], 3))) == 2
+
+
+def test_ragged_batches_hold_each_bags_real_ids_in_order():
+  rng = np.random.default_rng(3)
+  ids = rng.integers(1, 100, (4, 5, 7)) * (rng.random((4, 5, 7)) < 0.4)
+  length = data.ragged_length((ids != 0).sum(-1).reshape(-1),
+                              [np.arange(20).reshape(4, 5)], multiple=8)
+  out = data.ragged_batches(ids, length)
+  assert out.ids.shape == out.segment_ids.shape == (4, length) and length % 8 == 0
+  for k in range(4):
+    want_ids = [i for b in range(5) for i in ids[k, b] if i]
+    want_seg = [b for b in range(5) for i in ids[k, b] if i]
+    n = len(want_ids)
+    assert out.ids[k, :n].tolist() == want_ids and out.segment_ids[k, :n].tolist() == want_seg
+    assert not out.ids[k, n:].any() and (out.segment_ids[k, n:] == 4).all()
+  assert length - 8 < max((ids[k] != 0).sum() for k in range(4)) <= length
+
+
+def test_ragged_batches_refuse_a_batch_longer_than_the_length():
+  with pytest.raises(ValueError, match="3 non-padding ids, more than the ragged length 2"):
+    data.ragged_batches(np.array([[1, 2], [3, 0]]), 2)

@@ -307,3 +307,74 @@ def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
   assert np.all(table[0] == 0) and np.std(table[2:, 3:]) > 0
   with pytest.raises(config_lib.ConfigError, match="has 3 features but model.features=2"):
     train.build(tiny(f"model.pretrained={path}", "model.features=2"), data, 10)
+
+
+@pytest.mark.parametrize("extra", [(), ("optim.tables=sparse_sgd", "optim.name=sgd"),
+                                   ("optim.tables=sparse_lazy_adam", "model.table=factorized",
+                                    "model.table_rank=4", "train.steps_per_dispatch=3",
+                                    "data.ngrams=2", "data.num_buckets=64")])
+def test_ragged_batches_train_like_padded_ones(tmp_path, extra):
+  """train.ragged_batches packs each batch's real ids into one list: the same losses and
+  parameters as the padded [B, L] batches, on the dense and the row-sparse path."""
+  padded = tiny(*extra)
+  ragged = tiny(*extra, "train.ragged_batches=true")
+  ra = train.train(padded, tmp_path / "padded", echo=quiet)
+  rb = train.train(ragged, tmp_path / "ragged", echo=quiet)
+  a, b = final_params(tmp_path / "padded", padded), final_params(tmp_path / "ragged", ragged)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  assert metric_values(tmp_path / "padded") == pytest.approx(metric_values(tmp_path / "ragged"),
+                                                             rel=1e-4)
+  assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_ragged_step_gradients_equal_padded_ones():
+  """One step on random padded bags and on the same bags packed ragged: same loss, same
+  gradient of every parameter."""
+  cfg = tiny("model.hidden=5")
+  model = models.make_model(cfg.model, 50, 3)
+  params = model.init(jax.random.key(1))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, 50, (6, 9)) * (rng.random((6, 9)) < 0.5)
+  ids[2] = 0  # an empty bag
+  labels = jnp.asarray(rng.integers(0, 3, 6))
+  packed = train.data_lib.ragged_batches(ids, 64)
+
+  def loss(p, batch):
+    logits = train._apply(model, p, batch, 6)
+    return train.optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  la, ga = jax.value_and_grad(loss)(params, jnp.asarray(ids))
+  lb, gb = jax.value_and_grad(loss)(params, jax.tree.map(jnp.asarray, packed))
+  np.testing.assert_allclose(la, lb, rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(ga["embed"]["table"]).sum()) > 0
+
+
+def test_ragged_batches_need_a_bag_model():
+  with pytest.raises(config_lib.ConfigError, match="ragged_batches.*model.name = 'bag'"):
+    config_lib.validate(tiny("train.ragged_batches=true", "model.name=cnn"))
+  with pytest.raises(config_lib.ConfigError, match="ragged_batches.*max_norm"):
+    config_lib.validate(tiny("train.ragged_batches=true", "model.max_norm=1.0"))
+
+
+def test_best_parameters_are_written_with_the_next_checkpoint(tmp_path, monkeypatch):
+  """With checkpoints rarer than evaluations the best parameters wait on the host and are
+  written once, with the final checkpoint; the test accuracy is that of what was written."""
+  saves = []
+  real_best, real_latest = ckpt_lib.Checkpoints.save_best, ckpt_lib.Checkpoints.save_latest
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_best",
+                      lambda self, step, *a: (saves.append(("best", step)),
+                                              real_best(self, step, *a)))
+  monkeypatch.setattr(ckpt_lib.Checkpoints, "save_latest",
+                      lambda self, step, *a: (saves.append(("latest", step)),
+                                              real_latest(self, step, *a)))
+  results = train.train(tiny("train.checkpoint_every=1000000"), tmp_path / "run", echo=quiet)
+  assert saves == [("best", results["best_step"]), ("latest", 20)]
+  assert train.evaluate_run(tmp_path / "run", "test")["accuracy"] == results["test_accuracy"]
+  saves.clear()  # the default (a checkpoint at each evaluation): each better one right away
+  results = train.train(tiny("train.checkpoint_every=0"), tmp_path / "run2", echo=quiet)
+  bests = [s for w, s in saves if w == "best"]
+  assert bests and bests[-1] == results["best_step"]
+  assert all(("latest", s) in saves[saves.index(("best", s)):] for s in bests)
