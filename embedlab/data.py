@@ -337,15 +337,17 @@ def _scan_text_file(path: pathlib.Path, fmt: str, cfg: DataConfig, split: str):
     except (OSError, EOFError) as e:
       raise DataError(f"data: {path} is not a readable gzip file ({e}); it may be truncated. "
                       "Download or compress it again.") from e
-  pieces = raw.split(b"\n")
   texts, bad = [], {}  # bad: 1-based line -> reason
-  for i, piece in enumerate(pieces, 1):
-    try:
-      texts.append(piece.decode("utf-8"))
-    except UnicodeDecodeError as e:
-      bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of the "
-                "line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
-      texts.append("")
+  try:  # the whole file at once (one C call); line by line only to find the bad lines
+    texts = raw.decode("utf-8").split("\n")
+  except UnicodeDecodeError:
+    for i, piece in enumerate(raw.split(b"\n"), 1):
+      try:
+        texts.append(piece.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of "
+                  "the line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        texts.append("")
   if fmt == "json":
     rows = []
     for i, t in enumerate(texts, 1):

@@ -264,21 +264,32 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int)
     raise ValueError(f"ngram_ids_batch: offset {offset} + num_buckets {num_buckets} does not fit "
                      "in int32 ids; use fewer buckets.")
   num_docs, length = word_ids.shape
-  ids = word_ids.astype(np.uint64)
+  if np.any(word_ids < 0):
+    raise ValueError("ngram_ids_batch: word ids must be >= 0 (0 = padding).")
+  # With a power-of-two bucket count only the hash's low bits matter, and those of a uint64
+  # product and sum are the same in uint32: half the memory traffic, and a mask for the modulo.
+  pow2 = num_buckets & (num_buckets - 1) == 0 and num_buckets <= 1 << 32
+  utype = np.uint32 if pow2 else np.uint64
+  ids = word_ids.astype(utype, copy=False) if word_ids.dtype.itemsize <= 4 else \
+      word_ids.astype(utype)
   present = word_ids != PAD_ID
   out = np.zeros((num_docs, (n - 1) * length), dtype=np.int32)
-  mult = np.uint64(_HASH_MULTIPLIER)
-  h = ids.copy()  # h[:, i] = hash of the (k-1)-gram starting at i
-  valid = present.copy()
+  mult = utype(_HASH_MULTIPLIER)
+  h = ids  # h[:, i] = hash of the (k-1)-gram starting at i (never written in place)
+  valid = present
   for k in range(2, n + 1):
     width = length - k + 1
     if width <= 0:
       break
     h = h[:, :width] * mult + ids[:, k - 1:k - 1 + width]
     valid = valid[:, :width] & present[:, k - 1:k - 1 + width]
-    buckets = (h % np.uint64(num_buckets)).astype(np.int64) + offset
+    if pow2:
+      buckets = (h & utype(num_buckets - 1)).view(np.int32) if num_buckets <= 1 << 31 else \
+          (h & utype(num_buckets - 1)).astype(np.int64)
+    else:
+      buckets = h % np.uint64(num_buckets)
     block = out[:, (k - 2) * length:(k - 2) * length + width]
-    block[...] = np.where(valid, buckets, PAD_ID)
+    np.add(buckets, offset, out=block, where=valid, casting="unsafe")
   return out
 
 

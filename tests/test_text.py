@@ -118,11 +118,14 @@ def _random_padded(rng, num_docs, length, vocab_size):
   return ids.astype(np.int32)
 
 
-@pytest.mark.parametrize("n, num_buckets", [(2, 7), (3, 1000), (4, 2_000_003)])
-def test_ngram_ids_batch_matches_reference(n, num_buckets):
+# power-of-two bucket counts take the uint32 path (only the hash's low bits matter)
+@pytest.mark.parametrize("n, num_buckets, dtype", [
+    (2, 7, np.int32), (3, 1000, np.int32), (4, 2_000_003, np.int32), (2, 262144, np.int32),
+    (3, 1 << 20, np.int64), (2, 1 << 30, np.int32), (2, 1, np.int32)])
+def test_ngram_ids_batch_matches_reference(n, num_buckets, dtype):
   rng = np.random.default_rng(n)
   # Large ids make the uint64 products wrap around: the reference must agree on that too.
-  ids = _random_padded(rng, 40, 9, 2**31 - 1)
+  ids = _random_padded(rng, 40, 9, 2**31 - 1).astype(dtype)
   offset = 12345
   got = text.ngram_ids_batch(ids, n, num_buckets, offset)
   assert got.dtype == np.int32 and got.shape == (40, (n - 1) * 9)
@@ -145,6 +148,8 @@ def test_ngram_ids_single_row_and_padding():
 
 def test_ngram_ids_batch_rejects_bad_arguments():
   ids = np.ones((2, 3), np.int32)
+  with pytest.raises(ValueError, match="word ids must be >= 0"):
+    text.ngram_ids_batch(-ids, 2, 10, 5)
   with pytest.raises(ValueError, match="offset = 0"):
     text.ngram_ids_batch(ids, 2, 10, 0)
   with pytest.raises(ValueError, match="n >= 2"):

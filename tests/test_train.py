@@ -378,3 +378,19 @@ def test_best_parameters_are_written_with_the_next_checkpoint(tmp_path, monkeypa
   bests = [s for w, s in saves if w == "best"]
   assert bests and bests[-1] == results["best_step"]
   assert all(("latest", s) in saves[saves.index(("best", s)):] for s in bests)
+
+
+def test_timings_count_compilation_and_stop_listening(tmp_path):
+  """results.json's timings hold JAX's compile seconds of the run; the clock stops listening
+  when the run ends (a later compilation is not added to it)."""
+  from embedlab import report  # noqa: PLC0415
+  results = train.train(tiny(), tmp_path / "run", echo=quiet)
+  timings = results["timings"]
+  assert timings["compile_seconds"] > 0
+  assert {"data_seconds", "setup_seconds", "first_dispatch_seconds", "train_loop_seconds",
+          "test_seconds"} <= set(timings)
+  clock = report.PhaseClock()
+  jax.jit(lambda x: x * 3 + 1)(jnp.arange(5.0)).block_until_ready()
+  first = clock.rounded()["compile_seconds"]
+  jax.jit(lambda x: x * 5 - 2)(jnp.arange(6.0)).block_until_ready()
+  assert first > 0 and clock.rounded()["compile_seconds"] == first
