@@ -8,10 +8,11 @@ epoch, cached encoded data. Tuned on dev: 1 epoch of 16 features dev 0.900; 2 ep
 features, lazy Adam lr 0.004, dev 0.907 (test 0.9008); kept: the same with the table
 factorized (340,353 x 8 times 8 x 32), dev 0.9092 and half the train-loop time.
 
-Measured on a 2-core CPU (BENCHMARKS.md, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8914 (dev 0.9092), whole job 23.1 s with cold caches, 12.3 s
-warm (train loop 8.7 s; 24.2 / 12.8 s in the session-2 run, when this VM was faster: fastText
-took 11.8 s then, 17-22 s in this run, where it reached 0.893 median, runs 0.69-0.90).
+Measured on a 2-core CPU (BENCHMARKS.md, session 4, `python benchmarks/vs_fasttext.py --repeats 3`,
+median of 3): test accuracy 0.8914 (dev 0.9092). The whole job takes 19.9 s with every cache cold
+(data 10.5 s, compiling 2.7 s), and 8.5 s warm (train loop 4.7 s with ragged batches: 5.8 ms a
+step against 11.0 padded). fastText in the same benchmark: 14.4 s, and 0.7483 median (its
+2-thread runs at lr 0.25 spread from 0.69 to 0.90 across sessions).
 
 Command:
   embedlab train experiments/imdb_fasttext.py
