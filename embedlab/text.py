@@ -268,10 +268,10 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int)
     raise ValueError("ngram_ids_batch: word ids must be >= 0 (0 = padding).")
   # With a power-of-two bucket count only the hash's low bits matter, and those of a uint64
   # product and sum are the same in uint32: half the memory traffic, and a mask for the modulo.
-  pow2 = num_buckets & (num_buckets - 1) == 0 and num_buckets <= 1 << 32
+  # (num_buckets < 2**31 here: bucket ids fit in int32.)
+  pow2 = num_buckets & (num_buckets - 1) == 0
   utype = np.uint32 if pow2 else np.uint64
-  ids = word_ids.astype(utype, copy=False) if word_ids.dtype.itemsize <= 4 else \
-      word_ids.astype(utype)
+  ids = word_ids.view(np.uint32) if pow2 and word_ids.dtype == np.int32 else word_ids.astype(utype)
   present = word_ids != PAD_ID
   out = np.zeros((num_docs, (n - 1) * length), dtype=np.int32)
   mult = utype(_HASH_MULTIPLIER)
@@ -284,8 +284,7 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int)
     h = h[:, :width] * mult + ids[:, k - 1:k - 1 + width]
     valid = valid[:, :width] & present[:, k - 1:k - 1 + width]
     if pow2:
-      buckets = (h & utype(num_buckets - 1)).view(np.int32) if num_buckets <= 1 << 31 else \
-          (h & utype(num_buckets - 1)).astype(np.int64)
+      buckets = (h & utype(num_buckets - 1)).view(np.int32)
     else:
       buckets = h % np.uint64(num_buckets)
     block = out[:, (k - 2) * length:(k - 2) * length + width]
