@@ -17,7 +17,8 @@ Each job starts from the raw files in EMBEDLAB_DATA and ends with a test accurac
 "cold" runs start with an empty encoded-data cache, an empty Hugging Face datasets cache and an
 empty JAX compilation cache (``EMBEDLAB_COMPILE_CACHE``), so they compile every program; "warm"
 runs reuse all three. ``compile_seconds`` (from JAX's own compile events, inside the phases) is
-the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run. Prints a table per dataset and ends with one JSON line of all figures.
+the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run. Prints a
+table per dataset and ends with one JSON line of all figures.
 """
 
 from __future__ import annotations

@@ -407,7 +407,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
   prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
   boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
   lengths = data.train_lengths if cfg.data.bucket_by_length else None
-  pack = _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh)
+  pack = _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo)
   try:
     while step < steps:
       epoch, index = divmod(step, per_epoch)
@@ -449,16 +449,20 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
   return results
 
 
-def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh) -> Callable:
+def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable:
   """``train.ragged_batches``: packs each block of padded batches into ragged ones of one fixed
-  length, the longest batch of the whole run (so one compilation); the identity otherwise."""
+  length, the longest batch of the whole run (so one compilation); the identity otherwise.
+
+  On a device mesh (several devices: ``mesh.data=0`` takes them all) the batches stay padded,
+  since one ragged list does not split over the ``data`` axis; the losses are the same.
+  """
   if not cfg.train.ragged_batches:
     return lambda ids: ids
   if mesh is not None:
-    raise config_lib.ConfigError(
-        "train.ragged_batches packs each batch into one id list, which is not split over a "
-        "device mesh; --set train.ragged_batches=false to train on a mesh.")
-  counts = data.train_lengths
+    echo("train.ragged_batches: a ragged id list does not split over the device mesh; "
+         "training on padded batches (the same losses).")
+    return lambda ids: ids
+  counts = data.train_lengths if lengths is None else lengths  # the same numbers
   epochs = range(-(-steps // per_epoch))
   length = data_lib.ragged_length(
       counts, (data_lib.batch_indices(len(counts), cfg.train.batch_size, seed=cfg.seed, epoch=e,

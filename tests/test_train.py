@@ -313,13 +313,22 @@ def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
                                    ("optim.tables=sparse_lazy_adam", "model.table=factorized",
                                     "model.table_rank=4", "train.steps_per_dispatch=3",
                                     "data.ngrams=2", "data.num_buckets=64")])
-def test_ragged_batches_train_like_padded_ones(tmp_path, extra):
+def test_ragged_batches_train_like_padded_ones(tmp_path, monkeypatch, extra):
   """train.ragged_batches packs each batch's real ids into one list: the same losses and
   parameters as the padded [B, L] batches, on the dense and the row-sparse path."""
   padded = tiny(*extra)
   ragged = tiny(*extra, "train.ragged_batches=true")
+  packed = []
+  real_pack = train.data_lib.ragged_batches
+  monkeypatch.setattr(train.data_lib, "ragged_batches",
+                      lambda ids, length: (packed.append(length), real_pack(ids, length))[1])
   ra = train.train(padded, tmp_path / "padded", echo=quiet)
+  assert not packed
   rb = train.train(ragged, tmp_path / "ragged", echo=quiet)
+  # the blocks were packed, all to one length (within a padded batch's B x L slots)
+  padded_slots = ragged.train.batch_size * ragged.data.max_len * ragged.data.ngrams
+  assert len(packed) >= rb["steps"] // max(ragged.train.steps_per_dispatch, 3)
+  assert len(set(packed)) == 1 and packed[0] <= padded_slots
   a, b = final_params(tmp_path / "padded", padded), final_params(tmp_path / "ragged", ragged)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -350,6 +359,16 @@ def test_ragged_step_gradients_equal_padded_ones():
   for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
   assert float(jnp.abs(ga["embed"]["table"]).sum()) > 0
+
+
+def test_ragged_batches_on_a_mesh_stay_padded():
+  """One ragged list does not split over the data axis: on a mesh (several devices) the run
+  trains on padded batches and says so, instead of failing."""
+  cfg = tiny("train.ragged_batches=true")
+  said = []
+  pack = train._ragged_packer(cfg, None, 10, 20, None, object(), said.append)
+  ids = np.arange(12).reshape(1, 3, 4)
+  assert pack(ids) is ids and "padded batches" in said[0]
 
 
 def test_ragged_batches_need_a_bag_model():
