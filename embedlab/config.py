@@ -38,6 +38,8 @@ class DataConfig:
   ``disk`` (a directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict``, named by
   ``path``) or ``hub`` (a Hugging Face hub dataset named by ``path``). Relative paths are
   resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.data_dir``).
+  ``workers`` processes tokenize and encode (0 = one per CPU core, at most 8; 1 = the main
+  process only); the ids do not depend on it (``embedlab.text.encode_corpus``).
   """
 
   source: str = "synthetic"
@@ -58,6 +60,7 @@ class DataConfig:
   ngrams: int = 1
   num_buckets: int = 0
   bucket_by_length: bool = False
+  workers: int = 0
   synthetic_topics: int = 4
   synthetic_words_per_topic: int = 50
   synthetic_shared_words: int = 200
@@ -208,7 +211,8 @@ _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
              "train.eval_batch_size", "train.steps_per_dispatch", "data.synthetic_topics",
              "data.synthetic_words_per_topic", "data.synthetic_train_size",
              "data.synthetic_eval_size", "data.synthetic_length")
-_NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "model.hidden",
+_NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "data.workers",
+                 "model.hidden",
                  "model.max_norm", "optim.learning_rate", "optim.warmup_steps",
                  "optim.weight_decay", "optim.clip_norm", "train.num_epochs",
                  "train.num_steps", "train.checkpoint_every", "data.synthetic_shared_words",

@@ -176,12 +176,18 @@ def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
     if ids.dtype == np.float64 and ids.size == 0:
       ids = ids.astype(np.int32)
   _check_integer_dtype(ids.dtype, where)
-  host = np.asarray(ids)
-  bad = (host < 0) | (host >= num_embeddings)
-  if bad.any():
-    position = np.unravel_index(int(np.argmax(bad)), host.shape)
-    raise ValueError(_oob_message(where, host[position], position, num_embeddings))
+  check_host_ids(np.asarray(ids), num_embeddings, where=where)
   return jnp.asarray(ids)
+
+
+def check_host_ids(ids: np.ndarray, num_embeddings: int, *, where: str = "lookup") -> None:
+  """``check_ids`` for an integer numpy array, without making a device array of it: two
+  reductions (min, max), and the first bad position only when there is one."""
+  if ids.size == 0 or (ids.min() >= 0 and ids.max() < num_embeddings):
+    return
+  bad = (ids < 0) | (ids >= num_embeddings)
+  position = np.unravel_index(int(np.argmax(bad)), ids.shape)
+  raise ValueError(_oob_message(where, ids[position], position, num_embeddings))
 
 
 def _check_integer_dtype(dtype, where):

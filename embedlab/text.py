@@ -25,11 +25,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import functools
 import os
 import re
-from typing import Iterable, Sequence
+from concurrent import futures
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from embedlab import _fork
 
 PAD_ID = 0
 UNK_ID = 1
@@ -89,9 +93,24 @@ def tokenize_many(texts: Iterable[str], lowercase: bool = True) -> list[list[str
   """
   findall = _TOKEN_RE.findall
   sub = _BR_RE.sub
-  if lowercase:
-    return [findall(sub(" ", t).lower() if "<" in t else t.lower()) for t in texts]
-  return [findall(sub(" ", t) if "<" in t else t) for t in texts]
+  out = []
+  for t in texts:
+    if "<" in t:
+      t = sub(" ", t)
+    if lowercase:
+      t = t.lower()
+    # No token spans whitespace, and a whitespace-separated piece of word characters only is
+    # one token: str.split / str.isalnum use the same Unicode classes as the regex's \s / \w
+    # (less "_"), so this gives findall(t) exactly, 20% faster (most pieces are plain words).
+    tokens = []
+    append, extend = tokens.append, tokens.extend
+    for piece in t.split():
+      if piece.isalnum():
+        append(piece)
+      else:
+        extend(findall(piece))
+    out.append(tokens)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +217,10 @@ def build_vocab(token_lists: Iterable[Sequence[str]], *, min_freq: int = 1,
     raise ValueError(f"build_vocab: max_size = {max_size} leaves no room for the two special "
                      "tokens; use 0 (unlimited) or a value >= 2.")
   counts = collections.Counter(itertools.chain.from_iterable(token_lists))
+  return _vocab_from_counts(counts, min_freq, max_size)
+
+
+def _vocab_from_counts(counts: dict, min_freq: int, max_size: int) -> Vocab:
   counts.pop(PAD_TOKEN, None)
   counts.pop(UNK_TOKEN, None)
   items = [(t, c) for t, c in counts.items() if c >= min_freq]
@@ -233,7 +256,8 @@ def ngram_ids(word_ids_row: Sequence[int] | np.ndarray, n: int, num_buckets: int
   return out[out != PAD_ID].astype(np.int32)
 
 
-def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int) -> np.ndarray:
+def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int, *,
+                    threads: int = 1) -> np.ndarray:
   """``ngram_ids`` for a padded ``[N, L]`` word-id matrix, vectorized.
 
   Args:
@@ -241,6 +265,7 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int)
     n: the largest order (>= 2).
     num_buckets: number of hash buckets (> 0).
     offset: added to each bucket; normally ``len(vocab)``.
+    threads: hash blocks of rows on this many threads (numpy releases the GIL in its loops).
 
   Returns:
     int32 ``[N, (n-1)*L]``: block k-2 (columns ``(k-2)*L .. (k-1)*L``) holds the k-grams by
@@ -263,6 +288,11 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int)
   if offset + num_buckets > np.iinfo(np.int32).max:
     raise ValueError(f"ngram_ids_batch: offset {offset} + num_buckets {num_buckets} does not fit "
                      "in int32 ids; use fewer buckets.")
+  if threads > 1 and len(word_ids) >= 4096:
+    blocks = np.array_split(word_ids, threads)
+    with futures.ThreadPoolExecutor(threads) as pool:
+      return np.concatenate(list(pool.map(
+          lambda block: ngram_ids_batch(block, n, num_buckets, offset), blocks)))
   num_docs, length = word_ids.shape
   if np.any(word_ids < 0):
     raise ValueError("ngram_ids_batch: word ids must be >= 0 (0 = padding).")
@@ -320,13 +350,7 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
     >>> encode([["a", "b"]], v, max_len=2, ngrams=2, num_buckets=10).shape
     (1, 4)
   """
-  if max_len <= 0:
-    raise ValueError(f"encode: max_len = {max_len} must be positive.")
-  if ngrams < 1:
-    raise ValueError(f"encode: ngrams = {ngrams} must be >= 1.")
-  if ngrams > 1 and num_buckets <= 0:
-    raise ValueError(f"encode: ngrams = {ngrams} needs num_buckets > 0 (n-grams are hashed "
-                     "into that many buckets), e.g. num_buckets=2000000.")
+  _check_encode_args("encode", max_len, ngrams, num_buckets)
   lengths = np.fromiter((min(len(t), max_len) for t in token_lists), dtype=np.int64,
                         count=len(token_lists))
   get = vocab._index.get  # pylint: disable=protected-access
@@ -334,10 +358,138 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
   tokens = itertools.chain.from_iterable(toks[:max_len] for toks in token_lists)
   flat = np.fromiter(map(get, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
                      count=int(lengths.sum()))
-  words = np.zeros((len(token_lists), max_len), dtype=np.int32)
-  # Row-major boolean assignment fills each row's first lengths[i] slots, in order.
-  words[np.arange(max_len)[None, :] < lengths[:, None]] = flat
+  words = pad_rows(flat, lengths, max_len)
   if ngrams == 1:
     return words
   grams = ngram_ids_batch(words, ngrams, num_buckets, offset=len(vocab))
   return np.concatenate([words, grams], axis=1)
+
+
+def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_split: str = "train",
+                  lowercase: bool = True, min_freq: int = 1, max_size: int = 0, ngrams: int = 1,
+                  num_buckets: int = 0, workers: int = 1) -> tuple[Vocab, dict[str, np.ndarray]]:
+  """Tokenizes every split, builds the vocabulary on one, and encodes them all, on processes.
+
+  The result is exactly that of ``tokenize_many``, ``build_vocab`` (on ``splits[vocab_split]``)
+  and ``encode`` per split; only the work is shared. With ``workers > 1`` each of that many
+  forked processes tokenizes one slice of every split and returns its own small vocabulary, its
+  counts and ids into it; this process adds the counts up, builds the vocabulary and maps the
+  slices' ids onto it with numpy, then hashes n-grams on ``workers`` threads. Processes are
+  forked only where that is safe and worth it: a platform with ``fork``, at least 1 MB of text,
+  and JAX's backends not started yet (forking a process whose XLA threads run can deadlock it;
+  ``embedlab train`` encodes before it starts them). Otherwise the slices run in this process.
+
+  Args:
+    splits: name -> texts; must hold ``vocab_split``.
+    max_len, ngrams, num_buckets: as for ``encode``.
+    vocab_split: the split the vocabulary is built on (normally train).
+    lowercase: as for ``tokenize_many``.
+    min_freq, max_size: as for ``build_vocab``.
+    workers: processes (and n-gram threads) to use; 1 = this process only.
+
+  Returns:
+    ``(vocab, {name: int32 [N, max_len * ngrams]})``.
+
+  Example:
+    >>> vocab, ids = encode_corpus({"train": ["a b a", "c"], "test": ["a d"]}, max_len=3)
+    >>> vocab.tokens
+    ('<pad>', '<unk>', 'a', 'b', 'c')
+    >>> ids["test"]
+    array([[2, 1, 0]], dtype=int32)
+  """
+  if vocab_split not in splits:
+    raise ValueError(f"encode_corpus: no split {vocab_split!r} to build the vocabulary on "
+                     f"(splits: {sorted(splits)}).")
+  _check_encode_args("encode_corpus", max_len, ngrams, num_buckets)
+  if workers < 1:
+    raise ValueError(f"encode_corpus: workers = {workers} must be >= 1.")
+  # the vocabulary split first: its tokens get the first local ids, and the counts
+  order = [vocab_split] + [name for name in splits if name != vocab_split]
+  parts = {name: splits[name] for name in order}
+  chars = sum(len(t) for texts in parts.values() for t in texts)
+  if chars < _MIN_FORK_CHARS or not _fork.can_fork():
+    workers = 1
+  slices = [{name: texts[k * len(texts) // workers:(k + 1) * len(texts) // workers]
+             for name, texts in parts.items()} for k in range(workers)]
+  shards = _fork.fork_map(functools.partial(_tokenize_shard, vocab_split=vocab_split,
+                                            lowercase=lowercase, max_len=max_len),
+                          slices, workers)
+  total: dict[str, int] = {}
+  for tokens, counts, _ in shards:
+    get = total.get
+    for token, count in zip(tokens, counts.tolist()):
+      if count:
+        total[token] = get(token, 0) + count
+  vocab = _vocab_from_counts(total, min_freq, max_size)
+  lookup = vocab._index.get  # pylint: disable=protected-access
+  remaps = [np.fromiter(map(lookup, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
+                        count=len(tokens)) for tokens, _, _ in shards]
+  encoded = {}
+  for name in splits:
+    flat = np.concatenate([remap[shard[2][name][0]] for remap, shard in zip(remaps, shards)])
+    lengths = np.concatenate([shard[2][name][1] for shard in shards])
+    words = pad_rows(flat, lengths, max_len)
+    if ngrams > 1:
+      grams = ngram_ids_batch(words, ngrams, num_buckets, len(vocab), threads=workers)
+      words = np.concatenate([words, grams], axis=1)
+    encoded[name] = words
+  return vocab, encoded
+
+
+def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int) -> None:
+  if max_len <= 0:
+    raise ValueError(f"{caller}: max_len = {max_len} must be positive.")
+  if ngrams < 1:
+    raise ValueError(f"{caller}: ngrams = {ngrams} must be >= 1.")
+  if ngrams > 1 and num_buckets <= 0:
+    raise ValueError(f"{caller}: ngrams = {ngrams} needs num_buckets > 0 (n-grams are hashed "
+                     "into that many buckets), e.g. num_buckets=2000000.")
+
+
+# Below this much text, forking costs more than it saves (SST-2's train split is 3.4 MB).
+_MIN_FORK_CHARS = 1_000_000
+
+
+def _tokenize_shard(parts: dict[str, Sequence[str]], vocab_split: str, lowercase: bool,
+                    max_len: int):
+  """``(tokens, counts, {name: (flat ids, lengths)})`` of some texts: ``tokens`` holds each
+  distinct token once (local id = position), ``counts`` their counts in ``vocab_split``, and the
+  ids are local ones of each text's first ``max_len`` tokens."""
+  index: dict[str, int] = {}
+  positions = itertools.count()  # one per token: setdefault keeps a token's first position
+  raw = {}
+  for name, texts in parts.items():
+    tokens = tokenize_many(texts, lowercase=lowercase)
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    raw[name] = (np.fromiter(map(index.setdefault, itertools.chain.from_iterable(tokens),
+                                 positions), dtype=np.int64, count=int(lengths.sum())), lengths)
+  firsts = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+  local = np.zeros(next(positions), dtype=np.int32)
+  local[firsts] = np.arange(len(firsts), dtype=np.int32)  # first position -> local id
+  out, counts = {}, np.zeros(len(index), dtype=np.int64)
+  for name, (ids, lengths) in raw.items():
+    ids = local[ids]
+    if name == vocab_split:
+      counts = np.bincount(ids, minlength=len(index))
+    if lengths.size and lengths.max() > max_len:  # keep each text's first max_len tokens
+      starts = np.cumsum(lengths) - lengths
+      ids = ids[np.arange(ids.size) - np.repeat(starts, lengths) < max_len]
+      lengths = np.minimum(lengths, max_len)
+    out[name] = (ids, lengths)
+  return list(index), counts, out
+
+
+def pad_rows(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+  """A right-padded int32 ``[N, max_len]`` matrix: row i holds the next ``lengths[i]`` ids of
+  ``flat`` (``lengths[i] <= max_len``), then ``PAD_ID``.
+
+  Example:
+    >>> pad_rows(np.array([5, 6, 7]), np.array([2, 0, 1]), 3)
+    array([[5, 6, 0],
+           [0, 0, 0],
+           [7, 0, 0]], dtype=int32)
+  """
+  words = np.zeros((len(lengths), max_len), dtype=np.int32)
+  # Row-major boolean assignment fills each row's first lengths[i] slots, in order.
+  words[np.arange(max_len)[None, :] < lengths[:, None]] = flat
+  return words

@@ -325,7 +325,9 @@ def validate_ids(data: data_lib.EncodedData) -> None:
   for split in ("train", "dev", "test"):
     ids = getattr(data, f"{split}_ids")
     if ids is not None:
-      tables.check_ids(ids, data.num_embeddings, where=f"data ({split} split)")
+      if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"data ({split} split): ids must be integers, got dtype {ids.dtype}.")
+      tables.check_host_ids(ids, data.num_embeddings, where=f"data ({split} split)")
 
 
 def _load_pretrained(cfg, data, key):
@@ -376,10 +378,11 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
 
 
 def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
-  mesh = sharding.mesh_from_config(cfg.mesh)
-  run = _run_dir(pathlib.Path(workdir), cfg, restart)
+  # the data first: its tokenizing processes fork before JAX's backends start their threads
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   clock.lap("data")
+  mesh = sharding.mesh_from_config(cfg.mesh)
+  run = _run_dir(pathlib.Path(workdir), cfg, restart)
   run.save_vocab(data.vocab, data.label_names)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)

@@ -373,9 +373,10 @@ def test_encode_splits_vocab_from_train_only(tmp_path):
   np.testing.assert_array_equal(d.train_lengths, [3, 5])
 
 
-def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("grams", [dict(), dict(ngrams=3, num_buckets=50, max_len=6)])
+def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch, grams):
   path = _numbered(tmp_path, "train.tsv", 40)
-  cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.25, min_freq=1)
+  cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.25, min_freq=1, **grams)
   first = data.encode_splits(cfg, seed=1)
   files = sorted(p.name for p in (tmp_path / "cache").iterdir())
   key = data.cache_key(cfg, 1)
@@ -402,6 +403,22 @@ def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch):
   with pytest.raises(AssertionError, match="tokenized although cached"):
     data.encode_splits(cfg, seed=1)
   assert path.exists()
+
+
+def test_cache_keeps_ids_that_are_not_right_padded(tmp_path):
+  # the cache packs right-padded word ids (flat + lengths); any other matrix is kept as it is
+  cfg = DataConfig(synthetic_train_size=20, synthetic_eval_size=5, max_len=4)
+  d = data.encode_splits(cfg, 0, cache=False)
+  holes = d.train_ids.copy()
+  holes[0, :2] = [0, 7]  # a padding slot before a word
+  odd = dataclasses.replace(d, train_ids=holes)
+  data._write_cache(tmp_path, "k", odd, cfg)
+  with np.load(tmp_path / "k.npz") as f:
+    assert "train_ids" in f.files and "dev_words" in f.files  # dev is packed
+  back = data._read_cache(tmp_path, "k")
+  for name in ("train", "dev", "test"):
+    np.testing.assert_array_equal(back.split(name)[0], odd.split(name)[0])
+    assert back.split(name)[0].dtype == np.int32
 
 
 def test_corrupt_cache_is_ignored(tmp_path):
@@ -480,3 +497,49 @@ def test_ragged_batches_hold_each_bags_real_ids_in_order():
 def test_ragged_batches_refuse_a_batch_longer_than_the_length():
   with pytest.raises(ValueError, match="3 non-padding ids, more than the ragged length 2"):
     data.ragged_batches(np.array([[1, 2], [3, 0]]), 2)
+
+
+# ----------------------------------------------------------------------------- forked workers
+
+
+def test_forked_file_reading_and_encoding_match_one_process(tmp_path):
+  # JAX runs in this test process, so nothing forks here; a fresh interpreter forks one reader
+  # per file and the tokenizing workers, and must give what one process gives, errors included
+  _numbered(tmp_path, "train.tsv", 3000, label=lambda i: i % 2)
+  _numbered(tmp_path, "test.tsv", 500, label=lambda i: i % 2)
+  _write(tmp_path / "bad.tsv", "label\ttext\n1\tfine\n0\ttoo\tmany\n")
+  script = tmp_path / "forked.py"
+  script.write_text("""
+import dataclasses, multiprocessing.pool, numpy as np
+from embedlab import data, text
+from embedlab.config import DataConfig
+data._MIN_FORK_FILE_BYTES = text._MIN_FORK_CHARS = 0
+pools = []
+class Spy(multiprocessing.pool.Pool):
+  def __init__(self, processes, *a, **k):
+    pools.append(processes)
+    super().__init__(processes, *a, **k)
+multiprocessing.pool.Pool = Spy
+cfg = DataConfig(source="files", train="train.tsv", test="test.tsv", dev_fraction=0.1,
+                 ngrams=2, num_buckets=64, max_len=3, workers=2)
+forked = data.encode_splits(cfg, 0, cache=False)
+assert pools == [2, 2], pools  # the two files, then the tokenizing
+one = data.encode_splits(dataclasses.replace(cfg, workers=1), 0, cache=False)
+assert pools == [2, 2], pools
+assert forked.vocab == one.vocab and forked.label_names == one.label_names
+for name in ("train", "dev", "test"):
+  for a, b in zip(forked.split(name), one.split(name)):
+    np.testing.assert_array_equal(a, b)
+try:
+  data.encode_splits(dataclasses.replace(cfg, test="bad.tsv"), 0, cache=False)
+except data.DataError as e:
+  assert "bad.tsv, line 3: malformed row" in str(e), e
+else:
+  raise AssertionError("no DataError")
+print("forked ok")
+""")
+  import os, subprocess, sys  # noqa: E401, PLC0415
+  done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, EMBEDLAB_DATA=str(tmp_path)))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "forked ok" in done.stdout

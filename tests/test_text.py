@@ -33,6 +33,23 @@ def test_tokenize_many_matches_tokenize():
     assert text.tokenize_many(texts, lowercase) == [text.tokenize(t, lowercase) for t in texts]
 
 
+
+def test_tokenize_many_matches_the_regex_on_random_unicode():
+  # tokenize_many splits on whitespace first and skips the regex for word-only pieces; that
+  # must give the regex's tokens exactly, whatever the characters (digits of other scripts,
+  # combining marks, "_", odd spaces, apostrophes, punctuation).
+  rng = np.random.default_rng(0)
+  alphabet = list("aZ9_'’-.,!? \t\n\u00a0\u2003\u3000éß²½٣ǅ\u0301中文<br/>") + ["<br />", "'s", "n't"]
+  texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(2000)]
+  for lowercase in (True, False):
+    assert text.tokenize_many(texts, lowercase) == [text.tokenize(t, lowercase) for t in texts]
+    # and tokenize is the plain regex on the cleaned text
+    for t in texts[:200]:
+      cleaned = text._BR_RE.sub(" ", t)
+      assert text.tokenize(t, lowercase) == text._TOKEN_RE.findall(
+          cleaned.lower() if lowercase else cleaned)
+
+
 # ----------------------------------------------------------------------------- vocab
 
 
@@ -189,3 +206,93 @@ def test_encode_needs_buckets_for_ngrams():
     text.encode([["a"]], v, max_len=3, ngrams=2)
   with pytest.raises(ValueError, match="max_len = 0"):
     text.encode([["a"]], v, max_len=0)
+
+
+# ----------------------------------------------------------------------------- encode_corpus
+
+
+def _random_corpus(seed: int, docs: int = 300) -> dict[str, list[str]]:
+  rng = np.random.default_rng(seed)
+  words = [f"w{i}" for i in range(60)] + ["Caps", "it's", "x_y", "naïve"]
+  def doc():
+    picked = rng.choice(words, size=rng.integers(0, 20), p=None)
+    return " ".join(f"{w}," if rng.random() < 0.1 else str(w) for w in picked)
+  # dev holds words train never has (w60+ are rare), test is empty
+  return {"train": [doc() for _ in range(docs)], "dev": [doc() + " zzz unseen" for _ in range(40)],
+          "test": []}
+
+
+def _reference_corpus(splits, **kw):
+  tokens = {k: text.tokenize_many(v, lowercase=kw["lowercase"]) for k, v in splits.items()}
+  vocab = text.build_vocab(tokens["train"], min_freq=kw["min_freq"], max_size=kw["max_size"])
+  return vocab, {k: text.encode(t, vocab, max_len=kw["max_len"], ngrams=kw["ngrams"],
+                                num_buckets=kw["num_buckets"]) for k, t in tokens.items()}
+
+
+@pytest.mark.parametrize("kw", [
+    dict(lowercase=True, min_freq=1, max_size=0, max_len=8, ngrams=1, num_buckets=0),
+    dict(lowercase=False, min_freq=3, max_size=30, max_len=25, ngrams=3, num_buckets=64),
+    dict(lowercase=True, min_freq=2, max_size=0, max_len=5, ngrams=2, num_buckets=1000),
+])
+def test_encode_corpus_is_tokenize_vocab_encode(kw):
+  splits = _random_corpus(0)
+  vocab, ids = _reference_corpus(splits, **kw)
+  for workers in (1, 3):  # JAX runs in this process: workers > 1 must not fork, same result
+    got_vocab, got = text.encode_corpus(splits, workers=workers, **kw)
+    assert got_vocab.tokens == vocab.tokens
+    assert sorted(got) == sorted(ids)
+    for name in ids:
+      np.testing.assert_array_equal(got[name], ids[name])
+      assert got[name].dtype == np.int32
+
+
+def test_encode_corpus_does_not_fork_once_jax_runs():
+  import jax  # noqa: PLC0415
+  jax.devices()
+  from embedlab import _fork  # noqa: PLC0415
+  assert not _fork.can_fork()
+
+
+def test_encode_corpus_forked_workers_give_the_same_ids(tmp_path):
+  # a fresh interpreter, where JAX's backends have not started: the workers really fork
+  script = tmp_path / "forked.py"
+  script.write_text("""
+import numpy as np
+from embedlab import text
+import test_text as t
+text._MIN_FORK_CHARS = 0
+import multiprocessing.pool
+calls = []
+Pool = multiprocessing.pool.Pool
+class Spy(Pool):  # counts the process pools encode_corpus starts
+  def __init__(self, processes, *a, **k):
+    calls.append(processes)
+    super().__init__(processes, *a, **k)
+multiprocessing.pool.Pool = Spy
+kw = dict(lowercase=True, min_freq=2, max_size=40, max_len=6, ngrams=2, num_buckets=97)
+splits = t._random_corpus(1, docs=5000)
+vocab, ids = t._reference_corpus(splits, **kw)
+for workers in (2, 3):
+  got_vocab, got = text.encode_corpus(splits, workers=workers, **kw)
+  assert got_vocab.tokens == vocab.tokens
+  for name in ids:
+    np.testing.assert_array_equal(got[name], ids[name])
+assert calls == [2, 3], calls
+print("forked ok")
+""")
+  import os, pathlib, subprocess, sys  # noqa: E401, PLC0415
+  here = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+  done = subprocess.run([sys.executable, str(script)], cwd=here.parent, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "forked ok" in done.stdout
+
+
+def test_encode_corpus_errors():
+  with pytest.raises(ValueError, match="no split 'train'"):
+    text.encode_corpus({"test": ["a"]}, max_len=3)
+  with pytest.raises(ValueError, match="workers = 0"):
+    text.encode_corpus({"train": ["a"]}, max_len=3, workers=0)
+  with pytest.raises(ValueError, match="num_buckets > 0"):
+    text.encode_corpus({"train": ["a"]}, max_len=3, ngrams=2)

@@ -1,0 +1,48 @@
+"""Host work on forked processes, for the data pipeline (pure Python and numpy, no JAX).
+
+Forked workers inherit the function and its inputs (nothing is pickled on the way in, only the
+results on the way back), so they start in milliseconds. Forking is used only where it is safe:
+a platform with ``fork``, and JAX's backends not started yet (a fork of a process whose XLA
+threads run can deadlock, and JAX warns about it). ``embedlab train`` encodes its data before it
+starts them; elsewhere (a notebook that already ran JAX) the work runs in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from typing import Any, Callable, Sequence
+
+_PAYLOAD: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def can_fork() -> bool:
+  """True where ``fork_map`` would fork: ``fork`` exists and JAX's backends have not started."""
+  if "fork" not in multiprocessing.get_all_start_methods():
+    return False
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  started = getattr(bridge, "backends_are_initialized", None)
+  return not (started is not None and started())
+
+
+def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], processes: int) -> list[Any]:
+  """``[fn(item) for item in items]``, on up to ``processes`` forked processes when
+  ``can_fork()`` (and there are two items or more), else in this process.
+
+  An exception raised by ``fn`` is raised here, with its type and message.
+  """
+  global _PAYLOAD
+  processes = min(processes, len(items))
+  if processes < 2 or not can_fork():
+    return [fn(item) for item in items]
+  _PAYLOAD = (fn, items)
+  try:
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+      return pool.map(_call, range(len(items)), chunksize=1)
+  finally:
+    _PAYLOAD = None
+
+
+def _call(i: int) -> Any:
+  fn, items = _PAYLOAD
+  return fn(items[i])
