@@ -66,7 +66,8 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
     256000
   """
   model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes))
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  # shapes only: no key is made (a first JAX computation and a compilation)
+  shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, 0))
   table = _bytes(shapes["embed"])  # the whole embedding, any model.table variant
   other = _bytes(shapes) - table
   batch = cfg.train.batch_size

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import functools
+import itertools
+import operator
 import os
 import re
 from concurrent import futures
@@ -223,8 +224,9 @@ def build_vocab(token_lists: Iterable[Sequence[str]], *, min_freq: int = 1,
 def _vocab_from_counts(counts: dict, min_freq: int, max_size: int) -> Vocab:
   counts.pop(PAD_TOKEN, None)
   counts.pop(UNK_TOKEN, None)
-  items = [(t, c) for t, c in counts.items() if c >= min_freq]
-  items.sort(key=lambda tc: (-tc[1], tc[0]))
+  items = sorted(counts.items()) if min_freq <= 1 else sorted(
+      (t, c) for t, c in counts.items() if c >= min_freq)
+  items.sort(key=operator.itemgetter(1), reverse=True)  # stable: ties stay in token order
   if max_size:
     items = items[:max_size - 2]
   return Vocab((PAD_TOKEN, UNK_TOKEN) + tuple(t for t, _ in items))
