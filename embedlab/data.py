@@ -173,14 +173,22 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str
   if cfg.source == "synthetic":
     splits = synthetic_splits(cfg, seed)
     names = tuple(str(t) for t in range(cfg.synthetic_topics))
-  else:
-    raw = _load_raw(cfg)
-    names = _label_names(raw["train"])
-    splits = {name: _to_split(r, names, cfg.skip_bad_rows) for name, r in raw.items()}
+    return _finish_splits(splits, cfg, seed), names
+  return _assemble(_load_raw(cfg), cfg, seed)
+
+
+def _assemble(raw: dict[str, _RawSplit], cfg: DataConfig,
+              seed: int) -> tuple[dict[str, Split], tuple[str, ...]]:
+  names = _label_names(raw["train"])
+  splits = {name: _to_split(r, names, cfg.skip_bad_rows) for name, r in raw.items()}
+  return _finish_splits(splits, cfg, seed), names
+
+
+def _finish_splits(splits: dict[str, Split], cfg: DataConfig, seed: int) -> dict[str, Split]:
   splits = _carve_dev(splits, cfg, seed)
   if cfg.max_examples > 0:
     splits = {k: s.take(np.arange(min(len(s), cfg.max_examples))) for k, s in splits.items()}
-  return splits, names
+  return splits
 
 
 def _load_raw(cfg: DataConfig) -> dict[str, _RawSplit]:
@@ -188,18 +196,7 @@ def _load_raw(cfg: DataConfig) -> dict[str, _RawSplit]:
     if not cfg.train:
       raise DataError("data: data.source = 'files' needs data.train (a file under the data "
                       f"directory {data_dir()}, e.g. sst2/train.tsv.gz).")
-    names = [name for name in ("train", "dev", "test") if getattr(cfg, name)]
-    sizes = sorted((_file_size(resolve(getattr(cfg, name))) for name in names), reverse=True)
-    workers = encode_workers(cfg)
-    if len(sizes) < 2 or sizes[1] < _MIN_FORK_FILE_BYTES:
-      workers = 1  # one big file: forking costs more than it saves (SST-2: 0.1 s)
-    else:
-      # one forked process per file (when JAX has not started, see embedlab._fork): each checks,
-      # parses and converts its file at the same time as the others (IMDB: 0.3 s less), with
-      # datasets imported once, here, before (a second)
-      import datasets  # noqa: F401, PLC0415  pylint: disable=import-outside-toplevel,unused-import
-    raws = _fork.fork_map(functools.partial(_read_named_file, cfg), names, workers)
-    return dict(zip(names, raws))
+    return {name: _read_named_file(cfg, name) for name in _file_splits(cfg)}
   if cfg.source == "disk":
     return _load_disk(cfg)
   if cfg.source == "hub":
@@ -299,14 +296,8 @@ def _is_empty(path: pathlib.Path) -> bool:
   return False
 
 
-_MIN_FORK_FILE_BYTES = 4 << 20
-
-
-def _file_size(path: pathlib.Path) -> int:
-  try:
-    return path.stat().st_size
-  except OSError:
-    return 0  # reading it reports what is wrong
+def _file_splits(cfg: DataConfig) -> list[str]:
+  return [name for name in ("train", "dev", "test") if getattr(cfg, name)]
 
 
 def _read_named_file(cfg: DataConfig, split: str) -> _RawSplit:
@@ -879,11 +870,15 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
     found = _read_cache(directory, key)
     if found is not None:
       return found
-  splits, label_names = load_splits(cfg, seed)
-  vocab, ids = text_lib.encode_corpus(
-      {name: s.texts for name, s in splits.items()}, vocab_split="train", max_len=cfg.max_len,
-      lowercase=cfg.lowercase, min_freq=cfg.min_freq, max_size=cfg.max_vocab, ngrams=cfg.ngrams,
-      num_buckets=cfg.num_buckets, workers=encode_workers(cfg))
+  workers = encode_workers(cfg)
+  if _by_file(cfg, workers):
+    splits, label_names, vocab, ids = _encode_by_file(cfg, seed, workers)
+  else:
+    splits, label_names = load_splits(cfg, seed)
+    vocab, ids = text_lib.encode_corpus(
+        {name: s.texts for name, s in splits.items()}, vocab_split="train",
+        max_len=cfg.max_len, lowercase=cfg.lowercase, min_freq=cfg.min_freq,
+        max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers)
   labels = {name: s.labels for name, s in splits.items()}
   data = EncodedData(
       train_ids=ids["train"], train_labels=labels["train"],
@@ -895,6 +890,62 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
   if cache:
     _write_cache(directory, key, data, cfg)
   return data
+
+
+# A file this big or bigger is worth a process of its own (IMDB's are 12 MB, SST-2's dev and
+# test 0.1 MB).
+_MIN_FILE_BYTES = 4 << 20
+
+
+def _by_file(cfg: DataConfig, workers: int) -> bool:
+  """Whether each file gets a process that reads and tokenizes it: files data with at least as
+  many big files as workers (IMDB's train and test on 2 cores), and forking possible. Otherwise
+  the files are read here and the tokenizing is split by slices (``text.encode_corpus``)."""
+  if cfg.source != "files" or workers < 2 or not _fork.can_fork():
+    return False
+  big = 0
+  for name in _file_splits(cfg):
+    try:
+      big += resolve(getattr(cfg, name)).stat().st_size >= _MIN_FILE_BYTES
+    except OSError:
+      return False  # reading it reports what is wrong
+  return big >= workers
+
+
+def _read_and_tokenize(cfg: DataConfig, split: str) -> tuple[_RawSplit, text_lib.Shard]:
+  raw = _read_named_file(cfg, split)
+  shard = text_lib.tokenize_parts({split: raw.texts}, lowercase=cfg.lowercase)
+  raw.texts = []  # not sent back: the ids stand for them
+  return raw, shard
+
+
+def _encode_by_file(cfg: DataConfig, seed: int, workers: int):
+  """``encode_splits``' work with one forked process per file reading and tokenizing it; here,
+  the labels, the dev carve-out and ``max_examples`` pick rows, then ``text.encode_shards``."""
+  names = _file_splits(cfg)
+  import datasets  # noqa: F401, PLC0415  pylint: disable=import-outside-toplevel,unused-import
+  # (imported once, here: the forked processes inherit it, a second each)
+  done = _fork.fork_map(functools.partial(_read_and_tokenize, cfg), names, workers)
+  raw, bases, base = {}, [], 0
+  for name, (split, (_, parts)) in zip(names, done):
+    rows = len(parts[name][1])
+    split.texts = list(range(base, base + rows))  # a text is its row number over all files
+    raw[name] = split
+    bases.append(base)
+    base += rows
+  splits, label_names = _assemble(raw, cfg, seed)
+  layout = {}
+  for name, split in splits.items():
+    rows = np.asarray(split.texts, dtype=np.int64)
+    files = np.searchsorted(bases, rows, side="right") - 1
+    cuts = np.flatnonzero(np.diff(files)) + 1
+    layout[name] = [(int(f[0]), names[int(f[0])], r - bases[int(f[0])])
+                    for f, r in zip(np.split(files, cuts), np.split(rows, cuts)) if r.size]
+  vocab, ids = text_lib.encode_shards(
+      [shard for _, shard in done], layout, vocab_split="train", max_len=cfg.max_len,
+      min_freq=cfg.min_freq, max_size=cfg.max_vocab, ngrams=cfg.ngrams,
+      num_buckets=cfg.num_buckets, threads=workers)
+  return splits, label_names, vocab, ids
 
 
 def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:

@@ -23,8 +23,10 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import operator
 import os
@@ -374,9 +376,9 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
 
   The result is exactly that of ``tokenize_many``, ``build_vocab`` (on ``splits[vocab_split]``)
   and ``encode`` per split; only the work is shared. With ``workers > 1`` each of that many
-  forked processes tokenizes one slice of every split and returns its own small vocabulary, its
-  counts and ids into it; this process adds the counts up, builds the vocabulary and maps the
-  slices' ids onto it with numpy, then hashes n-grams on ``workers`` threads. Processes are
+  forked processes tokenizes one slice of every split into ids of its own small vocabulary
+  (``tokenize_parts``); this process counts, builds the vocabulary, maps the slices' ids onto
+  it with numpy and hashes n-grams on ``workers`` threads (``encode_shards``). Processes are
   forked only where that is safe and worth it: a platform with ``fork``, at least 1 MB of text,
   and JAX's backends not started yet (forking a process whose XLA threads run can deadlock it;
   ``embedlab train`` encodes before it starts them). Otherwise the slices run in this process.
@@ -405,37 +407,135 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
   _check_encode_args("encode_corpus", max_len, ngrams, num_buckets)
   if workers < 1:
     raise ValueError(f"encode_corpus: workers = {workers} must be >= 1.")
-  # the vocabulary split first: its tokens get the first local ids, and the counts
   order = [vocab_split] + [name for name in splits if name != vocab_split]
-  parts = {name: splits[name] for name in order}
-  chars = sum(len(t) for texts in parts.values() for t in texts)
+  chars = sum(len(t) for texts in splits.values() for t in texts)
   if chars < _MIN_FORK_CHARS or not _fork.can_fork():
     workers = 1
-  slices = [{name: texts[k * len(texts) // workers:(k + 1) * len(texts) // workers]
-             for name, texts in parts.items()} for k in range(workers)]
-  shards = _fork.fork_map(functools.partial(_tokenize_shard, vocab_split=vocab_split,
-                                            lowercase=lowercase, max_len=max_len),
-                          slices, workers)
+  slices = [{name: splits[name][k * len(splits[name]) // workers:
+                                (k + 1) * len(splits[name]) // workers] for name in order}
+            for k in range(workers)]
+  shards = _fork.fork_map(functools.partial(tokenize_parts, lowercase=lowercase), slices,
+                          workers)
+  layout = {name: [(k, name, None) for k in range(len(shards))] for name in splits}
+  return encode_shards(shards, layout, vocab_split=vocab_split, min_freq=min_freq,
+                       max_size=max_size, max_len=max_len, ngrams=ngrams,
+                       num_buckets=num_buckets, threads=workers)
+
+
+# Tokenized texts: (tokens, {part: (ids, lengths)}). ``tokens`` holds each distinct token once
+# (its local id is its position); ``ids`` are the int32 local ids of every token of a part's
+# texts, text after text, and ``lengths`` (int64) the tokens per text.
+Shard = tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def tokenize_parts(parts: Mapping[str, Sequence[str]], lowercase: bool = True) -> Shard:
+  """Tokenizes some named lists of texts into local ids (a ``Shard``), for ``encode_shards``.
+
+  Example:
+    >>> tokens, parts = tokenize_parts({"a": ["x y x"], "b": ["z", "y"]})
+    >>> tokens, parts["b"][0], parts["b"][1]
+    (['x', 'y', 'z'], array([2, 1], dtype=int32), array([1, 1]))
+  """
+  index: dict[str, int] = {}
+  positions = itertools.count()  # one per token: setdefault keeps a token's first position
+  raw = {}
+  with _gc_paused():
+    for name, texts in parts.items():
+      tokens = tokenize_many(texts, lowercase=lowercase)
+      lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+      raw[name] = (np.fromiter(map(index.setdefault, itertools.chain.from_iterable(tokens),
+                                   positions), dtype=np.int64, count=int(lengths.sum())),
+                   lengths)
+  firsts = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+  local = np.zeros(next(positions), dtype=np.int32)
+  local[firsts] = np.arange(len(firsts), dtype=np.int32)  # first position -> local id
+  return list(index), {name: (local[ids], lengths) for name, (ids, lengths) in raw.items()}
+
+
+@contextlib.contextmanager
+def _gc_paused():
+  """No cyclic garbage collection inside: the token lists hold only strings (no cycles), and
+  with JAX imported each full collection walks a million objects (IMDB: 15% of tokenizing)."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+def encode_shards(shards: Sequence[Shard],
+                  layout: Mapping[str, Sequence[tuple[int, str, np.ndarray | None]]], *,
+                  max_len: int, vocab_split: str = "train", min_freq: int = 1, max_size: int = 0,
+                  ngrams: int = 1, num_buckets: int = 0,
+                  threads: int = 1) -> tuple[Vocab, dict[str, np.ndarray]]:
+  """Builds the vocabulary and the padded id matrices from tokenized shards.
+
+  Args:
+    shards: ``tokenize_parts`` results (from any processes).
+    layout: split name -> its pieces in order, each ``(shard index, part name, rows)``: the
+      texts ``rows`` (an int array; None = all) of that part of that shard.
+    max_len, vocab_split, min_freq, max_size, ngrams, num_buckets: as for ``encode_corpus``;
+      the vocabulary counts the tokens of ``layout[vocab_split]``.
+    threads: n-gram hashing threads.
+
+  Returns:
+    ``(vocab, {name: int32 [N, max_len * ngrams]})``, as ``encode_corpus``.
+
+  Example:
+    >>> shard = tokenize_parts({"all": ["a b", "b c", "c"]})
+    >>> vocab, ids = encode_shards([shard], {"train": [(0, "all", np.array([1, 0]))],
+    ...                                      "test": [(0, "all", np.array([2]))]}, max_len=2)
+    >>> vocab.tokens, ids["train"].tolist(), ids["test"].tolist()
+    (('<pad>', '<unk>', 'b', 'a', 'c'), [[2, 4], [3, 2]], [[4, 0]])
+  """
+  if vocab_split not in layout:
+    raise ValueError(f"encode_shards: no split {vocab_split!r} to build the vocabulary on "
+                     f"(splits: {sorted(layout)}).")
+  _check_encode_args("encode_shards", max_len, ngrams, num_buckets)
   total: dict[str, int] = {}
-  for tokens, counts, _ in shards:
+  for k, part, rows in layout[vocab_split]:
+    tokens, parts = shards[k]
+    ids, _ = _take_rows(*parts[part], rows)
     get = total.get
-    for token, count in zip(tokens, counts.tolist()):
+    for token, count in zip(tokens, np.bincount(ids, minlength=len(tokens)).tolist()):
       if count:
         total[token] = get(token, 0) + count
   vocab = _vocab_from_counts(total, min_freq, max_size)
   lookup = vocab._index.get  # pylint: disable=protected-access
-  remaps = [np.fromiter(map(lookup, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
-                        count=len(tokens)) for tokens, _, _ in shards]
+  remaps: dict[int, np.ndarray] = {}
   encoded = {}
-  for name in splits:
-    flat = np.concatenate([remap[shard[2][name][0]] for remap, shard in zip(remaps, shards)])
-    lengths = np.concatenate([shard[2][name][1] for shard in shards])
-    words = pad_rows(flat, lengths, max_len)
+  for name, pieces in layout.items():
+    flats, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+    for k, part, rows in pieces:
+      tokens, parts = shards[k]
+      if k not in remaps:
+        remaps[k] = np.fromiter(map(lookup, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
+                                count=len(tokens))
+      ids, counts = _take_rows(*parts[part], rows, max_len)
+      flats.append(remaps[k][ids])
+      lengths.append(counts)
+    words = pad_rows(np.concatenate(flats), np.concatenate(lengths), max_len)
     if ngrams > 1:
-      grams = ngram_ids_batch(words, ngrams, num_buckets, len(vocab), threads=workers)
+      grams = ngram_ids_batch(words, ngrams, num_buckets, len(vocab), threads=threads)
       words = np.concatenate([words, grams], axis=1)
     encoded[name] = words
   return vocab, encoded
+
+
+def _take_rows(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray | None = None,
+               max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The flat ids and lengths of texts ``rows`` (None: all), each cut to ``max_len`` tokens."""
+  if rows is None and (max_len is None or not lengths.size or lengths.max() <= max_len):
+    return ids, lengths
+  starts = np.cumsum(lengths) - lengths
+  if rows is not None:
+    starts, lengths = starts[rows], lengths[rows]
+  if max_len is not None:
+    lengths = np.minimum(lengths, max_len)
+  offsets = np.cumsum(lengths) - lengths
+  return ids[np.arange(int(lengths.sum())) + np.repeat(starts - offsets, lengths)], lengths
 
 
 def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int) -> None:
@@ -450,35 +550,6 @@ def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int)
 
 # Below this much text, forking costs more than it saves (SST-2's train split is 3.4 MB).
 _MIN_FORK_CHARS = 1_000_000
-
-
-def _tokenize_shard(parts: dict[str, Sequence[str]], vocab_split: str, lowercase: bool,
-                    max_len: int):
-  """``(tokens, counts, {name: (flat ids, lengths)})`` of some texts: ``tokens`` holds each
-  distinct token once (local id = position), ``counts`` their counts in ``vocab_split``, and the
-  ids are local ones of each text's first ``max_len`` tokens."""
-  index: dict[str, int] = {}
-  positions = itertools.count()  # one per token: setdefault keeps a token's first position
-  raw = {}
-  for name, texts in parts.items():
-    tokens = tokenize_many(texts, lowercase=lowercase)
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    raw[name] = (np.fromiter(map(index.setdefault, itertools.chain.from_iterable(tokens),
-                                 positions), dtype=np.int64, count=int(lengths.sum())), lengths)
-  firsts = np.fromiter(index.values(), dtype=np.int64, count=len(index))
-  local = np.zeros(next(positions), dtype=np.int32)
-  local[firsts] = np.arange(len(firsts), dtype=np.int32)  # first position -> local id
-  out, counts = {}, np.zeros(len(index), dtype=np.int64)
-  for name, (ids, lengths) in raw.items():
-    ids = local[ids]
-    if name == vocab_split:
-      counts = np.bincount(ids, minlength=len(index))
-    if lengths.size and lengths.max() > max_len:  # keep each text's first max_len tokens
-      starts = np.cumsum(lengths) - lengths
-      ids = ids[np.arange(ids.size) - np.repeat(starts, lengths) < max_len]
-      lengths = np.minimum(lengths, max_len)
-    out[name] = (ids, lengths)
-  return list(index), counts, out
 
 
 def pad_rows(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:

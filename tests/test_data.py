@@ -503,35 +503,42 @@ def test_ragged_batches_refuse_a_batch_longer_than_the_length():
 
 
 def test_forked_file_reading_and_encoding_match_one_process(tmp_path):
-  # JAX runs in this test process, so nothing forks here; a fresh interpreter forks one reader
-  # per file and the tokenizing workers, and must give what one process gives, errors included
+  # JAX runs in this test process, so nothing forks here; a fresh interpreter forks one process
+  # per file that reads and tokenizes it, and must give what one process gives, whatever rows
+  # the labels, the dev carve-out and max_examples keep, errors included
   _numbered(tmp_path, "train.tsv", 3000, label=lambda i: i % 2)
   _numbered(tmp_path, "test.tsv", 500, label=lambda i: i % 2)
+  _numbered(tmp_path, "test3.tsv", 500, label=lambda i: i % 3)  # label 2 is unknown
   _write(tmp_path / "bad.tsv", "label\ttext\n1\tfine\n0\ttoo\tmany\n")
   script = tmp_path / "forked.py"
   script.write_text("""
 import dataclasses, multiprocessing.pool, numpy as np
 from embedlab import data, text
 from embedlab.config import DataConfig
-data._MIN_FORK_FILE_BYTES = text._MIN_FORK_CHARS = 0
+data._MIN_FILE_BYTES = text._MIN_FORK_CHARS = 0
 pools = []
 class Spy(multiprocessing.pool.Pool):
   def __init__(self, processes, *a, **k):
     pools.append(processes)
     super().__init__(processes, *a, **k)
 multiprocessing.pool.Pool = Spy
-cfg = DataConfig(source="files", train="train.tsv", test="test.tsv", dev_fraction=0.1,
-                 ngrams=2, num_buckets=64, max_len=3, workers=2)
-forked = data.encode_splits(cfg, 0, cache=False)
-assert pools == [2, 2], pools  # the two files, then the tokenizing
-one = data.encode_splits(dataclasses.replace(cfg, workers=1), 0, cache=False)
-assert pools == [2, 2], pools
-assert forked.vocab == one.vocab and forked.label_names == one.label_names
-for name in ("train", "dev", "test"):
-  for a, b in zip(forked.split(name), one.split(name)):
-    np.testing.assert_array_equal(a, b)
+base = DataConfig(source="files", train="train.tsv", test="test.tsv", dev_fraction=0.1,
+                  ngrams=2, num_buckets=64, max_len=3, workers=2)
+for cfg in (base, dataclasses.replace(base, max_examples=700, min_freq=2),
+            dataclasses.replace(base, test="test3.tsv", skip_bad_rows=True)):
+  del pools[:]
+  forked = data.encode_splits(cfg, 0, cache=False)
+  assert pools == [2], pools  # one pool: a process per file reads and tokenizes it
+  one = data.encode_splits(dataclasses.replace(cfg, workers=1), 0, cache=False)
+  assert pools == [2], pools
+  assert forked.vocab == one.vocab and forked.label_names == one.label_names
+  assert forked.skipped == one.skipped
+  for name in ("train", "dev", "test"):
+    for a, b in zip(forked.split(name), one.split(name)):
+      np.testing.assert_array_equal(a, b)
+assert one.skipped["test"] > 0
 try:
-  data.encode_splits(dataclasses.replace(cfg, test="bad.tsv"), 0, cache=False)
+  data.encode_splits(dataclasses.replace(base, test="bad.tsv"), 0, cache=False)
 except data.DataError as e:
   assert "bad.tsv, line 3: malformed row" in str(e), e
 else:
