@@ -12,9 +12,11 @@ dev 0.9092 and half the train-loop time. Session 5, lr 0.004 / 0.008 / 0.016: 2 
 (dev's is 0.6 points): 1 epoch at lr 0.004, half the train loop again.
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8972 (dev 0.9052). The whole job takes 11.5 s with every cache
-cold (data 5.7 s, compiling 2.2 s), and 4.8 s warm (train loop 2.1 s). fastText in the same
-benchmark: 13.1 s, and 0.8792 median (its 2-thread runs at lr 0.25 spread from 0.65 to 0.90).
+median of 3): test accuracy 0.8972 (dev 0.9052). The whole job takes 15.0 s with every cache
+cold (data 7.6 s, compiling 2.7 s), and 6.4 s warm (train loop 2.7 s). fastText in the same
+benchmark: 18.0 s, and 0.8250 median (its 2-thread runs at lr 0.25 spread from 0.65 to 0.90).
+An earlier run of the same code on a faster moment of the machine: 11.5 s cold and 4.8 s warm,
+against fastText's 13.1 s (ratios 0.88 and 0.37).
 
 Command:
   embedlab train experiments/imdb_fasttext.py

@@ -39,7 +39,8 @@ def test_tokenize_many_matches_the_regex_on_random_unicode():
   # must give the regex's tokens exactly, whatever the characters (digits of other scripts,
   # combining marks, "_", odd spaces, apostrophes, punctuation).
   rng = np.random.default_rng(0)
-  alphabet = list("aZ9_'’-.,!? \t\n\u00a0\u2003\u3000éß²½٣ǅ\u0301中文<br/>") + ["<br />", "'s", "n't"]
+  alphabet = list("aZ9_'’-.,!? \t\n\u00a0\u2003\u3000éß²½٣ǅ\u0301中文<br/>")
+  alphabet += ["<br />", "'s", "n't"]
   texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(2000)]
   for lowercase in (True, False):
     assert text.tokenize_many(texts, lowercase) == [text.tokenize(t, lowercase) for t in texts]
