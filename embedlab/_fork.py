@@ -2,8 +2,8 @@
 
 Forked workers inherit the function and its inputs (nothing is pickled on the way in, only the
 results on the way back), so they start in milliseconds. Forking is used only where it is safe:
-a platform with ``fork``, and JAX's backends not started yet (a fork of a process whose XLA
-threads run can deadlock, and JAX warns about it). ``embedlab train`` encodes its data before it
+Linux, and neither JAX's backends nor its distributed client started yet (a fork of a process
+whose XLA or gRPC threads run can deadlock, and JAX warns about it). ``embedlab train`` encodes its data before it
 starts them; elsewhere (a notebook that already ran JAX) the work runs in this process.
 """
 
@@ -17,12 +17,17 @@ _PAYLOAD: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
 
 
 def can_fork() -> bool:
-  """True where ``fork_map`` would fork: ``fork`` exists and JAX's backends have not started."""
-  if "fork" not in multiprocessing.get_all_start_methods():
+  """True where ``fork_map`` would fork: on Linux (macOS system frameworks are not fork-safe),
+  with neither JAX's backends nor its distributed client (gRPC threads) started."""
+  if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
     return False
   bridge = sys.modules.get("jax._src.xla_bridge")
   started = getattr(bridge, "backends_are_initialized", None)
-  return not (started is not None and started())
+  if started is not None and started():
+    return False
+  distributed = sys.modules.get("jax._src.distributed")
+  state = getattr(distributed, "global_state", None)
+  return getattr(state, "client", None) is None
 
 
 def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], processes: int) -> list[Any]:

@@ -1,5 +1,7 @@
 """Tests for embedlab.text: tokenizer, vocabulary, hashed n-grams, encoding (vs. references)."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -247,11 +249,21 @@ def test_encode_corpus_is_tokenize_vocab_encode(kw):
       assert got[name].dtype == np.int32
 
 
-def test_encode_corpus_does_not_fork_once_jax_runs():
+def test_encode_corpus_does_not_fork_once_jax_runs(monkeypatch):
   import jax  # noqa: PLC0415
-  jax.devices()
+  from jax._src import distributed, xla_bridge  # noqa: PLC0415
   from embedlab import _fork  # noqa: PLC0415
+  jax.devices()
   assert not _fork.can_fork()
+  # nor with a distributed client's threads (before the backends start, in a multi-host run)
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  assert _fork.can_fork() == sys.platform.startswith("linux")
+  monkeypatch.setattr(distributed.global_state, "client", object())
+  assert not _fork.can_fork()
+  # and then the work runs in this process, with the same result
+  calls = []
+  assert _fork.fork_map(lambda x: calls.append(x) or x * 2, [1, 2, 3], 3) == [2, 4, 6]
+  assert calls == [1, 2, 3]
 
 
 def test_encode_corpus_forked_workers_give_the_same_ids(tmp_path):
