@@ -38,7 +38,8 @@ class DataConfig:
   ``disk`` (a directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict``, named by
   ``path``) or ``hub`` (a Hugging Face hub dataset named by ``path``). Relative paths are
   resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.data_dir``).
-  ``workers`` processes tokenize and encode (0 = one per CPU core, at most 8; 1 = the main
+  ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
+  bigram), before ``max_len`` cuts the text. ``workers`` processes tokenize and encode (0 = one per CPU core, at most 8; 1 = the main
   process only); the ids do not depend on it (``embedlab.text.encode_corpus``).
   """
 
@@ -54,6 +55,7 @@ class DataConfig:
   max_examples: int = 0
   skip_bad_rows: bool = False
   lowercase: bool = True
+  eos: bool = False
   min_freq: int = 1
   max_vocab: int = 0
   max_len: int = 64

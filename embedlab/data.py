@@ -878,7 +878,8 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
     vocab, ids = text_lib.encode_corpus(
         {name: s.texts for name, s in splits.items()}, vocab_split="train",
         max_len=cfg.max_len, lowercase=cfg.lowercase, min_freq=cfg.min_freq,
-        max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers)
+        max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers,
+        eos=cfg.eos)
   labels = {name: s.labels for name, s in splits.items()}
   data = EncodedData(
       train_ids=ids["train"], train_labels=labels["train"],
@@ -914,7 +915,7 @@ def _by_file(cfg: DataConfig, workers: int) -> bool:
 
 def _read_and_tokenize(cfg: DataConfig, split: str) -> tuple[_RawSplit, text_lib.Shard]:
   raw = _read_named_file(cfg, split)
-  shard = text_lib.tokenize_parts({split: raw.texts}, lowercase=cfg.lowercase)
+  shard = text_lib.tokenize_parts({split: raw.texts}, lowercase=cfg.lowercase, eos=cfg.eos)
   raw.texts = []  # not sent back: the ids stand for them
   return raw, shard
 

@@ -42,6 +42,7 @@ PAD_ID = 0
 UNK_ID = 1
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
+EOS_TOKEN = "</s>"  # fastText's end of line: a word of every text, and its last bigram
 
 # Words (with inner apostrophes: "don't", "o'clock"), English clitics split off by PTB-style
 # tokenizers ("'s", "'re", "n't" is a word), and any other single non-space character.
@@ -371,7 +372,8 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
 
 def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_split: str = "train",
                   lowercase: bool = True, min_freq: int = 1, max_size: int = 0, ngrams: int = 1,
-                  num_buckets: int = 0, workers: int = 1) -> tuple[Vocab, dict[str, np.ndarray]]:
+                  num_buckets: int = 0, workers: int = 1,
+                  eos: bool = False) -> tuple[Vocab, dict[str, np.ndarray]]:
   """Tokenizes every split, builds the vocabulary on one, and encodes them all, on processes.
 
   The result is exactly that of ``tokenize_many``, ``build_vocab`` (on ``splits[vocab_split]``)
@@ -388,6 +390,7 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
     max_len, ngrams, num_buckets: as for ``encode``.
     vocab_split: the split the vocabulary is built on (normally train).
     lowercase: as for ``tokenize_many``.
+    eos: end every text with ``EOS_TOKEN`` (fastText's features), before ``max_len`` cuts it.
     min_freq, max_size: as for ``build_vocab``.
     workers: processes (and n-gram threads) to use; 1 = this process only.
 
@@ -414,8 +417,8 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
   slices = [{name: splits[name][k * len(splits[name]) // workers:
                                 (k + 1) * len(splits[name]) // workers] for name in order}
             for k in range(workers)]
-  shards = _fork.fork_map(functools.partial(tokenize_parts, lowercase=lowercase), slices,
-                          workers)
+  shards = _fork.fork_map(functools.partial(tokenize_parts, lowercase=lowercase, eos=eos),
+                          slices, workers)
   layout = {name: [(k, name, None) for k in range(len(shards))] for name in splits}
   return encode_shards(shards, layout, vocab_split=vocab_split, min_freq=min_freq,
                        max_size=max_size, max_len=max_len, ngrams=ngrams,
@@ -428,7 +431,8 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
 Shard = tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def tokenize_parts(parts: Mapping[str, Sequence[str]], lowercase: bool = True) -> Shard:
+def tokenize_parts(parts: Mapping[str, Sequence[str]], lowercase: bool = True,
+                   eos: bool = False) -> Shard:
   """Tokenizes some named lists of texts into local ids (a ``Shard``), for ``encode_shards``.
 
   Example:
@@ -442,6 +446,9 @@ def tokenize_parts(parts: Mapping[str, Sequence[str]], lowercase: bool = True) -
   with _gc_paused():
     for name, texts in parts.items():
       tokens = tokenize_many(texts, lowercase=lowercase)
+      if eos:
+        for t in tokens:
+          t.append(EOS_TOKEN)
       lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
       raw[name] = (np.fromiter(map(index.setdefault, itertools.chain.from_iterable(tokens),
                                    positions), dtype=np.int64, count=int(lengths.sum())),

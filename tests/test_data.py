@@ -524,7 +524,7 @@ class Spy(multiprocessing.pool.Pool):
 multiprocessing.pool.Pool = Spy
 base = DataConfig(source="files", train="train.tsv", test="test.tsv", dev_fraction=0.1,
                   ngrams=2, num_buckets=64, max_len=3, workers=2)
-for cfg in (base, dataclasses.replace(base, max_examples=700, min_freq=2),
+for cfg in (base, dataclasses.replace(base, max_examples=700, min_freq=2, eos=True),
             dataclasses.replace(base, test="test3.tsv", skip_bad_rows=True)):
   del pools[:]
   forked = data.encode_splits(cfg, 0, cache=False)

@@ -227,6 +227,8 @@ def _random_corpus(seed: int, docs: int = 300) -> dict[str, list[str]]:
 
 def _reference_corpus(splits, **kw):
   tokens = {k: text.tokenize_many(v, lowercase=kw["lowercase"]) for k, v in splits.items()}
+  if kw.get("eos"):
+    tokens = {k: [t + [text.EOS_TOKEN] for t in v] for k, v in tokens.items()}
   vocab = text.build_vocab(tokens["train"], min_freq=kw["min_freq"], max_size=kw["max_size"])
   return vocab, {k: text.encode(t, vocab, max_len=kw["max_len"], ngrams=kw["ngrams"],
                                 num_buckets=kw["num_buckets"]) for k, t in tokens.items()}
@@ -236,6 +238,7 @@ def _reference_corpus(splits, **kw):
     dict(lowercase=True, min_freq=1, max_size=0, max_len=8, ngrams=1, num_buckets=0),
     dict(lowercase=False, min_freq=3, max_size=30, max_len=25, ngrams=3, num_buckets=64),
     dict(lowercase=True, min_freq=2, max_size=0, max_len=5, ngrams=2, num_buckets=1000),
+    dict(lowercase=True, min_freq=1, max_size=0, max_len=21, ngrams=2, num_buckets=50, eos=True),
 ])
 def test_encode_corpus_is_tokenize_vocab_encode(kw):
   splits = _random_corpus(0)
@@ -282,7 +285,7 @@ class Spy(Pool):  # counts the process pools encode_corpus starts
     calls.append(processes)
     super().__init__(processes, *a, **k)
 multiprocessing.pool.Pool = Spy
-kw = dict(lowercase=True, min_freq=2, max_size=40, max_len=6, ngrams=2, num_buckets=97)
+kw = dict(lowercase=True, min_freq=2, max_size=40, max_len=6, ngrams=2, num_buckets=97, eos=True)
 splits = t._random_corpus(1, docs=5000)
 vocab, ids = t._reference_corpus(splits, **kw)
 for workers in (2, 3):
