@@ -12,10 +12,10 @@ over seeds 0-3: 262,144 buckets x 32 features (kept) 0.8131, 1,048,576 x 64 0.81
 2,097,152 x 64 0.8174: no gain that dev can see, so the experiment is unchanged.
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8265 (dev 0.8131). The whole job takes 8.4 s with every cache cold
-(data, Hugging Face, and the JAX compilation cache: 2.4 s of compiling), and 3.5 s warm (train
-loop 1.4 s). fastText in the same benchmark: 0.8391 in 3.08 s (this run's machine was slower
-than session 4's, where fastText took 2.37 s and embedlab 6.6 / 3.5 s).
+median of 3): test accuracy 0.8270 (dev 0.8177), with fastText's end-of-text token (dev over
+seeds 0-3: 0.8163 with it, 0.8131 without). The whole job takes 5.7 s with every cache cold
+(data, Hugging Face, and the JAX compilation cache: 1.7 s of compiling), and 3.1 s warm (train
+loop 1.2 s). fastText in the same benchmark: 0.8413 in 2.27 s.
 
 Command:
   embedlab train experiments/sst2_fasttext.py
