@@ -1010,12 +1010,9 @@ def _pack_ids(ids: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _unpack_ids(flat: np.ndarray, lengths: np.ndarray, meta: dict, vocab_size: int) -> np.ndarray:
-  words = text_lib.pad_rows(flat, lengths, meta["max_len"])
-  if meta["ngrams"] == 1:
-    return words
-  grams = text_lib.ngram_ids_batch(words, meta["ngrams"], meta["num_buckets"], vocab_size,
-                                   threads=os.cpu_count() or 1)
-  return np.concatenate([words, grams], axis=1)
+  return text_lib.padded_ids(flat, lengths, meta["max_len"], ngrams=meta["ngrams"],
+                             num_buckets=meta["num_buckets"], offset=vocab_size,
+                             threads=os.cpu_count() or 1)
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

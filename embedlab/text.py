@@ -262,7 +262,7 @@ def ngram_ids(word_ids_row: Sequence[int] | np.ndarray, n: int, num_buckets: int
 
 
 def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int, *,
-                    threads: int = 1) -> np.ndarray:
+                    threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
   """``ngram_ids`` for a padded ``[N, L]`` word-id matrix, vectorized.
 
   Args:
@@ -271,6 +271,7 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int,
     num_buckets: number of hash buckets (> 0).
     offset: added to each bucket; normally ``len(vocab)``.
     threads: hash blocks of rows on this many threads (numpy releases the GIL in its loops).
+    out: an int32 ``[N, (n-1)*L]`` array (a view is fine) to write into instead of a new one.
 
   Returns:
     int32 ``[N, (n-1)*L]``: block k-2 (columns ``(k-2)*L .. (k-1)*L``) holds the k-grams by
@@ -293,12 +294,20 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int,
   if offset + num_buckets > np.iinfo(np.int32).max:
     raise ValueError(f"ngram_ids_batch: offset {offset} + num_buckets {num_buckets} does not fit "
                      "in int32 ids; use fewer buckets.")
-  if threads > 1 and len(word_ids) >= 4096:
-    blocks = np.array_split(word_ids, threads)
-    with futures.ThreadPoolExecutor(threads) as pool:
-      return np.concatenate(list(pool.map(
-          lambda block: ngram_ids_batch(block, n, num_buckets, offset), blocks)))
   num_docs, length = word_ids.shape
+  if out is None:
+    out = np.zeros((num_docs, (n - 1) * length), dtype=np.int32)
+  elif out.shape != (num_docs, (n - 1) * length) or out.dtype != np.int32:
+    raise ValueError(f"ngram_ids_batch: out must be int32 {(num_docs, (n - 1) * length)}, got "
+                     f"{out.dtype} {out.shape}.")
+  else:
+    out.fill(0)
+  if threads > 1 and num_docs >= 4096:
+    cuts = np.linspace(0, num_docs, threads + 1).astype(int)
+    with futures.ThreadPoolExecutor(threads) as pool:
+      list(pool.map(lambda a, b: ngram_ids_batch(word_ids[a:b], n, num_buckets, offset,
+                                                 out=out[a:b]), cuts[:-1], cuts[1:]))
+    return out
   if np.any(word_ids < 0):
     raise ValueError("ngram_ids_batch: word ids must be >= 0 (0 = padding).")
   # With a power-of-two bucket count only the hash's low bits matter, and those of a uint64
@@ -308,7 +317,6 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int,
   utype = np.uint32 if pow2 else np.uint64
   ids = word_ids.view(np.uint32) if pow2 and word_ids.dtype == np.int32 else word_ids.astype(utype)
   present = word_ids != PAD_ID
-  out = np.zeros((num_docs, (n - 1) * length), dtype=np.int32)
   mult = utype(_HASH_MULTIPLIER)
   h = ids  # h[:, i] = hash of the (k-1)-gram starting at i (never written in place)
   valid = present
@@ -363,11 +371,8 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
   tokens = itertools.chain.from_iterable(toks[:max_len] for toks in token_lists)
   flat = np.fromiter(map(get, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
                      count=int(lengths.sum()))
-  words = pad_rows(flat, lengths, max_len)
-  if ngrams == 1:
-    return words
-  grams = ngram_ids_batch(words, ngrams, num_buckets, offset=len(vocab))
-  return np.concatenate([words, grams], axis=1)
+  return padded_ids(flat, lengths, max_len, ngrams=ngrams, num_buckets=num_buckets,
+                    offset=len(vocab))
 
 
 def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_split: str = "train",
@@ -523,11 +528,9 @@ def encode_shards(shards: Sequence[Shard],
       ids, counts = _take_rows(*parts[part], rows, max_len)
       flats.append(remaps[k][ids])
       lengths.append(counts)
-    words = pad_rows(np.concatenate(flats), np.concatenate(lengths), max_len)
-    if ngrams > 1:
-      grams = ngram_ids_batch(words, ngrams, num_buckets, len(vocab), threads=threads)
-      words = np.concatenate([words, grams], axis=1)
-    encoded[name] = words
+    encoded[name] = padded_ids(np.concatenate(flats), np.concatenate(lengths), max_len,
+                               ngrams=ngrams, num_buckets=num_buckets, offset=len(vocab),
+                               threads=threads)
   return vocab, encoded
 
 
@@ -559,17 +562,22 @@ def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int)
 _MIN_FORK_CHARS = 1_000_000
 
 
-def pad_rows(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
-  """A right-padded int32 ``[N, max_len]`` matrix: row i holds the next ``lengths[i]`` ids of
-  ``flat`` (``lengths[i] <= max_len``), then ``PAD_ID``.
+def padded_ids(flat: np.ndarray, lengths: np.ndarray, max_len: int, *, ngrams: int = 1,
+               num_buckets: int = 0, offset: int = 0, threads: int = 1) -> np.ndarray:
+  """``encode``'s int32 ``[N, max_len * ngrams]`` layout from word ids: row i holds the next
+  ``lengths[i]`` ids of ``flat`` (``lengths[i] <= max_len``), then ``PAD_ID``, then with
+  ``ngrams > 1`` its hashed n-grams (``ngram_ids_batch``, ``offset`` normally ``len(vocab)``).
 
   Example:
-    >>> pad_rows(np.array([5, 6, 7]), np.array([2, 0, 1]), 3)
+    >>> padded_ids(np.array([5, 6, 7]), np.array([2, 0, 1]), 3)
     array([[5, 6, 0],
            [0, 0, 0],
            [7, 0, 0]], dtype=int32)
   """
-  words = np.zeros((len(lengths), max_len), dtype=np.int32)
+  out = np.zeros((len(lengths), max_len * ngrams), dtype=np.int32)
+  words = out[:, :max_len]
   # Row-major boolean assignment fills each row's first lengths[i] slots, in order.
   words[np.arange(max_len)[None, :] < lengths[:, None]] = flat
-  return words
+  if ngrams > 1:
+    ngram_ids_batch(words, ngrams, num_buckets, offset, threads=threads, out=out[:, max_len:])
+  return out

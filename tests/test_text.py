@@ -312,3 +312,18 @@ def test_encode_corpus_errors():
     text.encode_corpus({"train": ["a"]}, max_len=3, workers=0)
   with pytest.raises(ValueError, match="num_buckets > 0"):
     text.encode_corpus({"train": ["a"]}, max_len=3, ngrams=2)
+
+
+def test_ngram_ids_batch_threads_and_out_give_the_same_ids():
+  rng = np.random.default_rng(3)
+  words = rng.integers(0, 50, size=(5000, 7)).astype(np.int32)
+  words[rng.random(words.shape) < 0.2] = 0
+  ref = text.ngram_ids_batch(words, 3, 64, 50)
+  np.testing.assert_array_equal(text.ngram_ids_batch(words, 3, 64, 50, threads=3), ref)
+  out = np.full((5000, 3 * 7), -5, np.int32)
+  got = text.ngram_ids_batch(words, 3, 64, 50, threads=2, out=out[:, 7:])
+  np.testing.assert_array_equal(got, ref)
+  np.testing.assert_array_equal(out[:, 7:], ref)  # written in place, stale values cleared
+  assert (out[:, :7] == -5).all()
+  with pytest.raises(ValueError, match="out must be int32"):
+    text.ngram_ids_batch(words, 3, 64, 50, out=np.zeros((5000, 14), np.int64))
