@@ -12,11 +12,11 @@ dev 0.9092 and half the train-loop time. Session 5, lr 0.004 / 0.008 / 0.016: 2 
 (dev's is 0.6 points): 1 epoch at lr 0.004, half the train loop again.
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 11.4 s with every cache
-cold (data 5.6 s, compiling 2.1 s), and 3.9 s warm (train loop 1.7 s). fastText in the same
-benchmark: 11.7 s, and 0.8217 median (its 2-thread runs at lr 0.25 spread from 0.64 to 0.90).
-Ratios embedlab / fastText: 0.97 cold, 0.34 warm (0.88 and 0.83 cold in two earlier runs of
-this session, without the end-of-text token).
+median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 10.1 s with every cache
+cold (data 4.8 s, compiling 1.9 s), and 3.9 s warm (train loop 1.7 s). fastText in the same
+benchmark: 10.3 s, and 0.8961 median (its 2-thread runs at lr 0.25 spread from 0.64 to 0.90
+across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.98 cold,
+0.38 warm (0.97, 0.88 and 0.83 cold in earlier runs of this session).
 
 Command:
   embedlab train experiments/imdb_fasttext.py
