@@ -386,9 +386,9 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
   forked processes tokenizes one slice of every split into ids of its own small vocabulary
   (``tokenize_parts``); this process counts, builds the vocabulary, maps the slices' ids onto
   it with numpy and hashes n-grams on ``workers`` threads (``encode_shards``). Processes are
-  forked only where that is safe and worth it: a platform with ``fork``, at least 1 MB of text,
-  and JAX's backends not started yet (forking a process whose XLA threads run can deadlock it;
-  ``embedlab train`` encodes before it starts them). Otherwise the slices run in this process.
+  forked only where that is safe and worth it: Linux, at least 1 MB of text, and JAX's backends
+  and distributed client not started yet (forking a process whose XLA threads run can deadlock
+  it; ``embedlab train`` encodes before it starts them). Otherwise all runs in this process.
 
   Args:
     splits: name -> texts; must hold ``vocab_split``.

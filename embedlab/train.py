@@ -623,7 +623,10 @@ def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
   model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
-  ids = text_lib.encode(text_lib.tokenize_many(texts, cfg.data.lowercase), vocab,
+  tokens = text_lib.tokenize_many(texts, cfg.data.lowercase)
+  if cfg.data.eos:  # the features the run was trained on
+    tokens = [t + [text_lib.EOS_TOKEN] for t in tokens]
+  ids = text_lib.encode(tokens, vocab,
                         max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
                         num_buckets=cfg.data.num_buckets)
   probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))

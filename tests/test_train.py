@@ -11,6 +11,7 @@ import pytest
 from embedlab import checkpoint as ckpt_lib
 from embedlab import config as config_lib
 from embedlab import models, train
+from embedlab import text as text_lib
 from embedlab.config import Config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -218,6 +219,21 @@ def test_predict_and_eval_use_the_best_checkpoint(tmp_path):
   rows = train.predict(tmp_path / "run", [" ".join(topic0)])
   assert rows[0]["label"] == json.loads((tmp_path / "run" / "labels.json").read_text())[0]
   assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-3
+
+
+def test_predict_encodes_texts_as_training_did(tmp_path):
+  # with data.eos the texts end with </s> in training, so they must in predict too
+  cfg = tiny("data.eos=true", "data.ngrams=2", "data.num_buckets=64")
+  train.train(cfg, tmp_path / "run", echo=quiet)
+  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  assert text_lib.EOS_TOKEN in data.vocab.tokens
+  texts = train.data_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
+  run_cfg, vocab, names = train.report.load_run(tmp_path / "run")
+  model, params = train._restore_for_eval(tmp_path / "run", run_cfg, vocab, names)
+  want = np.asarray(jax.nn.softmax(model.apply(params, data.test_ids[:3]), -1))
+  rows = train.predict(tmp_path / "run", list(texts))
+  for row, p in zip(rows, want):
+    np.testing.assert_allclose([row["probabilities"][n] for n in names], p, atol=1e-4)
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "experiments").glob("*.py")))
