@@ -3,8 +3,9 @@
 Forked workers inherit the function and its inputs (nothing is pickled on the way in, only the
 results on the way back), so they start in milliseconds. Forking is used only where it is safe:
 Linux, and neither JAX's backends nor its distributed client started yet (a fork of a process
-whose XLA or gRPC threads run can deadlock, and JAX warns about it). ``embedlab train`` encodes its data before it
-starts them; elsewhere (a notebook that already ran JAX) the work runs in this process.
+whose XLA or gRPC threads run can deadlock, and JAX warns about it). ``embedlab train``
+encodes its data before it starts them; elsewhere (a notebook that already ran JAX) the work
+runs in this process.
 """
 
 from __future__ import annotations

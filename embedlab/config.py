@@ -39,8 +39,9 @@ class DataConfig:
   ``path``) or ``hub`` (a Hugging Face hub dataset named by ``path``). Relative paths are
   resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.data_dir``).
   ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
-  bigram), before ``max_len`` cuts the text. ``workers`` processes tokenize and encode (0 = one per CPU core, at most 8; 1 = the main
-  process only); the ids do not depend on it (``embedlab.text.encode_corpus``).
+  bigram), before ``max_len`` cuts the text. ``workers`` processes read, tokenize and encode
+  (0 = one per CPU core, at most 8; 1 = the main process only); the ids do not depend on it
+  (``embedlab.text.encode_corpus``).
   """
 
   source: str = "synthetic"

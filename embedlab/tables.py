@@ -175,14 +175,14 @@ def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
     ids = np.asarray(ids)
     if ids.dtype == np.float64 and ids.size == 0:
       ids = ids.astype(np.int32)
-  _check_integer_dtype(ids.dtype, where)
   check_host_ids(np.asarray(ids), num_embeddings, where=where)
   return jnp.asarray(ids)
 
 
 def check_host_ids(ids: np.ndarray, num_embeddings: int, *, where: str = "lookup") -> None:
-  """``check_ids`` for an integer numpy array, without making a device array of it: two
+  """``check_ids`` for a numpy array, without making a device array of it: its dtype, two
   reductions (min, max), and the first bad position only when there is one."""
+  _check_integer_dtype(ids.dtype, where)
   if ids.size == 0 or (ids.min() >= 0 and ids.max() < num_embeddings):
     return
   bad = (ids < 0) | (ids >= num_embeddings)

@@ -325,8 +325,6 @@ def validate_ids(data: data_lib.EncodedData) -> None:
   for split in ("train", "dev", "test"):
     ids = getattr(data, f"{split}_ids")
     if ids is not None:
-      if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"data ({split} split): ids must be integers, got dtype {ids.dtype}.")
       tables.check_host_ids(ids, data.num_embeddings, where=f"data ({split} split)")
 
 
@@ -623,11 +621,8 @@ def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
   model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
-  tokens = text_lib.tokenize_many(texts, cfg.data.lowercase)
-  if cfg.data.eos:  # the features the run was trained on
-    tokens = [t + [text_lib.EOS_TOKEN] for t in tokens]
-  ids = text_lib.encode(tokens, vocab,
-                        max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
+  tokens = text_lib.tokenize_many(texts, cfg.data.lowercase, eos=cfg.data.eos)  # as trained
+  ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
                         num_buckets=cfg.data.num_buckets)
   probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))
   return [{"text": t, "label": label_names[int(p.argmax())],

@@ -5,11 +5,12 @@ IMDB reviews (../shared/data/imdb; a seeded 10% of train is the dev split used f
 measured side by side with the `fasttext` package by `benchmarks/vs_fasttext.py` on the same
 files and tokens. Row-sparse lazy Adam on the table, 9 steps per dispatch, ragged batches, one
 evaluation per epoch, fastText's end-of-text token, data read and tokenized by one forked
-process per file, cached encoded data. Tuned on dev: 1 epoch of 16 features dev 0.900; 2 epochs of 32 features, lazy Adam lr
-0.004, dev 0.907 (test 0.9008); the same with the table factorized (340,353 x 8 times 8 x 32),
-dev 0.9092 and half the train-loop time. Session 5, lr 0.004 / 0.008 / 0.016: 2 epochs dev
-0.9092 / 0.9080 / 0.8980, 1 epoch 0.9052 / 0.8996 / 0.8980. Kept by the one-standard-error rule
-(dev's is 0.6 points): 1 epoch at lr 0.004, half the train loop again.
+process per file, cached encoded data. Tuned on dev: 1 epoch of 16 features dev 0.900; 2
+epochs of 32 features, lazy Adam lr 0.004, dev 0.907 (test 0.9008); the same with the table
+factorized (340,353 x 8 times 8 x 32), dev 0.9092 and half the train-loop time. Session 5, lr
+0.004 / 0.008 / 0.016: 2 epochs dev 0.9092 / 0.9080 / 0.8980, 1 epoch 0.9052 / 0.8996 /
+0.8980. Kept by the one-standard-error rule (dev's is 0.6 points): 1 epoch at lr 0.004, half
+the train loop again.
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
 median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 10.1 s with every cache

@@ -238,6 +238,8 @@ def test_bad_ids_in_an_encoded_dataset_are_refused_before_training():
   ids[2, 1] = -5
   with pytest.raises(ValueError, match=r"data \(test split\): id -5 at position \(2, 1\)"):
     train.validate_ids(dataclasses.replace(d, test_ids=ids))
+  with pytest.raises(TypeError, match=r"data \(dev split\): ids must be integers"):
+    train.validate_ids(dataclasses.replace(d, dev_ids=d.dev_ids.astype(np.float32)))
 
 
 # ----------------------------------------------------------------------------- numerics

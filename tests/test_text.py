@@ -243,7 +243,7 @@ def _reference_corpus(splits, **kw):
 def test_encode_corpus_is_tokenize_vocab_encode(kw):
   splits = _random_corpus(0)
   vocab, ids = _reference_corpus(splits, **kw)
-  for workers in (1, 3):  # JAX runs in this process: workers > 1 must not fork, same result
+  for workers in (1, 3):  # under 1 MB of text: workers > 1 stays in this process, same result
     got_vocab, got = text.encode_corpus(splits, workers=workers, **kw)
     assert got_vocab.tokens == vocab.tokens
     assert sorted(got) == sorted(ids)
