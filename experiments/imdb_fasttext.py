@@ -13,11 +13,11 @@ factorized (340,353 x 8 times 8 x 32), dev 0.9092 and half the train-loop time. 
 the train loop again.
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 10.1 s with every cache
-cold (data 4.8 s, compiling 1.9 s), and 3.9 s warm (train loop 1.7 s). fastText in the same
-benchmark: 10.3 s, and 0.8961 median (its 2-thread runs at lr 0.25 spread from 0.64 to 0.90
-across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.98 cold,
-0.38 warm (0.97, 0.88 and 0.83 cold in earlier runs of this session).
+median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 10.5 s with every cache
+cold (data 5.4 s, compiling 1.9 s), and 3.9 s warm (train loop 1.7 s). fastText in the same
+benchmark: 12.4 s, and 0.8114 median (its 2-thread runs at lr 0.25 spread from 0.60 to 0.90
+across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.85 cold,
+0.32 warm (0.98, 0.97, 0.88 and 0.83 cold in earlier runs of this session).
 
 Command:
   embedlab train experiments/imdb_fasttext.py

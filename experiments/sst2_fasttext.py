@@ -13,9 +13,9 @@ over seeds 0-3: 262,144 buckets x 32 features (kept) 0.8131, 1,048,576 x 64 0.81
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
 median of 3): test accuracy 0.8270 (dev 0.8177), with fastText's end-of-text token (dev over
-seeds 0-3: 0.8163 with it, 0.8131 without). The whole job takes 5.3 s with every cache cold
+seeds 0-3: 0.8163 with it, 0.8131 without). The whole job takes 5.7 s with every cache cold
 (data, Hugging Face, and the JAX compilation cache: 1.6 s of compiling), and 3.0 s warm (train
-loop 1.2 s). fastText in the same benchmark: 0.8424 in 1.81 s.
+loop 1.2 s). fastText in the same benchmark: 0.8413 in 1.99 s.
 
 Command:
   embedlab train experiments/sst2_fasttext.py
