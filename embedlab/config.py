@@ -41,7 +41,9 @@ class DataConfig:
   ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
   bigram), before ``max_len`` cuts the text. ``workers`` processes read, tokenize and encode
   (0 = one per CPU core, at most 8; 1 = the main process only); the ids do not depend on it
-  (``embedlab.text.encode_corpus``).
+  (``embedlab.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
+  in train: each gets a row of its own and every other bucket shares one last row that training
+  never updates (``embedlab.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
   """
 
   source: str = "synthetic"
@@ -62,6 +64,7 @@ class DataConfig:
   max_len: int = 64
   ngrams: int = 1
   num_buckets: int = 0
+  prune_buckets: bool = False
   bucket_by_length: bool = False
   workers: int = 0
   synthetic_topics: int = 4
@@ -267,6 +270,10 @@ def validate(cfg: Config) -> Config:
     raise ConfigError("config: data.ngrams > 1 needs data.num_buckets > 0 "
                       "(n-grams are hashed into that many buckets), e.g. "
                       "--set data.num_buckets=2000000.")
+  if cfg.data.prune_buckets and cfg.data.ngrams < 2:
+    raise ConfigError("config: data.prune_buckets prunes hashed n-gram buckets, but "
+                      f"data.ngrams = {cfg.data.ngrams} hashes none; set data.ngrams=2 or "
+                      "data.prune_buckets=false.")
   if cfg.data.source == "files" and not cfg.data.train:
     raise ConfigError("config: data.source = 'files' needs data.train (a file under the data "
                       "directory, e.g. sst2/train.tsv.gz).")

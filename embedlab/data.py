@@ -760,8 +760,11 @@ class EncodedData:
     train_labels, dev_labels, test_labels: int32 ``[N]`` (None with the ids).
     vocab: the vocabulary, built on train.
     label_names: class names; label id i is ``label_names[i]``.
-    num_embeddings: rows the embedding table needs: ``len(vocab) + num_buckets``.
+    num_embeddings: rows the embedding table needs: ``table_rows(cfg, len(vocab), kept_buckets)``.
     skipped: malformed rows skipped per split (with ``skip_bad_rows``).
+    kept_buckets: with ``prune_buckets``, the n-gram ids of the buckets train uses
+      (``text.seen_buckets``), which the ids are renumbered by (``text.remap_buckets``); None
+      otherwise.
   """
 
   train_ids: np.ndarray
@@ -774,6 +777,7 @@ class EncodedData:
   label_names: tuple[str, ...]
   num_embeddings: int
   skipped: dict[str, int]
+  kept_buckets: np.ndarray | None = None
 
   @property
   def num_classes(self) -> int:
@@ -789,6 +793,37 @@ class EncodedData:
     if name not in ("train", "dev", "test"):
       raise KeyError(f"EncodedData.split: unknown split {name!r}; use train, dev or test.")
     return getattr(self, f"{name}_ids"), getattr(self, f"{name}_labels")
+
+
+def table_rows(cfg: DataConfig, vocab_size: int, kept_buckets: np.ndarray | None = None) -> int:
+  """Rows of the embedding table for data encoded with ``cfg``: the vocabulary, then with
+  ``ngrams > 1`` the ``num_buckets`` hashed buckets, or with ``prune_buckets`` the buckets kept
+  plus one row for all the others.
+
+  Example:
+    >>> table_rows(DataConfig(ngrams=2, num_buckets=100), 50)
+    150
+    >>> table_rows(DataConfig(ngrams=2, num_buckets=100, prune_buckets=True), 50, np.arange(50, 60))
+    61
+  """
+  if cfg.ngrams < 2:
+    return vocab_size
+  if cfg.prune_buckets:
+    if kept_buckets is None:
+      raise ValueError("table_rows: data.prune_buckets needs the kept buckets (the run's "
+                       "buckets.npy, or EncodedData.kept_buckets).")
+    return vocab_size + len(kept_buckets) + 1
+  return vocab_size + cfg.num_buckets
+
+
+def prune_ids(cfg: DataConfig, ids: np.ndarray, vocab_size: int,
+              kept_buckets: np.ndarray | None) -> np.ndarray:
+  """``ids`` encoded with ``cfg`` as the table of ``table_rows`` reads them: renumbered by
+  ``text.remap_buckets`` with ``prune_buckets``, unchanged otherwise (``predict`` uses it)."""
+  if cfg.ngrams < 2 or not cfg.prune_buckets:
+    return ids
+  return text_lib.remap_buckets(ids, kept_buckets, max_len=cfg.max_len, vocab_size=vocab_size,
+                                num_buckets=cfg.num_buckets)
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -881,13 +916,18 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
         max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers,
         eos=cfg.eos)
   labels = {name: s.labels for name, s in splits.items()}
+  kept = None
+  if cfg.ngrams > 1 and cfg.prune_buckets:
+    kept = text_lib.seen_buckets(ids["train"], max_len=cfg.max_len, vocab_size=len(vocab),
+                                 num_buckets=cfg.num_buckets)
+    ids = {name: prune_ids(cfg, split_ids, len(vocab), kept) for name, split_ids in ids.items()}
   data = EncodedData(
       train_ids=ids["train"], train_labels=labels["train"],
       dev_ids=ids.get("dev"), dev_labels=labels.get("dev"),
       test_ids=ids.get("test"), test_labels=labels.get("test"),
       vocab=vocab, label_names=tuple(label_names),
-      num_embeddings=len(vocab) + (cfg.num_buckets if cfg.ngrams > 1 else 0),
-      skipped={name: s.skipped for name, s in splits.items()})
+      num_embeddings=table_rows(cfg, len(vocab), kept),
+      skipped={name: s.skipped for name, s in splits.items()}, kept_buckets=kept)
   if cache:
     _write_cache(directory, key, data, cfg)
   return data
@@ -958,10 +998,15 @@ def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
       arrays = {k: f[k] for k in f.files}
     meta = json.loads(str(arrays.pop("meta")))
     vocab = text_lib.Vocab.load(vocab_file)
+    kept = arrays.pop("kept_buckets", None)
     for name in ("train", "dev", "test"):
       if f"{name}_words" in arrays:
-        arrays[f"{name}_ids"] = _unpack_ids(arrays.pop(f"{name}_words"),
-                                            arrays.pop(f"{name}_lengths"), meta, len(vocab))
+        ids = _unpack_ids(arrays.pop(f"{name}_words"), arrays.pop(f"{name}_lengths"), meta,
+                          len(vocab))
+        if kept is not None:  # the n-grams were hashed again: renumber them again
+          ids = text_lib.remap_buckets(ids, kept, max_len=meta["max_len"],
+                                       vocab_size=len(vocab), num_buckets=meta["num_buckets"])
+        arrays[f"{name}_ids"] = ids
   except Exception as e:  # pylint: disable=broad-except
     warnings.warn(f"data: ignoring unreadable cache {npz} ({e}); re-encoding.")
     return None
@@ -970,7 +1015,7 @@ def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
       dev_ids=arrays.get("dev_ids"), dev_labels=arrays.get("dev_labels"),
       test_ids=arrays.get("test_ids"), test_labels=arrays.get("test_labels"), vocab=vocab,
       label_names=tuple(meta["label_names"]), num_embeddings=int(meta["num_embeddings"]),
-      skipped=dict(meta["skipped"]))
+      skipped=dict(meta["skipped"]), kept_buckets=kept)
 
 
 def _write_cache(directory: pathlib.Path, key: str, data: EncodedData,
@@ -987,6 +1032,8 @@ def _write_cache(directory: pathlib.Path, key: str, data: EncodedData,
       arrays[f"{name}_ids"] = ids
     else:
       arrays[f"{name}_words"], arrays[f"{name}_lengths"] = packed
+  if data.kept_buckets is not None:
+    arrays["kept_buckets"] = data.kept_buckets
   meta = {"label_names": list(data.label_names), "num_embeddings": data.num_embeddings,
           "skipped": data.skipped, "code": CODE_VERSION, "max_len": cfg.max_len,
           "ngrams": cfg.ngrams, "num_buckets": cfg.num_buckets}

@@ -123,21 +123,26 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
     checkpoints.close()
   params = tree["params"] if checkpoint == "latest" else tree
   embed = {k: np.asarray(v) for k, v in params["embed"].items()}
-  table = _logical_table(cfg, embed, len(vocab))
+  kept = report.load_buckets(run_dir, cfg)
+  from embedlab import data as data_lib  # noqa: PLC0415
+  table = _logical_table(cfg, embed, data_lib.table_rows(cfg.data, len(vocab), kept))
   num_words = len(vocab)
   if table.shape[0] < num_words:
     raise ValueError(f"{run_dir}: the table has {table.shape[0]} rows but vocab.txt holds "
                      f"{num_words} tokens; the run directory is inconsistent (train it again "
                      f"with --restart).")
-  tokens = tuple(vocab.tokens) + tuple(f"<bucket {i}>" for i in range(table.shape[0] - num_words))
+  if kept is None:
+    buckets = tuple(f"<bucket {i}>" for i in range(table.shape[0] - num_words))
+  else:  # data.prune_buckets: the kept buckets, then the row all the others share
+    buckets = tuple(f"<bucket {int(i) - num_words}>" for i in kept) + ("<other buckets>",)
+  tokens = tuple(vocab.tokens) + buckets
   return RunEmbedding(run_dir, cfg, tokens, num_words, tuple(label_names), table, int(step),
                       checkpoint, embed)
 
 
-def _logical_table(cfg: config_lib.Config, embed: Any, num_words: int) -> np.ndarray:
+def _logical_table(cfg: config_lib.Config, embed: Any, num_embeddings: int) -> np.ndarray:
   """The ``[V, D]`` vectors of every id: the stored table (without the zero rows a run on
   several devices appends, ``mesh.model``), or a variant's lookups."""
-  num_embeddings = num_words + cfg.data.num_buckets
   if cfg.model.table == "plain":
     return np.asarray(embed["table"])[:num_embeddings]
   from embedlab import models  # noqa: PLC0415
@@ -165,7 +170,7 @@ def initial_table(cfg: config_lib.Config) -> np.ndarray:
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   _, steps = train.total_steps(cfg, len(data.train_labels))
   embed = train.build(cfg, data, steps).params["embed"]
-  return _logical_table(cfg, embed, len(data.vocab))
+  return _logical_table(cfg, embed, data.num_embeddings)
 
 
 # ----------------------------------------------------------------------------- summary

@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from embedlab import config as config_lib
 from embedlab import tables
 
@@ -67,9 +69,16 @@ class RunDir:
       threading.Thread(target=_pyplot, daemon=True).start()
     self._last_log = (None, time.perf_counter())
 
-  def save_vocab(self, vocab, label_names) -> None:
+  def save_vocab(self, vocab, label_names, kept_buckets=None) -> None:
+    """The vocabulary, the class names and, with ``data.prune_buckets``, the kept buckets
+    (``buckets.npy``): what ``predict`` needs to encode new texts as training did."""
     vocab.save(self.path / "vocab.txt")
     _atomic_write(self.path / "labels.json", json.dumps(list(label_names)) + "\n")
+    if kept_buckets is not None:
+      tmp = self.path / "buckets.npy.tmp"
+      with open(tmp, "wb") as f:
+        np.save(f, np.asarray(kept_buckets, dtype=np.int32))
+      tmp.replace(self.path / "buckets.npy")
 
   def truncate_metrics(self, step: int) -> None:
     """Drops events after ``step`` (left by a run that died after its last checkpoint)."""
@@ -180,6 +189,19 @@ def load_run(run_dir: pathlib.Path):
   vocab = text.Vocab.load(run_dir / "vocab.txt")
   labels = tuple(json.loads((run_dir / "labels.json").read_text()))
   return cfg, vocab, labels
+
+
+def load_buckets(run_dir: pathlib.Path, cfg: config_lib.Config) -> np.ndarray | None:
+  """The n-gram buckets a run with ``data.prune_buckets`` kept (``buckets.npy``), else None."""
+  if not (cfg.data.prune_buckets and cfg.data.ngrams > 1):
+    return None
+  path = pathlib.Path(run_dir) / "buckets.npy"
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"{run_dir}: the run prunes n-gram buckets (data.prune_buckets) but "
+                            f"{path.name} cannot be read ({e}); train the run again with "
+                            f"--restart.") from None
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
@@ -498,6 +520,16 @@ def _table(header, rows) -> str:
 _human_bytes = tables.human_bytes
 
 
+def _buckets_text(cfg: config_lib.Config, data) -> str:
+  if cfg.data.ngrams < 2 or not cfg.data.num_buckets:
+    return ""
+  kept = getattr(data, "kept_buckets", None)
+  if kept is None:
+    return f" + {cfg.data.num_buckets:,} hashed n-gram buckets"
+  return (f" + {len(kept):,} of {cfg.data.num_buckets:,} hashed n-gram buckets (those train "
+          f"uses) + 1 row for the rest")
+
+
 def summary_text(cfg: config_lib.Config, data, setup) -> str:
   """What the model looks like: each table's rows x features = weights, its bytes with optimizer
   slots and its update path, the other parameters, and the shapes at each stage for one batch."""
@@ -541,7 +573,7 @@ def summary_text(cfg: config_lib.Config, data, setup) -> str:
       f"{0 if data.test_labels is None else len(data.test_labels):,}",
       head + f"; + optimizer slots {_human_bytes(slot_bytes)}); updates: {path}",
       f"  ids: {len(data.vocab):,} vocabulary (0 = <pad>, 1 = <unk>)"
-      + (f" + {cfg.data.num_buckets:,} hashed n-gram buckets" if cfg.data.num_buckets else "")
+      + _buckets_text(cfg, data)
       + (f"; {setup.pretrained_found:,} from {cfg.model.pretrained} "
          f"({cfg.model.pretrained_mode})" if cfg.model.pretrained else ""),
       f"other parameters: {other:,} weights; total {embed_weights + other:,}",

@@ -539,6 +539,54 @@ def encode_shards(shards: Sequence[Shard],
   return vocab, encoded
 
 
+def seen_buckets(ids: np.ndarray, *, max_len: int, vocab_size: int,
+                 num_buckets: int) -> np.ndarray:
+  """The n-gram ids (``vocab_size + bucket``) that occur in ``ids``' n-gram columns, sorted.
+
+  With ``remap_buckets`` this prunes the hashed buckets a split never uses (``data.prune_buckets``,
+  fit on train): fastText's 2M buckets hold SST-2's bigrams in 79k of them, and the other rows
+  would only keep their initial values.
+
+  Example:
+    >>> ids = np.array([[2, 3, 0, 9, 0, 0], [3, 0, 0, 6, 0, 0]])  # max_len 3, vocab 4, 8 buckets
+    >>> seen_buckets(ids, max_len=3, vocab_size=4, num_buckets=8)
+    array([6, 9], dtype=int32)
+  """
+  grams = ids[:, max_len:]
+  grams = grams[grams >= vocab_size]
+  if grams.size and grams.max() >= vocab_size + num_buckets:
+    raise ValueError(f"seen_buckets: n-gram id {int(grams.max())} is beyond the "
+                     f"{vocab_size} + {num_buckets} ids of the vocabulary and its buckets.")
+  seen = np.zeros(num_buckets, bool)
+  seen[grams - vocab_size] = True
+  return (np.flatnonzero(seen) + vocab_size).astype(np.int32)
+
+
+def remap_buckets(ids: np.ndarray, kept: np.ndarray, *, max_len: int, vocab_size: int,
+                  num_buckets: int) -> np.ndarray:
+  """``ids`` for a table of ``vocab_size + len(kept) + 1`` rows: the n-gram id ``kept[i]`` becomes
+  ``vocab_size + i`` and every other n-gram id the last row, ``vocab_size + len(kept)`` (still
+  counted in a mean bag, as fastText counts a bucket it never trained); words and padding stay.
+
+  Example:
+    >>> ids = np.array([[2, 3, 0, 9, 6, 0], [3, 0, 0, 7, 0, 0]])
+    >>> remap_buckets(ids, np.array([6, 9]), max_len=3, vocab_size=4, num_buckets=8)
+    array([[2, 3, 0, 5, 4, 0],
+           [3, 0, 0, 6, 0, 0]], dtype=int32)
+  """
+  kept = np.asarray(kept, dtype=np.int64)
+  if kept.size and (kept.min() < vocab_size or kept.max() >= vocab_size + num_buckets
+                    or np.any(np.diff(kept) <= 0)):
+    raise ValueError(f"remap_buckets: kept must be increasing n-gram ids in {vocab_size}.."
+                     f"{vocab_size + num_buckets - 1} (seen_buckets' result).")
+  rows = np.full(vocab_size + num_buckets, vocab_size + kept.size, dtype=np.int32)
+  rows[:vocab_size] = np.arange(vocab_size, dtype=np.int32)
+  rows[kept] = vocab_size + np.arange(kept.size, dtype=np.int32)
+  out = np.array(ids, dtype=np.int32)
+  out[:, max_len:] = rows[out[:, max_len:]]
+  return out
+
+
 def _take_rows(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray | None,
                max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """The flat ids and lengths of texts ``rows`` (None: all), each cut to ``max_len`` tokens."""

@@ -381,7 +381,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
   clock.lap("data")
   mesh = sharding.mesh_from_config(cfg.mesh)
   run = _run_dir(pathlib.Path(workdir), cfg, restart)
-  run.save_vocab(data.vocab, data.label_names)
+  run.save_vocab(data.vocab, data.label_names, data.kept_buckets)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)
   checkpoints = ckpt_lib.Checkpoints(pathlib.Path(workdir), cfg.train.keep_checkpoints)
@@ -624,6 +624,7 @@ def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
   tokens = text_lib.tokenize_many(texts, cfg.data.lowercase, eos=cfg.data.eos)  # as trained
   ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
                         num_buckets=cfg.data.num_buckets)
+  ids = data_lib.prune_ids(cfg.data, ids, len(vocab), report.load_buckets(run_dir, cfg))
   probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))
   return [{"text": t, "label": label_names[int(p.argmax())],
            "probabilities": {n: round(float(q), 4) for n, q in zip(label_names, p)}}
@@ -660,7 +661,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
 
 
 def _restore_for_eval(run_dir, cfg, vocab, label_names):
-  num_embeddings = len(vocab) + cfg.data.num_buckets
+  num_embeddings = data_lib.table_rows(cfg.data, len(vocab), report.load_buckets(run_dir, cfg))
   model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)

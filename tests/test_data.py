@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from embedlab import data, text
+from embedlab import config as config_lib, data, text
 from embedlab.config import DataConfig
 
 
@@ -373,7 +373,9 @@ def test_encode_splits_vocab_from_train_only(tmp_path):
   np.testing.assert_array_equal(d.train_lengths, [3, 5])
 
 
-@pytest.mark.parametrize("grams", [dict(), dict(ngrams=3, num_buckets=50, max_len=6)])
+@pytest.mark.parametrize("grams", [dict(), dict(ngrams=3, num_buckets=50, max_len=6),
+                                   dict(ngrams=2, num_buckets=64, max_len=6,
+                                        prune_buckets=True)])
 def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch, grams):
   path = _numbered(tmp_path, "train.tsv", 40)
   cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.25, min_freq=1, **grams)
@@ -403,6 +405,39 @@ def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch, grams):
   with pytest.raises(AssertionError, match="tokenized although cached"):
     data.encode_splits(cfg, seed=1)
   assert path.exists()
+
+
+
+def test_prune_buckets_renumbers_the_buckets_train_uses(tmp_path):
+  path = _numbered(tmp_path, "train.tsv", 60)
+  _write(tmp_path / "dev.tsv", "label\ttext\n1\tw3 w5 w7 never seen words\n0\tw1 w2\n")
+  full = _files(tmp_path, train="train.tsv", dev="dev.tsv", max_len=6, ngrams=3,
+                num_buckets=4096)
+  pruned = dataclasses.replace(full, prune_buckets=True)
+  a = data.encode_splits(full, seed=0, cache=False)
+  b = data.encode_splits(pruned, seed=0, cache=False)
+  v = len(a.vocab)
+  assert path.exists() and a.vocab == b.vocab and a.kept_buckets is None
+  train_grams = a.train_ids[:, 6:]
+  kept = np.unique(train_grams[train_grams >= v])
+  np.testing.assert_array_equal(b.kept_buckets, kept)
+  assert b.num_embeddings == v + kept.size + 1 < a.num_embeddings == v + 4096
+  # a reference renumbering: kept bucket -> its rank, any other bucket -> the last row
+  rank = {int(k): v + i for i, k in enumerate(kept)}
+  for name in ("train", "dev"):
+    before, after = a.split(name)[0], b.split(name)[0]
+    np.testing.assert_array_equal(after[:, :6], before[:, :6])  # words untouched
+    want = [[x if x < v else rank.get(x, v + kept.size) for x in row] for row in before[:, 6:]]
+    np.testing.assert_array_equal(after[:, 6:], want)
+  # train uses every kept row and never the shared one; dev has n-grams train never saw
+  assert set(np.unique(b.train_ids[b.train_ids >= v])) == set(range(v, v + kept.size))
+  assert (b.dev_ids == v + kept.size).any()
+  assert b.train_ids.max() < b.num_embeddings and b.dev_ids.max() < b.num_embeddings
+
+
+def test_prune_buckets_needs_ngrams():
+  with pytest.raises(config_lib.ConfigError, match="data.prune_buckets.*data.ngrams = 1"):
+    config_lib.validate(config_lib.Config(data=DataConfig(prune_buckets=True)))
 
 
 def test_cache_keeps_ids_that_are_not_right_padded(tmp_path):

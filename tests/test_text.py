@@ -203,6 +203,29 @@ def test_encode_matches_reference_with_ngrams():
     assert row[max_len:].tolist() == _reference_ngrams(word_ids, n, buckets, len(v))
 
 
+
+def test_seen_and_remap_buckets_match_a_reference():
+  rng = np.random.default_rng(0)
+  vocab, buckets, max_len = 30, 500, 5
+  def rows(n):
+    words = np.where(rng.random((n, max_len)) < 0.8, rng.integers(2, vocab, (n, max_len)), 0)
+    grams = np.where(words > 0, vocab + rng.integers(0, buckets, (n, max_len)), 0)
+    return np.concatenate([words, grams], 1).astype(np.int32)
+  train, dev = rows(40), rows(20)
+  kept = text.seen_buckets(train, max_len=max_len, vocab_size=vocab, num_buckets=buckets)
+  assert kept.tolist() == sorted({int(x) for x in train[:, max_len:].ravel() if x >= vocab})
+  for ids in (train, dev):
+    got = text.remap_buckets(ids, kept, max_len=max_len, vocab_size=vocab, num_buckets=buckets)
+    want = [[x if j < max_len or x < vocab else
+             (vocab + kept.tolist().index(x) if x in kept else vocab + len(kept))
+             for j, x in enumerate(row)] for row in ids.tolist()]
+    assert got.tolist() == want and got.dtype == np.int32
+  with pytest.raises(ValueError, match="beyond"):
+    text.seen_buckets(train, max_len=max_len, vocab_size=vocab, num_buckets=10)
+  with pytest.raises(ValueError, match="increasing n-gram ids"):
+    text.remap_buckets(train, kept[::-1], max_len=max_len, vocab_size=vocab, num_buckets=buckets)
+
+
 def test_encode_needs_buckets_for_ngrams():
   v = text.Vocab.from_words(["a"])
   with pytest.raises(ValueError, match="num_buckets > 0"):

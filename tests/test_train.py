@@ -10,7 +10,7 @@ import pytest
 
 from embedlab import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab import models, train
+from embedlab import inspection, models, train
 from embedlab import text as text_lib
 from embedlab.config import Config
 
@@ -221,9 +221,12 @@ def test_predict_and_eval_use_the_best_checkpoint(tmp_path):
   assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-3
 
 
-def test_predict_encodes_texts_as_training_did(tmp_path):
-  # with data.eos the texts end with </s> in training, so they must in predict too
-  cfg = tiny("data.eos=true", "data.ngrams=2", "data.num_buckets=64")
+@pytest.mark.parametrize("prune", [False, True])
+def test_predict_encodes_texts_as_training_did(tmp_path, prune):
+  # with data.eos the texts end with </s> in training, so they must in predict too; with
+  # data.prune_buckets predict renumbers the n-grams by the run's kept buckets
+  cfg = tiny("data.eos=true", "data.ngrams=2", "data.num_buckets=4096",
+             f"data.prune_buckets={str(prune).lower()}")
   train.train(cfg, tmp_path / "run", echo=quiet)
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
   assert text_lib.EOS_TOKEN in data.vocab.tokens
@@ -234,6 +237,16 @@ def test_predict_encodes_texts_as_training_did(tmp_path):
   rows = train.predict(tmp_path / "run", list(texts))
   for row, p in zip(rows, want):
     np.testing.assert_allclose([row["probabilities"][n] for n in names], p, atol=1e-4)
+  kept = train.report.load_buckets(tmp_path / "run", run_cfg)
+  if prune:
+    np.testing.assert_array_equal(kept, data.kept_buckets)
+    assert data.num_embeddings == len(vocab) + len(kept) + 1 < len(vocab) + 4096
+    emb = inspection.load_embedding(tmp_path / "run")
+    assert emb.table.shape[0] == len(emb.tokens) == data.num_embeddings
+    assert emb.tokens[-1] == "<other buckets>"
+    assert emb.tokens[len(vocab)] == f"<bucket {int(kept[0]) - len(vocab)}>"
+  else:
+    assert kept is None and data.num_embeddings == len(vocab) + 4096
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "experiments").glob("*.py")))
