@@ -14,9 +14,13 @@ Each job starts from the raw files in EMBEDLAB_DATA and ends with a test accurac
   train loop, test), the compilation seconds, and the JAX import time measured in an empty
   process.
 
+Repeat i runs seed i on both sides (fastText's ``seed``, embedlab's ``--set seed=i``), so the
+median test accuracy is over independent trainings on both sides, not one embedlab run repeated
+(embedlab is deterministic; fastText's 2 threads are not, whatever the seed).
+
 "cold" runs start with an empty encoded-data cache, an empty Hugging Face datasets cache and an
 empty JAX compilation cache (``EMBEDLAB_COMPILE_CACHE``), so they compile every program; "warm"
-runs reuse all three. ``compile_seconds`` (from JAX's own compile events, inside the phases) is
+runs reuse all three (the caches of the cold run of the same seed). ``compile_seconds`` (from JAX's own compile events, inside the phases) is
 the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run. Prints a
 table per dataset and ends with one JSON line of all figures.
 """
@@ -61,7 +65,7 @@ def read_rows(path: pathlib.Path, delimiter: str):
     return [(r["label"], r["text"]) for r in reader]
 
 
-def fasttext_job(name: str, settings: dict, threads: int) -> dict:
+def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
   import fasttext  # noqa: PLC0415 - the bench extra
   from embedlab import text  # noqa: PLC0415
 
@@ -77,7 +81,7 @@ def fasttext_job(name: str, settings: dict, threads: int) -> dict:
                                       for (label, _), toks in zip(rows, tokens)))
     prepared = time.perf_counter()
     model = fasttext.train_supervised(str(files["train"]), thread=threads, verbose=0,
-                                      seed=0, **settings)
+                                      seed=seed, **settings)
     trained = time.perf_counter()
     _, accuracy, _ = model.test(str(files["test"]))
   end = time.perf_counter()
@@ -86,7 +90,7 @@ def fasttext_job(name: str, settings: dict, threads: int) -> dict:
           "test_seconds": end - trained}
 
 
-def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool) -> dict:
+def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int) -> dict:
   spec = DATASETS[name]
   if cold and cache.exists():
     shutil.rmtree(cache)
@@ -97,7 +101,8 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool) -> di
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "embedlab.cli", "train", spec["experiment"],
-                    "--workdir", workdir, "--restart", "--no-progress"], cwd=REPO, env=env,
+                    "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
+                   cwd=REPO, env=env,
                    check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
@@ -124,12 +129,14 @@ def main() -> None:
   figures = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
              "python_jax_embedlab_import_seconds": round(jax_startup_seconds(), 3)}
   for name in args.datasets:
-    ft = [fasttext_job(name, DATASETS[name]["fasttext"], args.threads)
-          for _ in range(args.repeats)]
+    seeds = range(args.repeats)  # repeat i: seed i on both sides
+    ft = [fasttext_job(name, DATASETS[name]["fasttext"], args.threads, seed) for seed in seeds]
     with tempfile.TemporaryDirectory() as cache_dir:
-      cache = pathlib.Path(cache_dir) / "cache"
-      cold = [embedlab_job(name, args.threads, cache, cold=True) for _ in range(args.repeats)]
-      warm = [embedlab_job(name, args.threads, cache, cold=False) for _ in range(args.repeats)]
+      # one cache per seed (the encoded data's key holds the seed): empty for its cold run,
+      # then reused by its warm run
+      caches = [pathlib.Path(cache_dir) / f"cache{seed}" for seed in seeds]
+      cold = [embedlab_job(name, args.threads, caches[seed], True, seed) for seed in seeds]
+      warm = [embedlab_job(name, args.threads, caches[seed], False, seed) for seed in seeds]
     row = {"fasttext": ft, "embedlab_cold": cold, "embedlab_warm": warm}
     summary = {k: {"test_accuracy": median(v, "test_accuracy"),
                    "seconds": round(median(v, "seconds"), 3)} for k, v in row.items()}

@@ -15,11 +15,13 @@ Errors end with a one-line message and a non-zero exit code; ``--debug`` shows t
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
 import pathlib
 import sys
+import threading
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,5 +273,35 @@ def main(argv: list[str] | None = None) -> int:
   return 2
 
 
+def run() -> None:
+  """The ``embedlab`` command: ``main()``, then the process ends.
+
+  When nothing is left running (no thread but this one, no JAX distributed client), the exit
+  handlers run and the process ends at once, skipping the interpreter's teardown of every
+  module and of XLA's thread pools: ~0.3 s, a tenth of a warm SST-2 job. Everything a command
+  writes is written and closed before ``main`` returns.
+  """
+  code = main()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython
+  if run_exit_handlers is None or not _only_this_thread() or _distributed_client():
+    sys.exit(code)
+  run_exit_handlers()
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def _only_this_thread() -> bool:
+  return all(t is threading.current_thread() or t.daemon for t in threading.enumerate())
+
+
+def _distributed_client() -> bool:
+  distributed = sys.modules.get("jax._src.distributed")
+  return getattr(getattr(distributed, "global_state", None), "client", None) is not None
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -68,6 +68,7 @@ class Setup:
   params: Any
   pretrained_found: int
   frozen: tuple[str, ...]
+  rng: Any = None  # the train state's key (init_state), when made with the params
 
 
 def _metric_sums(logits, labels, weight):
@@ -275,15 +276,20 @@ def total_steps(cfg: config_lib.Config, num_train: int) -> tuple[int, int]:
 def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Setup:
   """The model, its initial params and its optimizer(s) for a config and its data."""
   resources.check_fits(cfg, data.num_embeddings, len(data.label_names), data.train_ids.shape[1])
-  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
-  pretrained, found = None, None
+  pretrained, found, rng = None, None, None
   if cfg.model.pretrained:
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
     pretrained, found = _load_pretrained(cfg, data, jax.random.fold_in(key, 1))
   validate_ids(data)
   model = models_lib.make_model(cfg.model, data.num_embeddings, len(data.label_names),
                                 pretrained, oob="clip")
-  # one compilation for all the initializers (a pretrained table stays out of the program)
-  params = model.init(key) if pretrained is not None else jax.jit(model.init)(key)
+  if pretrained is not None:  # the pretrained table stays out of any program
+    params = model.init(key)
+  elif -2**31 <= cfg.seed < 2**31:  # one compilation for the keys and the initializers
+    params, rng = jax.jit(lambda seed: (model.init(_seed_key(seed, 0)), _seed_key(seed, 1)))(
+        np.int32(cfg.seed))
+  else:  # a seed beyond int32: its keys made eagerly, from the Python int
+    params = jax.jit(model.init)(_seed_key(cfg.seed, 0))
   frozen, row_masks = [], {}
   mode = cfg.model.pretrained_mode
   if pretrained is not None and mode == "freeze":
@@ -308,7 +314,12 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
     optimizer = optim_lib.make_optimizer(cfg.optim, params, steps, frozen=frozen,
                                          row_masks=row_masks)
   return Setup(model, optimizer, table_optimizer, row_mask, params,
-               0 if found is None else int(found.sum()), tuple(frozen))
+               0 if found is None else int(found.sum()), tuple(frozen), rng)
+
+
+def _seed_key(seed, index: int):
+  """The run's key number ``index``: 0 initializes the params, 1 is the train state's."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
 
 
 def _pad_for_mesh(cfg, params, row_masks):
@@ -367,7 +378,7 @@ def init_state(cfg: config_lib.Config, setup: Setup) -> TrainState:
   else:
     table, dense = split_table(params)
     opt_state = {"dense": setup.optimizer.init(dense), "table": setup.table_optimizer.init(table)}
-  rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+  rng = setup.rng if setup.rng is not None else _seed_key(cfg.seed, 1)
   return TrainState(jnp.array(0, jnp.int32), params, opt_state, rng)
 
 
