@@ -861,6 +861,23 @@ def cache_key(cfg: DataConfig, seed: int) -> str:
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def is_cached(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | None = None) -> bool:
+  """Whether ``encode_splits(cfg, seed)`` would read its result from the cache.
+
+  Example:
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> cfg = DataConfig(synthetic_train_size=10, synthetic_eval_size=5, max_len=8)
+    >>> before = is_cached(cfg, 0, cache_dir=d)
+    >>> _ = encode_splits(cfg, 0, cache_dir=d)
+    >>> before, is_cached(cfg, 0, cache_dir=d)
+    (False, True)
+  """
+  directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+  key = cache_key(cfg, seed)
+  return (directory / f"{key}.npz").is_file() and (directory / f"{key}.vocab.txt").is_file()
+
+
 def encode_workers(cfg: DataConfig) -> int:
   """Processes that tokenize and encode: ``cfg.workers``, or with 0 the CPU cores this process
   may use, at most 8.

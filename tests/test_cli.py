@@ -82,3 +82,54 @@ def test_get_sweep_runs_each_override_set_and_prints_a_comparison(tmp_path, caps
     assert cfg["model"]["features"] == width
   table = out[out.index("run  "):]
   assert "features-4" in table and "features-8" in table and "test_accuracy" in table
+
+
+def test_train_encodes_its_data_on_a_forked_process_while_jax_loads(tmp_path):
+  # a fresh interpreter, as the command runs: the config and data modules load no JAX, so the
+  # data is encoded into the cache by a forked process while the command imports JAX
+  import os, subprocess, sys  # noqa: E401, PLC0415
+  (tmp_path / "train.tsv").write_text("label\ttext\n" + "".join(
+      f"{i % 2}\tdoc {i} word{i % 7}\n" for i in range(200)))
+  (tmp_path / "bad.tsv").write_text("label\ttext\n1\tfine\n0\ttoo\tmany\n")
+  script = tmp_path / "ahead.py"
+  script.write_text(f"""
+import os, sys
+from embedlab import cli, config, data
+assert "jax" not in sys.modules
+cfg = config.load_config({QUICK!r}, ["data.source=files", "data.train=train.tsv",
+                                      "data.dev_fraction=0.2"])
+assert not data.is_cached(cfg.data, cfg.seed)
+pid = cli._encode_ahead(cfg)
+assert pid is not None and "jax" not in sys.modules
+cli._wait(pid)
+assert data.is_cached(cfg.data, cfg.seed)
+assert cli._encode_ahead(cfg) is None  # cached: nothing to do
+bad = config.load_config({QUICK!r}, ["data.source=files", "data.train=bad.tsv"])
+pid = cli._encode_ahead(bad)
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1  # the error is left to train
+assert not data.is_cached(bad.data, bad.seed)
+import jax
+jax.devices()  # JAX's backends run: no fork any more
+other = config.load_config({QUICK!r}, ["data.source=files", "data.train=train.tsv", "seed=5"])
+assert cli._encode_ahead(other) is None and not data.is_cached(other.data, other.seed)
+print("ahead ok")
+""")
+  env = dict(os.environ, EMBEDLAB_DATA=str(tmp_path), EMBEDLAB_CACHE=str(tmp_path / "cache"),
+             EMBEDLAB_COMPILE_CACHE="off")
+  done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert done.returncode == 0 and "ahead ok" in done.stdout, done.stderr[-3000:]
+  # the whole command: a bad row still ends in the one-line error, from train in the main process
+  env["EMBEDLAB_CACHE"] = str(tmp_path / "cache2")
+  done = subprocess.run([sys.executable, "-m", "embedlab.cli", "train", QUICK, "--workdir",
+                         str(tmp_path / "run"), "--no-progress", "--set", "data.source=files",
+                         "--set", "data.train=bad.tsv"], capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [l for l in done.stderr.strip().splitlines()
+                                               if "bad.tsv, line 3: malformed row" in l]
+  done = subprocess.run([sys.executable, "-m", "embedlab.cli", "train", QUICK, "--workdir",
+                         str(tmp_path / "run"), "--no-progress"] + SMALL, capture_output=True,
+                        text=True, timeout=300, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["test_accuracy"] > 0.5
