@@ -19,6 +19,12 @@ benchmark: 12.4 s, and 0.8114 median (its 2-thread runs at lr 0.25 spread from 0
 across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.85 cold,
 0.32 warm (0.98, 0.97, 0.88 and 0.83 cold in earlier runs of this session).
 
+Session 6 (the data encoded on a forked process while JAX loads, no interpreter teardown, the
+same experiment; seeds 0, 1, 2 on both sides, `python benchmarks/vs_fasttext.py --repeats 3`):
+test 0.8978 median (0.8978 / 0.8986 / 0.8956); 12.3 s cold, 4.6 s warm, on a slower moment of
+the machine (Python + JAX import 0.73 s); fastText 13.7 s and 0.5960 median (two of its three
+runs diverged; the third 0.8291). Ratios 0.90 cold, 0.33 warm.
+
 Command:
   embedlab train experiments/imdb_fasttext.py
 """
