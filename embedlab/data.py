@@ -1018,12 +1018,8 @@ def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
     kept = arrays.pop("kept_buckets", None)
     for name in ("train", "dev", "test"):
       if f"{name}_words" in arrays:
-        ids = _unpack_ids(arrays.pop(f"{name}_words"), arrays.pop(f"{name}_lengths"), meta,
-                          len(vocab))
-        if kept is not None:  # the n-grams were hashed again: renumber them again
-          ids = text_lib.remap_buckets(ids, kept, max_len=meta["max_len"],
-                                       vocab_size=len(vocab), num_buckets=meta["num_buckets"])
-        arrays[f"{name}_ids"] = ids
+        arrays[f"{name}_ids"] = _unpack_ids(arrays.pop(f"{name}_words"),
+                                            arrays.pop(f"{name}_lengths"), meta, len(vocab), kept)
   except Exception as e:  # pylint: disable=broad-except
     warnings.warn(f"data: ignoring unreadable cache {npz} ({e}); re-encoding.")
     return None
@@ -1073,10 +1069,16 @@ def _pack_ids(ids: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray] | 
   return words[present], lengths.astype(np.int32)
 
 
-def _unpack_ids(flat: np.ndarray, lengths: np.ndarray, meta: dict, vocab_size: int) -> np.ndarray:
-  return text_lib.padded_ids(flat, lengths, meta["max_len"], ngrams=meta["ngrams"],
-                             num_buckets=meta["num_buckets"], offset=vocab_size,
-                             threads=os.cpu_count() or 1)
+def _unpack_ids(flat: np.ndarray, lengths: np.ndarray, meta: dict, vocab_size: int,
+                kept: np.ndarray | None) -> np.ndarray:
+  """``_pack_ids``' inverse: the n-grams hashed again and, if pruned, renumbered again."""
+  ids = text_lib.padded_ids(flat, lengths, meta["max_len"], ngrams=meta["ngrams"],
+                            num_buckets=meta["num_buckets"], offset=vocab_size,
+                            threads=os.cpu_count() or 1)
+  if kept is None:
+    return ids
+  return text_lib.remap_buckets(ids, kept, max_len=meta["max_len"], vocab_size=vocab_size,
+                                num_buckets=meta["num_buckets"])
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -252,7 +252,8 @@ def _with_sums(block: Callable) -> Callable:
 
   def fn(state, acc, ids, labels):
     state, sums = block(state, ids, labels)
-    out = {k: acc[k] + sums[k] for k in acc if k != "first_nonfinite"}
+    # over the step's own keys: one zero_sums lacks is a KeyError, not a sum dropped
+    out = {k: acc[k] + v for k, v in sums.items() if k != "first_nonfinite"}
     out["first_nonfinite"] = jnp.minimum(acc["first_nonfinite"], sums["first_nonfinite"])
     return state, out
 
@@ -452,7 +453,6 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
     results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
                       mesh, best)
   finally:  # also when the run stops on an error: the last checkpoint is kept
-    blocks.close()
     bar.close()
     checkpoints.close()
   return results
