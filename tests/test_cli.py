@@ -133,3 +133,36 @@ print("ahead ok")
                         text=True, timeout=300, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads((tmp_path / "run" / "results.json").read_text())["test_accuracy"] > 0.5
+
+
+def test_compilation_cache_is_set_without_importing_jax(tmp_path):
+  # the setting must not import JAX (that would serialize its import before the forked
+  # encoding); set before the import it reaches JAX through its environment, after it through
+  # jax.config; the command itself fills the cache directory
+  import os, subprocess, sys  # noqa: E401, PLC0415
+  where = tmp_path / "jax-cache"
+  script = tmp_path / "cache.py"
+  script.write_text(f"""
+import sys
+from embedlab import cli
+if sys.argv[1] == "after":
+  import jax
+cli._enable_compilation_cache()
+assert ("jax" in sys.modules) == (sys.argv[1] == "after")
+import jax
+assert jax.config.jax_compilation_cache_dir == {str(where)!r}, jax.config.jax_compilation_cache_dir
+assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.05
+print("cache ok")
+""")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env["EMBEDLAB_COMPILE_CACHE"] = str(where)
+  for when in ("before", "after"):
+    done = subprocess.run([sys.executable, str(script), when], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0 and "cache ok" in done.stdout, (when, done.stderr[-3000:])
+  assert not where.exists()
+  done = subprocess.run([sys.executable, "-m", "embedlab.cli", "train", QUICK, "--workdir",
+                         str(tmp_path / "run"), "--no-progress"] + SMALL, capture_output=True,
+                        text=True, timeout=300, env=dict(env, EMBEDLAB_CACHE=str(tmp_path / "c")))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert any(where.iterdir())
