@@ -79,8 +79,11 @@ def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.Checkpo
                                          cleanup_tmp_directories=not read_only,
                                          temporary_path_class=(_FaultInjectingPath
                                                                if faults else None))
-  return ocp.CheckpointManager(directory.absolute(), options=options,
-                               item_names=("state", "meta"))
+  # arrays stored without zstd: float weights barely compress (SST-2's 37 MB table: 36 -> 33
+  # MB) and compressing took 0.07-0.15 s of a 0.12-0.21 s save (0.05-0.06 s without)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=False),
+              "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
 
 
 def checksum(tree: Any) -> list[str]:
@@ -158,7 +161,7 @@ class Checkpoints:
         # the same steps to the same values), or moved on from: the new write replaces it
         manager.delete(step)
       record = {**meta, _CHECKSUM_KEY: checksum(tree)}
-      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(tree),
                                                  meta=ocp.args.JsonSave(record)), force=True)
       manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors in its own types
@@ -200,8 +203,7 @@ class Checkpoints:
 
     def read(step):
       stored = _as_stored(manager, step, abstract)
-      args = ocp.args.Composite(state=ocp.args.StandardRestore(stored),
-                                meta=ocp.args.JsonRestore())
+      args = ocp.args.Composite(state=_restore_args(stored), meta=ocp.args.JsonRestore())
       state, meta = _read_verified(manager, step, args)
       return _resize_rows(state, abstract, step), meta
 
@@ -258,18 +260,21 @@ class Checkpoints:
     if which not in ("latest", "best"):
       raise ValueError(f"checkpoint.read: which={which!r} is not 'latest' or 'best'.")
     manager = {"latest": self.latest, "best": self.best}[which]
-    # a run trained over several devices is read onto this process's first device
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=local),
-                              meta=ocp.args.JsonRestore())
+    # a run trained over several devices is read onto this process's first device
+    def load(step):
+      abstract = _stored_abstract(manager, step, local)
+      return _read_verified(manager, step, ocp.args.Composite(
+          state=_restore_args(abstract), meta=ocp.args.JsonRestore()))
+
     if step is not None:
       try:
-        return (step,) + _read_verified(manager, step, args)
+        return (step,) + load(step)
       except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint: {manager.directory}/{step} is unreadable "
                               f"({type(e).__name__}: {e}); read another step "
                               f"(there are {list(manager.all_steps())}).") from e
-    found = self._newest_readable(manager, which, args)
+    found = self._newest_readable(manager, which, load)
     if found is None:
       raise CheckpointError(f"checkpoint: {manager.directory} holds no readable checkpoint.")
     return found
@@ -278,6 +283,20 @@ class Checkpoints:
     """Waits for pending writes and releases the managers."""
     self.latest.close()
     self.best.close()
+
+
+def _restore_args(abstract: Any) -> Any:
+  """Orbax's arguments to read a tree of ``jax.ShapeDtypeStruct`` (shapes, dtypes, shardings)."""
+  return ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+
+
+def _stored_abstract(manager, step, sharding) -> Any:
+  """The tree of one step as stored (from its metadata), each array placed by ``sharding``."""
+  directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
+  stored = ocp.PyTreeCheckpointHandler().metadata(directory).tree
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                      stored)
 
 
 def _read_verified(manager, step, args) -> tuple[Any, dict]:
@@ -303,7 +322,7 @@ def _as_stored(manager, step, abstract):
   checkpoint's, sharded on the target's mesh where the stored rows divide, else replicated."""
   try:
     directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
-    stored = ocp.tree.to_flat_dict(ocp.StandardCheckpointHandler().metadata(directory).tree)
+    stored = ocp.tree.to_flat_dict(ocp.PyTreeCheckpointHandler().metadata(directory).tree)
   except Exception:  # noqa: BLE001 - no metadata: restore as asked, errors are reported then
     return abstract
 

@@ -273,3 +273,36 @@ def test_full_disk_then_a_corrupt_checkpoint_and_the_rerun_still_ends_bitwise(
   assert "latest/8 is unreadable" in caplog.text
   assert any("resuming" in m and "from step 4" in m for m in messages)
   _assert_same_as(straight, tmp_path / "run")
+
+
+def test_checkpoints_are_stored_uncompressed_and_older_compressed_ones_still_read(tmp_path):
+  # arrays are written without zstd (float weights barely compress; compressing was most of a
+  # save's time). Runs saved before, through orbax's StandardSave with its default zstd, must
+  # still resume and read: one such checkpoint is written here as the older code wrote it.
+  rng = np.random.default_rng(0)
+  big = jnp.asarray(rng.normal(size=(2000, 64)).astype(np.float32))
+  state = _state(3)._replace(params={"embed": {"table": big}, "out": {"w": jnp.ones((2, 3))}})
+  new = ckpt_lib.Checkpoints(tmp_path / "new")
+  new.save_latest(5, state, {"best_step": 5})
+  new.close()
+  stored = sum(p.stat().st_size for p in _files(tmp_path / "new" / "checkpoints" / "latest" / "5"))
+  assert stored > big.size * 4  # every byte of the table is there
+
+  old_dir = tmp_path / "old" / "checkpoints" / "latest"
+  old = ocp.CheckpointManager(old_dir, options=ocp.CheckpointManagerOptions(
+      max_to_keep=2, enable_async_checkpointing=False), item_names=("state", "meta"))
+  record = {"best_step": 5, "_embedlab_crc32": ckpt_lib.checksum(state)}
+  old.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(record)))
+  old.wait_until_finished()
+  old.close()
+  compressed = sum(p.stat().st_size for p in _files(old_dir / "5"))
+  assert compressed < stored  # it was compressed: this test reads the older format
+  for run in ("new", "old"):
+    ckpt = ckpt_lib.Checkpoints(tmp_path / run, keep=2)
+    step, restored, meta = ckpt.restore_latest(_state(0)._replace(params=state.params))
+    assert step == 5 and meta == {"best_step": 5}
+    _assert_tree_equal(restored, state)
+    _, tree, _ = ckpt.read("latest")
+    np.testing.assert_array_equal(np.asarray(tree["params"]["embed"]["table"]), np.asarray(big))
+    ckpt.close()
