@@ -25,6 +25,11 @@ test 0.8978 median (0.8978 / 0.8986 / 0.8956); 12.3 s cold, 4.6 s warm, on a slo
 the machine (Python + JAX import 0.73 s); fastText 13.7 s and 0.5960 median (two of its three
 runs diverged; the third 0.8291). Ratios 0.90 cold, 0.33 warm.
 
+Session 7 (the compilation-cache setting no longer imports JAX before the forked encoding;
+checkpoints written without zstd; the same experiment, seeds 0, 1, 2, an idle machine): test
+0.8978 median (0.8978 / 0.8986 / 0.8956); 9.87 s cold, 3.87 s warm; fastText 11.62 s and
+0.8970 median (0.8975 / 0.8534 / 0.8970). Ratios **0.85** cold, **0.33** warm.
+
 Command:
   embedlab train experiments/imdb_fasttext.py
 """
