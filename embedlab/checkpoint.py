@@ -260,8 +260,9 @@ class Checkpoints:
     if which not in ("latest", "best"):
       raise ValueError(f"checkpoint.read: which={which!r} is not 'latest' or 'best'.")
     manager = {"latest": self.latest, "best": self.best}[which]
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # a run trained over several devices is read onto this process's first device
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
     def load(step):
       abstract = _stored_abstract(manager, step, local)
       return _read_verified(manager, step, ocp.args.Composite(
@@ -291,12 +292,16 @@ def _restore_args(abstract: Any) -> Any:
       item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
 
 
-def _stored_abstract(manager, step, sharding) -> Any:
-  """The tree of one step as stored (from its metadata), each array placed by ``sharding``."""
+def _stored_tree(manager, step) -> Any:
+  """The metadata tree of one step's arrays (shapes and dtypes, as stored)."""
   directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
-  stored = ocp.PyTreeCheckpointHandler().metadata(directory).tree
+  return ocp.PyTreeCheckpointHandler().metadata(directory).tree
+
+
+def _stored_abstract(manager, step, sharding) -> Any:
+  """The tree of one step as stored, each array placed by ``sharding``."""
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                      stored)
+                      _stored_tree(manager, step))
 
 
 def _read_verified(manager, step, args) -> tuple[Any, dict]:
@@ -321,8 +326,7 @@ def _as_stored(manager, step, abstract):
   """``abstract`` with the stored shape of every array whose rows (first axis) differ from the
   checkpoint's, sharded on the target's mesh where the stored rows divide, else replicated."""
   try:
-    directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
-    stored = ocp.tree.to_flat_dict(ocp.PyTreeCheckpointHandler().metadata(directory).tree)
+    stored = ocp.tree.to_flat_dict(_stored_tree(manager, step))
   except Exception:  # noqa: BLE001 - no metadata: restore as asked, errors are reported then
     return abstract
 
