@@ -26,9 +26,13 @@ def can_fork() -> bool:
   started = getattr(bridge, "backends_are_initialized", None)
   if started is not None and started():
     return False
+  return not distributed_client_running()
+
+
+def distributed_client_running() -> bool:
+  """Whether JAX's distributed client (its gRPC threads) runs, without importing JAX."""
   distributed = sys.modules.get("jax._src.distributed")
-  state = getattr(distributed, "global_state", None)
-  return getattr(state, "client", None) is None
+  return getattr(getattr(distributed, "global_state", None), "client", None) is not None
 
 
 def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], processes: int) -> list[Any]:

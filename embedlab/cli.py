@@ -331,7 +331,10 @@ def run() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython
-  if run_exit_handlers is None or not _only_this_thread() or _distributed_client():
+  from embedlab import _fork  # noqa: PLC0415 - no JAX import
+
+  if (run_exit_handlers is None or not _only_this_thread()
+      or _fork.distributed_client_running()):
     sys.exit(code)
   run_exit_handlers()
   logging.shutdown()
@@ -342,11 +345,6 @@ def run() -> None:
 
 def _only_this_thread() -> bool:
   return all(t is threading.current_thread() or t.daemon for t in threading.enumerate())
-
-
-def _distributed_client() -> bool:
-  distributed = sys.modules.get("jax._src.distributed")
-  return getattr(getattr(distributed, "global_state", None), "client", None) is not None
 
 
 if __name__ == "__main__":

@@ -74,6 +74,12 @@ class DataConfig:
   synthetic_eval_size: int = 500
   synthetic_length: int = 24
 
+  @property
+  def pruned(self) -> bool:
+    """Whether the hashed n-gram buckets are pruned to those train uses (``prune_buckets`` with
+    ``ngrams > 1``): the table then has ``data.table_rows`` rows and the run a ``buckets.npy``."""
+    return self.prune_buckets and self.ngrams > 1
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

@@ -808,7 +808,7 @@ def table_rows(cfg: DataConfig, vocab_size: int, kept_buckets: np.ndarray | None
   """
   if cfg.ngrams < 2:
     return vocab_size
-  if cfg.prune_buckets:
+  if cfg.pruned:
     if kept_buckets is None:
       raise ValueError("table_rows: data.prune_buckets needs the kept buckets (the run's "
                        "buckets.npy, or EncodedData.kept_buckets).")
@@ -820,7 +820,7 @@ def prune_ids(cfg: DataConfig, ids: np.ndarray, vocab_size: int,
               kept_buckets: np.ndarray | None) -> np.ndarray:
   """``ids`` encoded with ``cfg`` as the table of ``table_rows`` reads them: renumbered by
   ``text.remap_buckets`` with ``prune_buckets``, unchanged otherwise (``predict`` uses it)."""
-  if cfg.ngrams < 2 or not cfg.prune_buckets:
+  if not cfg.pruned:
     return ids
   return text_lib.remap_buckets(ids, kept_buckets, max_len=cfg.max_len, vocab_size=vocab_size,
                                 num_buckets=cfg.num_buckets)
@@ -934,7 +934,7 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
         eos=cfg.eos)
   labels = {name: s.labels for name, s in splits.items()}
   kept = None
-  if cfg.ngrams > 1 and cfg.prune_buckets:
+  if cfg.pruned:
     kept = text_lib.seen_buckets(ids["train"], max_len=cfg.max_len, vocab_size=len(vocab),
                                  num_buckets=cfg.num_buckets)
     ids = {name: prune_ids(cfg, split_ids, len(vocab), kept) for name, split_ids in ids.items()}

@@ -193,7 +193,7 @@ def load_run(run_dir: pathlib.Path):
 
 def load_buckets(run_dir: pathlib.Path, cfg: config_lib.Config) -> np.ndarray | None:
   """The n-gram buckets a run with ``data.prune_buckets`` kept (``buckets.npy``), else None."""
-  if not (cfg.data.prune_buckets and cfg.data.ngrams > 1):
+  if not cfg.data.pruned:
     return None
   path = pathlib.Path(run_dir) / "buckets.npy"
   try:

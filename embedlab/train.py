@@ -647,11 +647,12 @@ def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
   """Labels and probabilities for raw texts, with the best parameters of a finished run."""
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
-  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
+  kept = report.load_buckets(run_dir, cfg)
+  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names, kept)
   tokens = text_lib.tokenize_many(texts, cfg.data.lowercase, eos=cfg.data.eos)  # as trained
   ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
                         num_buckets=cfg.data.num_buckets)
-  ids = data_lib.prune_ids(cfg.data, ids, len(vocab), report.load_buckets(run_dir, cfg))
+  ids = data_lib.prune_ids(cfg.data, ids, len(vocab), kept)
   probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))
   return [{"text": t, "label": label_names[int(p.argmax())],
            "probabilities": {n: round(float(q), 4) for n, q in zip(label_names, p)}}
@@ -668,7 +669,8 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   """
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
-  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names)
+  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names,
+                                    report.load_buckets(run_dir, cfg))
   extra = {}
   if quantize is not None:
     from embedlab import compress  # noqa: PLC0415
@@ -687,8 +689,8 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   return {**result, **extra}
 
 
-def _restore_for_eval(run_dir, cfg, vocab, label_names):
-  num_embeddings = data_lib.table_rows(cfg.data, len(vocab), report.load_buckets(run_dir, cfg))
+def _restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
+  num_embeddings = data_lib.table_rows(cfg.data, len(vocab), kept_buckets)
   model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)

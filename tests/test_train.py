@@ -232,12 +232,12 @@ def test_predict_encodes_texts_as_training_did(tmp_path, prune):
   assert text_lib.EOS_TOKEN in data.vocab.tokens
   texts = train.data_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
   run_cfg, vocab, names = train.report.load_run(tmp_path / "run")
-  model, params = train._restore_for_eval(tmp_path / "run", run_cfg, vocab, names)
+  kept = train.report.load_buckets(tmp_path / "run", run_cfg)
+  model, params = train._restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
   want = np.asarray(jax.nn.softmax(model.apply(params, data.test_ids[:3]), -1))
   rows = train.predict(tmp_path / "run", list(texts))
   for row, p in zip(rows, want):
     np.testing.assert_allclose([row["probabilities"][n] for n in names], p, atol=1e-4)
-  kept = train.report.load_buckets(tmp_path / "run", run_cfg)
   if prune:
     np.testing.assert_array_equal(kept, data.kept_buckets)
     assert data.num_embeddings == len(vocab) + len(kept) + 1 < len(vocab) + 4096
