@@ -62,6 +62,11 @@ class Model(NamedTuple):
   apply: Callable[..., jax.Array]
   stages: Callable[[int, int], list[tuple[str, tuple[int, ...]]]]
   embedder: Embedder | None = None
+  # ``apply_gathered(params, vectors, ids, *, train=False, rng=None, segment_ids=None,
+  # num_bags=None) -> logits``: ``apply`` on the table rows of ``ids`` already gathered
+  # (``vectors [..., D]``; ``ids`` give the padding and the bags; ``params`` need no
+  # ``embed["table"]``), so the gradient comes per occurrence; None where the model has none
+  apply_gathered: Callable[..., jax.Array] | None = None
 
 
 def _check_ids_rank(ids, where):
@@ -288,6 +293,17 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
     # padded bags ids [B, L], or ragged ones: ids [T] with segment_ids [T] and num_bags
     x = embedder.bag(params["embed"], ids, cfg.pooling, rows=rows, segment_ids=segment_ids,
                      num_bags=num_bags)
+    return head(params, x, train, rng)
+
+  def apply_gathered(params, vectors, ids, *, train=False, rng=None, segment_ids=None,
+                     num_bags=None):
+    x = tables.pool_vectors(vectors.astype(_compute_dtype(cfg)), ids != PADDING_ID,
+                            cfg.pooling, segment_ids=segment_ids, num_bags=num_bags)
+    if embedder.kind == "factorized":
+      x = x @ params["embed"]["projection"].astype(x.dtype)
+    return head(params, x, train, rng)
+
+  def head(params, x, train, rng):
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
     if cfg.hidden:
       x = jax.nn.relu(_dense(params["hidden"], x))
@@ -301,7 +317,11 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
       out.append(("hidden", (batch, cfg.hidden)))
     return out + [("logits", (batch, num_classes))]
 
-  return Model(init, apply, stages, embedder)
+  # as embedder.bag pools: max_norm renormalizes each row read, and a factorized max pools
+  # the projected vectors, so those read the table themselves
+  gathered = (embedder.kind in SPARSE_TABLES and not cfg.max_norm and
+              not (embedder.kind == "factorized" and cfg.pooling == "max"))
+  return Model(init, apply, stages, embedder, apply_gathered if gathered else None)
 
 
 def cnn_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,

@@ -72,10 +72,16 @@ class SparseOptimizer(NamedTuple):
   ``init(table) -> state``;
   ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False)
   -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads`` ``[N, D]``.
+
+  ``add``, only where the update is linear in the gradient (``sparse_sgd`` without weight
+  decay), takes the same arguments but scatter-adds each row gradient into its row as it comes:
+  no sort, no dedup, no re-gathered rows. Duplicate ids are then summed in the table instead of
+  before it: ``update``'s result up to float rounding. None for the other optimizers.
   """
 
   init: Callable[[Array], Any]
   update: Callable[..., tuple[Array, Any]]
+  add: Callable[..., tuple[Array, Any]] | None = None
 
 
 class SparseSgdState(NamedTuple):
@@ -260,26 +266,11 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
     return state_type(jnp.zeros([], jnp.int32), *init_slots(table))
 
   def update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False):
-    rows, features = table.shape
-    ids = jnp.asarray(ids)
-    if ids.ndim != 1 or row_grads.shape != (ids.shape[0], features):
-      raise ValueError(f"{name}.update: ids must be 1-D [N] and row_grads [N, {features}], got "
-                       f"ids {ids.shape} and row_grads {row_grads.shape}. Flatten the batch's "
-                       f"ids with ids.reshape(-1) and its gradients with .reshape(-1, D).")
-    if row_mask is not None and np.shape(row_mask) != (rows,):
-      raise ValueError(f"{name}.update: row_mask must be a bool array of shape ({rows},) "
-                       f"(True = trainable), got {np.shape(row_mask)}.")
-    keep = (ids >= 0) & (ids < rows)
-    for skip in np.atleast_1d(np.asarray(skip_ids, dtype=np.int64)):
-      keep = keep & (ids != int(skip))
-    if row_mask is not None:
-      keep = keep & jnp.take(jnp.asarray(row_mask), ids, mode="clip")
-    ids = jnp.where(keep, ids, rows).astype(jnp.int32)
-    grads = row_grads.astype(table.dtype)
+    rows = table.shape[0]
+    ids, grads = _kept(name, "update", table, ids, row_grads, row_mask, skip_ids)
     if not unique:
       ids, grads = sum_duplicates(ids, grads, rows)
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    lr = jnp.asarray(lr, table.dtype)
+    lr = _learning_rate(learning_rate, state.count, table.dtype)
     old_rows = jnp.take(table, ids, axis=0, mode="clip")
     slots = tuple(state[1:])
     old_slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
@@ -292,11 +283,39 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
   return SparseOptimizer(init, update)
 
 
+def _kept(name, method, table, ids, row_grads, row_mask, skip_ids) -> tuple[Array, Array]:
+  """``(ids, grads)`` checked; ids not to update (out of range, in ``skip_ids``, masked off by
+  ``row_mask``) replaced by ``V``, which the scatter drops."""
+  rows, features = table.shape
+  ids = jnp.asarray(ids)
+  if ids.ndim != 1 or row_grads.shape != (ids.shape[0], features):
+    raise ValueError(f"{name}.{method}: ids must be 1-D [N] and row_grads [N, {features}], got "
+                     f"ids {ids.shape} and row_grads {row_grads.shape}. Flatten the batch's "
+                     f"ids with ids.reshape(-1) and its gradients with .reshape(-1, D).")
+  if row_mask is not None and np.shape(row_mask) != (rows,):
+    raise ValueError(f"{name}.{method}: row_mask must be a bool array of shape ({rows},) "
+                     f"(True = trainable), got {np.shape(row_mask)}.")
+  keep = (ids >= 0) & (ids < rows)
+  for skip in np.atleast_1d(np.asarray(skip_ids, dtype=np.int64)):
+    keep = keep & (ids != int(skip))
+  if row_mask is not None:
+    keep = keep & jnp.take(jnp.asarray(row_mask), ids, mode="clip")
+  return jnp.where(keep, ids, rows).astype(jnp.int32), row_grads.astype(table.dtype)
+
+
+def _learning_rate(learning_rate, count, dtype) -> Array:
+  lr = learning_rate(count) if callable(learning_rate) else learning_rate
+  return jnp.asarray(lr, dtype)
+
+
 def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) -> SparseOptimizer:
   """Row-sparse SGD: ``row <- row - lr * (g + weight_decay * row)`` on touched rows.
 
   With ``weight_decay=0`` the table equals ``optax.sgd``'s after any number of steps (bit for
-  bit: the duplicate gradients are added in the dense gradient's order).
+  bit: the duplicate gradients are added in the dense gradient's order). It then also has
+  ``add``: each row gradient scatter-added into its row as it comes (duplicates summed in the
+  table, so ``update``'s result up to float rounding), for gradients taken per occurrence, as
+  the bag model's train step takes them (``embedlab.train``; fastText's update).
 
   Args:
     learning_rate: a float or an optax schedule ``count -> lr``.
@@ -313,6 +332,9 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
     ...                           jnp.array([2, 2]), jnp.ones((2, 2)))
     >>> table.tolist()
     [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    >>> table, state = opt.add(table, state, jnp.array([0, 0, 5]), jnp.ones((3, 2)))
+    >>> table.tolist(), int(state.count)  # id 5 is out of range: no row
+    ([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], 2)
   """
 
   def rule(w, g, slots, count, lr):
@@ -320,7 +342,13 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
       g = g + weight_decay * w
     return w + (-lr) * g, ()
 
-  return _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState)
+  def add(table, state, ids, row_grads, *, row_mask=None, skip_ids=()):
+    ids, grads = _kept("sparse_sgd", "add", table, ids, row_grads, row_mask, skip_ids)
+    lr = _learning_rate(learning_rate, state.count, table.dtype)
+    return table.at[ids].add((-lr) * grads, mode="drop"), SparseSgdState(state.count + 1)
+
+  opt = _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState)
+  return opt if weight_decay else opt._replace(add=add)
 
 
 def sparse_adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: float = 0.1,

@@ -381,6 +381,30 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
   return _pool_ragged(vecs, w, mask, jnp.asarray(segment_ids), int(num_bags), mode)
 
 
+def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: Any = None,
+                 num_bags: int | None = None) -> Array:
+  """``bag``'s pooling of vectors already gathered: ``vecs [B, L, D]`` with ``mask [B, L]``
+  (padded bags), or ``vecs [N, D]`` with ``mask [N]``, ``segment_ids [N]`` and ``num_bags``
+  (ragged). ``mask`` is False at padding. The same numbers as ``bag`` (unweighted) on the ids
+  the vectors were read for: what the row-sparse step pools when it gathers the rows itself
+  (``embedlab.train``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> v = jnp.arange(12.0).reshape(1, 4, 3)
+    >>> pool_vectors(v, jnp.array([[True, True, False, False]]), "mean").tolist()
+    [[1.5, 2.5, 3.5]]
+  """
+  if mode not in BAG_MODES:
+    raise ValueError(f"pool_vectors: mode={mode!r} is not one of {', '.join(BAG_MODES)}.")
+  if segment_ids is None:  # padded: bag b's positions are segment b, in order
+    bags, length = mask.shape
+    vecs = vecs.reshape(bags * length, vecs.shape[-1])
+    segment_ids, num_bags, mask = (jnp.repeat(jnp.arange(bags), length), bags,
+                                   mask.reshape(-1))
+  return _pool_ragged(vecs, mask.astype(vecs.dtype), mask, segment_ids, int(num_bags), mode)
+
+
 def _safe_divide(total: Array, denom: Array) -> Array:
   ok = denom != 0
   return jnp.where(ok, total / jnp.where(ok, denom, 1), 0)

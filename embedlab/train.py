@@ -96,7 +96,11 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
   gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
   parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
-  policy of the sparse path's gather (``"clip"`` once the data has been validated).
+  policy of the sparse path's gather (``"clip"`` once the data has been validated). Where the
+  table optimizer has an ``add`` (``sparse_sgd`` without weight decay) and the model an
+  ``apply_gathered`` (the bag model), the step reads the rows per occurrence and scatter-adds
+  each occurrence's gradient into its row: no dedup sort, no second gather (on one device; the
+  result is the dedup path's up to float rounding where a batch repeats an id).
 
   With a ``mesh`` (``embedlab.sharding``) and ``lookup="shard_map"`` the sparse path reads the
   batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
@@ -154,9 +158,45 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
                                                    state.opt_state["table"].count))
     return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
 
+  def scatter_step(state, ids, labels, rng):
+    # the table's rows read per occurrence and each occurrence's gradient added straight into
+    # its row (table_optimizer.add): no dedup sort and no second gather, as fastText updates
+    table, dense = split_table(state.params)
+    ragged = isinstance(ids, data_lib.RaggedBatch)
+    raw = ids.ids if ragged else ids
+    rows = model.embedder.rows(raw)
+    if oob == "error":
+      rows = tables.check_ids(rows, table.shape[0], where="train step")
+    vectors = jnp.take(table, rows, axis=0, mode="clip")
+    extra = dict(segment_ids=ids.segment_ids, num_bags=labels.shape[0]) if ragged else {}
+
+    def split_loss(dense, vectors):
+      logits = model.apply_gathered(dense, vectors, raw, train=True, rng=rng, **extra)
+      sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
+      return sums["loss"] / labels.shape[0], sums
+
+    (_, sums), (g_dense, g_vectors) = jax.value_and_grad(
+        split_loss, argnums=(0, 1), has_aux=True)(dense, vectors)
+    ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_vectors)
+    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
+    dense = _select(ok, optax.apply_updates(dense, updates), dense)
+    dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
+    # padding and a bad batch touch no row: their ids become out of range, which add drops
+    row_ids = jnp.where(ok & (raw != models_lib.PADDING_ID), rows, table.shape[0]).reshape(-1)
+    table, table_opt = table_optimizer.add(
+        table, state.opt_state["table"], row_ids,
+        jnp.where(ok, g_vectors, 0).reshape(row_ids.shape[0], -1), row_mask=row_mask)
+    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
+                                                   state.opt_state["table"].count))
+    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
+
+  scatter = (table_optimizer is not None and getattr(table_optimizer, "add", None) is not None
+             and model.apply_gathered is not None and mesh is None)
+
   def step(state, ids, labels):
     rng = jax.random.fold_in(state.rng, state.step)
-    inner = dense_step if table_optimizer is None else sparse_step
+    inner = (dense_step if table_optimizer is None else scatter_step if scatter else
+             sparse_step)
     params, opt_state, ok, sums = inner(state, ids, labels, rng)
     sums = {**sums, "nonfinite": 1 - ok.astype(jnp.float32),
             "first_nonfinite": jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step)}
