@@ -530,7 +530,7 @@ def _buckets_text(cfg: config_lib.Config, data) -> str:
           f"uses) + 1 row for the rest")
 
 
-def summary_text(cfg: config_lib.Config, data, setup) -> str:
+def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   """What the model looks like: each table's rows x features = weights, its bytes with optimizer
   slots and its update path, the other parameters, and the shapes at each stage for one batch."""
   import jax  # noqa: PLC0415
@@ -551,6 +551,8 @@ def summary_text(cfg: config_lib.Config, data, setup) -> str:
     state = jax.eval_shape(setup.table_optimizer.init, table)
     slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     path = f"row-sparse {cfg.optim.tables}"
+    if train.scatter_adds(setup.model, setup.table_optimizer, mesh):
+      path += ", each occurrence's gradient scatter-added"
   if setup.frozen:
     path += " (frozen)"
   other = sum(math.prod(x.shape) for k, v in setup.params.items() if k != "embed"

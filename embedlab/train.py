@@ -190,8 +190,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
                                                    state.opt_state["table"].count))
     return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
 
-  scatter = (table_optimizer is not None and getattr(table_optimizer, "add", None) is not None
-             and model.apply_gathered is not None and mesh is None)
+  scatter = scatter_adds(model, table_optimizer, mesh)
 
   def step(state, ids, labels):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -203,6 +202,14 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     return TrainState(state.step + 1, params, opt_state, state.rng), sums
 
   return step
+
+
+def scatter_adds(model: models_lib.Model, table_optimizer, mesh=None) -> bool:
+  """Whether ``make_train_step`` takes the scatter-add path: a table optimizer with ``add``
+  (``sparse_sgd`` without weight decay), a model with ``apply_gathered`` (the bag model), one
+  device."""
+  return (table_optimizer is not None and getattr(table_optimizer, "add", None) is not None
+          and model.apply_gathered is not None and mesh is None)
 
 
 def _apply(model, params, ids, num_bags, **kwargs):
@@ -456,7 +463,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
     _, state, meta = restored
     echo(f"resuming {run.path} from step {int(state.step)}")
   run.truncate_metrics(int(state.step))
-  echo(report.summary_text(cfg, data, setup))
+  echo(report.summary_text(cfg, data, setup, mesh))
   step = int(state.step)
   clock.lap("setup")
   single_fn, multi_fn, eval_step, put = _compile(cfg, setup, mesh, shardings)
@@ -666,7 +673,8 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
              "pretrained_rows_found": setup.pretrained_found,
              "checkpoint_recoveries": list(checkpoints.recovered),
-             "table_update": cfg.optim.tables}
+             "table_update": cfg.optim.tables,
+             "table_update_path": _update_path(setup, mesh)}
   if mesh is not None:
     results["mesh"] = {"data": mesh.shape["data"], "model": mesh.shape["model"],
                        "processes": jax.process_count(), "lookup": lookup_path(cfg.mesh),
@@ -681,6 +689,14 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
   results["timings"] = clock.rounded()
   run.write_results(results)
   return results
+
+
+def _update_path(setup: Setup, mesh=None) -> str:
+  """How the step updates the table: ``dense``, ``dedup`` (rows deduplicated, then updated) or
+  ``scatter_add`` (per occurrence, ``scatter_adds``)."""
+  if setup.table_optimizer is None:
+    return "dense"
+  return "scatter_add" if scatter_adds(setup.model, setup.table_optimizer, mesh) else "dedup"
 
 
 def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:

@@ -272,6 +272,18 @@ def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
   assert ra["test_accuracy"] == rb["test_accuracy"]
   assert rb["table_update"] == "sparse_sgd"
+  assert (ra["table_update_path"], rb["table_update_path"]) == ("dense", "scatter_add")
+  adagrad = tiny("optim.name=sgd", "optim.tables=sparse_adagrad")
+  assert train.train(adagrad, tmp_path / "adagrad", echo=quiet)["table_update_path"] == "dedup"
+  decayed = tiny("optim.name=sgd", "optim.tables=sparse_sgd", "optim.weight_decay=0.01")
+  lines = []
+  assert train.train(decayed, tmp_path / "decayed", echo=lines.append)[
+      "table_update_path"] == "dedup"
+  assert "scatter-added" not in "\n".join(lines)
+  lines = []
+  train.train(sparse, tmp_path / "again", echo=lines.append, restart=True)
+  assert "updates: row-sparse sparse_sgd, each occurrence's gradient scatter-added" in "\n".join(
+      lines)
 
 
 @pytest.mark.parametrize("tables", ["dense", "sparse_adagrad"])
