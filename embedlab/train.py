@@ -122,6 +122,19 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     params = optax.apply_updates(state.params, updates)
     return _select(ok, params, state.params), _select(ok, opt_state, state.opt_state), ok, sums
 
+  def update_dense(state, dense, g_dense, ok):
+    """The dense optimizer's step on the non-table params; a bad batch (``ok`` False) keeps
+    them and their optimizer state."""
+    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
+    return (_select(ok, optax.apply_updates(dense, updates), dense),
+            _select(ok, dense_opt, state.opt_state["dense"]))
+
+  def joined(state, ok, dense, dense_opt, table, table_opt):
+    """``(params, opt_state)`` of a sparse step; a bad batch keeps the table's update count."""
+    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
+                                                   state.opt_state["table"].count))
+    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}
+
   def sparse_step(state, ids, labels, rng):
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     table, dense = split_table(state.params)
@@ -140,9 +153,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     (_, sums), (g_dense, row_grads) = jax.value_and_grad(
         split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
     ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
-    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
-    dense = _select(ok, optax.apply_updates(dense, updates), dense)
-    dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
+    dense, dense_opt = update_dense(state, dense, g_dense, ok)
     # a bad batch touches no row: its row ids become out of range, which update ignores
     row_ids = jnp.where(ok, local.row_ids, table.shape[0])
     if by_shard:
@@ -154,9 +165,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
       table, table_opt = table_optimizer.update(
           table, state.opt_state["table"], row_ids, jnp.where(ok, row_grads, 0), unique=True,
           row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
-    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
-                                                   state.opt_state["table"].count))
-    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
+    return (*joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
 
   def scatter_step(state, ids, labels, rng):
     # the table's rows read per occurrence and each occurrence's gradient added straight into
@@ -178,17 +187,13 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     (_, sums), (g_dense, g_vectors) = jax.value_and_grad(
         split_loss, argnums=(0, 1), has_aux=True)(dense, vectors)
     ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_vectors)
-    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
-    dense = _select(ok, optax.apply_updates(dense, updates), dense)
-    dense_opt = _select(ok, dense_opt, state.opt_state["dense"])
+    dense, dense_opt = update_dense(state, dense, g_dense, ok)
     # padding and a bad batch touch no row: their ids become out of range, which add drops
     row_ids = jnp.where(ok & (raw != models_lib.PADDING_ID), rows, table.shape[0]).reshape(-1)
-    table, table_opt = table_optimizer.add(
-        table, state.opt_state["table"], row_ids,
-        jnp.where(ok, g_vectors, 0).reshape(row_ids.shape[0], -1), row_mask=row_mask)
-    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
-                                                   state.opt_state["table"].count))
-    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}, ok, sums
+    table, table_opt = table_optimizer.add(table, state.opt_state["table"], row_ids,
+                                           g_vectors.reshape(row_ids.shape[0], -1),
+                                           row_mask=row_mask)
+    return (*joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
 
   scatter = scatter_adds(model, table_optimizer, mesh)
 
