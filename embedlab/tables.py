@@ -402,6 +402,9 @@ def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: A
     vecs = vecs.reshape(bags * length, vecs.shape[-1])
     segment_ids, num_bags, mask = (jnp.repeat(jnp.arange(bags), length), bags,
                                    mask.reshape(-1))
+  elif num_bags is None:
+    raise ValueError("pool_vectors: ragged vectors (with segment_ids) need num_bags, the "
+                     "number of bags (a Python int).")
   return _pool_ragged(vecs, mask.astype(vecs.dtype), mask, segment_ids, int(num_bags), mode)
 
 

@@ -75,6 +75,9 @@ def test_pool_vectors_equals_bag_padded_and_ragged(mode):
   got = tables.pool_vectors(params["table"][ragged.ids[0]], jnp.asarray(ragged.ids[0] != 0), mode,
                             segment_ids=ragged.segment_ids[0], num_bags=ids.shape[0])
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="ragged vectors .* need num_bags"):
+    tables.pool_vectors(params["table"][ragged.ids[0]], jnp.asarray(ragged.ids[0] != 0), mode,
+                        segment_ids=ragged.segment_ids[0])
   with pytest.raises(ValueError, match="pool_vectors: mode='min'"):
     tables.pool_vectors(params["table"][ids], jnp.asarray(ids != 0), "min")
 
@@ -117,7 +120,7 @@ def numpy_sgd_step(table, w, b, ids, labels, lr):
   return new_table, w - lr * pooled.T @ g_logits, b - lr * g_logits.sum(0)
 
 
-def setup_for(model, lr, table_optimizer, num_embeddings=V):
+def setup_for(model, lr, table_optimizer):
   params = model.init(jax.random.key(1))
   table, dense = train.split_table(params)
   dense_opt = optax.sgd(lr)
@@ -184,7 +187,7 @@ def test_scatter_step_skips_a_nonfinite_batch_and_keeps_frozen_rows():
   assert np.all(np.any(table[used] != before.params["embed"]["table"][used], axis=1))
 
 
-def test_scatter_step_checks_ids_unless_told_they_are_valid():
+def test_scatter_step_checks_ids_by_default():
   model = models.make_model(ModelConfig(name="bag", features=D), V, C)
   opt = sparse.sparse_sgd(0.5)
   dense_opt, state = setup_for(model, 0.5, opt)
