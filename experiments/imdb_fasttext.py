@@ -18,8 +18,8 @@ cold (data 5.4 s, compiling 1.9 s), and 3.9 s warm (train loop 1.7 s). fastText 
 benchmark: 12.4 s, and 0.8114 median (its 2-thread runs at lr 0.25 spread from 0.60 to 0.90
 across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.85 cold,
 0.32 warm (0.98, 0.97, 0.88 and 0.83 cold in earlier runs of this session). Session 8, same
-command and experiment: 0.8978; cold 9.81 s, warm 3.99 s; fastText 12.03 s and 0.7592 median
-(0.7207 / 0.8255 / 0.7592); ratios 0.82 cold, 0.33 warm.
+command and experiment, commit 7bd3766: 0.8978; cold 9.84 s, warm 3.60 s; fastText 12.24 s and
+0.8537 median (0.8537 / 0.7896 / 0.8975); ratios 0.80 cold, 0.29 warm.
 
 Session 6 (the data encoded on a forked process while JAX loads, no interpreter teardown, the
 same experiment; seeds 0, 1, 2 on both sides, `python benchmarks/vs_fasttext.py --repeats 3`):

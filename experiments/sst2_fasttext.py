@@ -35,11 +35,11 @@ noise, for a train loop 2.4x longer (10 us a step, 202k steps). Not taken. (One 
 that setting was printed, by the run that measured its speed; it chose nothing.)
 
 Measured on a 2-core CPU (BENCHMARKS.md, session 8, `python benchmarks/vs_fasttext.py
---repeats 3`: seeds 0, 1, 2 on both sides, medians, an idle machine): test accuracy 0.8369
-(0.8369 / 0.8347 / 0.8386), fastText 0.8413 (0.8413 / 0.8440 / 0.8396). The whole job takes
-4.46 s with every cache cold (data, Hugging Face, and the JAX compilation cache: 1.48 s of
-compiling) and 2.68 s warm (train loop 1.13 s), against fastText's 1.97 s: ratios 2.26 cold,
-1.36 warm. Over seeds 0-9 (session 7, `--repeats 10 --datasets sst2`) the test accuracy is
+--repeats 3`, commit 7bd3766: seeds 0, 1, 2 on both sides, medians, an idle machine): test
+accuracy 0.8369 (0.8369 / 0.8347 / 0.8386), fastText 0.8407 (0.8407 / 0.8462 / 0.8407). The
+whole job takes 4.64 s with every cache cold (data, Hugging Face, and the JAX compilation cache:
+1.59 s of compiling) and 2.72 s warm (train loop 1.22 s), against fastText's 1.96 s: ratios 2.38
+cold, 1.39 warm (an earlier run this session, 79aad53: 2.26 and 1.36). Over seeds 0-9 (session 7, `--repeats 10 --datasets sst2`) the test accuracy is
 0.8348 on average (0.8287-0.8386), fastText's 0.8406 (0.8386-0.8440): 0.6 points short.
 
 Command:
