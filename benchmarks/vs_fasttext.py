@@ -21,8 +21,14 @@ median test accuracy is over independent trainings on both sides, not one embedl
 "cold" runs start with an empty encoded-data cache, an empty Hugging Face datasets cache and an
 empty JAX compilation cache (``EMBEDLAB_COMPILE_CACHE``), so they compile every program; "warm"
 runs reuse all three (the caches of the cold run of the same seed). ``compile_seconds`` (from JAX's own compile events, inside the phases) is
-the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run. Prints a
-table per dataset and ends with one JSON line of all figures.
+the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run.
+
+``cpu_seconds``: the job's user + system CPU time over all its processes and threads (fastText:
+this process's time over the job, its training threads included; embedlab: the child process,
+its forked data encoder and that one's tokenizing workers). Divided by ``--threads`` it is the
+least wall time the job's work allows on that many cores, however well it overlaps.
+
+Prints a table per dataset and ends with one JSON line of all figures.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import gzip
 import json
 import os
 import pathlib
+import resource
 import shutil
 import statistics
 import subprocess
@@ -70,7 +77,7 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
   from embedlab import text  # noqa: PLC0415
 
   spec = DATASETS[name]
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   with tempfile.TemporaryDirectory() as tmp:
     files = {}
     for split in ("train", "test"):
@@ -85,7 +92,9 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
     trained = time.perf_counter()
     _, accuracy, _ = model.test(str(files["test"]))
   end = time.perf_counter()
+  # process_time counts every thread of this process: fastText's training threads included
   return {"test_accuracy": accuracy, "seconds": end - start,
+          "cpu_seconds": time.process_time() - cpu_start,
           "data_seconds": prepared - start, "train_seconds": trained - prepared,
           "test_seconds": end - trained}
 
@@ -99,14 +108,23 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed:
              EMBEDLAB_DATA=str(DATA),
              OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
   with tempfile.TemporaryDirectory() as workdir:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "embedlab.cli", "train", spec["experiment"],
                     "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
                    cwd=REPO, env=env,
                    check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
+    cpu = _children_cpu() - cpu_start
     results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
-  return {"test_accuracy": results["test_accuracy"], "seconds": seconds, **results["timings"]}
+  return {"test_accuracy": results["test_accuracy"], "seconds": seconds, "cpu_seconds": cpu,
+          **results["timings"]}
+
+
+def _children_cpu() -> float:
+  """User + system CPU seconds of every finished child process waited for, their own children
+  included (embedlab's forked data encoder and its tokenizing workers)."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def jax_startup_seconds() -> float:
@@ -140,23 +158,26 @@ def main() -> None:
     row = {"fasttext": ft, "embedlab_cold": cold, "embedlab_warm": warm}
     summary = {k: {"test_accuracy": median(v, "test_accuracy"),
                    "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in v),
-                   "seconds": round(median(v, "seconds"), 3)} for k, v in row.items()}
+                   "seconds": round(median(v, "seconds"), 3),
+                   "cpu_seconds": round(median(v, "cpu_seconds"), 3)} for k, v in row.items()}
     summary["ratio_cold"] = round(summary["embedlab_cold"]["seconds"] /
                                   summary["fasttext"]["seconds"], 2)
     summary["ratio_warm"] = round(summary["embedlab_warm"]["seconds"] /
                                   summary["fasttext"]["seconds"], 2)
     summary["embedlab_phases_warm"] = {k: round(median(warm, k), 3) for k in warm[0]
-                                       if k.endswith("_seconds")}
+                                       if k.endswith("_seconds") and k != "cpu_seconds"}
     summary["embedlab_phases_cold"] = {k: round(median(cold, k), 3) for k in cold[0]
-                                       if k.endswith("_seconds")}
+                                       if k.endswith("_seconds") and k != "cpu_seconds"}
     figures[name] = {**summary, "runs": row, "fasttext_settings": DATASETS[name]["fasttext"]}
     print(f"\n{name}: median of {args.repeats} (whole job, seconds; test accuracy also the mean)")
-    print(f"{'':16} {'test acc':>9} {'mean':>7} {'seconds':>9} {'ratio':>7}")
+    print(f"{'':16} {'test acc':>9} {'mean':>7} {'seconds':>9} {'ratio':>7} {'CPU s':>7} "
+          f"{'CPU s / threads':>16}")
     for key, label in (("fasttext", "fastText"), ("embedlab_cold", "embedlab cold"),
                        ("embedlab_warm", "embedlab warm")):
       ratio = "" if key == "fasttext" else f"{summary['ratio_' + key.split('_')[1]]:7.2f}"
       print(f"{label:16} {summary[key]['test_accuracy']:9.4f} "
-            f"{summary[key]['test_accuracy_mean']:7.4f} {summary[key]['seconds']:9.2f} {ratio}")
+            f"{summary[key]['test_accuracy_mean']:7.4f} {summary[key]['seconds']:9.2f} {ratio:>7} "
+          f"{summary[key]['cpu_seconds']:7.2f} {summary[key]['cpu_seconds'] / args.threads:16.2f}")
     print("embedlab phases (warm):", summary["embedlab_phases_warm"])
     print("embedlab phases (cold):", summary["embedlab_phases_cold"])
   print(f"python + jax + embedlab import: {figures['python_jax_embedlab_import_seconds']} s")
