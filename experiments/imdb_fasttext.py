@@ -19,7 +19,9 @@ benchmark: 12.4 s, and 0.8114 median (its 2-thread runs at lr 0.25 spread from 0
 across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.85 cold,
 0.32 warm (0.98, 0.97, 0.88 and 0.83 cold in earlier runs of this session). Session 8, same
 command and experiment, commit 7bd3766: 0.8978; cold 9.84 s, warm 3.60 s; fastText 12.24 s and
-0.8537 median (0.8537 / 0.7896 / 0.8975); ratios 0.80 cold, 0.29 warm.
+0.8537 median (0.8537 / 0.7896 / 0.8975); ratios 0.80 cold, 0.29 warm. Session 9, commit 11597fa:
+0.8978; cold 9.68 s, warm 3.73 s; fastText 11.64 s and 0.8965 median (0.8971 / 0.8965 /
+0.8064); ratios 0.83 cold, 0.32 warm.
 
 Session 6 (the data encoded on a forked process while JAX loads, no interpreter teardown, the
 same experiment; seeds 0, 1, 2 on both sides, `python benchmarks/vs_fasttext.py --repeats 3`):

@@ -34,13 +34,15 @@ over seeds 0-5: 3 epochs 0.8232, 5 epochs 0.8179, against 0.8213 at batch 64: wi
 noise, for a train loop 2.4x longer (10 us a step, 202k steps). Not taken. (One test figure of
 that setting was printed, by the run that measured its speed; it chose nothing.)
 
-Measured on a 2-core CPU (BENCHMARKS.md, session 8, `python benchmarks/vs_fasttext.py
---repeats 3`, commit 7bd3766: seeds 0, 1, 2 on both sides, medians, an idle machine): test
-accuracy 0.8369 (0.8369 / 0.8347 / 0.8386), fastText 0.8407 (0.8407 / 0.8462 / 0.8407). The
-whole job takes 4.64 s with every cache cold (data, Hugging Face, and the JAX compilation cache:
-1.59 s of compiling) and 2.72 s warm (train loop 1.22 s), against fastText's 1.96 s: ratios 2.38
-cold, 1.39 warm (an earlier run this session, 79aad53: 2.26 and 1.36). Over seeds 0-9 (session 7, `--repeats 10 --datasets sst2`) the test accuracy is
-0.8348 on average (0.8287-0.8386), fastText's 0.8406 (0.8386-0.8440): 0.6 points short.
+Measured on a 2-core CPU (BENCHMARKS.md, session 9, `python benchmarks/vs_fasttext.py
+--repeats 3`, commit 11597fa: seeds 0, 1, 2 on both sides, medians, an idle machine): test
+accuracy 0.8369 (0.8369 / 0.8347 / 0.8386, mean 0.8367), fastText 0.8369 (0.8479 / 0.8369 /
+0.8364, mean 0.8404). The whole job takes 4.28 s with every cache cold (data, Hugging Face,
+and the JAX compilation cache: 1.40 s of compiling; 6.54 CPU seconds over all its processes)
+and 2.50 s warm (train loop 1.06 s), against fastText's 1.88 s: ratios 2.28 cold, 1.33 warm.
+Session 8 (commit 7bd3766): 4.64 s cold, 2.72 s warm, fastText 1.96 s (2.38, 1.39). Over seeds
+0-9 (session 7, `--repeats 10 --datasets sst2`) the test accuracy is 0.8348 on average
+(0.8287-0.8386), fastText's 0.8406 (0.8386-0.8440): 0.6 points short.
 
 Command:
   embedlab train experiments/sst2_fasttext.py
