@@ -42,7 +42,11 @@ and the JAX compilation cache: 1.40 s of compiling; 6.54 CPU seconds over all it
 and 2.50 s warm (train loop 1.06 s), against fastText's 1.88 s: ratios 2.28 cold, 1.33 warm.
 Session 8 (commit 7bd3766): 4.64 s cold, 2.72 s warm, fastText 1.96 s (2.38, 1.39). Over seeds
 0-9 (session 7, `--repeats 10 --datasets sst2`) the test accuracy is 0.8348 on average
-(0.8287-0.8386), fastText's 0.8406 (0.8386-0.8440): 0.6 points short.
+(0.8287-0.8386), fastText's 0.8406 (0.8386-0.8440): 0.6 points short. Session 9, `python
+benchmarks/fasttext_paired.py --seeds 10` (the same seeds, example by example): test 0.8348
+against 0.8404, a difference of -0.56 points with a 95% paired bootstrap interval over the test
+sentences of [-1.60, +0.48]; dev 0.8216 against 0.8225, [-1.50, +1.27]. Neither split can tell
+the two apart.
 
 Command:
   embedlab train experiments/sst2_fasttext.py
