@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -37,17 +34,25 @@ import vs_fasttext as vs  # the benchmark beside this file: settings, data, read
 SPLITS = {"dev": "sst2/dev.tsv.gz", "test": "sst2/test.tsv.gz"}
 
 
-def fasttext_predictions(seed: int, texts: dict[str, list[str]], files: dict[str, pathlib.Path],
+def fasttext_predictions(seed: int, lines: dict[str, list[str]], files: dict[str, pathlib.Path],
                          threads: int) -> tuple[dict[str, list[str]], float]:
   """Each split's predicted labels, and the test accuracy fastText's own ``test`` reports."""
-  import fasttext  # noqa: PLC0415 - the bench extra
-
-  model = fasttext.train_supervised(str(files["train"]), thread=threads, verbose=0, seed=seed,
-                                    **vs.DATASETS["sst2"]["fasttext"])
+  model = vs.train_fasttext(files["train"], vs.DATASETS["sst2"]["fasttext"], threads, seed)
   _, reported, _ = model.test(str(files["test"]))
   return ({split: [labels[0].removeprefix("__label__")
-                   for labels in model.predict(lines, k=1)[0]]
-           for split, lines in texts.items()}, reported)
+                   for labels in model.predict(split_lines, k=1)[0]]
+           for split, split_lines in lines.items()}, reported)
+
+
+def embedlab_predictions(seed: int, texts: dict[str, list[str]], cache: pathlib.Path,
+                         threads: int) -> tuple[dict[str, list[str]], float]:
+  """Each split's predicted labels, and the test accuracy the run reported."""
+  from embedlab import train  # noqa: PLC0415 - JAX, after fastText's files are written
+
+  with tempfile.TemporaryDirectory() as workdir:
+    reported = vs.run_embedlab("sst2", workdir, cache, threads, seed)["test_accuracy"]
+    return ({split: [row["label"] for row in train.predict(workdir, raw)]
+             for split, raw in texts.items()}, reported)
 
 
 def _check(system: str, seed: int, labels: list[str], gold: np.ndarray, reported: float) -> None:
@@ -56,23 +61,6 @@ def _check(system: str, seed: int, labels: list[str], gold: np.ndarray, reported
   if abs(accuracy - reported) > 1e-9:
     raise SystemExit(f"{system}, seed {seed}: the predictions score {accuracy} on test, "
                      f"{system} reported {reported}")
-
-
-def embedlab_predictions(seed: int, texts: dict[str, list[str]], cache: pathlib.Path,
-                         threads: int) -> tuple[dict[str, list[str]], float]:
-  from embedlab import train  # noqa: PLC0415 - JAX, after fastText's files are written
-
-  env = dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
-             HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_COMPILE_CACHE=str(cache / "jax"),
-             EMBEDLAB_DATA=str(vs.DATA), OMP_NUM_THREADS=str(threads))
-  with tempfile.TemporaryDirectory() as workdir:
-    subprocess.run([sys.executable, "-m", "embedlab.cli", "train",
-                    vs.DATASETS["sst2"]["experiment"], "--workdir", workdir, "--restart",
-                    "--no-progress", "--set", f"seed={seed}"],
-                   cwd=vs.REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-    reported = json.loads((pathlib.Path(workdir) / "results.json").read_text())["test_accuracy"]
-    return ({split: [row["label"] for row in train.predict(workdir, raw)]
-             for split, raw in texts.items()}, reported)
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int,
@@ -93,26 +81,22 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--bootstrap", type=int, default=10000)
   args = parser.parse_args()
-  from embedlab import text  # noqa: PLC0415
-
   spec = vs.DATASETS["sst2"]
   gold, raw, lines = {}, {}, {}
   for split, path in SPLITS.items():
     rows = vs.read_rows(vs.DATA / path, spec["delimiter"])
     gold[split] = np.array([label for label, _ in rows])
     raw[split] = [t for _, t in rows]
-    lines[split] = [" ".join(toks) for toks in text.tokenize_many(raw[split])]
+    lines[split] = vs.fasttext_lines(raw[split])
   figures = {"seeds": args.seeds, "bootstrap_resamples": args.bootstrap,
              "fasttext_settings": spec["fasttext"]}
   predictions = {"fasttext": {s: [] for s in SPLITS}, "embedlab": {s: [] for s in SPLITS}}
   with tempfile.TemporaryDirectory() as tmp:
     files = {"train": pathlib.Path(tmp) / "train.txt", "test": pathlib.Path(tmp) / "test.txt"}
     train_rows = vs.read_rows(vs.DATA / spec["train"], spec["delimiter"])
-    files["train"].write_text("".join(
-        f"__label__{label} {' '.join(toks)}\n"
-        for (label, _), toks in zip(train_rows, text.tokenize_many([t for _, t in train_rows]))))
-    files["test"].write_text("".join(f"__label__{label} {line}\n"
-                                     for label, line in zip(gold["test"], lines["test"])))
+    vs.write_fasttext_file(files["train"], [label for label, _ in train_rows],
+                           vs.fasttext_lines([t for _, t in train_rows]))
+    vs.write_fasttext_file(files["test"], list(gold["test"]), lines["test"])
     for seed in range(args.seeds):
       labels, reported = fasttext_predictions(seed, lines, files, args.threads)
       _check("fastText", seed, labels["test"], gold["test"], reported)

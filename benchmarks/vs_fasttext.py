@@ -73,23 +73,37 @@ def read_rows(path: pathlib.Path, delimiter: str):
     return [(r["label"], r["text"]) for r in reader]
 
 
-def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
-  import fasttext  # noqa: PLC0415 - the bench extra
+def fasttext_lines(texts: list[str]) -> list[str]:
+  """Each text as fastText reads it: embedlab's tokens, joined by spaces."""
   from embedlab import text  # noqa: PLC0415
 
+  return [" ".join(tokens) for tokens in text.tokenize_many(texts)]
+
+
+def write_fasttext_file(path: pathlib.Path, labels: list[str], lines: list[str]) -> None:
+  """A file in fastText's supervised format: ``__label__<label> <tokens>`` per line."""
+  path.write_text("".join(f"__label__{label} {line}\n" for label, line in zip(labels, lines)))
+
+
+def train_fasttext(train_file: pathlib.Path, settings: dict, threads: int, seed: int):
+  import fasttext  # noqa: PLC0415 - the bench extra
+
+  return fasttext.train_supervised(str(train_file), thread=threads, verbose=0, seed=seed,
+                                   **settings)
+
+
+def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
   spec = DATASETS[name]
   start, cpu_start = time.perf_counter(), time.process_time()
   with tempfile.TemporaryDirectory() as tmp:
     files = {}
     for split in ("train", "test"):
       rows = read_rows(DATA / spec[split], spec["delimiter"])
-      tokens = text.tokenize_many([t for _, t in rows])
       files[split] = pathlib.Path(tmp) / f"{split}.txt"
-      files[split].write_text("".join(f"__label__{label} {' '.join(toks)}\n"
-                                      for (label, _), toks in zip(rows, tokens)))
+      write_fasttext_file(files[split], [label for label, _ in rows],
+                          fasttext_lines([t for _, t in rows]))
     prepared = time.perf_counter()
-    model = fasttext.train_supervised(str(files["train"]), thread=threads, verbose=0,
-                                      seed=seed, **settings)
+    model = train_fasttext(files["train"], settings, threads, seed)
     trained = time.perf_counter()
     _, accuracy, _ = model.test(str(files["test"]))
   end = time.perf_counter()
@@ -100,23 +114,27 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
           "test_seconds": end - trained}
 
 
-def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int) -> dict:
-  spec = DATASETS[name]
-  if cold and cache.exists():
-    shutil.rmtree(cache)
+def run_embedlab(name: str, workdir: str, cache: pathlib.Path, threads: int, seed: int) -> dict:
+  """``embedlab train experiments/<name>_fasttext.py`` with seed ``seed`` in a fresh process,
+  its caches (encoded data, Hugging Face, JAX compilation) under ``cache``; its results.json."""
   env = dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
              HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_COMPILE_CACHE=str(cache / "jax"),
              EMBEDLAB_DATA=str(DATA),
              OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
+  subprocess.run([sys.executable, "-m", "embedlab.cli", "train", DATASETS[name]["experiment"],
+                  "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
+                 cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+  return json.loads((pathlib.Path(workdir) / "results.json").read_text())
+
+
+def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int) -> dict:
+  if cold and cache.exists():
+    shutil.rmtree(cache)
   with tempfile.TemporaryDirectory() as workdir:
     start, cpu_start = time.perf_counter(), _children_cpu()
-    subprocess.run([sys.executable, "-m", "embedlab.cli", "train", spec["experiment"],
-                    "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
-                   cwd=REPO, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    results = run_embedlab(name, workdir, cache, threads, seed)
     seconds = time.perf_counter() - start
     cpu = _children_cpu() - cpu_start
-    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
   timings = results["timings"]
   phases = sum(v for k, v in timings.items() if k != "compile_seconds")
   # the rest of the wall time: interpreter start, imports, the wait for the forked data
