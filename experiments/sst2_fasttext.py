@@ -49,7 +49,7 @@ sentences of [-1.60, +0.48]; dev 0.8216 against 0.8225, [-1.50, +1.27]. Neither 
 the two apart.
 
 Session 10 (BENCHMARKS.md): the train step's row gather and scatter-add run as fast as
-PyTorch's `index_select` / `index_add_` on the same batches, and 2-3x slower than on a table that
+PyTorch's `index_select` / `index_add_` on the same batches, and 2-4x slower than on a table that
 fits in cache: the 37 MB table is the loop's floor (`python benchmarks/scatter_cost.py`:
 180-224 us a step). Half of the data encoder's time is `import datasets` (0.57-0.59 s,
 `python benchmarks/cold_profile.py --repeats 3`). The cold ratio of 1.5 stays out of reach.
