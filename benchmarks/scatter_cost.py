@@ -43,17 +43,16 @@ SMALL_ROWS = 1024
 REPEATS = 5
 
 
-def batches(cfg, blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-  """``(ids [K, T], segment_ids [K, T], labels [K, B], table rows, features)``: the first
-  ``blocks`` ragged batches of the experiment's first epoch, as its train loop packs them."""
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
-  per_epoch, steps = train_lib.total_steps(cfg, len(data.train_labels))
+def batches(cfg, data, per_epoch: int, steps: int,
+            blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(ids [K, T], segment_ids [K, T], labels [K, B])``: the first ``blocks`` ragged batches
+  of the experiment's first epoch, as its train loop packs them."""
   pack = train_lib._ragged_packer(cfg, data, per_epoch, steps, None, None, print)  # pylint: disable=protected-access
   order = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
                                  epoch=0)
   ragged = pack(data.train_ids[order[:blocks]])  # [K, T]: the run's ragged length
   return (np.asarray(ragged.ids), np.asarray(ragged.segment_ids),
-          data.train_labels[order[:blocks]], data.num_embeddings, cfg.model.features)
+          data.train_labels[order[:blocks]])
 
 
 def best_of(fn) -> float:
@@ -116,13 +115,10 @@ def torch_costs(ids, rows: int, features: int) -> dict[str, float]:
     return {"gather": best_of(gather) / k, "scatter_add": best_of(scatter) / k}
 
 
-def step_cost(cfg, ids, segment_ids, labels, rows: int) -> float:
+def step_cost(cfg, data, steps: int, ids, segment_ids, labels) -> float:
   """Seconds per batch of the experiment's whole train step (the scatter-add path), in one
   ``lax.scan`` over the blocks."""
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
-  _, steps = train_lib.total_steps(cfg, len(data.train_labels))
   setup = train_lib.build(cfg, data, steps)
-  assert setup.params["embed"]["table"].shape[0] == rows
   step = train_lib.make_train_step(setup.model, setup.optimizer,
                                    table_optimizer=setup.table_optimizer, oob="clip")
   multi = jax.jit(train_lib.make_multi_step(step), donate_argnums=0)
@@ -143,14 +139,17 @@ def main() -> None:
   parser.add_argument("--blocks", type=int, default=100, help="batches timed per run")
   args = parser.parse_args()
   cfg = config_lib.load_config(args.experiment)
-  ids, segment_ids, labels, rows, features = batches(cfg, args.blocks)
+  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  per_epoch, steps = train_lib.total_steps(cfg, len(data.train_labels))
+  rows, features = data.num_embeddings, cfg.model.features
+  ids, segment_ids, labels = batches(cfg, data, per_epoch, steps, args.blocks)
   real = int((ids != 0).sum(1).mean())
   small = np.where(ids == 0, 0, 1 + ids % (SMALL_ROWS - 1))
   figures = {}
   for name, table_rows, batch_ids in (("table", rows, ids), ("small", SMALL_ROWS, small)):
     figures[name] = {"xla": xla_costs(batch_ids, table_rows, features),
                      "torch": torch_costs(batch_ids, table_rows, features)}
-  step = step_cost(cfg, ids, segment_ids, labels, rows)
+  step = step_cost(cfg, data, steps, ids, segment_ids, labels)
   print(f"{args.experiment}: {ids.shape[0]} batches of {cfg.train.batch_size} sentences, "
         f"ragged length {ids.shape[1]} ({real} real ids on average), {features} features; "
         f"one thread; us per batch, best of {REPEATS}")

@@ -114,13 +114,19 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
           "test_seconds": end - trained}
 
 
+def embedlab_env(cache: pathlib.Path, threads: int) -> dict[str, str]:
+  """The environment of an ``embedlab train`` job: its caches (encoded data, Hugging Face, JAX
+  compilation) under ``cache`` (empty: a cold job), the data directory, ``threads``."""
+  return dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
+              HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_COMPILE_CACHE=str(cache / "jax"),
+              EMBEDLAB_DATA=str(DATA),
+              OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
+
+
 def run_embedlab(name: str, workdir: str, cache: pathlib.Path, threads: int, seed: int) -> dict:
   """``embedlab train experiments/<name>_fasttext.py`` with seed ``seed`` in a fresh process,
-  its caches (encoded data, Hugging Face, JAX compilation) under ``cache``; its results.json."""
-  env = dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
-             HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_COMPILE_CACHE=str(cache / "jax"),
-             EMBEDLAB_DATA=str(DATA),
-             OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
+  its caches under ``cache`` (``embedlab_env``); its results.json."""
+  env = embedlab_env(cache, threads)
   subprocess.run([sys.executable, "-m", "embedlab.cli", "train", DATASETS[name]["experiment"],
                   "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
                  cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -131,10 +137,10 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed:
   if cold and cache.exists():
     shutil.rmtree(cache)
   with tempfile.TemporaryDirectory() as workdir:
-    start, cpu_start = time.perf_counter(), _children_cpu()
+    start, cpu_start = time.perf_counter(), children_cpu()
     results = run_embedlab(name, workdir, cache, threads, seed)
     seconds = time.perf_counter() - start
-    cpu = _children_cpu() - cpu_start
+    cpu = children_cpu() - cpu_start
   timings = results["timings"]
   phases = sum(v for k, v in timings.items() if k != "compile_seconds")
   # the rest of the wall time: interpreter start, imports, the wait for the forked data
@@ -143,7 +149,7 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed:
           **timings, "outside_phases_seconds": seconds - phases}
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
   """User + system CPU seconds of every finished child process waited for, their own children
   included (embedlab's forked data encoder and its tokenizing workers)."""
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -203,7 +209,7 @@ def main() -> None:
       ratio = "" if key == "fasttext" else f"{summary['ratio_' + key.split('_')[1]]:7.2f}"
       print(f"{label:16} {summary[key]['test_accuracy']:9.4f} "
             f"{summary[key]['test_accuracy_mean']:7.4f} {summary[key]['seconds']:9.2f} {ratio:>7} "
-          f"{summary[key]['cpu_seconds']:7.2f} {summary[key]['cpu_seconds'] / args.threads:16.2f}")
+            f"{summary[key]['cpu_seconds']:7.2f} {summary[key]['cpu_seconds'] / args.threads:16.2f}")
     print("embedlab phases (warm):", summary["embedlab_phases_warm"])
     print("embedlab phases (cold):", summary["embedlab_phases_cold"])
   print(f"python + jax + embedlab import: {figures['python_jax_embedlab_import_seconds']} s")
