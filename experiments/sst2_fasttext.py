@@ -48,7 +48,7 @@ against 0.8404, a difference of -0.56 points with a 95% paired bootstrap interva
 sentences of [-1.60, +0.48]; dev 0.8216 against 0.8225, [-1.50, +1.27]. Neither split can tell
 the two apart.
 
-Session 10 (BENCHMARKS.md): the train step's row gather and scatter-add run as fast as
+Session 10 (BENCHMARKS.md): the train step's row gather and scatter-add run about as fast as
 PyTorch's `index_select` / `index_add_` on the same batches, and 2-4x slower than on a table that
 fits in cache: the 37 MB table is the loop's floor (`python benchmarks/scatter_cost.py`:
 180-224 us a step). Half of the data encoder's time is `import datasets` (0.57-0.59 s,
