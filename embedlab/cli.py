@@ -1,6 +1,7 @@
 """The ``embedlab`` command. The only place where process-wide settings (logging, JAX) are made.
 
   embedlab train EXPERIMENT [--set K=V ...] [--workdir DIR] [--restart]
+  embedlab config EXPERIMENT [--set K=V ...]
   embedlab eval RUN_DIR [--split test] [--quantize int8|int4|int2]
   embedlab predict RUN_DIR TEXT...
   embedlab summary EXPERIMENT [--set K=V ...]
@@ -24,32 +25,79 @@ import sys
 import threading
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="embedlab", description=__doc__.split("\n")[0])
-  parser.add_argument("--debug", action="store_true", help="show tracebacks")
-  sub = parser.add_subparsers(dest="command", required=True)
+_DESCRIPTION = """\
+Train, evaluate and look inside embedding-table text classifiers.
 
-  train = sub.add_parser("train", help="train an experiment (resumes an existing run)")
+An experiment is a Python file whose get_config() returns the whole config
+(experiments/*.py); `--set KEY=VALUE` changes one key for one run. A run directory
+(default runs/<experiment>) holds the config, vocabulary, metrics, checkpoints, plots
+and results.json; running the same command again resumes it."""
+
+_EPILOG = """\
+examples:
+  embedlab train experiments/quickstart.py
+  embedlab config experiments/sst2_bag.py          # every key, its type, value and choices
+  embedlab train experiments/sst2_bag.py --set optim.learning_rate=0.3 --workdir runs/lr03
+  embedlab eval runs/sst2_bag --split test
+  embedlab predict runs/sst2_bag "a gorgeous , witty , seductive movie ."
+
+Errors print one line; --debug shows the traceback. Settings: EMBEDLAB_DATA (data
+directory), EMBEDLAB_CACHE (encoded datasets), EMBEDLAB_COMPILE_CACHE (compiled programs,
+"off" to disable)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="embedlab", description=_DESCRIPTION, epilog=_EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--debug", action="store_true", help="show tracebacks")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  train = sub.add_parser(
+      "train", help="train an experiment (resumes the run in its directory)",
+      description="Train an experiment. Running the same command again resumes from the latest "
+      "checkpoint; a finished run is left as it is. A run directory holding a different config "
+      "is refused: choose another --workdir, or pass --restart to delete that run first.",
+      epilog="List every config key, its type, value and allowed values with: embedlab config "
+      "EXPERIMENT [--set K=V ...]")
   train.add_argument("experiment", help="experiments/NAME.py, or NAME")
   train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                     help="override a config field, e.g. --set train.batch_size=256")
+                     help="change a config key, e.g. --set train.batch_size=256 (repeatable; "
+                     "`embedlab config EXPERIMENT` lists the keys)")
   train.add_argument("--workdir", help="run directory (default runs/<experiment>)")
-  train.add_argument("--restart", action="store_true", help="start over in the run directory")
+  train.add_argument("--restart", action="store_true",
+                     help="delete the run in the run directory (only what embedlab wrote "
+                     "there; refused where it holds no embedlab run) and train from step 0")
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-  ev = sub.add_parser("eval", help="evaluate a run's best checkpoint")
+  cf = sub.add_parser("config", help="list every config key: type, value, allowed values",
+                      description="Print the experiment's config, one key a line: its type, its "
+                      "value (after --set) and the values it allows. The keys are what --set "
+                      "takes.")
+  cf.add_argument("experiment", help="experiments/NAME.py, or NAME")
+  cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                  help="change a config key first")
+
+  ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split",
+                      description="Accuracy and loss of a run's best checkpoint on a split, "
+                      "encoded with the run's own vocabulary and labels.")
   ev.add_argument("run_dir")
   ev.add_argument("--split", default="test", choices=("train", "dev", "test"))
   ev.add_argument("--quantize", choices=("int8", "int4", "int2"),
                   help="evaluate with the embedding quantized row-wise (as export --quantize)")
 
-  pr = sub.add_parser("predict", help="classify texts with a run's best checkpoint")
-  pr.add_argument("run_dir")
-  pr.add_argument("texts", nargs="+")
+  pr = sub.add_parser("predict", help="classify texts with a run's best checkpoint",
+                      description="Classify texts with a run's best checkpoint: one JSON line a "
+                      "text, with the label and its probability.")
+  pr.add_argument("run_dir", help="a run directory (runs/<experiment>)")
+  pr.add_argument("texts", nargs="+", help="the texts, each one argument (quote it)")
 
-  sm = sub.add_parser("summary", help="what the experiment's model looks like")
-  sm.add_argument("experiment")
-  sm.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+  sm = sub.add_parser("summary", help="what the experiment's model looks like",
+                      description="The experiment's tables, their weights and bytes with the "
+                      "optimizer's slots, and the shapes at each stage of the model (reads the "
+                      "data, trains nothing).")
+  sm.add_argument("experiment", help="experiments/NAME.py, or NAME")
+  sm.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                  help="change a config key first")
 
   cp = sub.add_parser("compare", help="a table of the results of several runs")
   cp.add_argument("run_dirs", nargs="+")
@@ -95,6 +143,7 @@ def _train(args) -> int:
   if sweep:
     runs = [(base / _sweep_name(extra), list(args.overrides) + list(extra)) for extra in sweep]
   first = config_lib.load_config(args.experiment, runs[0][1])
+  _check_run_dirs(args, runs)
   encoder = _encode_ahead(first)
   try:
     from embedlab import report, sharding, train  # noqa: PLC0415 - JAX loads meanwhile
@@ -121,6 +170,17 @@ def _train(args) -> int:
   if len(done) > 1:
     print(report.compare_table(done))
   return 0
+
+
+def _check_run_dirs(args, runs) -> None:
+  """Refuses at once, before any data is read, a run whose directory cannot take it (another
+  config there, in use, ``--restart`` of a directory that holds no run): nothing is written."""
+  from embedlab import config as config_lib, rundir  # noqa: PLC0415 - no JAX yet
+
+  for workdir, overrides in runs:
+    cfg = config_lib.load_config(args.experiment, overrides)
+    if not (cfg.mesh.coordinator_address or cfg.mesh.num_processes > 1):
+      rundir.run_dir_state(workdir, cfg, restart=args.restart)
 
 
 def _encode_ahead(cfg) -> int | None:
@@ -285,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
       return _train(args)
     if args.command == "summary":
       return _summary(args)
+    if args.command == "config":
+      from embedlab import config as config_lib  # noqa: PLC0415
+      print(config_lib.describe_keys(config_lib.load_config(args.experiment, args.overrides)))
+      return 0
     if args.command == "eval":
       from embedlab import train  # noqa: PLC0415
       print(json.dumps(train.evaluate_run(args.run_dir, args.split, quantize=args.quantize),
@@ -311,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 130
   except Exception as e:  # noqa: BLE001 - one line for users, traceback with --debug
+    if type(e).__name__ == "Stopped":  # train.Stopped: SIGTERM / SIGINT, checkpoint saved
+      print(f"embedlab {args.command}: {e}", file=sys.stderr)
+      return 128 + e.signum
     if args.debug:
       raise
     message = _one_line(e)

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import types
@@ -259,6 +260,10 @@ def validate(cfg: Config) -> Config:
     if flat[key] not in choices:
       raise ConfigError(f"config: {key} = {flat[key]!r} is not one of {', '.join(choices)}"
                         f"{_closest_hint(str(flat[key]), choices)}.")
+  for key, value in flat.items():
+    if hints[key] is float and not math.isfinite(value):
+      raise ConfigError(f"config: {key} = {value!r} is not a finite number; e.g. "
+                        f"--set {key}={flatten(Config())[key]} (the default).")
   defaults = flatten(Config())
   for key in _POSITIVE:
     if flat[key] <= 0:
@@ -272,6 +277,12 @@ def validate(cfg: Config) -> Config:
     raise ConfigError(f"config: data.dev_fraction = {cfg.data.dev_fraction} must be in [0, 1).")
   if not 0.0 <= cfg.model.dropout < 1.0:
     raise ConfigError(f"config: model.dropout = {cfg.model.dropout} must be in [0, 1).")
+  if not 0.0 <= cfg.optim.momentum < 1.0:
+    raise ConfigError(f"config: optim.momentum = {cfg.optim.momentum} must be in [0, 1), e.g. "
+                      "--set optim.momentum=0.9.")
+  if cfg.optim.learning_rate == 0:
+    raise ConfigError("config: optim.learning_rate = 0 trains nothing; set a positive rate, "
+                      "e.g. --set optim.learning_rate=0.001.")
   if cfg.data.ngrams > 1 and cfg.data.num_buckets == 0:
     raise ConfigError("config: data.ngrams > 1 needs data.num_buckets > 0 "
                       "(n-grams are hashed into that many buckets), e.g. "
@@ -437,6 +448,37 @@ def from_dict(d: dict[str, Any]) -> Config:
                       f"{_closest_hint(unknown[0], list(hints))}.")
   typed = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
   return validate(replace(Config(), typed))
+
+
+def describe_keys(cfg: Config) -> str:
+  """Every config key with its type, value and allowed values: what ``--set`` accepts.
+
+  Example:
+    >>> for line in describe_keys(Config()).splitlines()[:2]: print(line.split())
+    ['key', 'type', 'value', 'allowed']
+    ['name', 'str', '"experiment"']
+  """
+  hints = _field_types()
+  rows = [("key", "type", "value", "allowed")]
+  for key, value in flatten(cfg).items():
+    if key in _CHOICES:
+      allowed = ", ".join(_CHOICES[key])
+    elif key in _POSITIVE:
+      allowed = "> 0"
+    elif key in _NON_NEGATIVE:
+      allowed = ">= 0"
+    elif key in _UNIT_INTERVAL:
+      allowed = "[0, 1)"
+    else:
+      allowed = ""
+    rows.append((key, _type_name(hints[key]), json.dumps(value), allowed))
+  widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+  widths = [max(w, m) for w, m in zip(widths, (30, 12, 30))]
+  return "\n".join(("".join(c.ljust(w) for c, w in zip(r[:3], widths)) + r[3]).rstrip()
+                   for r in rows)
+
+
+_UNIT_INTERVAL = ("data.dev_fraction", "model.dropout", "optim.momentum")
 
 
 def _field_types() -> dict[str, Any]:

@@ -64,11 +64,30 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------- paths
 
 
-def data_dir() -> pathlib.Path:
-  """The directory relative data paths are resolved against.
+def data_dirs() -> list[tuple[pathlib.Path, str]]:
+  """Where the data directory is looked for, in order, each with how it was chosen.
 
-  ``$EMBEDLAB_DATA`` if set; otherwise ``../shared/data`` (relative to the current directory) if
-  that directory exists; otherwise ``~/.cache/embedlab/data``.
+  ``$EMBEDLAB_DATA`` alone if set; otherwise ``../shared/data`` from the current directory,
+  ``shared/data`` beside the checkout embedlab runs from (an editable install), then
+  ``~/.cache/embedlab/data``.
+  """
+  env = os.environ.get("EMBEDLAB_DATA")
+  if env:
+    return [(pathlib.Path(env).expanduser().absolute(), "$EMBEDLAB_DATA")]
+  checkout = pathlib.Path(__file__).resolve().parent.parent
+  found = [(pathlib.Path.cwd().parent / "shared" / "data", "../shared/data from the current "
+            "directory"),
+           (checkout.parent / "shared" / "data", "shared/data beside the embedlab checkout"),
+           (pathlib.Path("~/.cache/embedlab/data").expanduser().absolute(), "the default")]
+  unique: dict[pathlib.Path, str] = {}
+  for path, why in found:
+    unique.setdefault(path.resolve() if path.exists() else path, why)
+  return list(unique.items())
+
+
+def data_dir() -> pathlib.Path:
+  """The directory relative data paths are resolved against: the first of ``data_dirs()`` that
+  exists, else the last.
 
   Returns:
     An absolute path (which may not exist).
@@ -78,13 +97,17 @@ def data_dir() -> pathlib.Path:
     '/tmp/d'
     >>> del os.environ["EMBEDLAB_DATA"]
   """
-  env = os.environ.get("EMBEDLAB_DATA")
-  if env:
-    return pathlib.Path(env).expanduser().absolute()
-  shared = pathlib.Path.cwd().parent / "shared" / "data"
-  if shared.is_dir():
-    return shared
-  return pathlib.Path("~/.cache/embedlab/data").expanduser().absolute()
+  places = data_dirs()
+  return next((path for path, _ in places if path.is_dir()), places[-1][0])
+
+
+def where_data_was_looked_for(relative: str | os.PathLike) -> str:
+  """A sentence naming every place ``relative`` was looked for, and how to point embedlab at
+  the data (for 'not found' errors)."""
+  tried = "; ".join(f"{path / relative} ({why})" for path, why in data_dirs())
+  return (f"looked for {relative} in: {tried}. Set EMBEDLAB_DATA to the folder holding the data "
+          f"(sst2/, imdb/, trec/, glove6b50d/), or give an absolute path; the README's Data "
+          f"section says which experiment needs which folder")
 
 
 def resolve(path: str | os.PathLike) -> pathlib.Path:
@@ -307,9 +330,10 @@ def _read_named_file(cfg: DataConfig, split: str) -> _RawSplit:
 def _read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> _RawSplit:
   """Reads one csv / tsv / json / parquet file through ``datasets.load_dataset``."""
   if not path.is_file():
-    raise DataError(f"data: data.{split} = {getattr(cfg, split)!r}: file {path} not found "
-                    f"(relative paths are under the data directory {data_dir()}; set "
-                    "EMBEDLAB_DATA or give an absolute path).")
+    given = getattr(cfg, split)
+    where = (where_data_was_looked_for(given) if not pathlib.Path(given).expanduser().is_absolute()
+             else "the path is absolute")
+    raise DataError(f"data: data.{split} = {given!r}: file {path} not found ({where}).")
   fmt = _file_format(path, cfg.format)
   if fmt != "parquet" and _is_empty(path):
     raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
@@ -631,9 +655,10 @@ def _load_disk(cfg: DataConfig) -> dict[str, _RawSplit]:
   import datasets  # pylint: disable=import-outside-toplevel
   path = resolve(cfg.path)
   if not path.exists():
+    where = (where_data_was_looked_for(cfg.path) if not pathlib.Path(cfg.path).is_absolute()
+             else "the path is absolute")
     raise DataError(f"data: data.path = {cfg.path!r}: directory {path} not found (write it with "
-                    "Dataset.save_to_disk / DatasetDict.save_to_disk; relative paths are under "
-                    f"{data_dir()}).")
+                    f"Dataset.save_to_disk / DatasetDict.save_to_disk; {where}).")
   try:
     obj = datasets.load_from_disk(str(path))
   except Exception as e:  # pylint: disable=broad-except

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import shutil
 import sys
 import threading
 import time
@@ -30,34 +29,31 @@ import numpy as np
 
 from embedlab import config as config_lib
 from embedlab import tables
-
-
-class RunDirError(RuntimeError):
-  """The run directory cannot be used for this run."""
+from embedlab.rundir import RunDirError  # noqa: F401 - raised by RunDir
+from embedlab.rundir import acquire_lock, delete_run, run_dir_state
 
 
 class RunDir:
-  """A run directory: creates it, or checks that it holds the same experiment to resume."""
+  """A run directory, locked while this process trains in it.
 
-  def __init__(self, path: pathlib.Path, cfg: config_lib.Config, *, restart: bool = False):
-    self.path = path
+  Create it only once the run is known to start (config valid, data found, memory check
+  passed): ``run_dir_state`` checks the same things without writing. With ``restart``, the
+  entries embedlab wrote there (``RUN_ENTRIES``) are deleted first; other files are kept.
+  """
+
+  def __init__(self, path: pathlib.Path, cfg: config_lib.Config, *, restart: bool = False,
+               echo=print):
+    self.path = path = pathlib.Path(path)
     self.cfg = cfg
-    config_file = path / "config.json"
-    if restart and path.exists():
-      shutil.rmtree(path)
-    if config_file.exists():
-      old = json.loads(config_file.read_text())
-      new = config_lib.to_dict(cfg)
-      # the mesh may change between runs (resume on another number of devices), and a run
-      # written before meshes existed has no mesh section
-      old.pop("mesh", None)
-      new.pop("mesh", None)
-      if json.loads(json.dumps(new)) != old:
-        diff = _config_diff(old, json.loads(json.dumps(new)))
-        raise RunDirError(f"{path} holds a run of a different config ({diff}); pass --restart "
-                          f"to start over there, or choose another --workdir.")
+    state = run_dir_state(path, cfg, restart=restart)
     path.mkdir(parents=True, exist_ok=True)
-    if not config_file.exists():
+    self._lock = acquire_lock(path)
+    config_file = path / "config.json"
+    if state == "restart":
+      echo(f"--restart: deleting the run in {path}: {delete_run(path)}")
+    if state in ("new", "restart"):
+      for name in ("metrics.jsonl", "results.json"):  # left by a start that never saved
+        (path / name).unlink(missing_ok=True)
       _atomic_write(config_file, config_lib.to_json(cfg) + "\n")
     self.metrics_file = path / "metrics.jsonl"
     self._tb = None
@@ -68,6 +64,15 @@ class RunDir:
     if cfg.train.plots:
       threading.Thread(target=_pyplot, daemon=True).start()
     self._last_log = (None, time.perf_counter())
+
+  def close(self) -> None:
+    """Closes the TensorBoard writer and releases the directory's lock."""
+    if self._tb:
+      self._tb.close()
+      self._tb = None
+    if self._lock is not None:
+      self._lock.close()  # closing the file releases the lock
+      self._lock = None
 
   def save_vocab(self, vocab, label_names, kept_buckets=None) -> None:
     """The vocabulary, the class names and, with ``data.prune_buckets``, the kept buckets
@@ -140,6 +145,7 @@ class RunDir:
       plot_runs([self.path], self.path / "plots")
     if self._tb:
       self._tb.close()
+      self._tb = None
 
 
 def _import_tensorboardx() -> None:
@@ -156,19 +162,6 @@ def _import_tensorboardx() -> None:
   finally:
     if hide_torch and sys.modules.get("torch", 0) is None:
       del sys.modules["torch"]
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
-  diffs = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      inner = _config_diff(a, b, prefix + key + ".")
-      if inner:
-        diffs.append(inner)
-    elif a != b:
-      diffs.append(f"{prefix}{key}: {a!r} there, {b!r} now")
-  return "; ".join(diffs)
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:

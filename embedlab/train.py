@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -33,6 +37,7 @@ from embedlab import models as models_lib
 from embedlab import optim as optim_lib
 from embedlab import report
 from embedlab import resources
+from embedlab import rundir
 from embedlab import sharding
 from embedlab import tables
 from embedlab import text as text_lib
@@ -402,7 +407,13 @@ def _load_pretrained(cfg, data, key):
   from embedlab import pretrained as pretrained_lib  # noqa: PLC0415 - only when configured
   tokens = list(data.vocab.tokens) + [f"<bucket {i}>" for i in range(data.num_embeddings -
                                                                         len(data.vocab))]
-  params, found = pretrained_lib.load_vectors(data_lib.resolve(cfg.model.pretrained), tokens,
+  path = data_lib.resolve(cfg.model.pretrained)
+  if not path.is_file():
+    where = ("the path is absolute" if pathlib.Path(cfg.model.pretrained).expanduser().is_absolute()
+             else data_lib.where_data_was_looked_for(cfg.model.pretrained))
+    raise config_lib.ConfigError(f"model.pretrained = {cfg.model.pretrained!r}: file {path} not "
+                                 f"found ({where}).")
+  params, found = pretrained_lib.load_vectors(path, tokens,
                                               key=key, padding_id=models_lib.PADDING_ID)
   table = np.asarray(params["table"]) * cfg.model.pretrained_scale
   width = table.shape[1]
@@ -446,26 +457,45 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
 
 
 def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
+  workdir = pathlib.Path(workdir)
   # the data first: its tokenizing processes fork before JAX's backends start their threads
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   clock.lap("data")
+  if _finished(workdir, cfg, restart):
+    results = json.loads((workdir / "results.json").read_text())
+    echo(f"{workdir} holds this run, finished at step {results.get('steps')}: nothing to train "
+         f"(its results follow). To train it again, pass --restart (deletes that run) or "
+         f"choose another --workdir.")
+    return results
+  # everything that can refuse the run comes before its directory is written
   mesh = sharding.mesh_from_config(cfg.mesh)
-  run = _run_dir(pathlib.Path(workdir), cfg, restart)
-  run.save_vocab(data.vocab, data.label_names, data.kept_buckets)
+  if mesh is not None:
+    _check_batch_splits(cfg, mesh)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)
-  checkpoints = ckpt_lib.Checkpoints(pathlib.Path(workdir), cfg.train.keep_checkpoints)
+  run = _run_dir(workdir, cfg, restart, echo)
+  try:
+    return _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock)
+  finally:
+    run.close()
+
+
+def _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock) -> dict:
+  """Restores the latest checkpoint if there is one, trains to ``steps``, evaluates, saves."""
+  run.save_vocab(data.vocab, data.label_names, data.kept_buckets)
+  checkpoints = ckpt_lib.Checkpoints(workdir, cfg.train.keep_checkpoints)
   state, meta = init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
                                          "skipped_nonfinite": 0, "train_seconds": 0.0}
   shardings = None
   if mesh is not None:
-    _check_batch_splits(cfg, mesh)
     shardings = sharding.state_shardings(state, mesh, table=cfg.mesh.table,
                                          dense=cfg.mesh.dense)
     state = sharding.place(state, shardings)
   restored = checkpoints.restore_latest(state)
+  pending = None
   if restored is not None:
     _, state, meta = restored
+    pending = meta.pop("pending_sums", None)
     echo(f"resuming {run.path} from step {int(state.step)}")
   run.truncate_metrics(int(state.step))
   echo(report.summary_text(cfg, data, setup, mesh))
@@ -475,32 +505,38 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
   every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
   bar = report.progress_bar(steps, step, cfg.train.progress if progress is None else progress)
   acc, best = zero_sums(), None
+  if pending is not None:  # the running sums of a log period a stop cut short
+    acc = {k: np.asarray(pending[k], dtype=v.dtype) for k, v in acc.items()}
   prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
   boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
   lengths = data.train_lengths if cfg.data.bucket_by_length else None
   pack = _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo)
   blocks = _host_blocks(cfg, data, step, steps, per_epoch, boundaries, lengths, pack)
+  stop = StopSignals()
   try:
-    for block, ids, labels in blocks:
-      step_fn = single_fn if block == 1 else multi_fn
-      state, acc = step_fn(state, acc, put(ids, batch_axis=1), put(labels, batch_axis=1))
-      if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
-        clock.lap("first_dispatch", wait_for=acc)
-      bar.update(block)
-      step += block
-      save = step % every_ckpt == 0 or step == steps
-      if step % cfg.train.log_every == 0 or save:
-        meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
-        run.log_train(step, acc, bar)
-        acc = zero_sums()
-      if step % cfg.train.eval_every == 0 or step == steps:
-        best = _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) or best
-      if save:
-        meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
-        if best is not None and not best.saved:
-          checkpoints.save_best(best.step, best.params, {"dev_accuracy": best.dev_accuracy})
-          best = best._replace(saved=True)
-        checkpoints.save_latest(step, state, meta)
+    with stop:
+      for block, ids, labels in blocks:
+        step_fn = single_fn if block == 1 else multi_fn
+        state, acc = step_fn(state, acc, put(ids, batch_axis=1), put(labels, batch_axis=1))
+        if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
+          clock.lap("first_dispatch", wait_for=acc)
+        bar.update(block)
+        step += block
+        save = step % every_ckpt == 0 or step == steps
+        if step % cfg.train.log_every == 0 or save:
+          meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
+          run.log_train(step, acc, bar)
+          acc = zero_sums()
+        if step % cfg.train.eval_every == 0 or step == steps:
+          best = _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) or best
+        if save or stop.signal is not None:
+          meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
+          # a stop between logs keeps the log period's running sums, so the resumed run logs
+          # what an uninterrupted one would
+          meta["pending_sums"] = {k: float(v) for k, v in jax.device_get(acc).items()}
+          best = _save_checkpoints(checkpoints, step, state, meta, best)
+        if stop.signal is not None:
+          raise Stopped(stop.signal, step, run.path)
     clock.lap("train_loop", wait_for=state)
     results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
                       mesh, best)
@@ -508,6 +544,64 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
     bar.close()
     checkpoints.close()
   return results
+
+
+def _save_checkpoints(checkpoints, step, state, meta, best):
+  """Saves the best params found since the last save (if any), then the latest state."""
+  if best is not None and not best.saved:
+    checkpoints.save_best(best.step, best.params, {"dev_accuracy": best.dev_accuracy})
+    best = best._replace(saved=True)
+  checkpoints.save_latest(step, state, meta)
+  return best
+
+
+class Stopped(Exception):
+  """Training stopped on SIGTERM or SIGINT, after saving a checkpoint at ``step``."""
+
+  def __init__(self, signum: int, step: int, path: pathlib.Path):
+    self.signum, self.step = signum, step
+    name = signal.Signals(signum).name
+    super().__init__(f"stopped by {name} at step {step}; a checkpoint of that step is saved in "
+                     f"{path}: run the same command to resume.")
+
+
+class StopSignals:
+  """Within ``with``, SIGTERM and SIGINT (preemption, a time limit, Ctrl-C) set ``signal``
+  instead of killing the process, so the loop can save a checkpoint at the next step boundary
+  and stop. A second signal acts at once, as usual. Only the main thread can install signal
+  handlers; elsewhere this does nothing."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None:  # asked twice: give the signal its usual effect
+      self._restore()
+      signal.raise_signal(signum)
+      return
+    self.signal = signum
+    print(f"embedlab: {signal.Signals(signum).name} received; saving a checkpoint at the end of "
+          f"this step, then stopping (send it again to stop at once).", file=sys.stderr,
+          flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+    return False
 
 
 def _host_blocks(cfg, data, step, steps, per_epoch, boundaries, lengths, pack) -> Iterator:
@@ -549,16 +643,30 @@ def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable
   return functools.partial(data_lib.ragged_batches, length=length)
 
 
-def _run_dir(workdir, cfg, restart):
-  """The run directory. With several processes only process 0 writes it (the others keep their
-  logs beside it, in ``WORKDIR.process<i>``); checkpoints are shared in ``WORKDIR``."""
-  if jax.process_count() == 1:
-    return report.RunDir(workdir, cfg, restart=restart)
-  from jax.experimental import multihost_utils  # noqa: PLC0415 - several processes only
+def _own_dir(workdir: pathlib.Path) -> pathlib.Path:
+  """This process's run directory: ``workdir`` on process 0, ``WORKDIR.process<i>`` (its logs)
+  on the others; checkpoints are shared in ``workdir``."""
   index = jax.process_index()
-  path = workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
-  run = report.RunDir(path, cfg, restart=restart)
-  multihost_utils.sync_global_devices("embedlab run directory ready")
+  return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
+
+
+def _finished(workdir: pathlib.Path, cfg, restart: bool) -> bool:
+  """Whether ``workdir`` holds this config's finished run (then nothing is trained or written).
+  Raises ``RunDirError`` where the run cannot start there (see ``rundir.run_dir_state``)."""
+  own = rundir.run_dir_state(_own_dir(workdir), cfg, restart=restart)
+  if jax.process_index() == 0:
+    return own == "finished"
+  # process 0's directory holds the results (and its lock)
+  return rundir.run_dir_state(workdir, cfg, restart=restart, check_lock=False) == "finished"
+
+
+def _run_dir(workdir, cfg, restart, echo):
+  """The run directory (``_own_dir``), created now; with several processes, once every one has
+  created its own."""
+  run = report.RunDir(_own_dir(workdir), cfg, restart=restart, echo=echo)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415 - several processes only
+    multihost_utils.sync_global_devices("embedlab run directory ready")
   return run
 
 
