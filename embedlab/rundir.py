@@ -67,7 +67,7 @@ def run_dir_state(path: pathlib.Path, cfg: config_lib.Config, *, restart: bool =
     # the mesh may change on resuming (the checkpoint is read onto any number of devices)
     old, new = ({k: v for k, v in d.items() if k != "mesh"} for d in (old, new))
   if new != old:
-    if not finished and not _has_checkpoint(path):  # a start that stopped before its first save
+    if not finished and not has_checkpoint(path):  # a start that stopped before its first save
       return "new"
     diff = config_diff(old, new)
     what = "a finished run" if finished else "a run"
@@ -106,7 +106,7 @@ def _read_run_config(config_file: pathlib.Path) -> dict | None:
   return stored
 
 
-def _has_checkpoint(path: pathlib.Path) -> bool:
+def has_checkpoint(path: pathlib.Path) -> bool:
   root = path / "checkpoints"
   return root.is_dir() and any(p.name.isdigit() for d in root.iterdir() if d.is_dir()
                                for p in d.iterdir())

@@ -122,17 +122,21 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
 
   def dense_step(state, ids, labels, rng):
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, ids, labels, rng)
-    ok = jnp.isfinite(sums["loss"]) & _all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # finite gradients can still overflow into non-finite parameters (a huge learning rate):
+    # such an update is not applied either
+    ok = jnp.isfinite(sums["loss"]) & _all_finite(grads) & _all_finite(params)
     return _select(ok, params, state.params), _select(ok, opt_state, state.opt_state), ok, sums
 
   def update_dense(state, dense, g_dense, ok):
-    """The dense optimizer's step on the non-table params; a bad batch (``ok`` False) keeps
-    them and their optimizer state."""
+    """The dense optimizer's step on the non-table params; a bad batch (``ok`` False), or an
+    update that would make them non-finite, keeps them and their optimizer state. Returns
+    ``(dense, dense_opt, ok)``."""
     updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
-    return (_select(ok, optax.apply_updates(dense, updates), dense),
-            _select(ok, dense_opt, state.opt_state["dense"]))
+    new = optax.apply_updates(dense, updates)
+    ok = ok & _all_finite(new)
+    return _select(ok, new, dense), _select(ok, dense_opt, state.opt_state["dense"]), ok
 
   def joined(state, ok, dense, dense_opt, table, table_opt):
     """``(params, opt_state)`` of a sparse step; a bad batch keeps the table's update count."""
@@ -158,7 +162,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     (_, sums), (g_dense, row_grads) = jax.value_and_grad(
         split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
     ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
-    dense, dense_opt = update_dense(state, dense, g_dense, ok)
+    dense, dense_opt, ok = update_dense(state, dense, g_dense, ok)
     # a bad batch touches no row: its row ids become out of range, which update ignores
     row_ids = jnp.where(ok, local.row_ids, table.shape[0])
     if by_shard:
@@ -192,7 +196,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     (_, sums), (g_dense, g_vectors) = jax.value_and_grad(
         split_loss, argnums=(0, 1), has_aux=True)(dense, vectors)
     ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_vectors)
-    dense, dense_opt = update_dense(state, dense, g_dense, ok)
+    dense, dense_opt, ok = update_dense(state, dense, g_dense, ok)
     # padding and a bad batch touch no row: their ids become out of range, which add drops
     row_ids = jnp.where(ok & (raw != models_lib.PADDING_ID), rows, table.shape[0]).reshape(-1)
     table, table_opt = table_optimizer.add(table, state.opt_state["table"], row_ids,
@@ -468,6 +472,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
          f"choose another --workdir.")
     return results
   # everything that can refuse the run comes before its directory is written
+  _check_same_data(_own_dir(workdir), data)
   mesh = sharding.mesh_from_config(cfg.mesh)
   if mesh is not None:
     _check_batch_splits(cfg, mesh)
@@ -643,6 +648,33 @@ def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable
   return functools.partial(data_lib.ragged_batches, length=length)
 
 
+def _check_same_data(path: pathlib.Path, data) -> None:
+  """Refuses to resume a run whose vocabulary or labels differ from the data's now (a changed
+  train file would give trained rows to other words); a start that never saved may change."""
+  if not (path / "vocab.txt").exists() or not rundir.has_checkpoint(path):
+    return
+  _, vocab, label_names = report.load_run(path)
+  changes = _data_changes(vocab, label_names, data)
+  if changes:
+    raise rundir.RunDirError(
+        f"{path} holds a run trained on other data: {changes}. Its checkpoints fit its own "
+        f"vocabulary and labels; resuming would give trained rows to other words. Train the "
+        f"new data with another --workdir, or pass --restart to delete that run.")
+
+
+def _data_changes(vocab, label_names, data) -> str:
+  """What differs between a run's vocabulary and labels and those of ``data`` ('' if none)."""
+  changes = []
+  if tuple(vocab.tokens) != tuple(data.vocab.tokens):
+    known = set(vocab.tokens)
+    new = [t for t in data.vocab.tokens if t not in known][:3]
+    changes.append(f"vocabulary of {len(vocab):,} words there, {len(data.vocab):,} now"
+                   + (f" (new: {', '.join(new)})" if new else ""))
+  if tuple(label_names) != tuple(data.label_names):
+    changes.append(f"labels {list(label_names)} there, {list(data.label_names)} now")
+  return "; ".join(changes)
+
+
 def _own_dir(workdir: pathlib.Path) -> pathlib.Path:
   """This process's run directory: ``workdir`` on process 0, ``WORKDIR.process<i>`` (its logs)
   on the others; checkpoints are shared in ``workdir``."""
@@ -729,7 +761,8 @@ def _check_finite(acc, cfg, step) -> int:
   if bad and not cfg.train.skip_nonfinite:
     first = int(acc["first_nonfinite"])
     raise NonFiniteError(
-        f"train: the loss or a gradient was NaN/inf at step {first} ({bad} batch(es) up to step "
+        f"train: the loss, a gradient or the update was NaN/inf at step {first} ({bad} batch(es) "
+        f"up to step "
         f"{step}); those updates were not applied and the last good checkpoint is kept. Lower "
         f"optim.learning_rate, set optim.clip_norm, or --set train.skip_nonfinite=true to skip "
         f"such batches.")
@@ -848,14 +881,36 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
     extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
              "quantized_bytes": compress.table_bytes(quantized)}
     params = {**params, "embed": compress.dequantize_entries(quantized)}
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
-  ids, labels = {"train": (data.train_ids, data.train_labels),
-                 "dev": (data.dev_ids, data.dev_labels),
-                 "test": (data.test_ids, data.test_labels)}[split]
-  if ids is None:
-    raise ValueError(f"eval: the run's data has no {split!r} split.")
+  ids, labels = _split_for_run(cfg, vocab, label_names, report.load_buckets(run_dir, cfg), split)
   result = evaluate(jax.jit(make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
   return {**result, **extra}
+
+
+def _split_for_run(cfg, vocab, label_names, kept, split: str):
+  """``(ids, labels)`` of a data split encoded with the run's own vocabulary and labels, so an
+  evaluation reads the ids and classes the run was trained with, whatever the files hold now."""
+  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  if not _data_changes(vocab, label_names, data):  # the usual case: the cached encoding
+    ids, labels = {"train": (data.train_ids, data.train_labels),
+                   "dev": (data.dev_ids, data.dev_labels),
+                   "test": (data.test_ids, data.test_labels)}[split]
+    if ids is None:
+      raise ValueError(f"eval: the run's data has no {split!r} split.")
+    return ids, labels
+  splits, names = data_lib.load_splits(cfg.data, cfg.seed)
+  if split not in splits:
+    raise ValueError(f"eval: the run's data has no {split!r} split.")
+  rows = splits[split]
+  index = {name: i for i, name in enumerate(label_names)}
+  unknown = sorted({names[int(i)] for i in rows.labels} - set(index))
+  if unknown:
+    raise data_lib.DataError(f"eval: the {split} split has labels the run never trained on "
+                             f"({', '.join(unknown[:5])}); its classes are {list(label_names)}.")
+  labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
+  tokens = text_lib.tokenize_many(list(rows.texts), cfg.data.lowercase, eos=cfg.data.eos)
+  ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
+                        num_buckets=cfg.data.num_buckets)
+  return data_lib.prune_ids(cfg.data, ids, len(vocab), kept), labels
 
 
 def _restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):

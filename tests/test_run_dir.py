@@ -136,3 +136,50 @@ def test_a_signal_saves_a_checkpoint_at_the_step_and_the_resumed_run_is_identica
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert metric_values(tmp_path / "straight") == metric_values(tmp_path / "resumed")
+
+
+def _write_data(folder, words):
+  """A small two-class data set: class 1 texts use ``words[:3]``, class 0 ``words[3:6]``."""
+  rng = np.random.default_rng(0)
+  for name, n in (("train", 200), ("dev", 40), ("test", 40)):
+    rows = []
+    for _ in range(n):
+      label = int(rng.integers(2))
+      pool = words[:3] if label else words[3:6]
+      rows.append(f"{label}\t{' '.join(rng.choice(pool, 5))} filler")
+    (folder / f"{name}.tsv").write_text("label\ttext\n" + "\n".join(rows) + "\n")
+
+
+def _files_cfg(folder, *extra):
+  return tiny("data.source=files", f"data.train={folder}/train.tsv",
+              f"data.dev={folder}/dev.tsv", f"data.test={folder}/test.tsv", *extra)
+
+
+def test_eval_reads_the_data_with_the_runs_own_vocabulary_after_the_files_change(tmp_path):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  _write_data(folder, ["good", "great", "fine", "bad", "awful", "poor"])
+  run = tmp_path / "run"
+  results = train.train(_files_cfg(folder, "train.num_epochs=5"), run, echo=quiet)
+  assert results["test_accuracy"] == 1.0
+  # a new train file: other words come first, so a fresh vocabulary would renumber every id
+  (folder / "train.tsv").write_text("label\ttext\n" + "".join(
+      f"{i % 2}\tzebra{i} yak{i}\n" for i in range(300)))
+  again = train.evaluate_run(run, "test")
+  assert again["accuracy"] == results["test_accuracy"]
+
+
+def test_resuming_on_changed_data_is_refused_naming_the_change(tmp_path):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  _write_data(folder, ["good", "great", "fine", "bad", "awful", "poor"])
+  run = tmp_path / "run"
+  cfg = _files_cfg(folder)
+  train.train(cfg, run, echo=quiet)
+  (run / "results.json").unlink()  # as if it had stopped after a checkpoint
+  before = sorted(p.name for p in run.rglob("*"))
+  _write_data(folder, ["good", "great", "fine", "bad", "awful", "dreadful"])
+  with pytest.raises(rundir.RunDirError, match=r"trained on other data: vocabulary of .* "
+                     r"\(new: dreadful\).*another --workdir.*--restart"):
+    train.train(cfg, run, echo=quiet)
+  assert sorted(p.name for p in run.rglob("*")) == before

@@ -201,6 +201,20 @@ def test_skip_nonfinite_counts_skipped_batches_and_finishes(tmp_path, monkeypatc
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.parametrize("tables", ["dense", "sparse_sgd", "sparse_lazy_adam"])
+def test_an_update_that_overflows_is_not_applied(tmp_path, tables):
+  # finite loss and gradients, but a learning rate that sends the weights to inf
+  cfg = tiny("optim.name=sgd", "optim.learning_rate=1e38", f"optim.tables={tables}",
+             "train.skip_nonfinite=true")
+  results = train.train(cfg, tmp_path / "run", echo=quiet)
+  assert results["skipped_nonfinite"] >= 1
+  params = final_params(tmp_path / "run", cfg)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  with pytest.raises(train.NonFiniteError, match=r"the update was NaN/inf at step \d+ "):
+    train.train(tiny("optim.name=sgd", "optim.learning_rate=1e38"), tmp_path / "stop",
+                echo=quiet)
+
+
 def test_train_step_compiles_once(tmp_path):
   cfg = tiny()
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
