@@ -31,12 +31,17 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
       sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd, sum_duplicates)
   from embedlab.flax_adapter import (  # noqa: F401
       Embed, LinenEmbed)
+  from embedlab.loaded import (  # noqa: F401
+      Run, UnknownWordsError, load_run)
 
 __version__ = "0.1.0"
 
 # name -> the module that defines it
 _MODULES = {
     "INIT_NAMES": "embedlab.tables",
+    "Run": "embedlab.loaded",
+    "UnknownWordsError": "embedlab.loaded",
+    "load_run": "embedlab.loaded",
     "TableSummary": "embedlab.tables",
     "attend": "embedlab.tables",
     "bag": "embedlab.tables",
@@ -136,6 +141,9 @@ __all__ = [
     "sum_duplicates",
     "Embed",
     "LinenEmbed",
+    "Run",
+    "UnknownWordsError",
+    "load_run",
     "freeze",
     "freeze_rows",
     "load_vectors",

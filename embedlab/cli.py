@@ -89,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                       description="Classify texts with a run's best checkpoint: one JSON line a "
                       "text, with the label and its probability.")
   pr.add_argument("run_dir", help="a run directory (runs/<experiment>)")
-  pr.add_argument("texts", nargs="+", help="the texts, each one argument (quote it)")
+  pr.add_argument("texts", nargs="*", help="the texts, each one argument (quote it)")
+  pr.add_argument("--file", metavar="PATH", help="also classify each line of PATH ('-' reads "
+                  "standard input)")
+  pr.add_argument("-k", type=int, default=1, help="labels per text, most probable first "
+                  "(default 1)")
+  pr.add_argument("--threshold", type=float, default=0.0,
+                  help="leave out labels less probable than this (default 0)")
 
   sm = sub.add_parser("summary", help="what the experiment's model looks like",
                       description="The experiment's tables, their weights and bytes with the "
@@ -230,6 +236,24 @@ def _summary(args) -> int:
   return 0
 
 
+def _predict(args) -> int:
+  from embedlab import loaded  # noqa: PLC0415
+
+  texts = list(args.texts)
+  if args.file:
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with stream:
+      texts += [line.rstrip("\r\n") for line in stream if line.strip()]
+  if not texts:
+    raise ValueError("predict: no texts; give them as arguments or with --file PATH (- for "
+                     "standard input), one a line.")
+  run = loaded.load_run(args.run_dir)
+  for text, labels in zip(texts, run.predict(texts, k=args.k, threshold=args.threshold)):
+    print(json.dumps({"text": text, "label": labels[0][0] if labels else None,
+                      "labels": [{"label": n, "probability": round(p, 4)} for n, p in labels]}))
+  return 0
+
+
 def _inspect(args) -> int:
   import time  # noqa: PLC0415
   from embedlab import inspection, report  # noqa: PLC0415
@@ -355,10 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                        indent=2))
       return 0
     if args.command == "predict":
-      from embedlab import train  # noqa: PLC0415
-      for row in train.predict(args.run_dir, args.texts):
-        print(json.dumps(row))
-      return 0
+      return _predict(args)
     if args.command == "compare":
       from embedlab import report  # noqa: PLC0415
       print(report.compare_table(args.run_dirs))

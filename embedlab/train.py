@@ -846,19 +846,13 @@ def _update_path(setup: Setup, mesh=None) -> str:
 
 
 def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
-  """Labels and probabilities for raw texts, with the best parameters of a finished run."""
-  run_dir = pathlib.Path(run_dir)
-  cfg, vocab, label_names = report.load_run(run_dir)
-  kept = report.load_buckets(run_dir, cfg)
-  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names, kept)
-  tokens = text_lib.tokenize_many(texts, cfg.data.lowercase, eos=cfg.data.eos)  # as trained
-  ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
-                        num_buckets=cfg.data.num_buckets)
-  ids = data_lib.prune_ids(cfg.data, ids, len(vocab), kept)
-  probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, ids), -1))
-  return [{"text": t, "label": label_names[int(p.argmax())],
-           "probabilities": {n: round(float(q), 4) for n, q in zip(label_names, p)}}
-          for t, p in zip(texts, probs)]
+  """Labels and probabilities for raw texts, with the best parameters of a finished run
+  (``embedlab.load_run(run_dir).predict`` gives the top ``k`` labels)."""
+  from embedlab import loaded  # noqa: PLC0415
+  run = loaded.load_run(run_dir)
+  return [{"text": t, "label": run.label_names[int(p.argmax())],
+           "probabilities": {n: round(float(q), 4) for n, q in zip(run.label_names, p)}}
+          for t, p in zip(texts, run.probabilities(texts))]
 
 
 def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
@@ -871,7 +865,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   """
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
-  model, params = _restore_for_eval(run_dir, cfg, vocab, label_names,
+  model, params = restore_for_eval(run_dir, cfg, vocab, label_names,
                                     report.load_buckets(run_dir, cfg))
   extra = {}
   if quantize is not None:
@@ -913,7 +907,7 @@ def _split_for_run(cfg, vocab, label_names, kept, split: str):
   return data_lib.prune_ids(cfg.data, ids, len(vocab), kept), labels
 
 
-def _restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
+def restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
   num_embeddings = data_lib.table_rows(cfg.data, len(vocab), kept_buckets)
   model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))

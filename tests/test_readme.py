@@ -99,6 +99,15 @@ def test_readme_example_prints_what_it_says():
     assert line.startswith(comment.split(" weights")[0].strip()), (line, comment)
 
 
+def test_readme_one_hot_example_prints_what_it_says():
+  code = re.findall(r"```python\n(.*?)```", readme_text(), re.S)[1]
+  assert "one_hot" in code
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+  assert out.getvalue().split() == ["True", "6"]
+
+
 def _run_dir_of(args) -> str:
   return args.workdir or str(pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
 

@@ -258,7 +258,7 @@ def test_predict_encodes_texts_as_training_did(tmp_path, prune):
   texts = train.data_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
   run_cfg, vocab, names = train.report.load_run(tmp_path / "run")
   kept = train.report.load_buckets(tmp_path / "run", run_cfg)
-  model, params = train._restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
+  model, params = train.restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
   want = np.asarray(jax.nn.softmax(model.apply(params, data.test_ids[:3]), -1))
   rows = train.predict(tmp_path / "run", list(texts))
   for row, p in zip(rows, want):

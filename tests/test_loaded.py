@@ -1,0 +1,63 @@
+"""``embedlab.load_run``: a trained run in Python (predict with k and threshold, embed) and the
+CLI's predict over a file or standard input."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+import embedlab as el
+from embedlab import cli, inspection, train
+from test_train import quiet, tiny
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("loaded") / "run"
+  train.train(tiny("train.num_epochs=4"), path, echo=quiet)
+  return path
+
+
+def test_predict_gives_the_top_k_labels_above_the_threshold(run_dir):
+  run = el.load_run(run_dir)
+  words = train.data_lib.synthetic_word_topics(run.config.data)
+  texts = [" ".join([w for w, t in words.items() if t == topic][:8]) for topic in range(4)]
+  probs = run.probabilities(texts)
+  np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+  top = run.predict(texts, k=3)
+  for row, p in zip(top, probs):
+    order = np.argsort(-p)[:3]
+    assert [n for n, _ in row] == [run.label_names[i] for i in order]
+    np.testing.assert_allclose([q for _, q in row], p[order], rtol=1e-6)
+  assert [row[0][0] for row in run.predict(texts)] == list(run.label_names)  # topic i -> "i"
+  for row, p in zip(run.predict(texts, k=4, threshold=0.05), probs):
+    assert [q for _, q in row] == sorted((float(q) for q in p if q >= 0.05), reverse=True)
+  with pytest.raises(ValueError, match="threshold"):
+    run.predict(texts, threshold=1.5)
+  with pytest.raises(TypeError, match="list of texts"):
+    run.predict("one text")
+
+
+def test_embed_gives_the_trained_rows_and_names_unknown_words(run_dir):
+  run = el.load_run(run_dir)
+  emb = inspection.load_embedding(run_dir)
+  got = run.embed(["t0_w1", "s0"])
+  np.testing.assert_array_equal(got[0], emb.table[emb.tokens.index("t0_w1")])
+  np.testing.assert_array_equal(got[1], emb.table[emb.tokens.index("s0")])
+  with pytest.raises(el.UnknownWordsError, match="'zebra'"):
+    run.embed(["t0_w1", "zebra"])
+
+
+def test_cli_predict_reads_a_file_and_standard_input(run_dir, tmp_path, capsys, monkeypatch):
+  (tmp_path / "texts.txt").write_text("t0_w1 t0_w2 t0_w3\n\nt1_w1 t1_w2 t1_w3\n")
+  assert cli.main(["predict", str(run_dir), "--file", str(tmp_path / "texts.txt"), "-k",
+                   "2"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["label"] for r in rows] == ["0", "1"]
+  assert all(len(r["labels"]) == 2 for r in rows)
+  monkeypatch.setattr("sys.stdin", io.StringIO("t2_w1 t2_w2\n"))
+  assert cli.main(["predict", str(run_dir), "--file", "-"]) == 0
+  assert json.loads(capsys.readouterr().out)["label"] == "2"
+  assert cli.main(["predict", str(run_dir)]) == 1
+  assert "no texts" in capsys.readouterr().err
