@@ -826,6 +826,10 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
                        "processes": jax.process_count(), "lookup": lookup_path(cfg.mesh),
                        "table_rows": int(state.params["embed"]["table"].shape[0])
                        if "table" in state.params["embed"] else None}
+    started = json.loads((run.path / "config.json").read_text()).get("mesh", {})
+    if (started.get("data"), started.get("model")) != (cfg.mesh.data, cfg.mesh.model):
+      # resumed on another mesh: say where the run started
+      results["mesh"]["started_on"] = {"data": started.get("data"), "model": started.get("model")}
   if data.test_ids is not None:
     test = evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)

@@ -76,7 +76,9 @@ for name, extra in runs.items():
                   "slot_shards": slot_shards, "restored_step": int(step),
                   "model": cfg.mesh.model}
 # the same run directory reopened on another mesh (1x8: 408 rows, saved with 402) resumes from
-# its last checkpoint and evaluates the same parameters
+# its last checkpoint and evaluates the same parameters; as if it had stopped after that
+# checkpoint (a finished run refuses another mesh: it would record a mesh it never trained on)
+(out / "dense_4x2" / "results.json").unlink()
 cfg = config_lib.load_config("experiments/quickstart.py", base + ["mesh.data=1", "mesh.model=8"])
 record["resumed_1x8"] = train.train(cfg, out / "dense_4x2", echo=lambda s: None)
 (out / "record.json").write_text(json.dumps(record))
@@ -202,6 +204,7 @@ def test_run_resumes_on_another_mesh(eight):
   _, record = eight
   resumed, first = record["resumed_1x8"], record["dense_4x2"]["results"]
   assert resumed["mesh"]["model"] == 8 and resumed["mesh"]["table_rows"] == 408
+  assert resumed["mesh"]["started_on"] == {"data": 4, "model": 2}
   for key in ("dev_accuracy", "test_accuracy", "best_step"):
     assert resumed[key] == first[key], key
   assert abs(resumed["test_loss"] - first["test_loss"]) < 1e-6
