@@ -68,6 +68,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 
 # before JAX starts: let PyTorch allocate on the same GPU
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -221,6 +222,8 @@ def _torch_device():
     import torch  # noqa: PLC0415
   except ImportError as e:
     return None, f"torch not importable ({e})"
+  # the optimizers build sparse tensors of indices they made themselves
+  warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
   backend = jax.default_backend()
   if backend == "gpu":
     if not torch.cuda.is_available():
