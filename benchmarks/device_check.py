@@ -134,10 +134,6 @@ class _Tee:
     return False
 
 
-def _finite(x) -> bool:
-  return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def _fmt(x, digits=3) -> str:
   if x is None:
     return "n/a"

@@ -27,7 +27,10 @@ case "${1:-}" in
       rm -rf ".whl/data/$name"
       cp -r "$data/$name" .whl/data/
     done
-    git check-ignore -q .whl || { echo ".whl/ is not git-ignored: add /.whl/ to .gitignore" >&2; exit 1; }
+    if ! git check-ignore -q .whl; then
+      echo ".whl/ is not git-ignored: add /.whl/ to .gitignore" >&2
+      exit 1
+    fi
     du -sh .whl
     echo "carry [\".whl\"], then on the device: bash benchmarks/device_check.sh run \$OUT"
     ;;
