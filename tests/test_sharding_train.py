@@ -27,6 +27,9 @@ BASE = ["data.synthetic_train_size=640", "data.synthetic_eval_size=128", "train.
         "train.eval_every=15", "train.log_every=15", "train.progress=false", "model.features=8",
         "train.eval_batch_size=64"]
 SPARSE = ["optim.tables=sparse_lazy_adam"]
+# subprocesses on 8 simulated devices, and two processes over loopback: minutes
+pytestmark = pytest.mark.slow
+
 RUNS = {  # name: extra overrides, on 8 devices
     "dense_8x1": ["mesh.data=8", "mesh.model=1"],
     "dense_4x2": ["mesh.data=4", "mesh.model=2"],

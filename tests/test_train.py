@@ -101,6 +101,7 @@ def test_tensorboard_import_leaves_torch_importable():
   assert ("torch" in sys.modules) == had
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("optim.name=sgd", "optim.learning_rate=0.5",
                                         "model.name=cnn", "model.dropout=0.5"),
                                    ("optim.tables=sparse_lazy_adam",)])
@@ -274,6 +275,7 @@ def test_predict_encodes_texts_as_training_did(tmp_path, prune):
     assert kept is None and data.num_embeddings == len(vocab) + 4096
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "experiments").glob("*.py")))
 def test_every_experiment_runs_a_few_steps_on_tiny_data(tmp_path, experiment):
   overrides = ["train.num_steps=3", "train.batch_size=8", "train.eval_every=3",
@@ -287,6 +289,7 @@ def test_every_experiment_runs_a_few_steps_on_tiny_data(tmp_path, experiment):
     assert results["pretrained_rows_found"] > 0
 
 
+@pytest.mark.slow
 def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
   dense = tiny("optim.name=sgd", "optim.learning_rate=0.5")
   sparse = tiny("optim.name=sgd", "optim.learning_rate=0.5", "optim.tables=sparse_sgd")
@@ -311,6 +314,7 @@ def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
       lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tables", ["dense", "sparse_adagrad"])
 def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, tables):
   from embedlab import pretrained
@@ -330,6 +334,7 @@ def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, 
   assert not np.allclose(table[12:], train.build(cfg, data, 10).params["embed"]["table"][12:])
 
 
+@pytest.mark.slow
 def test_several_steps_per_dispatch_train_like_one_at_a_time(tmp_path):
   one = tiny()
   four = tiny("train.steps_per_dispatch=4")
@@ -375,6 +380,7 @@ def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
     train.build(tiny(f"model.pretrained={path}", "model.features=2"), data, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("optim.tables=sparse_sgd", "optim.name=sgd"),
                                    ("optim.tables=sparse_lazy_adam", "model.table=factorized",
                                     "model.table_rank=4", "train.steps_per_dispatch=3",
@@ -402,6 +408,7 @@ def test_ragged_batches_train_like_padded_ones(tmp_path, monkeypatch, extra):
   assert ra["test_accuracy"] == rb["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_ragged_step_gradients_equal_padded_ones():
   """One step on random padded bags and on the same bags packed ragged: same loss, same
   gradient of every parameter."""
