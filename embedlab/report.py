@@ -74,9 +74,12 @@ class RunDir:
       self._lock.close()  # closing the file releases the lock
       self._lock = None
 
-  def save_vocab(self, vocab, label_names, kept_buckets=None) -> None:
+  def save_vocab(self, vocab, label_names, kept_buckets=None, fingerprint=None) -> None:
     """The vocabulary, the class names and, with ``data.prune_buckets``, the kept buckets
-    (``buckets.npy``): what ``predict`` needs to encode new texts as training did."""
+    (``buckets.npy``): what ``predict`` needs to encode new texts as training did; and
+    ``fingerprint`` (``rundir.data_fingerprint``) as ``data.json``."""
+    if fingerprint is not None:
+      _atomic_write(self.path / "data.json", json.dumps(fingerprint, indent=2) + "\n")
     vocab.save(self.path / "vocab.txt")
     _atomic_write(self.path / "labels.json", json.dumps(list(label_names)) + "\n")
     if kept_buckets is not None:

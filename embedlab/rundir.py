@@ -8,6 +8,7 @@ imports JAX, and a run directory is created only once the run is known to start.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -22,7 +23,7 @@ class RunDirError(RuntimeError):
 
 
 # what embedlab writes in a run directory: ``--restart`` deletes these and nothing else
-RUN_ENTRIES = ("config.json", "vocab.txt", "labels.json", "buckets.npy", "metrics.jsonl",
+RUN_ENTRIES = ("config.json", "vocab.txt", "labels.json", "buckets.npy", "data.json", "metrics.jsonl",
                "results.json", "tensorboard", "checkpoints", "plots")
 LOCK_FILE = ".embedlab.lock"
 
@@ -151,6 +152,30 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     elif a != b:
       diffs.append(f"{prefix}{key}: {a!r} there, {b!r} now")
   return "; ".join(diffs)
+
+
+def data_fingerprint(files: Sequence[pathlib.Path], vocab_tokens: Sequence[str],
+                     label_names: Sequence[str]) -> dict:
+  """What a run was trained on (``data.json``): each data file's path, bytes and sha256, and
+  the sha256 of the vocabulary and of the labels."""
+  def digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
+
+  return {"files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": digest(p)}
+                    for p in files if p.is_file()],
+          "vocab_sha256": hashlib.sha256("\n".join(vocab_tokens).encode()).hexdigest(),
+          "vocab_size": len(vocab_tokens),
+          "labels": list(label_names)}
+
+
+def changed_files(old: dict, new: dict) -> list[str]:
+  """The data files whose bytes differ between two ``data_fingerprint``s."""
+  before = {f["path"]: f["sha256"] for f in old.get("files", [])}
+  return [f["path"] for f in new.get("files", []) if before.get(f["path"]) != f["sha256"]]
 
 
 def delete_run(path: pathlib.Path) -> str:

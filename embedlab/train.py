@@ -472,7 +472,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
          f"choose another --workdir.")
     return results
   # everything that can refuse the run comes before its directory is written
-  _check_same_data(_own_dir(workdir), data)
+  _check_same_data(_own_dir(workdir), cfg, data, echo)
   mesh = sharding.mesh_from_config(cfg.mesh)
   if mesh is not None:
     _check_batch_splits(cfg, mesh)
@@ -487,7 +487,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
 
 def _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock) -> dict:
   """Restores the latest checkpoint if there is one, trains to ``steps``, evaluates, saves."""
-  run.save_vocab(data.vocab, data.label_names, data.kept_buckets)
+  run.save_vocab(data.vocab, data.label_names, data.kept_buckets, _fingerprint(cfg, data))
   checkpoints = ckpt_lib.Checkpoints(workdir, cfg.train.keep_checkpoints)
   state, meta = init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
                                          "skipped_nonfinite": 0, "train_seconds": 0.0}
@@ -648,13 +648,25 @@ def _ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable
   return functools.partial(data_lib.ragged_batches, length=length)
 
 
-def _check_same_data(path: pathlib.Path, data) -> None:
+def _fingerprint(cfg, data) -> dict:
+  files = ([data_lib.resolve(getattr(cfg.data, s)) for s in ("train", "dev", "test")
+            if getattr(cfg.data, s)] if cfg.data.source == "files" else [])
+  return rundir.data_fingerprint(files, data.vocab.tokens, data.label_names)
+
+
+def _check_same_data(path: pathlib.Path, cfg, data, echo) -> None:
   """Refuses to resume a run whose vocabulary or labels differ from the data's now (a changed
   train file would give trained rows to other words); a start that never saved may change."""
   if not (path / "vocab.txt").exists() or not rundir.has_checkpoint(path):
     return
   _, vocab, label_names = report.load_run(path)
   changes = _data_changes(vocab, label_names, data)
+  recorded = path / "data.json"
+  if not changes and recorded.exists():
+    files = rundir.changed_files(json.loads(recorded.read_text()), _fingerprint(cfg, data))
+    if files:
+      echo(f"note: {', '.join(files)} changed since {path} started, but give the same "
+           f"vocabulary and labels: resuming.")
   if changes:
     raise rundir.RunDirError(
         f"{path} holds a run trained on other data: {changes}. Its checkpoints fit its own "

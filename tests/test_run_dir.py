@@ -1,5 +1,7 @@
-"""The run directory: what a re-run may do there, --restart, the lock, failed starts, signals."""
+"""The run directory: what a re-run may do there, --restart, the lock, failed starts, signals,
+and the data a run was trained on."""
 
+import hashlib
 import json
 import os
 import signal
@@ -176,6 +178,12 @@ def test_resuming_on_changed_data_is_refused_naming_the_change(tmp_path):
   run = tmp_path / "run"
   cfg = _files_cfg(folder)
   train.train(cfg, run, echo=quiet)
+  recorded = json.loads((run / "data.json").read_text())
+  assert [f["path"] for f in recorded["files"]] == [str(folder / f"{s}.tsv")
+                                                    for s in ("train", "dev", "test")]
+  assert recorded["files"][0]["sha256"] == hashlib.sha256(
+      (folder / "train.tsv").read_bytes()).hexdigest()
+  assert recorded["labels"] == ["0", "1"]
   (run / "results.json").unlink()  # as if it had stopped after a checkpoint
   before = sorted(p.name for p in run.rglob("*"))
   _write_data(folder, ["good", "great", "fine", "bad", "awful", "dreadful"])
@@ -183,3 +191,19 @@ def test_resuming_on_changed_data_is_refused_naming_the_change(tmp_path):
                      r"\(new: dreadful\).*another --workdir.*--restart"):
     train.train(cfg, run, echo=quiet)
   assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_resuming_on_the_same_words_in_a_changed_file_says_so(tmp_path):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  words = ["good", "great", "fine", "bad", "awful", "poor"]
+  _write_data(folder, words)
+  run = tmp_path / "run"
+  cfg = _files_cfg(folder)
+  train.train(cfg, run, echo=quiet)
+  (run / "results.json").unlink()
+  with open(folder / "test.tsv", "a") as f:  # one more test row, no new word or label
+    f.write("1\tgood great filler\n")
+  messages = []
+  train.train(cfg, run, echo=messages.append)
+  assert any(m.startswith("note:") and "test.tsv changed" in m for m in messages), messages
