@@ -5,10 +5,11 @@
 Runs the experiment as ``vs_fasttext.py`` does (a fresh process, every cache empty: encoded
 data, Hugging Face, JAX compilation; 2 threads), with marks around library functions: the
 command's wait for its forked data encoder (``cli._wait``), the encoder's ``import datasets``,
-file reading and tokenizing, ``train.build`` (the init program), the dev evaluation and the end of the run. The
-marks are timed with ``time.perf_counter`` (one monotonic clock for every process) and each
-process's CPU time; nothing in the library changes. Prints one table per repeat: the main
-process's segments, and beside them the encoder's (its CPU includes its tokenizing workers).
+file reading and tokenizing, ``train.build`` (the init program), the dev evaluation and the end
+of the run. The marks are timed with ``time.perf_counter`` (one monotonic clock for every
+process) and each process's CPU time; nothing in the library changes. Prints one table per
+repeat: the main process's segments, and beside them the encoder's (its CPU includes its
+tokenizing workers).
 Ends with one JSON line of all figures.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import pathlib
 import resource
@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import harness  # standard library only: the profiled job imports no more than embedlab
 
 MARKS = "EMBEDLAB_PROFILE_MARKS"
 
@@ -168,20 +170,17 @@ def _segments(marks, begun: float, ended: float) -> tuple[list, list]:
 
 
 def profile(experiment: str, threads: int) -> dict:
-  # here, not at the top: the profiled job (this file with --job) imports no more than embedlab
-  import vs_fasttext as vs  # noqa: PLC0415 - the benchmark beside this file: env, CPU time
-
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     marks_file = tmp / "marks.txt"
-    env = {**vs.embedlab_env(tmp / "cache", threads), MARKS: str(marks_file)}
-    cpu_before = vs.children_cpu()
+    env = {**harness.embedlab_env(tmp / "cache", threads), MARKS: str(marks_file)}
+    cpu_before = harness.children_cpu()
     begun = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--job", "train", experiment, "--workdir",
                     str(tmp / "run"), "--restart", "--no-progress"],
-                   cwd=vs.REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+                   cwd=harness.REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     ended = time.perf_counter()
-    cpu = vs.children_cpu() - cpu_before
+    cpu = harness.children_cpu() - cpu_before
     marks = []
     for line in marks_file.read_text().splitlines():
       pid, name, *numbers = line.split()
@@ -208,10 +207,11 @@ def main() -> None:
     runs.append(run)
     print(f"\ncold job {i + 1}: {run['seconds']:.2f} s wall, {run['cpu_seconds']:.2f} CPU s "
           "(all processes)")
-    print(f"{'segment':62} {'seconds':>8} {'CPU s':>7}")
+    table = harness.Table([("segment", "62"), ("seconds", ">8.2f"), ("CPU s", ">7.2f")], sep=" ")
+    print(table.header())
     for row in run["main"] + run["encoder"]:
-      print(f"{row['segment']:62} {row['seconds']:8.2f} {row['cpu_seconds']:7.2f}")
-  print(json.dumps({"experiment": args.experiment, "threads": args.threads, "runs": runs}))
+      print(table.row(row["segment"], row["seconds"], row["cpu_seconds"]))
+  harness.emit({"experiment": args.experiment, "threads": args.threads, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ size; nothing else is tuned per variant), keeps the best-dev checkpoint and eval
 Hashed and factorized tables keep the experiment's row-sparse optimizer; hash embeddings and
 quotient-remainder tables share each weight between many ids, have no rows to update sparsely,
 and train with dense Adam (lr 0.002, IMDB's setting) on both datasets. The quantized rows
-(int8, int4, int2) re-evaluate the trained plain table with ``embedlab eval --quantize``. Goals
-(issue 9): a variant at least 10x smaller than the plain table loses at most 0.5 test points on
+(int8, int4, int2) re-evaluate the trained plain table with ``embedlab eval --quantize``. Goals:
+a variant at least 10x smaller than the plain table loses at most 0.5 test points on
 IMDB; int8 loses at most 0.2 points.
 
 Prints a table per dataset, writes ``<out>/compression.png`` (test accuracy against bytes, log
@@ -20,16 +20,14 @@ scale) and ends with one JSON line holding every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import pathlib
-import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("EMBEDLAB_DATA", str(REPO.parent / "shared" / "data"))
+import harness
+from harness import REPO
+
+harness.setup_repo()  # embedlab from this checkout, data from EMBEDLAB_DATA or ../shared/data
 
 DENSE_ADAM = ("optim.tables=dense", "optim.name=adam", "optim.learning_rate=0.002",
               "optim.schedule=constant")
@@ -113,7 +111,7 @@ def main() -> None:
           "variant": best["variant"], "ratio": round(best["ratio"], 1),
           "delta_points": best["delta_points"]}
     summary[f"{dataset}_int8_delta_points"] = int8["delta_points"]
-  print(json.dumps(summary))
+  harness.emit(summary)
 
 
 def table(dataset: str, rows: list[dict], plain_bytes: int) -> str:

@@ -23,13 +23,12 @@ only compared. Prints a table and ends with one JSON line of all figures.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import tempfile
 
 import numpy as np
 
-import vs_fasttext as vs  # the benchmark beside this file: settings, data, reading
+import harness  # beside this file: fastText's settings, the data, both jobs
 
 SPLITS = {"dev": "sst2/dev.tsv.gz", "test": "sst2/test.tsv.gz"}
 
@@ -37,7 +36,8 @@ SPLITS = {"dev": "sst2/dev.tsv.gz", "test": "sst2/test.tsv.gz"}
 def fasttext_predictions(seed: int, lines: dict[str, list[str]], files: dict[str, pathlib.Path],
                          threads: int) -> tuple[dict[str, list[str]], float]:
   """Each split's predicted labels, and the test accuracy fastText's own ``test`` reports."""
-  model = vs.train_fasttext(files["train"], vs.DATASETS["sst2"]["fasttext"], threads, seed)
+  model = harness.train_fasttext(files["train"], harness.DATASETS["sst2"]["fasttext"], threads,
+                                 seed)
   _, reported, _ = model.test(str(files["test"]))
   return ({split: [labels[0].removeprefix("__label__")
                    for labels in model.predict(split_lines, k=1)[0]]
@@ -50,7 +50,7 @@ def embedlab_predictions(seed: int, texts: dict[str, list[str]], cache: pathlib.
   from embedlab import train  # noqa: PLC0415 - JAX, after fastText's files are written
 
   with tempfile.TemporaryDirectory() as workdir:
-    reported = vs.run_embedlab("sst2", workdir, cache, threads, seed)["test_accuracy"]
+    reported = harness.run_embedlab("sst2", workdir, cache, threads, seed)["test_accuracy"]
     return ({split: [row["label"] for row in train.predict(workdir, raw)]
              for split, raw in texts.items()}, reported)
 
@@ -81,22 +81,22 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--bootstrap", type=int, default=10000)
   args = parser.parse_args()
-  spec = vs.DATASETS["sst2"]
+  spec = harness.DATASETS["sst2"]
   gold, raw, lines = {}, {}, {}
   for split, path in SPLITS.items():
-    rows = vs.read_rows(vs.DATA / path, spec["delimiter"])
+    rows = harness.read_rows(harness.DATA / path, spec["delimiter"])
     gold[split] = np.array([label for label, _ in rows])
     raw[split] = [t for _, t in rows]
-    lines[split] = vs.fasttext_lines(raw[split])
+    lines[split] = harness.fasttext_lines(raw[split])
   figures = {"seeds": args.seeds, "bootstrap_resamples": args.bootstrap,
              "fasttext_settings": spec["fasttext"]}
   predictions = {"fasttext": {s: [] for s in SPLITS}, "embedlab": {s: [] for s in SPLITS}}
   with tempfile.TemporaryDirectory() as tmp:
     files = {"train": pathlib.Path(tmp) / "train.txt", "test": pathlib.Path(tmp) / "test.txt"}
-    train_rows = vs.read_rows(vs.DATA / spec["train"], spec["delimiter"])
-    vs.write_fasttext_file(files["train"], [label for label, _ in train_rows],
-                           vs.fasttext_lines([t for _, t in train_rows]))
-    vs.write_fasttext_file(files["test"], list(gold["test"]), lines["test"])
+    train_rows = harness.read_rows(harness.DATA / spec["train"], spec["delimiter"])
+    harness.write_fasttext_file(files["train"], [label for label, _ in train_rows],
+                                harness.fasttext_lines([t for _, t in train_rows]))
+    harness.write_fasttext_file(files["test"], list(gold["test"]), lines["test"])
     for seed in range(args.seeds):
       labels, reported = fasttext_predictions(seed, lines, files, args.threads)
       _check("fastText", seed, labels["test"], gold["test"], reported)
@@ -111,8 +111,10 @@ def main() -> None:
 
   print(f"SST-2, {args.seeds} seeds per system, mean over seeds; difference embedlab - fastText "
         f"with a 95% paired bootstrap interval over the examples ({args.bootstrap} resamples)")
-  print(f"{'split':6} {'examples':>8} {'fastText':>9} {'embedlab':>9} {'disagree':>9} "
-        f"{'difference':>11} {'95% interval':>20}")
+  table = harness.Table([("split", "6"), ("examples", ">8d"), ("fastText", ">9.4f"),
+                         ("embedlab", ">9.4f"), ("disagree", ">9.3f"), ("difference", "+11.4f"),
+                         ("95% interval", ">20")], sep=" ")
+  print(table.header())
   for split in SPLITS:
     correct = {name: np.array(p[split]) == gold[split][None, :]
                for name, p in predictions.items()}
@@ -126,10 +128,9 @@ def main() -> None:
            "embedlab_accuracy_per_seed": correct["embedlab"].mean(1).round(4).tolist(),
            "disagreement": disagree, "difference": diff, "interval_95": [low, high]}
     figures[split] = row
-    print(f"{split:6} {row['examples']:8d} {row['fasttext_accuracy']:9.4f} "
-          f"{row['embedlab_accuracy']:9.4f} {disagree:9.3f} {diff:+11.4f} "
-          f"{f'[{low:+.4f}, {high:+.4f}]':>20}")
-  print(json.dumps(figures))
+    print(table.row(split, row["examples"], row["fasttext_accuracy"], row["embedlab_accuracy"],
+                    disagree, diff, f"[{low:+.4f}, {high:+.4f}]"))
+  harness.emit(figures)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,17 @@ device-side reduction plus one host callback per call) against oob="clip" (unche
 Prints a table and ends with one JSON line of figures.
 """
 
-import json
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import harness
+
 import embedlab as el
 
-
-def median_ms(fn, *args, repeats=50):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return float(np.median(times))
+TABLE = harness.Table([("fn", "<7"), ("ids", "<9"), ("oob=error ms", ">13.4f"),
+                       ("oob=clip ms", ">12.4f"), ("overhead us", ">12.1f"), ("ratio", ">6.3f")],
+                      sep=" ")
 
 
 def main():
@@ -35,16 +28,15 @@ def main():
       fn = getattr(el, fn_name)
       checked = jax.jit(lambda p, i, fn=fn: fn(p, i, oob="error"))
       unchecked = jax.jit(lambda p, i, fn=fn: fn(p, i, oob="clip"))
-      t_err, t_clip = median_ms(checked, params, ids), median_ms(unchecked, params, ids)
+      t_err = harness.time_ms(checked, params, ids, repeats=50)
+      t_clip = harness.time_ms(unchecked, params, ids, repeats=50)
       rows.append({"fn": fn_name, "ids": f"{batch}x{length}", "error_ms": round(t_err, 4),
                    "clip_ms": round(t_clip, 4), "overhead_us": round((t_err - t_clip) * 1e3, 1),
                    "ratio": round(t_err / t_clip, 3)})
-  print(f"{'fn':<7} {'ids':<9} {'oob=error ms':>13} {'oob=clip ms':>12} {'overhead us':>12} "
-        f"{'ratio':>6}")
+  print(TABLE.header())
   for r in rows:
-    print(f"{r['fn']:<7} {r['ids']:<9} {r['error_ms']:>13.4f} {r['clip_ms']:>12.4f} "
-          f"{r['overhead_us']:>12.1f} {r['ratio']:>6.3f}")
-  print(json.dumps({"benchmark": "oob_check", "backend": jax.default_backend(), "rows": rows}))
+    print(TABLE.row(r["fn"], r["ids"], r["error_ms"], r["clip_ms"], r["overhead_us"], r["ratio"]))
+  harness.emit({"benchmark": "oob_check", "backend": jax.default_backend(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Padded-bag pooling strategies (embedlab/pooling.py) on this backend: forward and forward+backward.
+"""Padded-bag pooling strategies (embedlab/pooling.py) on this backend: forward, forward+backward.
 
   python benchmarks/pooling.py
 
@@ -8,12 +8,10 @@ shape with V = B*L + 1 is the localized table of a sparse train step. Prints a t
 ``choose_strategy`` picks, then one JSON line.
 """
 
-import json
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+import harness
 
 from embedlab import pooling
 
@@ -21,23 +19,17 @@ SHAPES = [  # V, D, B, L
     (16385, 64, 256, 64),        # the sparse step's localized table (step_scaling.py)
     (100_000, 16, 1024, 32),
     (262_145, 128, 4096, 64),
-    (1 << 20, 128, 16384, 64),   # issue 4's case
+    (1 << 20, 128, 16384, 64),   # the large pooling case of vs_torch.py
 ]
 
 
-def median_ms(fn, *args, repeats=5):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+TABLE = harness.Table([("V x D, B x L", "<28"), ("strategy", ">10"), ("fwd ms", ">10.2f"),
+                       ("fwd+bwd ms", ">12.2f"), ("auto", ">8")])
 
 
 def main():
   figures = []
-  print(f"{'V x D, B x L':<28}{'strategy':>10}{'fwd ms':>10}{'fwd+bwd ms':>12}{'auto':>8}")
+  print(TABLE.header())
   for rows, features, batch, bag_len in SHAPES:
     table = jax.random.normal(jax.random.key(0), (rows, features))
     ids = jax.random.randint(jax.random.key(1), (batch, bag_len), 1, rows)
@@ -48,14 +40,15 @@ def main():
       def fwd(t, s=strategy):
         return pooling.pool_padded(t, ids, w, mask, "sum", strategy=s)
       grad = jax.jit(jax.grad(lambda t, f=fwd: jnp.sum(f(t) ** 2)))
-      f_ms, g_ms = median_ms(jax.jit(fwd), table), median_ms(grad, table, repeats=3)
+      f_ms = harness.time_ms(jax.jit(fwd), table)
+      g_ms = harness.time_ms(grad, table, repeats=3)
       name = f"{rows} x {features}, {batch} x {bag_len}"
       figures.append({"rows": rows, "features": features, "batch": batch, "bag_len": bag_len,
                       "strategy": strategy, "fwd_ms": round(f_ms, 3), "fwd_bwd_ms": round(g_ms, 3),
                       "auto": auto})
-      print(f"{name:<28}{strategy:>10}{f_ms:>10.2f}{g_ms:>12.2f}{auto:>8}", flush=True)
-  print(json.dumps({"benchmark": "pooling", "backend": jax.default_backend(),
-                    "jax": jax.__version__, "figures": figures}))
+      print(TABLE.row(name, strategy, f_ms, g_ms, auto), flush=True)
+  harness.emit({"benchmark": "pooling", "backend": jax.default_backend(),
+                "jax": jax.__version__, "figures": figures})
 
 
 if __name__ == "__main__":

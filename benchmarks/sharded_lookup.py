@@ -11,20 +11,16 @@ cores: the numbers compare the two programs, not a real 8-device machine.
 The last line of output is JSON.
 """
 
-import os
+import harness
 
-# before JAX starts: 8 simulated CPU devices (a process-wide setting, so only in entry points)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+harness.simulate_cpu_devices(8)  # before JAX starts: 8 simulated CPU devices
 
 import functools  # noqa: E402
-import json  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from pooling import median_ms  # noqa: E402  (benchmarks/pooling.py: the shared timer)
 from embedlab import sharding  # noqa: E402
 
 SHAPES = (  # (num_embeddings, features, batch, bag_len)
@@ -33,14 +29,16 @@ SHAPES = (  # (num_embeddings, features, batch, bag_len)
 )
 MESHES = ((8, 1), (4, 2), (1, 8))
 REPEATS = 10
+TABLE = harness.Table([("V", ">8"), ("D", ">4"), ("BxL", ">8"), ("mesh", ">5"), ("|", None),
+                       ("lookup shard_map", ">16.2f"), ("lookup xla", ">10.2f"), ("|", None),
+                       ("bag shard_map", ">13.2f"), ("bag xla", ">8.2f")], sep=" ")
 
 
 def main():
   rows = []
   print(f"devices: {len(jax.devices())} x {jax.devices()[0].platform}; median of {REPEATS} "
         f"calls, ms")
-  print(f"{'V':>8} {'D':>4} {'BxL':>8} {'mesh':>5} | {'lookup shard_map':>16} {'lookup xla':>10} "
-        f"| {'bag shard_map':>13} {'bag xla':>8}")
+  print(TABLE.header())
   for num_embeddings, features, batch, bag_len in SHAPES:
     table = el.init_table(jax.random.key(0), num_embeddings, features)
     ids_np = np.random.default_rng(0).integers(
@@ -61,14 +59,14 @@ def main():
                                  paths["bag xla"](params, ids), rtol=1e-5, atol=1e-6)
       row = dict(num_embeddings=num_embeddings, features=features, batch=batch,
                  bag_len=bag_len, mesh=f"{data}x{model}")
-      row.update({name: round(median_ms(fn, params, ids, repeats=REPEATS), 3)
+      row.update({name: round(harness.time_ms(fn, params, ids, repeats=REPEATS), 3)
                   for name, fn in paths.items()})
       rows.append(row)
-      print(f"{num_embeddings:>8} {features:>4} {f'{batch}x{bag_len}':>8} {row['mesh']:>5} | "
-            f"{row['lookup shard_map']:>16.2f} {row['lookup xla']:>10.2f} | "
-            f"{row['bag shard_map']:>13.2f} {row['bag xla']:>8.2f}")
-  print(json.dumps({"benchmark": "sharded_lookup", "unit": "ms", "devices": len(jax.devices()),
-                    "results": rows}))
+      print(TABLE.row(num_embeddings, features, f"{batch}x{bag_len}", row["mesh"],
+                      row["lookup shard_map"], row["lookup xla"], row["bag shard_map"],
+                      row["bag xla"]))
+  harness.emit({"benchmark": "sharded_lookup", "unit": "ms", "devices": len(jax.devices()),
+                "results": rows})
 
 
 if __name__ == "__main__":

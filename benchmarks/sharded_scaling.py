@@ -22,20 +22,17 @@ The last line of output is JSON.
 import argparse
 import os
 
-# before JAX starts: 8 simulated CPU devices (a process-wide setting, so only in entry points)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+import harness
+
+harness.simulate_cpu_devices(8)  # before JAX starts: 8 simulated CPU devices
 
 import functools  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from pooling import median_ms  # noqa: E402  (benchmarks/pooling.py: the shared timer)
 from embedlab import config as config_lib  # noqa: E402
 from embedlab import models as models_lib  # noqa: E402
 from embedlab import optim as optim_lib  # noqa: E402
@@ -48,15 +45,15 @@ FEATURES, BATCH, BAG_LEN, CLASSES = 64, 512, 32, 4
 
 
 def time_steps_ms(step, state, ids, labels, repeats):
-  state, sums = step(state, ids, labels)  # compile
-  jax.block_until_ready(sums)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+  """Median ms of ``step(state, ids, labels)``, the state carried from call to call, after
+  one call that compiles it."""
+
+  def call():
+    nonlocal state
     state, sums = step(state, ids, labels)
-    jax.block_until_ready(sums)
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+    return sums
+
+  return harness.time_ms(call, repeats=repeats)
 
 
 def bag_times(mesh, table, ids_np, repeats):
@@ -65,8 +62,8 @@ def bag_times(mesh, table, ids_np, repeats):
   shard_map = jax.jit(functools.partial(sharding.sharded_bag, mesh=mesh, padding_id=0))
   xla = jax.jit(functools.partial(el.bag, padding_id=0))
   np.testing.assert_allclose(shard_map(params, ids), xla(params, ids), rtol=1e-5, atol=1e-6)
-  return {"bag shard_map": median_ms(shard_map, params, ids, repeats=repeats),
-          "bag xla": median_ms(xla, params, ids, repeats=repeats)}
+  return {"bag shard_map": harness.time_ms(shard_map, params, ids, repeats=repeats),
+          "bag xla": harness.time_ms(xla, params, ids, repeats=repeats)}
 
 
 def step_time(mesh, rows, ids_np, labels_np, tables, lookup, repeats):
@@ -133,9 +130,9 @@ def main():
     print(f"{n:>7} | {cells[0]:>8.2f} {cells[1]:>8.2f} | "
           + " ".join(f"{c:>10.2f}" for c in cells[2:5]) + " | "
           + " ".join(f"{c:>10.2f}" for c in cells[5:]))
-  print(json.dumps({"benchmark": "sharded_scaling", "unit": "ms", "rows": args.rows,
-                    "features": FEATURES, "batch": BATCH, "bag_len": BAG_LEN,
-                    "cores": os.cpu_count(), "results": results}))
+  harness.emit({"benchmark": "sharded_scaling", "unit": "ms", "rows": args.rows,
+                "features": FEATURES, "batch": BATCH, "bag_len": BAG_LEN,
+                "cores": os.cpu_count(), "results": results})
 
 
 if __name__ == "__main__":

@@ -14,18 +14,18 @@ Prints a table, then one JSON line.
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
+
+import harness
 
 ROWS, FEATURES, STEPS = 1 << 22, 64, 5
 
 
 def child(method: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.dirname(__file__))
-  import step_scaling  # pylint: disable=import-outside-toplevel
+  import step_scaling  # pylint: disable=import-outside-toplevel  (beside this file: the model)
   from embedlab import sparse  # pylint: disable=import-outside-toplevel
 
   def rss_mib(field):
@@ -51,8 +51,8 @@ def child(method: str) -> None:
   for i in range(STEPS):
     *state, loss = step(*state, *batches[i % len(batches)])
   jax.block_until_ready((state, loss))
-  print(json.dumps({"baseline_mib": baseline, "after_init_peak_mib": after_init,
-                    "peak_mib": rss_mib("VmHWM"), "step_temp_bytes": temp}))
+  harness.emit({"baseline_mib": baseline, "after_init_peak_mib": after_init,
+                "peak_mib": rss_mib("VmHWM"), "step_temp_bytes": temp})
 
 
 def run(method: str) -> dict:
@@ -81,14 +81,16 @@ def main():
     results["dense_adam"] = run("dense_adam")
   print(f"table {ROWS:,} x {FEATURES} float32 = {table_mib:.0f} MiB; with two Adam slots "
         f"{budget_mib:.0f} MiB")
-  print(f"{'method':<12}{'peak RSS MiB':>14}{'x (table+slots)':>17}{'python+jax MiB':>16}"
-        f"{'step temp MiB':>15}")
+  table = harness.Table([("method", "<12"), ("peak RSS MiB", ">14.0f"),
+                         ("x (table+slots)", ">17.2f"), ("python+jax MiB", ">16.0f"),
+                         ("step temp MiB", ">15.1f")])
+  print(table.header())
   for name, r in results.items():
     r["ratio_to_table_and_slots"] = r["peak_mib"] / budget_mib
-    print(f"{name:<12}{r['peak_mib']:>14.0f}{r['ratio_to_table_and_slots']:>17.2f}"
-          f"{r['baseline_mib']:>16.0f}{r['step_temp_bytes'] / 2 ** 20:>15.1f}")
-  print(json.dumps({"benchmark": "sparse_memory", "rows": ROWS, "features": FEATURES,
-                    "table_and_slots_mib": budget_mib, "steps": STEPS, "results": results}))
+    print(table.row(name, r["peak_mib"], r["ratio_to_table_and_slots"], r["baseline_mib"],
+                    r["step_temp_bytes"] / 2 ** 20))
+  harness.emit({"benchmark": "sparse_memory", "rows": ROWS, "features": FEATURES,
+                "table_and_slots_mib": budget_mib, "steps": STEPS, "results": results})
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ median test accuracy is over independent trainings on both sides, not one embedl
 
 "cold" runs start with an empty encoded-data cache, an empty Hugging Face datasets cache and an
 empty JAX compilation cache (``EMBEDLAB_COMPILE_CACHE``), so they compile every program; "warm"
-runs reuse all three (the caches of the cold run of the same seed). ``compile_seconds`` (from JAX's own compile events, inside the phases) is
-the tracing, lowering and XLA compilation (or, warm, the cache reads) of the run.
+runs reuse all three (the caches of the cold run of the same seed). ``compile_seconds`` (from
+JAX's own compile events, inside the phases) is the tracing, lowering and XLA compilation (or,
+warm, the cache reads) of the run.
 
 ``cpu_seconds``: the job's user + system CPU time over all its processes and threads (fastText:
 this process's time over the job, its training threads included; embedlab: the child process,
@@ -35,12 +36,8 @@ Prints a table per dataset and ends with one JSON line of all figures.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
 import os
 import pathlib
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,48 +45,12 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-DATA = pathlib.Path(os.environ.get("EMBEDLAB_DATA", REPO.parent / "shared" / "data"))
+import harness
+from harness import DATA, DATASETS, children_cpu, run_embedlab
 
-DATASETS = {
-    "sst2": {"train": "sst2/train.tsv.gz", "test": "sst2/test.tsv.gz", "delimiter": "\t",
-             "experiment": "experiments/sst2_fasttext.py",
-             # the best on SST-2 dev of fastText's documented settings tried (lr 0.05-0.5,
-             # dim 10/100, 5/10 epochs, bigrams, 2M buckets): dev 0.8245
-             "fasttext": dict(lr=0.1, dim=100, epoch=5, wordNgrams=2, bucket=2_000_000,
-                              minCount=1)},
-    "imdb": {"train": "imdb/train.csv.gz", "test": "imdb/test.csv.gz", "delimiter": ",",
-             "experiment": "experiments/imdb_fasttext.py",
-             # best on a seeded 10% dev carve-out of train, same grid: dev 0.910
-             "fasttext": dict(lr=0.25, dim=10, epoch=10, wordNgrams=2, bucket=2_000_000,
-                              minCount=1)},
-}
-
-
-def read_rows(path: pathlib.Path, delimiter: str):
-  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-  with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
-    reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
-    return [(r["label"], r["text"]) for r in reader]
-
-
-def fasttext_lines(texts: list[str]) -> list[str]:
-  """Each text as fastText reads it: embedlab's tokens, joined by spaces."""
-  from embedlab import text  # noqa: PLC0415
-
-  return [" ".join(tokens) for tokens in text.tokenize_many(texts)]
-
-
-def write_fasttext_file(path: pathlib.Path, labels: list[str], lines: list[str]) -> None:
-  """A file in fastText's supervised format: ``__label__<label> <tokens>`` per line."""
-  path.write_text("".join(f"__label__{label} {line}\n" for label, line in zip(labels, lines)))
-
-
-def train_fasttext(train_file: pathlib.Path, settings: dict, threads: int, seed: int):
-  import fasttext  # noqa: PLC0415 - the bench extra
-
-  return fasttext.train_supervised(str(train_file), thread=threads, verbose=0, seed=seed,
-                                   **settings)
+TABLE = harness.Table([("", "16"), ("test acc", ">9.4f"), ("mean", ">7.4f"),
+                       ("seconds", ">9.2f"), ("ratio", ">7.2f"), ("CPU s", ">7.2f"),
+                       ("CPU s / threads", ">16.2f")], sep=" ")
 
 
 def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
@@ -98,12 +59,12 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     files = {}
     for split in ("train", "test"):
-      rows = read_rows(DATA / spec[split], spec["delimiter"])
+      rows = harness.read_rows(DATA / spec[split], spec["delimiter"])
       files[split] = pathlib.Path(tmp) / f"{split}.txt"
-      write_fasttext_file(files[split], [label for label, _ in rows],
-                          fasttext_lines([t for _, t in rows]))
+      harness.write_fasttext_file(files[split], [label for label, _ in rows],
+                                  harness.fasttext_lines([t for _, t in rows]))
     prepared = time.perf_counter()
-    model = train_fasttext(files["train"], settings, threads, seed)
+    model = harness.train_fasttext(files["train"], settings, threads, seed)
     trained = time.perf_counter()
     _, accuracy, _ = model.test(str(files["test"]))
   end = time.perf_counter()
@@ -112,25 +73,6 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
           "cpu_seconds": time.process_time() - cpu_start,
           "data_seconds": prepared - start, "train_seconds": trained - prepared,
           "test_seconds": end - trained}
-
-
-def embedlab_env(cache: pathlib.Path, threads: int) -> dict[str, str]:
-  """The environment of an ``embedlab train`` job: its caches (encoded data, Hugging Face, JAX
-  compilation) under ``cache`` (empty: a cold job), the data directory, ``threads``."""
-  return dict(os.environ, EMBEDLAB_CACHE=str(cache / "encoded"),
-              HF_DATASETS_CACHE=str(cache / "hf"), EMBEDLAB_COMPILE_CACHE=str(cache / "jax"),
-              EMBEDLAB_DATA=str(DATA),
-              OMP_NUM_THREADS=str(threads))  # XLA:CPU uses the machine's cores (2 here)
-
-
-def run_embedlab(name: str, workdir: str, cache: pathlib.Path, threads: int, seed: int) -> dict:
-  """``embedlab train experiments/<name>_fasttext.py`` with seed ``seed`` in a fresh process,
-  its caches under ``cache`` (``embedlab_env``); its results.json."""
-  env = embedlab_env(cache, threads)
-  subprocess.run([sys.executable, "-m", "embedlab.cli", "train", DATASETS[name]["experiment"],
-                  "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
-                 cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-  return json.loads((pathlib.Path(workdir) / "results.json").read_text())
 
 
 def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int) -> dict:
@@ -147,13 +89,6 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed:
   # encoder, the end of the run after the test phase, process exit
   return {"test_accuracy": results["test_accuracy"], "seconds": seconds, "cpu_seconds": cpu,
           **timings, "outside_phases_seconds": seconds - phases}
-
-
-def children_cpu() -> float:
-  """User + system CPU seconds of every finished child process waited for, their own children
-  included (embedlab's forked data encoder and its tokenizing workers)."""
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
 
 
 def jax_startup_seconds() -> float:
@@ -202,18 +137,17 @@ def main() -> None:
     summary["embedlab_phases_cold"] = phase_medians(cold)
     figures[name] = {**summary, "runs": row, "fasttext_settings": DATASETS[name]["fasttext"]}
     print(f"\n{name}: median of {args.repeats} (whole job, seconds; test accuracy also the mean)")
-    print(f"{'':16} {'test acc':>9} {'mean':>7} {'seconds':>9} {'ratio':>7} {'CPU s':>7} "
-          f"{'CPU s / threads':>16}")
+    print(TABLE.header())
     for key, label in (("fasttext", "fastText"), ("embedlab_cold", "embedlab cold"),
                        ("embedlab_warm", "embedlab warm")):
-      ratio = "" if key == "fasttext" else f"{summary['ratio_' + key.split('_')[1]]:7.2f}"
-      print(f"{label:16} {summary[key]['test_accuracy']:9.4f} "
-            f"{summary[key]['test_accuracy_mean']:7.4f} {summary[key]['seconds']:9.2f} {ratio:>7} "
-            f"{summary[key]['cpu_seconds']:7.2f} {summary[key]['cpu_seconds'] / args.threads:16.2f}")
+      ratio = None if key == "fasttext" else summary["ratio_" + key.split("_")[1]]
+      print(TABLE.row(label, summary[key]["test_accuracy"], summary[key]["test_accuracy_mean"],
+                      summary[key]["seconds"], ratio, summary[key]["cpu_seconds"],
+                      summary[key]["cpu_seconds"] / args.threads))
     print("embedlab phases (warm):", summary["embedlab_phases_warm"])
     print("embedlab phases (cold):", summary["embedlab_phases_cold"])
   print(f"python + jax + embedlab import: {figures['python_jax_embedlab_import_seconds']} s")
-  print(json.dumps(figures))
+  harness.emit(figures)
 
 
 if __name__ == "__main__":

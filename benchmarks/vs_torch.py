@@ -5,7 +5,7 @@
   * step: ``EmbeddingBag(sparse=True)`` + ``SparseAdam`` (and ``Adam`` for a [64, 16] linear
     layer, softmax cross-entropy) vs ``embedlab.sparse.localize`` + ``bag`` + ``sparse_lazy_adam``
     (and ``optax.adam`` for the linear layer), donated and jitted;
-  * the pooling case of issue 4: forward of 16,384 bags of 64 ids from a 1M x 128 table.
+  * the large pooling case: forward of 16,384 bags of 64 ids from a 1M x 128 table.
 
   pip install torch==2.13.0   # the CPU wheel
   python benchmarks/vs_torch.py
@@ -13,32 +13,27 @@
 Prints a table with embedlab / torch time ratios (below 1: embedlab faster), then one JSON line.
 """
 
-import json
 import os
 import platform
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import step_scaling  # noqa: E402  (same model, batches and jitted sparse step)
+import harness
+import step_scaling  # beside this file: the same model, batches and jitted sparse step
 
-import embedlab as el  # noqa: E402
-from embedlab import sparse  # noqa: E402
+import embedlab as el
+from embedlab import sparse
+
+TABLE = harness.Table([("case", "<44"), ("embedlab ms", ">12.2f"), ("torch ms", ">10.2f"),
+                       ("ratio", ">8.2f")])
 
 
-def median_ms(fn, repeats, warmup=2):
-  times = []
-  for i in range(repeats + warmup):
-    start = time.perf_counter()
-    fn()
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+def median_ms(fn, repeats):
+  """Median ms of ``fn()`` (which waits for its own result) after two warm-up calls."""
+  return harness.time_ms(fn, repeats=repeats, warmup=2)
 
 
 def torch_forward(table, ids, repeats):
@@ -89,7 +84,7 @@ def main():
   torch.set_num_threads(os.cpu_count() or 1)
   rows_list = [1 << 14, 1 << 18, 1 << 22]
   figures = []
-  print(f"{'case':<44}{'embedlab ms':>12}{'torch ms':>10}{'ratio':>8}")
+  print(TABLE.header())
   for rows in rows_list:
     batches = step_scaling.make_batches(rows)
     table = jax.random.normal(jax.random.key(0), (rows, step_scaling.FEATURES))
@@ -102,7 +97,7 @@ def main():
     for name, ours, theirs in cases:
       figures.append({"case": name, "embedlab_ms": round(ours, 3), "torch_ms": round(theirs, 3),
                       "ratio": round(ours / theirs, 3)})
-      print(f"{name:<44}{ours:>12.2f}{theirs:>10.2f}{ours / theirs:>8.2f}", flush=True)
+      print(TABLE.row(name, ours, theirs, ours / theirs), flush=True)
   rng = np.random.default_rng(1)
   table = jax.random.normal(jax.random.key(0), (1 << 20, 128))
   ids = jnp.asarray(rng.integers(0, 1 << 20, size=(16384, 64)).astype(np.int32))
@@ -110,10 +105,10 @@ def main():
   ours, theirs = jax_forward(table, ids, 5), torch_forward(table, ids, 5)
   figures.append({"case": name, "embedlab_ms": round(ours, 3), "torch_ms": round(theirs, 3),
                   "ratio": round(ours / theirs, 3)})
-  print(f"{name:<44}{ours:>12.2f}{theirs:>10.2f}{ours / theirs:>8.2f}")
-  print(json.dumps({"benchmark": "vs_torch", "figures": figures, "torch": torch.__version__,
-                    "jax": jax.__version__, "torch_threads": torch.get_num_threads(),
-                    "machine": platform.processor() or platform.machine()}))
+  print(TABLE.row(name, ours, theirs, ours / theirs))
+  harness.emit({"benchmark": "vs_torch", "figures": figures, "torch": torch.__version__,
+                "jax": jax.__version__, "torch_threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine()})
 
 
 if __name__ == "__main__":

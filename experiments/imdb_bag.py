@@ -4,7 +4,7 @@ What it reproduces: the neural bag-of-words baseline on the IMDB Large Movie Rev
 (Maas et al. 2011; 25,000 train / 25,000 test reviews from ../shared/data/imdb), reported at
 88.9% test accuracy by Iyyer et al. 2015 (NBOW), and fastText with bigrams. A dev split of 10%
 is carved out of train by seed for model selection; test is used once at the end.
-Goal (issue 3): test accuracy >= 88.9%.
+Goal: test accuracy >= 88.9%.
 
 Measured on a 2-core CPU (RESULTS.md): dev 0.9104, test 0.9014 (best dev at step 1,500 of
 2,109); 73 s of training with row-sparse lazy Adam on a CPU shared with other work.

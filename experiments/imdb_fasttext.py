@@ -1,38 +1,15 @@
 """IMDB, embedlab's fastText: word + hashed-bigram embeddings, mean bag, linear classifier.
 
 What it reproduces: fastText's supervised classifier (Joulin et al. 2017) with bigrams on the
-IMDB reviews (../shared/data/imdb; a seeded 10% of train is the dev split used for tuning),
-measured side by side with the `fasttext` package by `benchmarks/vs_fasttext.py` on the same
-files and tokens. Row-sparse lazy Adam on the table, 9 steps per dispatch, ragged batches, one
-evaluation per epoch, fastText's end-of-text token, data read and tokenized by one forked
-process per file, cached encoded data. Tuned on dev: 1 epoch of 16 features dev 0.900; 2
-epochs of 32 features, lazy Adam lr 0.004, dev 0.907 (test 0.9008); the same with the table
-factorized (340,353 x 8 times 8 x 32), dev 0.9092 and half the train-loop time. Session 5, lr
-0.004 / 0.008 / 0.016: 2 epochs dev 0.9092 / 0.9080 / 0.8980, 1 epoch 0.9052 / 0.8996 /
-0.8980. Kept by the one-standard-error rule (dev's is 0.6 points): 1 epoch at lr 0.004, half
-the train loop again.
+IMDB reviews (../shared/data/imdb; a seeded 10% of train is the dev split), compared side by
+side with the `fasttext` package by `benchmarks/vs_fasttext.py` on the same files and tokens:
+</s> ending every text, a factorized table (340,353 x 8 times 8 x 32), row-sparse lazy Adam,
+ragged batches, one epoch.
 
-Measured on a 2-core CPU (BENCHMARKS.md, session 5, `python benchmarks/vs_fasttext.py --repeats 3`,
-median of 3): test accuracy 0.8978 (dev 0.9060). The whole job takes 10.5 s with every cache
-cold (data 5.4 s, compiling 1.9 s), and 3.9 s warm (train loop 1.7 s). fastText in the same
-benchmark: 12.4 s, and 0.8114 median (its 2-thread runs at lr 0.25 spread from 0.60 to 0.90
-across runs: it diverges about one time in three). Ratios embedlab / fastText: 0.85 cold,
-0.32 warm (0.98, 0.97, 0.88 and 0.83 cold in earlier runs of this session). Session 8, same
-command and experiment, commit 7bd3766: 0.8978; cold 9.84 s, warm 3.60 s; fastText 12.24 s and
-0.8537 median (0.8537 / 0.7896 / 0.8975); ratios 0.80 cold, 0.29 warm. Session 9, commit 11597fa:
-0.8978; cold 9.68 s, warm 3.73 s; fastText 11.64 s and 0.8965 median (0.8971 / 0.8965 /
-0.8064); ratios 0.83 cold, 0.32 warm.
-
-Session 6 (the data encoded on a forked process while JAX loads, no interpreter teardown, the
-same experiment; seeds 0, 1, 2 on both sides, `python benchmarks/vs_fasttext.py --repeats 3`):
-test 0.8978 median (0.8978 / 0.8986 / 0.8956); 12.3 s cold, 4.6 s warm, on a slower moment of
-the machine (Python + JAX import 0.73 s); fastText 13.7 s and 0.5960 median (two of its three
-runs diverged; the third 0.8291). Ratios 0.90 cold, 0.33 warm.
-
-Session 7 (the compilation-cache setting no longer imports JAX before the forked encoding;
-checkpoints written without zstd; the same experiment, seeds 0, 1, 2, an idle machine): test
-0.8978 median (0.8978 / 0.8986 / 0.8956); 9.87 s cold, 3.87 s warm; fastText 11.62 s and
-0.8970 median (0.8975 / 0.8534 / 0.8970). Ratios **0.85** cold, **0.33** warm.
+Measured on a 2-core CPU (BENCHMARKS.md, commit 11597fa, seeds 0-2): test 0.8978 median (dev
+0.9060), fastText 0.8965 (its 2-thread runs at lr 0.25 diverge about one time in three). The
+whole job takes 9.68 s cold and 3.73 s warm, against fastText's 11.64 s (ratios 0.83 and
+0.32). Tuning: RESULTS.md.
 
 Command:
   embedlab train experiments/imdb_fasttext.py

@@ -2,7 +2,7 @@
 
 What it reproduces: fastText-style sentiment classification on GLUE SST-2 (67,349 train
 phrases, 872 dev, 1,821 labelled test sentences from ../shared/data/sst2): the mean of word and
-hashed-bigram embeddings, then a linear classifier. Goal (issue 3): test accuracy >= 81%.
+hashed-bigram embeddings, then a linear classifier. Goal: test accuracy >= 81%.
 
 Measured on a 2-core CPU (RESULTS.md): dev 0.8142, test 0.8237 (best dev at step 1,500 of
 5,260); 20 s of training with row-sparse SGD (dense Adam on the same table: 7.5 min).

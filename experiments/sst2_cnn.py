@@ -3,7 +3,7 @@
 What it reproduces: Kim 2014, "Convolutional Neural Networks for Sentence Classification",
 CNN-rand on binary SST (reported 82.7% test accuracy), on GLUE SST-2 phrases for training
 (../shared/data/sst2): filter widths 3, 4, 5 with 100 maps each, max-over-time pooling,
-dropout 0.5. Goal (issue 3): test accuracy >= 82.7%.
+dropout 0.5. Goal: test accuracy >= 82.7%.
 
 Measured on a 2-core CPU (RESULTS.md): dev 0.8303, test 0.8325 (best dev at step 3,750 of
 4,038); 370 s of training on a CPU shared with other work.

@@ -4,7 +4,7 @@ What it reproduces: Kim 2014's finding that pretrained vectors help the CNN (CNN
 here with the 50d GloVe vectors in ../shared/data/glove6b50d (100k most frequent words): the
 table's first 50 columns start from GloVe (scaled by 0.3 to the random init's scale; 12,541 of
 13,835 words found), the other 128 are sst2_cnn's random uniform(-0.25, 0.25) columns, and all
-are fine-tuned. Goal (issue 3): test accuracy above sst2_cnn's (0.8325).
+are fine-tuned. Goal: test accuracy above sst2_cnn's (0.8325).
 
 Measured on a 2-core CPU (RESULTS.md): dev 0.8383, test 0.8364 (sst2_cnn: 0.8303 / 0.8325);
 440 s of training, shared CPU. GloVe as the whole table did worse than random (test 0.793
