@@ -1,5 +1,4 @@
-"""Tests that need changes outside the reliability helper's files (see the report to the lead):
-rename to tests/test_reliability_wiring.py once they are applied.
+"""Checks that span modules:
 
 1. ``train.build`` calls ``resources.check_fits`` before allocating anything.
 2. ``models``: cnn / bilstm name a wrong-rank ``ids`` instead of failing deep inside XLA.

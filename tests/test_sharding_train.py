@@ -1,4 +1,4 @@
-"""Training on a device mesh (issue 8): 8 simulated CPU devices, two processes, and checkpoints
+"""Training on a device mesh: 8 simulated CPU devices, two processes, and checkpoints
 moved between device counts.
 
 JAX fixes its device count when it starts and this pytest process has one CPU device, so the
