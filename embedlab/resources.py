@@ -290,7 +290,7 @@ def check_fits(cfg: config_lib.Config, num_embeddings: int, num_classes: int, se
     ...   check_fits(Config(), 10_000_000, 2, 64, available=2**30)
     ... except ResourceError as e:
     ...   print(str(e).split(" (")[0])
-    resources: this config needs about 9.5 GiB
+    resources: this config needs about 14.3 GiB
   """
   estimate = estimate_bytes(cfg, num_embeddings, num_classes, seq_len)
   source = "given"
