@@ -14,8 +14,8 @@ Two gates, both without allocating:
   model's ``stages`` when it needs more. ``check_fits`` compares the total with the memory
   available (the device's own count where the backend reports one, ``MemAvailable`` of the host
   otherwise) and fails early with both numbers and settings that would fit.
-* ``compiled_bytes`` / ``check_compiled_fits`` read XLA's own ``memory_analysis()`` of a
-  compiled step (``jax.jit(step).lower(*shapes).compile()``; ``jax.ShapeDtypeStruct`` arguments
+* ``compiled_bytes`` / ``check_compiled_fits`` / ``check_step_fits`` read XLA's own
+  ``memory_analysis()`` of a compiled step (``jax.jit(step).lower(*shapes).compile()``; ``jax.ShapeDtypeStruct`` arguments
   allocate nothing): arguments + outputs - donated (aliased) + temporaries.
 
 ``tests/test_resources.py`` checks that the estimate is within 1.5x of XLA's count for every
@@ -226,6 +226,45 @@ def check_compiled_fits(compiled: Any, *, available: int | None = None, device: 
       f"{human(budget)}). Nothing was allocated. Lower train.batch_size (activations grow with "
       "it), data.max_len, model.features or the hidden sizes, or use a row-sparse "
       "optim.tables.")
+
+
+def check_step_fits(jitted: Any, *args: Any, available: int | None = None, device: Any = None,
+                    what: str = "the train step") -> tuple[Any, dict[str, int]]:
+  """Compiles ``jitted`` for the shapes, dtypes and shardings of ``args`` and checks it with
+  ``check_compiled_fits`` before it runs; ``args`` may be arrays or ``jax.ShapeDtypeStruct``s
+  (nothing is allocated for those).
+
+  Args:
+    jitted: a ``jax.jit``-wrapped function (donation and shardings as it will run).
+    *args: its arguments, or their shapes.
+    available, device, what: as for ``check_compiled_fits``.
+
+  Returns:
+    ``(compiled, compiled_bytes(compiled))``: ``compiled`` runs the same program on arguments
+    of these shapes and shardings, without compiling again.
+
+  Raises:
+    ResourceError: XLA's count exceeds ``HEADROOM`` of the memory available.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> step = jax.jit(lambda w, x: (w - 0.1 * x.mean(0), x.sum()), donate_argnums=0)
+    >>> compiled, need = check_step_fits(step, jnp.ones(4), jnp.ones((8, 4)))
+    >>> need["arguments"], compiled(jnp.ones(4), jnp.ones((8, 4)))[1].item()
+    (144, 32.0)
+  """
+  shapes = jax.tree.map(_shape_of, args)
+  compiled = jitted.lower(*shapes).compile()
+  return compiled, check_compiled_fits(compiled, available=available, device=device, what=what)
+
+
+def _shape_of(x: Any) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
 def available_bytes(device: Any = None) -> tuple[int | None, str]:

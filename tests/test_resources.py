@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from embedlab import config as config_lib, models, optim as optim_lib, resources, sparse, train
@@ -18,7 +19,7 @@ SMALL = ["model.features=16", "model.num_filters=8", "model.lstm_hidden=8", "mod
 TABLE_SETTINGS = {"plain": [], "hashed": ["model.table_buckets=200", "model.table_exact=300"],
                   "hash_embedding": ["model.table_buckets=200"], "qr": [],
                   "factorized": ["model.table_rank=4"]}
-DENSE = config_lib._CHOICES["optim.name"]
+DENSE = tuple(resources.DENSE_SLOTS)  # every dense optax optimizer of embedlab.optim
 SPARSE = tuple(sparse.SPARSE_OPTIMIZERS)
 
 
@@ -80,3 +81,26 @@ def test_estimate_is_within_1_5x_of_xla(model, table, optimizer):
   print(f"{model} {table} {optimizer}: estimate {estimate['total']:,} B, XLA {xla['total']:,} B, "
         f"ratio {ratio:.2f}")
   assert 1 / 1.5 <= ratio <= 1.5, (estimate, xla, ratio)
+
+
+def test_check_step_fits_refuses_with_xla_numbers_and_returns_the_same_program():
+  cfg = _config("bilstm", "plain", "adam")
+  model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
+  params = model.init(jax.random.key(0))
+  opt = optim_lib.make_optimizer(cfg.optim, params, 100)
+  state = train.TrainState(jnp.array(0, jnp.int32), params, opt.init(params),
+                           jax.random.PRNGKey(0))
+  step = jax.jit(train.make_train_step(model, opt, oob="clip"))
+  ids = jax.random.randint(jax.random.key(1), (8, SEQ_LEN), 0, ROWS, jnp.int32)
+  labels = jnp.arange(8, dtype=jnp.int32) % CLASSES
+  compiled, need = resources.check_step_fits(step, state, ids, labels)
+  assert need == resources.compiled_bytes(compiled) and need["temporaries"] > 0
+  new, sums = compiled(state, ids, labels)
+  ref, ref_sums = step(state, ids, labels)
+  for a, b in zip(jax.tree.leaves((new, sums)), jax.tree.leaves((ref, ref_sums))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(resources.ResourceError) as e:
+    resources.check_step_fits(step, state, ids, labels, available=need["total"] // 2)
+  msg = str(e.value)
+  assert f"needs {resources.human(need['total'])} by XLA's memory analysis" in msg
+  assert "Nothing was allocated" in msg and "train.batch_size" in msg
