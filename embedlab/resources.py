@@ -15,8 +15,9 @@ Two gates, both without allocating:
   available (the device's own count where the backend reports one, ``MemAvailable`` of the host
   otherwise) and fails early with both numbers and settings that would fit.
 * ``compiled_bytes`` / ``check_compiled_fits`` / ``check_step_fits`` read XLA's own
-  ``memory_analysis()`` of a compiled step (``jax.jit(step).lower(*shapes).compile()``; ``jax.ShapeDtypeStruct`` arguments
-  allocate nothing): arguments + outputs - donated (aliased) + temporaries.
+  ``memory_analysis()`` of a compiled step (``jax.jit(step).lower(*shapes).compile()``;
+  ``jax.ShapeDtypeStruct`` arguments allocate nothing): arguments + outputs - donated (aliased)
+  + temporaries.
 
 ``tests/test_resources.py`` checks that the estimate is within 1.5x of XLA's count for every
 model, table variant and optimizer.

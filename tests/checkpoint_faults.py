@@ -10,8 +10,8 @@ Two environment variables, read when ``install()`` runs:
 
 ``install()`` wraps orbax's ``AtomicRenameTemporaryPath.finalize`` (the commit of a step
 directory; the items inside a step are not counted). Run as a script, it installs the hooks
-(when one of the variables is set) and then runs the ``embedlab`` command with the remaining arguments, which is how
-``tests/test_reliability_crash.py`` starts its training runs:
+(when one of the variables is set) and then runs the ``embedlab`` command with the remaining
+arguments, which is how ``tests/test_reliability_crash.py`` starts its training runs:
 
   python tests/checkpoint_faults.py train experiments/x.py --workdir /tmp/run
 """
