@@ -188,6 +188,9 @@ def _errno_of(error: BaseException) -> int | None:
     found = _TENSORSTORE_ERRNO.search(str(e)) if isinstance(e, ValueError) else None
     if found:
       return int(found.group(1))
+  for e in _chain(error):  # a wrapper that kept only the text
+    if os.strerror(errno.ENOSPC) in str(e):
+      return errno.ENOSPC
   return None
 
 
