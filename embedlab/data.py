@@ -12,6 +12,23 @@ The flow is ``DataConfig -> load_splits -> encode_splits -> batch_indices / eval
   deterministically from ``(seed, epoch)``, so a run can restart at any step; ``eval_batches``
   yields fixed-size, masked evaluation batches so a jitted eval step compiles once.
 
+Rows of csv / tsv / jsonl files. A row ends at ``\n`` or ``\r\n``, and nowhere else: a bare
+``\r`` (one not followed by ``\n``) in a tsv line, or in a csv line outside quotes, is a bad
+row named by file and line (skipped and counted with ``skip_bad_rows``), since the csv reader
+would split the row there. Inside a quoted csv field ``\r`` and ``\n`` are text; in a JSON
+line ``\r`` is whitespace between values and must be escaped in strings.
+
+Labels. Each label is read as text with surrounding spaces stripped. When every label of every
+split is an integer in some spelling (``1``, ``01``, ``+1``, ``1.0``), labels are compared as
+integers: ``1``, ``01`` and ``1.0`` are the class ``"1"``, and a warning names the other
+spellings met. Otherwise labels are class names compared as exact text, and two spellings of one
+integer among them (``1`` and ``01`` beside ``pos``) are an error naming file and line. A
+missing or empty label, and ``NaN`` / ``inf`` in any case or sign, are bad rows named by file
+and line. A ``ClassLabel`` feature (disk / hub data) keeps its own names.
+
+The encoded cache carries a checksum of its arrays, its record and its vocabulary; a cache
+that does not match it (a corrupted file) is encoded again, with a one-line warning.
+
 Example:
   >>> from embedlab.config import DataConfig
   >>> from embedlab import data
@@ -25,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -44,9 +62,13 @@ from embedlab import _fork, text as text_lib
 from embedlab.config import DataConfig
 
 # Bump when tokenizing, vocabulary building or encoding changes, so stale caches are not used.
-CODE_VERSION = "embedlab-data-2"
+CODE_VERSION = "embedlab-data-3"
 
 _DEV_NAMES = ("dev", "validation", "valid", "val")
+# Labels: integers in any spelling ("1", "01", "+1", "1.0") and values that are not numbers.
+_INTEGER_LABEL = re.compile(r"[+-]?\d+(?:\.0*)?")
+_NOT_A_NUMBER = frozenset(f"{sign}{word}" for sign in ("", "+", "-")
+                          for word in ("nan", "inf", "infinity"))
 _SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json",
                    ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}
@@ -202,6 +224,7 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str
 
 def _assemble(raw: dict[str, _RawSplit], cfg: DataConfig,
               seed: int) -> tuple[dict[str, Split], tuple[str, ...]]:
+  _normalise_labels(raw)
   names = _label_names(raw["train"])
   splits = {name: _to_split(r, names, cfg.skip_bad_rows) for name, r in raw.items()}
   return _finish_splits(splits, cfg, seed), names
@@ -225,6 +248,51 @@ def _load_raw(cfg: DataConfig) -> dict[str, _RawSplit]:
   if cfg.source == "hub":
     return _load_hub(cfg)
   raise DataError(f"data: data.source = {cfg.source!r} is not one of synthetic, files, disk, hub.")
+
+
+def _canonical_integer(label: str) -> str | None:
+  """``"01"``, ``"+1"``, ``"1.0"`` -> ``"1"``; None for a label that is not an integer."""
+  if not _INTEGER_LABEL.fullmatch(label):
+    return None
+  return str(int(label.split(".")[0]))
+
+
+def _normalise_labels(raw: dict[str, _RawSplit]) -> None:
+  """Applies the label rule of the module docstring to every split's labels, in place.
+
+  Raises:
+    DataError: two spellings of one integer among labels that are not all integers.
+  """
+  if any(r.label_names is not None for r in raw.values()):
+    return  # a ClassLabel feature: the data set's own names
+  every = [(r, i, label) for r in raw.values() for i, label in enumerate(r.labels)]
+  canon = {label: _canonical_integer(label) for label in {label for _, _, label in every}}
+  if canon and all(c is not None for c in canon.values()):
+    merged = collections.defaultdict(list)  # class -> [(spelling, where)] of other spellings
+    for r, i, label in every:
+      if label != canon[label] and all(s != label for s, _ in merged[canon[label]]):
+        merged[canon[label]].append((label, f"{r.source}, {r.where(i)}"))
+    for r in raw.values():
+      r.labels = [canon[label] for label in r.labels]
+    if any(merged.values()):
+      shown = "; ".join(f"{s!r} ({where}) is the class {c}"
+                        for c, spellings in sorted(merged.items(), key=lambda kv: int(kv[0]))
+                        for s, where in spellings[:3])
+      log.warning("data: the labels are integers, compared as integers: %s.", shown)
+    return
+  first: dict[str, tuple[str, str]] = {}  # integer -> (its first spelling, where)
+  name = next(label for label, c in canon.items() if c is None)
+  for r, i, label in every:
+    c = canon[label]
+    if c is None:
+      continue
+    spelling, where = first.setdefault(c, (label, f"{r.source}, {r.where(i)}"))
+    if spelling != label:
+      raise DataError(
+          f"data: {r.source}, {r.where(i)}: label {label!r} and label {spelling!r} ({where}) "
+          f"are the same integer, but the labels are not all integers (e.g. {name!r}), so they "
+          "are compared as names and it is not clear whether they are one class. Write each "
+          "class one way.")
 
 
 def _label_names(train: _RawSplit) -> tuple[str, ...]:
@@ -434,6 +502,14 @@ def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
   if header_at is None:
     return [], bad_lines
   if fmt == "tsv":
+    for i, t in enumerate(texts, 1):
+      at = _bare_cr(t)
+      if at is not None and i not in bad:
+        bad[i] = _BARE_CR_REASON.format(at=at)
+        bad_lines[i] = {i}
+    header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
+    if header_at is None:
+      return [], bad_lines
     width = texts[header_at - 1].rstrip("\r").count("\t") + 1
     rows = []
     for i, t in enumerate(texts, 1):
@@ -471,11 +547,29 @@ def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
       break
     except csv.Error as e:
       first = line + 1
-      bad[first] = (f"bad quoting ({e}: a quote opened here is never closed, or text follows a "
-                    "closing quote); quote the whole field and double inner quotes (\"\")")
+      at = _bare_cr(texts[first - 1]) if first <= len(texts) else None
+      if at is not None and "new-line character" in str(e):
+        bad[first] = _BARE_CR_REASON.format(at=at)
+      else:
+        bad[first] = (f"bad quoting ({e}: a quote opened here is never closed, or text follows "
+                      "a closing quote); quote the whole field and double inner quotes (\"\")")
       bad_lines[first] = {first}
       start = first + 1
   return rows, bad_lines
+
+
+# A row ends at "\n" (a "\r" just before it is part of the line end). A bare "\r" anywhere else
+# would end the row for datasets' csv reader (pandas) but not for the line checks: outside the
+# quotes of a csv field it is a bad row.
+_BARE_CR_REASON = ("a bare carriage return (\\r) at character {at} of the line, which the csv / "
+                   "tsv reader would take for the end of the row; remove it or replace it with a "
+                   "space (a file with old Mac line ends: tr '\\r' '\\n' < FILE > NEW)")
+
+
+def _bare_cr(line: str) -> int | None:
+  """The 1-based position of the first carriage return of ``line`` that does not end it."""
+  at = line.find("\r")
+  return None if at < 0 or at == len(line) - 1 else at + 1
 
 
 def _load_file_dataset(path: pathlib.Path, fmt: str, kwargs: dict[str, Any],
@@ -594,17 +688,19 @@ def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int,
     labels = [None if l is None else str(l).strip() for l in labels]
     labels = [l if l else None for l in labels]
   at = _RawSplit([], [], source, lines=lines).where
-  bad = [i for i, (t, l) in enumerate(zip(texts, labels)) if l is None or t is None]
+  bad = [i for i, (t, l) in enumerate(zip(texts, labels))
+         if l is None or t is None or l.lower() in _NOT_A_NUMBER]
   if bad and allow_unlabelled and len(bad) == len(labels):
     return _RawSplit([], [], source + " (unlabelled)", 0, names)
   if bad and not cfg.skip_bad_rows:
     i = bad[0]
-    what = "label" if labels[i] is None else "text"
+    what = ("missing label" if labels[i] is None else "missing text" if texts[i] is None else
+            "a label that is not a number (NaN / inf) nor a class name")
     where = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
-    raise DataError(f"data: {source}, row {i + 1}: missing {what}{where} ({cfg.label_column!r} "
+    raise DataError(f"data: {source}, row {i + 1}: {what}{where} ({cfg.label_column!r} "
                     f"= {labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
-                    "a missing label or text. Fix them, or set data.skip_bad_rows=true to skip "
-                    "such rows (they are counted).")
+                    "a missing, NaN or infinite label or a missing text. Fix them, or set "
+                    "data.skip_bad_rows=true to skip such rows (they are counted).")
   texts = [t if isinstance(t, str) or t is None else str(t) for t in texts]
   long = [i for i, t in enumerate(texts) if t is not None and len(t) > MAX_TEXT_CHARS]
   if long and not cfg.skip_bad_rows:
@@ -621,7 +717,8 @@ def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int,
   drop = set(bad) | set(long) | (set(empty) if cfg.skip_bad_rows else set())
   if drop:
     if cfg.skip_bad_rows:
-      log.warning("data: %s: skipped %d row(s) (%d missing a label or text, %d with an empty "
+      log.warning("data: %s: skipped %d row(s) (%d missing a label or text or with a NaN label, "
+                  "%d with an empty "
                   "text, %d longer than %s characters; first: %s) because "
                   "data.skip_bad_rows=true.", source, len(drop), len(bad),
                   len(set(empty) - set(bad)), len(long), f"{MAX_TEXT_CHARS:,}", at(min(drop)))
@@ -1039,6 +1136,10 @@ def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
     with np.load(npz, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
     meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("checksum") != _cache_digest(arrays, meta, vocab_file.read_bytes()):
+      log.warning("data: the encoded cache %s does not match its checksum (a corrupted or "
+                  "changed file); encoding the data again.", npz)
+      return None
     vocab = text_lib.Vocab.load(vocab_file)
     kept = arrays.pop("kept_buckets", None)
     for name in ("train", "dev", "test"):
@@ -1046,7 +1147,8 @@ def _read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
         arrays[f"{name}_ids"] = _unpack_ids(arrays.pop(f"{name}_words"),
                                             arrays.pop(f"{name}_lengths"), meta, len(vocab), kept)
   except Exception as e:  # pylint: disable=broad-except
-    warnings.warn(f"data: ignoring unreadable cache {npz} ({e}); re-encoding.")
+    log.warning("data: the encoded cache %s is unreadable (%s: %s); encoding the data again.",
+                npz, type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e) else "")
     return None
   return EncodedData(
       train_ids=arrays["train_ids"], train_labels=arrays["train_labels"],
@@ -1075,11 +1177,27 @@ def _write_cache(directory: pathlib.Path, key: str, data: EncodedData,
   meta = {"label_names": list(data.label_names), "num_embeddings": data.num_embeddings,
           "skipped": data.skipped, "code": CODE_VERSION, "max_len": cfg.max_len,
           "ngrams": cfg.ngrams, "num_buckets": cfg.num_buckets}
+  meta["checksum"] = _cache_digest(arrays, meta, "".join(t + "\n" for t in data.vocab.tokens)
+                                   .encode("utf-8"))
   arrays["meta"] = np.array(json.dumps(meta))
   # tmp file + os.replace: a reader never sees a half-written file; the npz goes last, so its
   # presence means the vocabulary is complete too.
   _atomic_write(directory / f"{key}.vocab.txt", data.vocab.save)
   _atomic_write(directory / f"{key}.npz", lambda p: _save_npz(p, arrays))
+
+
+def _cache_digest(arrays: dict[str, np.ndarray], meta: dict, vocab: bytes) -> str:
+  """A blake2b digest of the cache's arrays (names, dtypes, shapes, bytes), its record (without
+  the digest) and its vocabulary file's bytes."""
+  h = hashlib.blake2b(digest_size=16)
+  h.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"},
+                      sort_keys=True).encode("utf-8"))
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(arrays[name])
+    h.update(f"|{name}:{a.dtype.str}:{a.shape}|".encode("utf-8"))
+    h.update(a.reshape(-1).view(np.uint8))
+  h.update(vocab)
+  return h.hexdigest()
 
 
 def _pack_ids(ids: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray] | None:

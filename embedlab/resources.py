@@ -1,13 +1,26 @@
 """Memory a configuration needs, checked against the device before anything is allocated.
 
-``estimate_bytes`` counts, without allocating (``jax.eval_shape``): the parameters (the
-embedding table and the rest), their gradients (the whole table for dense updates, only the
-rows of one batch for a row-sparse table optimizer), the optimizer slots (optax adam / adamw 2
-per weight, momentum and adagrad 1, sgd 0; row-sparse ones from ``embedlab.sparse.slot_bytes``)
-and the activations of one training batch (forward and backward) and one evaluation batch.
-``check_fits`` compares the total with the memory available (the device's own count where the
-backend reports one, ``MemAvailable`` of the host otherwise) and fails early with both numbers
-and settings that would fit.
+Two gates, both without allocating:
+
+* ``estimate_bytes`` (fast, from shapes only: ``jax.eval_shape``) counts the parameters (the
+  embedding table and the rest), the optimizer slots (optax adam / adamw 2 per weight, momentum
+  and adagrad 1, sgd 0; row-sparse ones from ``embedlab.sparse.slot_bytes``), the gradients
+  (the whole table for dense updates, only the rows of one batch for a row-sparse table
+  optimizer), the optimizer's update temporaries (about one buffer per slot of every weight it
+  updates) and the activations of one training batch: the residuals the forward pass keeps for
+  the backward one (read off ``jax.vjp`` of the model, parameters not counted again) plus, for
+  every ``lax.scan`` (the BiLSTM), twice its stacked inputs (held in the forward pass, their
+  cotangents built in the backward one). An evaluation batch (forward only) is counted by the
+  model's ``stages`` when it needs more. ``check_fits`` compares the total with the memory
+  available (the device's own count where the backend reports one, ``MemAvailable`` of the host
+  otherwise) and fails early with both numbers and settings that would fit.
+* ``compiled_bytes`` / ``check_compiled_fits`` / ``check_step_fits`` read XLA's own
+  ``memory_analysis()`` of a compiled step (``jax.jit(step).lower(*shapes).compile()``;
+  ``jax.ShapeDtypeStruct`` arguments allocate nothing): arguments + outputs - donated (aliased)
+  + temporaries.
+
+``tests/test_resources.py`` checks that the estimate is within 1.5x of XLA's count for every
+model, table variant and optimizer.
 
 Example:
   >>> from embedlab.config import Config
@@ -20,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -57,23 +71,25 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
     seq_len: ids per example (``max_len * ngrams``).
 
   Returns:
-    ``{"table", "other_params", "gradients", "optimizer_slots", "activations", "total"}``, in
-    bytes.
+    ``{"table", "other_params", "gradients", "optimizer_slots", "update_temporaries",
+    "activations", "total"}``, in bytes.
 
   Example:
     >>> from embedlab.config import Config
     >>> estimate_bytes(Config(), 1000, 2, 16)["table"]
     256000
   """
-  model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes))
+  model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes), oob="clip")
   # shapes only: no key is made (a first JAX computation and a compilation)
-  shapes = jax.eval_shape(model.init, jax.eval_shape(jax.random.PRNGKey, 0))
+  key = jax.eval_shape(jax.random.PRNGKey, 0)
+  shapes = jax.eval_shape(model.init, key)
   table = _bytes(shapes["embed"])  # the whole embedding, any model.table variant
   other = _bytes(shapes) - table
   batch = cfg.train.batch_size
   if cfg.optim.tables == "dense":
     gradients = table + other
     slots = DENSE_SLOTS[cfg.optim.name] * (table + other)
+    temporaries = DENSE_SLOTS[cfg.optim.name] * (table + other)
   else:
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     # the rows of one batch at most, each gathered once; the rest of the embedding (a
@@ -85,18 +101,171 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
     gradients = rows * table_shape[1] * itemsize + rest
     slots = (sparse_lib.slot_bytes(cfg.optim.tables, table_shape)
              + DENSE_SLOTS[cfg.optim.name] * rest)
+    temporaries = (sparse_lib.slot_bytes(cfg.optim.tables, (rows, table_shape[1]))
+                   + DENSE_SLOTS[cfg.optim.name] * rest)
+  train_acts = _training_activations(model, shapes, key, batch, seq_len)
   act_itemsize = np.dtype(cfg.model.compute_dtype).itemsize
-
-  def activations(b):
-    return sum(math.prod(shape) for _, shape in model.stages(b, seq_len)) * act_itemsize
-
-  # training: the forward pass kept for the backward one, and its gradients (x2); evaluation
-  # runs in its own batches, forward only, and not at the same time as a training step
-  acts = max(2 * activations(batch), activations(cfg.train.eval_batch_size))
-  acts += batch * seq_len * 4 * 2  # the ids and their gathered row indices
-  total = table + other + gradients + slots + acts
+  eval_acts = sum(math.prod(shape) for _, shape in model.stages(cfg.train.eval_batch_size,
+                                                                 seq_len)) * act_itemsize
+  # evaluation runs in its own batches, forward only, and not at the same time as a step
+  acts = max(train_acts, eval_acts) + batch * seq_len * 4 * 2  # + the ids and their rows
+  total = table + other + gradients + slots + temporaries + acts
   return {"table": table, "other_params": other, "gradients": gradients,
-          "optimizer_slots": slots, "activations": acts, "total": total}
+          "optimizer_slots": slots, "update_temporaries": temporaries, "activations": acts,
+          "total": total}
+
+
+def _training_activations(model, params, key, batch: int, seq_len: int) -> int:
+  """Bytes of a training batch's activations: the residuals ``jax.vjp`` keeps for the backward
+  pass (arrays shaped like a parameter are taken for the parameter and not counted), plus twice
+  the stacked inputs of every ``lax.scan``, traced on shapes only."""
+  ids = jax.ShapeDtypeStruct((batch, seq_len), np.int32)
+
+  def loss(p, ids, rng):
+    return model.apply(p, ids, train=True, rng=rng).sum()
+
+  def residuals(p, ids, rng):
+    return jax.vjp(lambda q: loss(q, ids, rng), p)[1]
+
+  kept = jax.tree.leaves(jax.eval_shape(residuals, params, ids, key))
+  owned = collections.Counter((tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(params))
+  saved = 0
+  for x in kept:
+    sig = (tuple(x.shape), np.dtype(x.dtype))
+    if owned[sig]:
+      owned[sig] -= 1  # the parameter itself, already counted
+    else:
+      saved += math.prod(x.shape) * np.dtype(x.dtype).itemsize
+  jaxpr = jax.make_jaxpr(loss)(params, ids, key)
+  return saved + 2 * _scan_input_bytes(jaxpr.jaxpr)
+
+
+def _scan_input_bytes(jaxpr) -> int:
+  """Bytes of the stacked inputs (``xs``) of every ``scan`` in a jaxpr, nested ones included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      skip = eqn.params["num_consts"] + eqn.params["num_carry"]
+      total += sum(math.prod(v.aval.shape) * np.dtype(v.aval.dtype).itemsize
+                   for v in eqn.invars[skip:])
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          total += _scan_input_bytes(inner)
+  return total
+
+
+def compiled_bytes(compiled: Any) -> dict[str, int]:
+  """XLA's own count of the memory a compiled program needs (``compiled.memory_analysis()``).
+
+  Args:
+    compiled: ``jax.jit(fn, ...).lower(*args).compile()``; the args may be
+      ``jax.ShapeDtypeStruct``s, so nothing is allocated.
+
+  Returns:
+    ``{"arguments", "outputs", "aliased", "temporaries", "total"}`` in bytes; ``total`` is
+    arguments + outputs - aliased (donated buffers reused for outputs) + temporaries.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.ShapeDtypeStruct((1024,), jnp.float32)
+    >>> c = jax.jit(lambda a: a * 2, donate_argnums=0).lower(x).compile()
+    >>> b = compiled_bytes(c)
+    >>> b["arguments"], b["total"] >= 4096
+    (4096, True)
+  """
+  m = compiled.memory_analysis()
+  if m is None:
+    raise ResourceError("resources: this backend reports no memory analysis of a compiled "
+                        "program; use estimate_bytes / check_fits instead.")
+  out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+         "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes)}
+  out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+  return out
+
+
+def check_compiled_fits(compiled: Any, *, available: int | None = None, device: Any = None,
+                        what: str = "the train step") -> dict[str, int]:
+  """Raises ``ResourceError`` if XLA's count of a compiled program (``compiled_bytes``) exceeds
+  ``HEADROOM`` of the memory available; the second gate after ``check_fits``, once the step is
+  compiled (for shapes: nothing need be allocated).
+
+  Args:
+    compiled: ``jax.jit(step, ...).lower(*args).compile()``.
+    available: bytes available; default ``available_bytes(device)`` (no check if unknown).
+    device: the device to ask (default: the first JAX device).
+    what: names the program in the message.
+
+  Returns:
+    ``compiled_bytes(compiled)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.ShapeDtypeStruct((2**20,), jnp.float32)
+    >>> c = jax.jit(lambda a: a * 2).lower(x).compile()
+    >>> try:
+    ...   check_compiled_fits(c, available=2**20)
+    ... except ResourceError as e:
+    ...   print(str(e).split(" (")[0])
+    resources: the train step needs 8.0 MiB by XLA's memory analysis
+  """
+  need = compiled_bytes(compiled)
+  source = "given"
+  if available is None:
+    available, source = available_bytes(device)
+    if available is None:
+      return need
+  budget = int(available * HEADROOM)
+  if need["total"] <= budget:
+    return need
+  raise ResourceError(
+      f"resources: {what} needs {human(need['total'])} by XLA's memory analysis (arguments "
+      f"{human(need['arguments'])}, outputs {human(need['outputs'])}, donated "
+      f"{human(need['aliased'])}, temporaries {human(need['temporaries'])}) but "
+      f"{human(available)} is available ({source}; {int(HEADROOM * 100)}% of it may be used: "
+      f"{human(budget)}). Nothing was allocated. Lower train.batch_size (activations grow with "
+      "it), data.max_len, model.features or the hidden sizes, or use a row-sparse "
+      "optim.tables.")
+
+
+def check_step_fits(jitted: Any, *args: Any, available: int | None = None, device: Any = None,
+                    what: str = "the train step") -> tuple[Any, dict[str, int]]:
+  """Compiles ``jitted`` for the shapes, dtypes and shardings of ``args`` and checks it with
+  ``check_compiled_fits`` before it runs; ``args`` may be arrays or ``jax.ShapeDtypeStruct``s
+  (nothing is allocated for those).
+
+  Args:
+    jitted: a ``jax.jit``-wrapped function (donation and shardings as it will run).
+    *args: its arguments, or their shapes.
+    available, device, what: as for ``check_compiled_fits``.
+
+  Returns:
+    ``(compiled, compiled_bytes(compiled))``: ``compiled`` runs the same program on arguments
+    of these shapes and shardings, without compiling again.
+
+  Raises:
+    ResourceError: XLA's count exceeds ``HEADROOM`` of the memory available.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> step = jax.jit(lambda w, x: (w - 0.1 * x.mean(0), x.sum()), donate_argnums=0)
+    >>> compiled, need = check_step_fits(step, jnp.ones(4), jnp.ones((8, 4)))
+    >>> need["arguments"], compiled(jnp.ones(4), jnp.ones((8, 4)))[1].item()
+    (144, 32.0)
+  """
+  shapes = jax.tree.map(_shape_of, args)
+  compiled = jitted.lower(*shapes).compile()
+  return compiled, check_compiled_fits(compiled, available=available, device=device, what=what)
+
+
+def _shape_of(x: Any) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
 def available_bytes(device: Any = None) -> tuple[int | None, str]:
@@ -161,7 +330,7 @@ def check_fits(cfg: config_lib.Config, num_embeddings: int, num_classes: int, se
     ...   check_fits(Config(), 10_000_000, 2, 64, available=2**30)
     ... except ResourceError as e:
     ...   print(str(e).split(" (")[0])
-    resources: this config needs about 9.5 GiB
+    resources: this config needs about 14.3 GiB
   """
   estimate = estimate_bytes(cfg, num_embeddings, num_classes, seq_len)
   source = "given"

@@ -113,6 +113,79 @@ def test_labels_sorted_numerically_or_as_strings(tmp_path):
   assert names == ("ABBR", "HUM", "LOC") and splits["train"].labels.tolist() == [2, 0, 1]
 
 
+def test_integer_labels_in_any_spelling_are_one_class_and_reported(tmp_path, caplog):
+  _write(tmp_path / "t.tsv", "label\ttext\n1\ta\n01\tb\n0\tc\n1.0\td\n+1\te\n00\tf\n10\tg\n")
+  _write(tmp_path / "d.tsv", "label\ttext\n1.0\ta\n0.00\tb\n10\tc\n")
+  with caplog.at_level("WARNING", logger="embedlab"):
+    splits, names = data.load_splits(_files(tmp_path, train="t.tsv", dev="d.tsv"), seed=0)
+  assert names == ("0", "1", "10")
+  assert splits["train"].labels.tolist() == [1, 1, 0, 1, 1, 0, 2]
+  assert splits["dev"].labels.tolist() == [1, 0, 2]  # dev's 1.0 is train's 1
+  note = caplog.text
+  assert "compared as integers" in note and "'01' (" in note and "t.tsv, row 2 (line 3)" in note
+  assert "'1.0'" in note and "'00'" in note and "is the class 0" in note
+  # numbers in JSON: 1 and 1.0 are one class too
+  _write(tmp_path / "n.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n'
+         '{"text": "c", "label": 0}\n')
+  splits, names = data.load_splits(_files(tmp_path, train="n.jsonl"), seed=0)
+  assert names == ("0", "1") and splits["train"].labels.tolist() == [1, 1, 0]
+
+
+def test_names_are_exact_and_integer_spellings_among_names_are_an_error(tmp_path):
+  _write(tmp_path / "ok.tsv", "label\ttext\npos\ta\n1\tb\nPos\tc\n1.5\td\n")
+  splits, names = data.load_splits(_files(tmp_path, train="ok.tsv"), seed=0)
+  assert names == ("1", "1.5", "Pos", "pos") and splits["train"].labels.tolist() == [3, 0, 2, 1]
+  _write(tmp_path / "mix.tsv", "label\ttext\npos\ta\n1\tb\nneg\tc\n01\td\n")
+  with pytest.raises(data.DataError, match=r"mix\.tsv, row 4 \(line 5\): label '01' and label "
+                                           r"'1' \(.*mix\.tsv, row 2 \(line 3\)\) are the same "
+                                           r"integer.*not all integers \(e\.g\. '(pos|neg)'\).*"
+                                           r"Write each class one way"):
+    data.load_splits(_files(tmp_path, train="mix.tsv"), seed=0)
+
+
+@pytest.mark.parametrize("name,content,line", [
+    ("nan.tsv", "label\ttext\n1\ta\nNaN\tb\n0\tc\n", 3),
+    ("nan.csv", "label,text\n1,a\n0,b\nnan,c\n", 4),
+    ("inf.tsv", "label\ttext\n1\ta\n-inf\tb\n0\tc\n", 3),
+    ("nan.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": NaN}\n'
+                  '{"text": "c", "label": 0}\n', 2),
+])
+def test_nan_labels_are_bad_rows_naming_the_line(tmp_path, name, content, line):
+  _write(tmp_path / name, content)
+  with pytest.raises(data.DataError, match=rf"{name.replace('.', '[.]')}, row \d+: a label that "
+                                           rf"is not a number.* \(line {line}\).*skip_bad_rows"):
+    data.load_splits(_files(tmp_path, train=name), seed=0)
+  splits, names = data.load_splits(_files(tmp_path, train=name, skip_bad_rows=True), seed=0)
+  assert names == ("0", "1") and len(splits["train"]) == 2 and splits["train"].skipped == 1
+
+
+def test_line_ends_crlf_and_quoted_carriage_returns_read_as_the_checker_counts(tmp_path):
+  _write(tmp_path / "crlf.tsv", "label\ttext\r\n1\ta b\r\n0\tc\r\n")
+  splits, names = data.load_splits(_files(tmp_path, train="crlf.tsv"), seed=0)
+  assert splits["train"].texts == ("a b", "c") and names == ("0", "1")
+  _write(tmp_path / "q.csv", 'label,text\r\n1,"a\rb"\r\n0,"c\nd"\n1,e\n')
+  splits, names = data.load_splits(_files(tmp_path, train="q.csv"), seed=0)
+  assert splits["train"].texts == ("a\rb", "c\nd", "e") and names == ("0", "1")
+  assert splits["train"].labels.tolist() == [1, 0, 1]
+
+
+def test_bare_carriage_returns_never_make_rows_or_classes(tmp_path):
+  # datasets' reader would end a row at each bare \r: two such texts made four classes
+  _write(tmp_path / "cr.tsv", "label\ttext\n1\tgood\r0 film\n0\tbad\rmovie\n1\tfine\n0\tdull\n")
+  with pytest.raises(data.DataError, match=r"cr\.tsv, line 2: malformed row \(2 bad row\(s\) in "
+                                           r"all: lines 2, 3; a bare carriage return \(\\r\) at "
+                                           r"character 7"):
+    data.load_splits(_files(tmp_path, train="cr.tsv"), seed=0)
+  splits, names = data.load_splits(_files(tmp_path, train="cr.tsv", skip_bad_rows=True), seed=0)
+  assert names == ("0", "1") and splits["train"].texts == ("fine", "dull")
+  assert splits["train"].skipped == 2
+  _write(tmp_path / "cr.csv", 'label,text\n1,good\r0 film\n0,"bad\rmovie"\n')
+  with pytest.raises(data.DataError, match=r"cr\.csv, line 2: malformed row.*bare carriage"):
+    data.load_splits(_files(tmp_path, train="cr.csv"), seed=0)
+  splits, names = data.load_splits(_files(tmp_path, train="cr.csv", skip_bad_rows=True), seed=0)
+  assert names == ("0",) and splits["train"].texts == ("bad\rmovie",)
+
+
 def test_custom_columns(tmp_path):
   _write(tmp_path / "d.csv", "sentence,y,extra\nhello,pos,1\nbye,neg,2\n")
   cfg = _files(tmp_path, train="d.csv", text_column="sentence", label_column="y")
@@ -456,14 +529,69 @@ def test_cache_keeps_ids_that_are_not_right_padded(tmp_path):
     assert back.split(name)[0].dtype == np.int32
 
 
-def test_corrupt_cache_is_ignored(tmp_path):
+def test_corrupt_cache_is_ignored(tmp_path, caplog):
   cfg = DataConfig(synthetic_train_size=20, synthetic_eval_size=5)
   key = data.cache_key(cfg, 0)
   first = data.encode_splits(cfg, 0)
   (tmp_path / "cache" / f"{key}.npz").write_bytes(b"garbage")
-  with pytest.warns(UserWarning, match="unreadable cache"):
+  with caplog.at_level("WARNING", logger="embedlab"):
     again = data.encode_splits(cfg, 0)
+  assert "is unreadable" in caplog.text and "encoding the data again" in caplog.text
   np.testing.assert_array_equal(first.train_ids, again.train_ids)
+
+
+def _rewrite_npz(path, change):
+  with np.load(path, allow_pickle=False) as f:
+    arrays = {k: f[k] for k in f.files}
+  change(arrays)
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["label flipped", "record edited", "vocabulary edited",
+                                    "checksum missing"])
+def test_a_cache_that_fails_its_checksum_is_encoded_again(tmp_path, caplog, monkeypatch, damage):
+  _numbered(tmp_path, "train.tsv", 30)
+  cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.2)
+  key = data.cache_key(cfg, 0)
+  first = data.encode_splits(cfg, 0)
+  npz, vocab = tmp_path / "cache" / f"{key}.npz", tmp_path / "cache" / f"{key}.vocab.txt"
+
+  def flip_label(arrays):
+    arrays["train_labels"] = (arrays["train_labels"] + 1) % 3  # still a valid, readable file
+
+  def edit_record(arrays):
+    meta = json.loads(str(arrays["meta"]))
+    meta["label_names"] = meta["label_names"][::-1]
+    arrays["meta"] = np.array(json.dumps(meta))
+
+  def drop_checksum(arrays):
+    meta = json.loads(str(arrays["meta"]))
+    del meta["checksum"]
+    arrays["meta"] = np.array(json.dumps(meta))
+
+  if damage == "vocabulary edited":
+    vocab.write_text(vocab.read_text().replace("doc\n", "dog\n"), encoding="utf-8")
+  else:
+    _rewrite_npz(npz, {"label flipped": flip_label, "record edited": edit_record,
+                       "checksum missing": drop_checksum}[damage])
+  calls = []
+  real = text.tokenize_many
+  monkeypatch.setattr(text, "tokenize_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+  with caplog.at_level("WARNING", logger="embedlab"):
+    again = data.encode_splits(cfg, 0)
+  assert calls  # encoded again, not read
+  notes = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+  assert len(notes) == 1 and "does not match its checksum" in notes[0] and str(npz) in notes[0]
+  for name in ("train", "dev"):
+    np.testing.assert_array_equal(first.split(name)[0], again.split(name)[0])
+    np.testing.assert_array_equal(first.split(name)[1], again.split(name)[1])
+  assert again.vocab == first.vocab and again.label_names == first.label_names
+  caplog.clear()
+  calls.clear()
+  with caplog.at_level("WARNING", logger="embedlab"):
+    data.encode_splits(cfg, 0)  # the rebuilt cache is sound: read, no note
+  assert not calls and "cache" not in caplog.text
 
 
 # ----------------------------------------------------------------------------- batches

@@ -5,9 +5,15 @@ previous checkpoint and stops with a clear message; writes are atomic."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +23,10 @@ import pytest
 
 from embedlab import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab import train
+from embedlab import resources, train
 from embedlab.config import Config
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["data.synthetic_train_size=320", "data.synthetic_eval_size=64",
         "data.synthetic_length=12", "data.max_len=16", "data.synthetic_words_per_topic=10",
         "data.synthetic_shared_words=30", "model.features=8", "model.dropout=0.3",
@@ -96,11 +103,49 @@ def _empty_step_dir(d):
     p.unlink()
 
 
+def _rewrite_record(d, change):
+  """Rewrites a step's JSON record through ``change(record)`` and seals it again with a valid
+  record checksum, so that only the arrays' checksums can tell."""
+  path = d / "meta" / "metadata"
+  record = json.loads(path.read_text())
+  record.pop("_embedlab_record_crc32")
+  change(record)
+  record["_embedlab_record_crc32"] = ckpt_lib._record_crc(record)
+  path.write_text(json.dumps(record))
+
+
 def _swap_arrays_keep_checksums(d):
   """Arrays that decode fine but are not the ones written: only the checksum can tell."""
-  meta = json.loads((d / "meta" / "metadata").read_text())
-  meta["_embedlab_crc32"] = [s[:-8] + "00000000" for s in meta["_embedlab_crc32"]]
-  (d / "meta" / "metadata").write_text(json.dumps(meta))
+  def change(record):
+    arrays = record["_embedlab_arrays"]
+    for path in arrays:
+      arrays[path] = arrays[path][:-8] + "00000000"
+  _rewrite_record(d, change)
+
+
+def _arrays_in_the_wrong_leaves(d):
+  """Two arrays of one shape and dtype read into each other's leaves (as if their files were
+  swapped): every array matches some checksum, only the paths tell."""
+  def change(record):
+    arrays = record["_embedlab_arrays"]
+    a, b = "params/embed/table", "opt_state/0"
+    assert arrays[a].split(":")[0] == arrays[b].split(":")[0] and arrays[a] != arrays[b]
+    arrays[a], arrays[b] = arrays[b], arrays[a]
+  _rewrite_record(d, change)
+
+
+def _edit_record(d):
+  """The bookkeeping changed by hand (a better best step): the record's own checksum tells."""
+  path = d / "meta" / "metadata"
+  record = json.loads(path.read_text())
+  record["best_step"] += 1
+  path.write_text(json.dumps(record))
+
+
+def _record_without_checksums(d):
+  path = d / "meta" / "metadata"
+  record = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+  path.write_text(json.dumps(record))
 
 
 CORRUPTIONS = {"truncated array data": _truncate_array_data,
@@ -109,7 +154,10 @@ CORRUPTIONS = {"truncated array data": _truncate_array_data,
                "garbled JSON record": _garble_meta, "JSON record deleted": _delete_meta,
                "state metadata deleted": _delete_state_metadata,
                "truncated manifests": _truncate_manifests, "empty step directory": _empty_step_dir,
-               "arrays not matching their checksums": _swap_arrays_keep_checksums}
+               "arrays not matching their checksums": _swap_arrays_keep_checksums,
+               "arrays in the wrong leaves": _arrays_in_the_wrong_leaves,
+               "JSON record edited": _edit_record,
+               "JSON record without checksums": _record_without_checksums}
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
@@ -183,25 +231,51 @@ async def _async_enospc(*_, **__):
   _enospc()
 
 
-@pytest.mark.parametrize("where", ["array and JSON writer", "commit rename"])
-def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+async def _tensorstore_enospc(*_, **__):
+  # what tensorstore raises when an array file cannot be written (a ValueError naming the errno
+  # in its text), as a real full disk does
+  raise ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file '
+                   '"/x/": Failed to write 380205 bytes to file 7: No space left on device '
+                   "[os_error_code='28'] [tensorstore_spec='{}']")
+
+
+class _Usage(NamedTuple):
+  total: int
+  used: int
+  free: int
+
+
+@pytest.mark.parametrize("where", ["array writer", "JSON writer", "commit rename"])
+def test_full_disk_during_save_is_one_message_and_leaves_nothing_behind(tmp_path, monkeypatch,
+                                                                        caplog, where):
   ckpt = ckpt_lib.Checkpoints(tmp_path)
   ckpt.save_latest(4, _state(4), {"best_step": 4})
+  latest = tmp_path / "checkpoints" / "latest"
+  # a temporary directory this save did not make (another writer's) is left alone
+  (latest / "99.orbax-checkpoint-tmp").mkdir()
   if where == "commit rename":
     monkeypatch.setattr(ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", _async_enospc)
-  else:
+  elif where == "JSON writer":
     monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", _async_enospc)
-  with pytest.raises(ckpt_lib.CheckpointError) as e:
-    ckpt.save_latest(8, _state(8), {"best_step": 8})
+  else:
+    from orbax.checkpoint._src.serialization import serialization
+    monkeypatch.setattr(serialization, "async_serialize_from_host", _tensorstore_enospc)
+  monkeypatch.setattr(ckpt_lib.shutil, "disk_usage", lambda _: _Usage(10**9, 10**9 - 4096, 4096))
+  gc.collect()  # unretrieved task errors of earlier tests are logged now, not below
+  with caplog.at_level(logging.DEBUG):
+    with pytest.raises(ckpt_lib.CheckpointError) as e:
+      ckpt.save_latest(8, _state(8), {"best_step": 8})
   msg = str(e.value)
-  assert "could not write step 8" in msg and "No space left on device" in msg
+  needed = sum(np.asarray(x).nbytes for x in jax.tree.leaves(_state(8)))
+  assert f"could not write step 8 to {latest}: the disk is full (No space left on device)" in msg
+  assert f"needs about {resources.human(needed)} ({needed:,} bytes)" in msg
+  assert "4.0 KiB (4,096 bytes) are free there" in msg
   assert "previous checkpoint is kept (step 4)" in msg
-  assert "Free disk space or choose another --workdir" in msg.replace("free", "Free")
+  assert "Free disk space or choose another --workdir" in msg
+  assert len(msg.splitlines()) == 1 and e.value.__cause__ is None and e.value.__suppress_context__
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # orbax's held back
   monkeypatch.undo()
-  latest = tmp_path / "checkpoints" / "latest"
-  # nothing half-written is taken for a step (a temporary directory that a writer thread
-  # still held is removed when the run directory is opened again)
-  assert sorted(p.name for p in latest.iterdir() if "tmp" not in p.name) == ["4"]
+  assert sorted(p.name for p in latest.iterdir()) == ["4", "99.orbax-checkpoint-tmp"]
   again = ckpt_lib.Checkpoints(tmp_path)
   step, state, meta = again.restore_latest(_state(0))
   assert step == 4 and meta == {"best_step": 4}
@@ -209,10 +283,97 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
   again.close()
 
 
+FILE_SIZE_LIMIT = """
+import resource, signal, sys, pathlib
+import jax.numpy as jnp
+from embedlab import checkpoint
+ckpt = checkpoint.Checkpoints(pathlib.Path(sys.argv[1]))
+ckpt.save_latest(1, {"w": jnp.ones(10)}, {"best_step": 1})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+  ckpt.save_latest(2, {"w": jnp.ones(100_000)}, {"best_step": 2})
+except checkpoint.CheckpointError as e:
+  print("ERROR:", e)
+"""
+
+
+def test_a_real_failing_array_write_is_one_message_and_no_temporary_directory(tmp_path):
+  """tensorstore itself fails to write (a file size limit, which needs no privileges, in place
+  of a full disk): one line, no orbax tracebacks, nothing half-written left."""
+  script = tmp_path / "limit.py"
+  script.write_text(FILE_SIZE_LIMIT)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  out = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], env=env,
+                       capture_output=True, text=True, timeout=300, check=True)
+  assert out.stdout.startswith("ERROR: checkpoint: could not write step 2"), out
+  assert "File too large" in out.stdout and "ulimit -f" in out.stdout
+  assert "(400,000 bytes)" in out.stdout and "previous checkpoint is kept (step 1)" in out.stdout
+  assert "Traceback" not in out.stderr and "ERROR:absl" not in out.stderr, out.stderr[-3000:]
+  latest = tmp_path / "run" / "checkpoints" / "latest"
+  assert sorted(p.name for p in latest.iterdir()) == ["1"]
+
+
 def test_a_save_that_fails_for_another_reason_is_not_disguised(tmp_path):
   ckpt = ckpt_lib.Checkpoints(tmp_path)
   with pytest.raises(TypeError):
     ckpt.save_latest(1, {"w": object()}, {})
+
+
+# ------------------------------------------------------------- errors that are not corruption
+
+
+def _memory_error(*_, **__):
+  raise MemoryError("out of memory while reading")
+
+
+def _permission_denied(*_, **__):
+  raise ValueError("PERMISSION_DENIED: Error reading \"w/.zarray\" in OCDBT database: "
+                   "Permission denied [os_error_code='13'] [tensorstore_spec='{}']")
+
+
+def _io_error(*_, **__):
+  raise OSError(errno.EIO, "Input/output error")
+
+
+def _unreadable_config(*_, **__):
+  raise RuntimeError("the run's settings cannot be read")
+
+
+@pytest.mark.parametrize("raise_", [_memory_error, _permission_denied, _io_error,
+                                    _unreadable_config],
+                         ids=["memory", "permission", "io", "other"])
+@pytest.mark.parametrize("which", ["restore", "read"])
+def test_errors_that_are_not_corruption_are_raised_and_nothing_is_moved(tmp_path, monkeypatch,
+                                                                        raise_, which):
+  ckpt = ckpt_lib.Checkpoints(tmp_path, keep=3)
+  for step in (4, 8):
+    ckpt.save_latest(step, _state(step), {"best_step": step})
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", raise_)
+  with pytest.raises(Exception) as e:
+    ckpt.restore_latest(_state(0)) if which == "restore" else ckpt.read("latest")
+  assert type(e.value).__name__ in ("MemoryError", "ValueError", "OSError", "RuntimeError")
+  assert not isinstance(e.value, ckpt_lib.CheckpointError)
+  assert ckpt.recovered == []
+  monkeypatch.undo()
+  latest = tmp_path / "checkpoints" / "latest"
+  assert sorted(p.name for p in latest.iterdir()) == ["4", "8"]
+  assert not (tmp_path / "checkpoints" / "corrupt").exists()
+  assert ckpt.restore_latest(_state(0))[0] == 8
+  ckpt.close()
+
+
+def test_a_checkpoint_of_another_model_is_an_error_not_corruption(tmp_path):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  ckpt.save_latest(4, _state(4), {"best_step": 4})
+  other = _state(0)._replace(params={"embed": {"table": jnp.zeros((5, 3))},
+                                     "hidden": {"w": jnp.zeros((3, 3))}})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"other arrays than this run's state \(only "
+                     r"in the checkpoint: params/out/w; only in the run: params/hidden/w\).*"
+                     r"--workdir.*nothing was moved"):
+    ckpt.restore_latest(other)
+  assert ckpt.recovered == [] and (tmp_path / "checkpoints" / "latest" / "4").is_dir()
+  ckpt.close()
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -275,6 +436,22 @@ def test_full_disk_then_a_corrupt_checkpoint_and_the_rerun_still_ends_bitwise(
   _assert_same_as(straight, tmp_path / "run")
 
 
+def test_a_run_whose_restore_fails_for_another_reason_stops_and_keeps_its_checkpoints(
+    tmp_path, monkeypatch, straight):
+  """Out of memory while restoring is not corruption: the run stops with that error instead of
+  moving every good checkpoint aside and training again from step 0."""
+  run = tmp_path / "run"
+  shutil.copytree(straight, run)
+  files = lambda: sorted(str(p.relative_to(run)) for p in run.rglob("*"))  # noqa: E731
+  before = files()
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", _memory_error)
+  with pytest.raises(MemoryError):
+    train.train(tiny(), run, echo=quiet)
+  monkeypatch.undo()
+  assert files() == before
+  _assert_same_as(straight, run)
+
+
 def test_checkpoints_are_stored_uncompressed_and_older_compressed_ones_still_read(tmp_path):
   # arrays are written without zstd (float weights barely compress; compressing was most of a
   # save's time). Runs saved before, through orbax's StandardSave with its default zstd, must
@@ -291,7 +468,9 @@ def test_checkpoints_are_stored_uncompressed_and_older_compressed_ones_still_rea
   old_dir = tmp_path / "old" / "checkpoints" / "latest"
   old = ocp.CheckpointManager(old_dir, options=ocp.CheckpointManagerOptions(
       max_to_keep=2, enable_async_checkpointing=False), item_names=("state", "meta"))
-  record = {"best_step": 5, "_embedlab_crc32": ckpt_lib.checksum(state)}
+  # the older record: a sorted list of the arrays' fingerprints, without paths
+  record = {"best_step": 5,
+            "_embedlab_crc32": sorted(ckpt_lib._fingerprint(x) for x in jax.tree.leaves(state))}
   old.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(record)))
   old.wait_until_finished()

@@ -1,12 +1,13 @@
 """Fault injection: real training runs killed with SIGKILL and resumed lose nothing.
 
-Each chain starts ``python -m embedlab.cli train`` on a tiny synthetic experiment in one run
-directory, kills it with SIGKILL (after a seeded random delay once it is training, or from
-inside a checkpoint write through the test-only ``EMBEDLAB_FAULT_KILL_AT_SAVE`` hook of
-``embedlab.checkpoint``), starts the same command again, kills it again, ... and finally lets it
-finish. The final parameters and optimizer state (the latest checkpoint), the best checkpoint,
-``metrics.jsonl`` and ``results.json`` must equal those of an uninterrupted run bitwise: the data
-order and the random keys (dropout) are restored too, or they would differ.
+Each chain starts ``embedlab train`` (through ``tests/checkpoint_faults.py``, which runs the
+command with test-only hooks around orbax's commit, outside the library) on a tiny synthetic
+experiment in one run directory, kills it with SIGKILL (after a seeded random delay once it is
+training, or from inside a checkpoint write through the ``EMBEDLAB_FAULT_KILL_AT_SAVE`` hook),
+starts the same command again, kills it again, ... and finally lets it finish. The final
+parameters and optimizer state (the latest checkpoint), the best checkpoint, ``metrics.jsonl``
+and ``results.json`` must equal those of an uninterrupted run bitwise: the data order and the
+random keys (dropout) are restored too, or they would differ.
 
 The figures (kill points survived, kills inside a checkpoint write) are printed at the end of
 ``test_killed_runs_resume_bitwise_equal`` (``pytest -s`` shows them).
@@ -25,6 +26,7 @@ import time
 import jax
 import numpy as np
 
+import checkpoint_faults as faults
 from embedlab import checkpoint as ckpt_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -60,15 +62,16 @@ def _env(tmp_path: pathlib.Path, **extra) -> dict[str, str]:
   env.update(EMBEDLAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO),
              JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
              PYTHONHASHSEED="0")
-  for key in (ckpt_lib.FAULT_KILL_AT_SAVE, ckpt_lib.FAULT_SLEEP_IN_SAVE):
+  for key in (faults.KILL_AT_SAVE, faults.SLEEP_IN_SAVE):
     env.pop(key, None)
   env.update(extra)
   return env
 
 
 def _start(tmp_path, experiment, workdir, log, **extra) -> subprocess.Popen:
+  # every run goes through the fault hooks' launcher; they act only when their variable is set
   return subprocess.Popen(
-      [sys.executable, "-m", "embedlab.cli", "train", str(experiment), "--workdir", str(workdir),
+      [sys.executable, faults.__file__, "train", str(experiment), "--workdir", str(workdir),
        "--no-progress"], cwd=tmp_path, env=_env(tmp_path, **extra),
       stdout=log, stderr=subprocess.STDOUT)
 
@@ -101,9 +104,9 @@ class Chain:
     self.kind = self.plan.pop(0) if self.plan else "finish"
     extra = {}
     if self.kind.startswith("save:"):
-      extra[ckpt_lib.FAULT_KILL_AT_SAVE] = self.kind.split(":")[1]
+      extra[faults.KILL_AT_SAVE] = self.kind.split(":")[1]
     elif self.kind == "t":
-      extra[ckpt_lib.FAULT_SLEEP_IN_SAVE] = "0.02"  # wider write windows for outside kills
+      extra[faults.SLEEP_IN_SAVE] = "0.02"  # wider write windows for outside kills
     self.log = open(self.tmp_path / f"{self.name}.{self.attempts}.log", "wb")  # noqa: SIM115
     self.start_steps = _latest_steps(self.workdir)
     self.proc = _start(self.tmp_path, self.tmp_path / "tiny_crash.py", self.workdir, self.log,

@@ -57,6 +57,11 @@ BAD_FILES = {
     "missing_label.tsv": ("label\ttext\n1\tgood\n\tno label\n", 3, ["missing label"], 1),
     "null_label.jsonl": ('{"text": "good", "label": 1}\n{"text": "x", "label": null}\n', 2,
                          ["missing label"], 1),
+    "bare_cr.tsv": ("label\ttext\n1\tgood\n0\tbad\rmovie\n1\tfine\n", 3,
+                    ["carriage return", "character 6"], 2),
+    "bare_cr.csv.gz": ('label,text\n1,"quoted\rok"\n0,bad\rmovie\n1,fine\n', 3,
+                       ["carriage return"], 2),
+    "nan_label.tsv": ("label\ttext\n1\tgood\nnan\tx\n", 3, ["not a number"], 1),
     "very_long_text.tsv": ("label\ttext\n1\tgood\n0\t" + "w " * 600_000 + "\n", 3,
                            ["1,200,000 characters", "limit"], 1),
 }
