@@ -72,6 +72,7 @@ class Setup:
   pretrained_found: int
   frozen: tuple[str, ...]
   rng: Any = None  # the train state's key (init_state), when made with the params
+  memory_estimate: dict | None = None  # resources.check_fits' estimate, bytes by part
 
 
 def _metric_sums(logits, labels, weight):
@@ -334,7 +335,8 @@ def total_steps(cfg: config_lib.Config, num_train: int) -> tuple[int, int]:
 
 def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Setup:
   """The model, its initial params and its optimizer(s) for a config and its data."""
-  resources.check_fits(cfg, data.num_embeddings, len(data.label_names), data.train_ids.shape[1])
+  estimate = resources.check_fits(cfg, data.num_embeddings, len(data.label_names),
+                                  data.train_ids.shape[1])
   pretrained, found, rng = None, None, None
   if cfg.model.pretrained:
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
@@ -373,7 +375,7 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
     optimizer = optim_lib.make_optimizer(cfg.optim, params, steps, frozen=frozen,
                                          row_masks=row_masks)
   return Setup(model, optimizer, table_optimizer, row_mask, params,
-               0 if found is None else int(found.sum()), tuple(frozen), rng)
+               0 if found is None else int(found.sum()), tuple(frozen), rng, estimate)
 
 
 def _seed_key(seed, index: int):
@@ -478,6 +480,8 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
     _check_batch_splits(cfg, mesh)
   per_epoch, steps = total_steps(cfg, len(data.train_labels))
   setup = build(cfg, data, steps)
+  if mesh is None:
+    _check_compiled_step_fits(cfg, data, setup, per_epoch, steps)
   run = _run_dir(workdir, cfg, restart, echo)
   try:
     return _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock)
@@ -652,6 +656,25 @@ def _fingerprint(cfg, data) -> dict:
   files = ([data_lib.resolve(getattr(cfg.data, s)) for s in ("train", "dev", "test")
             if getattr(cfg.data, s)] if cfg.data.source == "files" else [])
   return rundir.data_fingerprint(files, data.vocab.tokens, data.label_names)
+
+
+def _check_compiled_step_fits(cfg, data, setup, per_epoch, steps) -> None:
+  """The second memory gate, from XLA's own count of the compiled train step (shapes only,
+  nothing allocated), where the fast estimate comes within half of the budget; far from it
+  (the usual case) the extra compilation is skipped."""
+  available, _ = resources.available_bytes()
+  if available is None or setup.memory_estimate["total"] < resources.HEADROOM * available / 2:
+    return
+  state = jax.eval_shape(lambda: init_state(cfg, setup))
+  single, multi, _, _ = _compile(cfg, setup, None, None)
+  block = min(cfg.train.steps_per_dispatch, steps)
+  lengths = data.train_lengths if cfg.data.bucket_by_length else None
+  pack = _ragged_packer(cfg, data, per_epoch, steps, lengths, None, lambda _: None)
+  rows = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
+                                epoch=0, lengths=lengths)[:block]
+  resources.check_step_fits(single if block == 1 else multi, state, zero_sums(),
+                            pack(data.train_ids[rows]), data.train_labels[rows],
+                            available=available)
 
 
 def _check_same_data(path: pathlib.Path, cfg, data, echo) -> None:

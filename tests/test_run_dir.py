@@ -207,3 +207,30 @@ def test_resuming_on_the_same_words_in_a_changed_file_says_so(tmp_path):
   messages = []
   train.train(cfg, run, echo=messages.append)
   assert any(m.startswith("note:") and "test.tsv changed" in m for m in messages), messages
+
+
+def test_near_the_memory_budget_xla_s_count_of_the_step_is_checked_before_the_run_starts(
+    tmp_path, monkeypatch):
+  cfg = tiny()
+  estimate = train.build(cfg, train.data_lib.encode_splits(cfg.data, cfg.seed), 1)
+  total = estimate.memory_estimate["total"]
+  # a budget the fast estimate passes, but only just: the compiled step is checked too
+  monkeypatch.setattr(train.resources, "available_bytes",
+                      lambda *a: (int(total / train.resources.HEADROOM * 1.2), "test budget"))
+  real = train.resources.compiled_bytes
+  counted = []
+
+  def inflated(compiled):  # as if XLA needed 100x what it counts
+    counted.append(1)
+    return {k: v * 100 if k != "aliased" else v for k, v in real(compiled).items()}
+
+  monkeypatch.setattr(train.resources, "compiled_bytes", inflated)
+  with pytest.raises(train.resources.ResourceError, match=r"the train step needs .* by XLA's "
+                     r"memory analysis.*Nothing was allocated"):
+    train.train(cfg, tmp_path / "run", echo=quiet)
+  assert counted and not (tmp_path / "run").exists()
+  # far from the budget, no second compilation
+  monkeypatch.setattr(train.resources, "available_bytes", lambda *a: (1 << 40, "test budget"))
+  counted.clear()
+  train.train(cfg, tmp_path / "run", echo=quiet)
+  assert not counted
