@@ -50,11 +50,16 @@ def get_config():
 STEPS = 48
 # a chain's kill plan: "save:N" = killed by the hook at its N-th checkpoint write (the files are
 # written, the commit rename is not done); "t" = SIGKILL from outside after a random delay once
-# the run has written a new checkpoint. Two chains run side by side: 22 kills in all.
+# the run has written a new checkpoint; "term" / "int" = SIGTERM (preemption, a time limit) /
+# SIGINT (Ctrl-C) the same way: the run saves a checkpoint at the step boundary and stops.
+# Two chains run side by side: 26 stops in all.
 PLANS = [
-    ["save:1", "t", "t", "save:3", "t", "save:2", "t", "t", "save:5", "t", "save:2"],
-    ["t", "save:2", "t", "save:1", "t", "save:4", "t", "t", "save:3", "t", "save:1"],
+    ["save:1", "t", "term", "t", "save:3", "t", "save:2", "int", "t", "t", "save:5", "t",
+     "save:2"],
+    ["t", "save:2", "term", "t", "save:1", "t", "save:4", "t", "term", "t", "save:3", "t",
+     "save:1"],
 ]
+SIGNALS = {"t": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 
 
 def _env(tmp_path: pathlib.Path, **extra) -> dict[str, str]:
@@ -105,7 +110,7 @@ class Chain:
     extra = {}
     if self.kind.startswith("save:"):
       extra[faults.KILL_AT_SAVE] = self.kind.split(":")[1]
-    elif self.kind == "t":
+    elif self.kind in SIGNALS:
       extra[faults.SLEEP_IN_SAVE] = "0.02"  # wider write windows for outside kills
     self.log = open(self.tmp_path / f"{self.name}.{self.attempts}.log", "wb")  # noqa: SIM115
     self.start_steps = _latest_steps(self.workdir)
@@ -121,19 +126,23 @@ class Chain:
       self._launch()
       return
     code = self.proc.poll()
-    if code is None and self.kind == "t":
+    if code is None and self.kind in SIGNALS:
       if self.deadline is None and _latest_steps(self.workdir) != self.start_steps:
         self.deadline = time.monotonic() + self.delay
       if self.deadline is not None and time.monotonic() >= self.deadline:
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.send_signal(SIGNALS[self.kind])
         code = self.proc.wait()
     if code is None:
       return
     self.log.close()
     output = (self.tmp_path / f"{self.name}.{self.attempts}.log").read_text()
-    if code == -signal.SIGKILL:
+    if code in (-signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+      # SIGTERM / SIGINT in the train loop: a checkpoint of the step it stopped at, then exit
+      # 128 + the signal; outside the loop (start-up, the final evaluation) they act as usual
+      graceful = "a checkpoint of that step is saved" in output
+      assert graceful or self.kind != "term" or code != 128 + signal.SIGTERM, output[-3000:]
       self.kills.append({"kind": self.kind, "latest_steps": _latest_steps(self.workdir),
-                         "in_write": bool(_tmp_dirs(self.workdir)),
+                         "in_write": bool(_tmp_dirs(self.workdir)), "graceful": graceful,
                          "finished": (self.workdir / "results.json").exists()})
     else:
       assert code == 0, f"{self.name} attempt {self.attempts} ({self.kind}) exited {code}:\n" \
@@ -196,6 +205,7 @@ def test_killed_runs_resume_bitwise_equal(tmp_path):
   in_write = sum(k["in_write"] for k in kills)
   by_hook = sum(k["kind"].startswith("save:") for k in kills)
   print(f"\nkill points survived: {len(kills)} ({by_hook} by the in-save hook, "
+        f"{sum(k['graceful'] for k in kills)} by SIGTERM / SIGINT saving at the step, "
         f"{len(kills) - by_hook} from outside at random times; {in_write} left a half-written "
         f"checkpoint behind); every resumed run ended bitwise equal to the uninterrupted one "
         f"({time.monotonic() - start:.0f} s)")
@@ -205,3 +215,4 @@ def test_killed_runs_resume_bitwise_equal(tmp_path):
         f"{' (after the results)' if k['finished'] else ''}" for k in chain.kills))
   assert len(kills) >= 20
   assert by_hook >= 8 and in_write >= by_hook  # each hook kill leaves a half-written write
+  assert sum(k["graceful"] for k in kills) >= 3  # SIGTERM / SIGINT saved at the step and exited
