@@ -168,7 +168,7 @@ def _check_finite(path, linenos, words, value_tokens, values: np.ndarray, dtype:
   """Raises naming file, line, word and value for a nan / inf, or a value ``dtype`` overflows."""
   dtype = np.dtype(dtype)
   bad = ~np.isfinite(values)
-  if np.issubdtype(dtype, np.floating) and dtype.itemsize < 8:
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 8:  # bfloat16 too
     with np.errstate(over="ignore"):
       bad |= np.isinf(values.astype(dtype))
   if not bad.any():
