@@ -3,10 +3,12 @@
 Every variant is an ``init_*`` function returning a plain params pytree and a
 ``lookup_*(params, ids, *, padding_id=None, oob="error")`` returning ``Array[*ids.shape, D]``,
 as ``embedlab.tables.lookup``: ids of any rank; positions holding ``padding_id`` come out as
-zero vectors and send zero gradient to every parameter; ids outside the variant's logical
-vocabulary raise (``check_ids``: ``ValueError`` eagerly, ``JaxRuntimeError`` under ``jit``);
-non-integer ids raise ``TypeError``. Static facts (seed, combine mode, vocabulary size) are
-Python keyword arguments beside the params, never arrays inside them.
+zero vectors and send zero gradient to every parameter; ids go through the plain table's id path
+(``embedlab.tables.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
+outside the variant's logical vocabulary raise (``ValueError`` eagerly, ``JaxRuntimeError`` under
+``jit``) and non-integer ids raise ``TypeError``; no variant clamps ids by itself. Static facts
+(seed, combine mode, vocabulary size) are Python keyword arguments beside the params, never
+arrays inside them.
 
 ==================  ===========================================  ==============================
 variant             params                                       logical vocabulary
@@ -654,7 +656,8 @@ def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mod
   holding ``padding_id`` are not part of a bag; an empty bag gives a zero vector. For the
   factorized table, ``bag_factorized`` pools the small ``V x r`` rows with ``embedlab.bag``
   first, which is cheaper. ``oob="zero"`` is not offered here (it would count out-of-range
-  positions in a mean).
+  positions in a mean). Pooling is ``embedlab.pooling.pool_vectors``: float32 accumulation,
+  and weights at padding positions are ignored even when NaN or inf.
 
   Example:
     >>> import jax, jax.numpy as jnp, embedlab.compress as ec

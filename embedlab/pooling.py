@@ -1,4 +1,15 @@
-"""How ``bag`` pools padded bags ``[B, L]``: one contract, a strategy chosen per backend and shape.
+"""How bags are pooled: one implementation for every bag path, and the strategies for padded bags.
+
+``pool_vectors`` (with its parts ``masked_weights``, ``weighted_sum``, ``finish`` and
+``max_pool``) is the only pooling code: ``embedlab.bag`` (padded and ragged),
+``compress.bag_lookup``, ``sharding.sharded_bag`` and the train step's ``tables.pool_vectors``
+all call it. Sums accumulate in ``accumulation_dtype`` (float32 at least, whatever the table's
+dtype) and the result is cast back; positions that are not part of a bag (padding, ids out of
+range under ``oob="zero"``) are left out with ``jnp.where``, so a NaN or inf weight or row there
+changes nothing, as in PyTorch's ``EmbeddingBag``.
+
+Padded bags ``[B, L]`` are gathered and pooled by ``pool_padded``, which checks their ids with
+``embedlab.tables.normalize_ids`` first.
 
 Three ways to compute ``sum_l w[b, l] * table[ids[b, l]]``:
 

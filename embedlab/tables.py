@@ -19,6 +19,13 @@ message at run time (as a ``jax.errors.JaxRuntimeError``). That check costs one 
 reduction over the ids plus one host callback per call: measured 0.03-1.3 ms per call on a
 busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny batches and not for
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
+
+Every function of the package that takes ids (``lookup``, ``bag``, the variants of
+``embedlab.compress``, ``embedlab.sharding``, ``embedlab.pooling``, the Flax modules) sends them
+through one function, ``normalize_ids``: an integer dtype is required, each id is compared with
+the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a 1000-row table,
+an ``int8`` id 4 is not padding id 260), and the ids come back widened to ``id_dtype()`` (int32,
+or int64 under ``jax_enable_x64``) before anything else compares or gathers them.
 """
 
 from __future__ import annotations
@@ -485,7 +492,10 @@ def offsets_to_segment_ids(offsets: Any, num_ids: int) -> np.ndarray:
     >>> el.offsets_to_segment_ids([0, 2, 2], 5).tolist()
     [0, 0, 2, 2, 2]
   """
-  offsets = np.asarray(offsets)
+  offsets = np.asarray(_integer_array(offsets, "offsets_to_segment_ids", what="offsets"))
+  if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)) or num_ids < 0:
+    raise TypeError(f"offsets_to_segment_ids: num_ids must be a Python int >= 0 (the number of "
+                    f"ids), got {num_ids!r}.")
   if offsets.ndim != 1 or (offsets.size and (np.any(np.diff(offsets) < 0) or offsets[0] != 0
                                              or offsets[-1] > num_ids)):
     raise ValueError(f"offsets_to_segment_ids: offsets must be a non-decreasing 1-D array "
@@ -507,12 +517,19 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
       (``offsets_to_segment_ids`` converts PyTorch offsets) and ``num_bags`` (needed under
       ``jit``: it fixes the output shape).
 
-  Modes, with per-position ``weights`` ``w`` (1 when not given; 0 at padding):
+  Ragged ``segment_ids`` must be integers in ``0..num_bags-1`` and ``num_bags`` a Python int
+  (``normalize_segments``): others raise, as ids do (checked under ``jit`` with
+  ``oob="error"``), instead of silently dropping their ids.
+
+  Modes, with per-position ``weights`` ``w`` (1 when not given; 0 at padding, whatever the
+  weight there, even NaN or inf, as PyTorch's ``EmbeddingBag``):
     * ``sum``: ``sum_i w_i v_i``
     * ``mean``: ``sum_i w_i v_i / sum_i w_i`` (the weighted mean, as TensorFlow's combiner)
     * ``sqrtn``: ``sum_i w_i v_i / sqrt(sum_i w_i^2)``
     * ``max``: element-wise max over the bag's rows (no weights).
-  A bag with no real ids gives a zero vector with finite (zero) gradients, never NaN.
+  A bag with no real ids gives a zero vector with finite (zero) gradients, never NaN. Sums
+  accumulate in float32 (at least) whatever the table's dtype, and the result is cast to the
+  table's (or ``compute_dtype``): a bfloat16 bag of 1000 ones is 1000, not 256.
 
   Example:
     >>> import jax, jax.numpy as jnp, embedlab as el
@@ -539,6 +556,7 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
     raise ValueError(f"bag: weights must have the shape of ids {ids_shape}, "
                      f"got {np.shape(weights)}.")
   if segment_ids is None:
+    _check_padded_num_bags(num_bags, ids_shape[0], "bag")
     # the strategy (gather-then-sum or a scan over positions) is chosen per backend and shape
     return pooling.pool_padded(table, ids, weights, None, mode, compute_dtype=compute_dtype,
                                oob=oob, padding_id=padding_id, where="bag")
@@ -550,6 +568,14 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
   keep = jnp.ones(checked.ids.shape, bool) if checked.keep is None else checked.keep
   return pooling.pool_vectors(vecs, keep, mode, weights=weights, segment_ids=segment_ids,
                               num_bags=num_bags, dtype=dtype)
+
+
+def _check_padded_num_bags(num_bags, batch, where):
+  # padded bags are the rows of ids: a num_bags that disagrees would otherwise be ignored
+  if num_bags is not None and (isinstance(num_bags, bool) or num_bags != batch):
+    raise ValueError(f"{where}: padded bags are the {batch} rows of ids, but num_bags="
+                     f"{num_bags!r}. Leave num_bags out, or pass 1-D ids with segment_ids for "
+                     f"ragged bags.")
 
 
 def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: Any = None,
@@ -577,6 +603,8 @@ def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: A
                        "number of bags (a Python int).")
     segment_ids, num_bags = normalize_segments(segment_ids, num_bags, check_traced=False,
                                                where="pool_vectors")
+  else:
+    _check_padded_num_bags(num_bags, np.shape(mask)[0], "pool_vectors")
   return pooling.pool_vectors(vecs, jnp.asarray(mask, bool), mode, segment_ids=segment_ids,
                               num_bags=num_bags)
 

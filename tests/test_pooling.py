@@ -178,3 +178,12 @@ def test_pool_padded_checks_ids_as_bag_does():
     pooling.pool_padded(table, np.ones((1, 2), np.float32), None, None, "sum")
   np.testing.assert_array_equal(
       pooling.pool_padded(table, np.array([[1, 1000]]), None, None, "sum", oob="zero"), [[2, 3]])
+
+
+def test_localized_narrow_ids_keep_their_rows_under_clip():
+  table = jnp.arange(2000.0).reshape(1000, 2)
+  ids = jnp.array([[255, 3, 0]], jnp.uint8)
+  for oob in ("error", "clip"):
+    local = localize(table, ids, padding_id=0, oob=oob)
+    got = pooling.pool_padded(local.params["table"], local.ids, None, None, "sum", padding_id=0)
+    np.testing.assert_array_equal(got, [[516.0, 518.0]])

@@ -508,3 +508,15 @@ def test_non_finite_weights_at_padding_are_ignored(bad_weight, mode):
     np.testing.assert_allclose(np.asarray(fn(params)), want, rtol=1e-6, atol=1e-6)
     grad = jax.jit(jax.grad(lambda p: jnp.sum(fn(p) * cot)))(params)["table"]
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_padded_num_bags_and_offsets_are_checked():
+  with pytest.raises(ValueError, match=r"bag: padded bags are the 2 rows of ids, but num_bags=3"):
+    el.bag(BIG, np.ones((2, 3), np.int32), num_bags=3)
+  assert el.bag(BIG, np.ones((2, 3), np.int32), num_bags=2).shape == (2, 2)
+  with pytest.raises(TypeError, match=r"offsets_to_segment_ids: offsets must be integers"):
+    el.offsets_to_segment_ids([0, 1.5], 3)
+  with pytest.raises(TypeError, match=r"num_ids must be a Python int >= 0"):
+    el.offsets_to_segment_ids([0, 1], 3.0)
+  np.testing.assert_array_equal(el.offsets_to_segment_ids(np.array([0, 200], np.uint8), 202),
+                                [0] * 200 + [1, 1])
