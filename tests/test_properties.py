@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import embedlab as el
 from embedlab import compress as ec
-from embedlab import pooling, sharding, tables
+from embedlab import pooling, sharding
 
 INT_DTYPES = [np.dtype(d) for d in ("int8", "uint8", "int16", "uint16", "int32", "uint32")]
 TABLE_DTYPES = [np.dtype(np.float32), np.dtype(jnp.bfloat16)]
