@@ -20,12 +20,14 @@ reduction over the ids plus one host callback per call: measured 0.03-1.3 ms per
 busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny batches and not for
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
 
-Every function of the package that takes ids (``lookup``, ``bag``, the variants of
-``embedlab.compress``, ``embedlab.sharding``, ``embedlab.pooling``, the Flax modules) sends them
-through one function, ``normalize_ids``: an integer dtype is required, each id is compared with
-the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a 1000-row table,
-an ``int8`` id 4 is not padding id 260), and the ids come back widened to ``id_dtype()`` (int32,
-or int64 under ``jax_enable_x64``) before anything else compares or gathers them.
+Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.compress``,
+``embedlab.sharding``, ``embedlab.pooling``, ``embedlab.sparse.localize``, the Flax modules)
+sends them through one function, ``normalize_ids``: an integer dtype is required, each id is
+compared with the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a
+1000-row table, an ``int8`` id 4 is not padding id 260), and the ids come back widened to
+``id_dtype()`` (int32, or int64 under ``jax_enable_x64``) before anything else compares or
+gathers them. Ragged bags check their segment ids the same way (``normalize_segments``; under
+``jit`` with ``oob="error"`` that is a second device check and callback).
 """
 
 from __future__ import annotations
