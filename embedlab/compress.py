@@ -1,12 +1,14 @@
-"""Smaller embedding tables behind the plain table's contract (issue 9).
+"""Smaller embedding tables behind the plain table's contract.
 
 Every variant is an ``init_*`` function returning a plain params pytree and a
 ``lookup_*(params, ids, *, padding_id=None, oob="error")`` returning ``Array[*ids.shape, D]``,
 as ``embedlab.tables.lookup``: ids of any rank; positions holding ``padding_id`` come out as
-zero vectors and send zero gradient to every parameter; ids outside the variant's logical
-vocabulary raise (``check_ids``: ``ValueError`` eagerly, ``JaxRuntimeError`` under ``jit``);
-non-integer ids raise ``TypeError``. Static facts (seed, combine mode, vocabulary size) are
-Python keyword arguments beside the params, never arrays inside them.
+zero vectors and send zero gradient to every parameter; ids go through the plain table's id path
+(``embedlab.tables.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
+outside the variant's logical vocabulary raise (``ValueError`` eagerly, ``JaxRuntimeError`` under
+``jit``) and non-integer ids raise ``TypeError``; no variant clamps ids by itself. Static facts
+(seed, combine mode, vocabulary size) are Python keyword arguments beside the params, never
+arrays inside them.
 
 ==================  ===========================================  ==============================
 variant             params                                       logical vocabulary
@@ -42,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedlab import pooling
 from embedlab import tables
 
 Array = jax.Array
@@ -216,30 +219,20 @@ def lookup_hashed(params: Params, ids: Any, *, num_buckets: int, exact_size: int
     raise ValueError(f"lookup_hashed: the table has {table.shape[0]} rows, expected exact_size + "
                      f"num_buckets = {exact_size} + {num_buckets}; pass the sizes it was built "
                      "with.")
-  ids, valid = _checked(ids, MAX_RAW_ID, oob, "lookup_hashed")
-  rows = _hash_ints(ids, num_buckets, seed, exact_size, jnp)
-  vecs = jnp.take(table, rows, axis=0, mode="clip")
-  return _mask(vecs, ids, valid, padding_id, MAX_RAW_ID, "lookup_hashed")
+  checked = tables.normalize_ids(ids, MAX_RAW_ID, oob=oob, padding_id=padding_id,
+                                 where="lookup_hashed")
+  rows = _hash_ints(checked.ids, num_buckets, seed, exact_size, jnp)
+  vecs = jnp.take(table, rows, axis=0, mode="clip")  # hashed rows are always in range
+  return tables.mask_rows(vecs, checked.keep)
 
 
 # ---------------------------------------------------------------- shared contract helpers
 
 def _checked(ids: Any, rows: int, oob: str, where: str) -> tuple[Array, Array | None]:
-  """(ids safe to gather from ``rows`` rows, in-range mask or None), as ``tables._checked_ids``."""
-  return tables._checked_ids(jax.ShapeDtypeStruct((rows, 1), jnp.float32), ids, oob, where)
-
-
-def _mask(vecs, ids, valid, padding_id, rows, where):
-  keep = None
-  if padding_id is not None:
-    tables._check_padding_id(padding_id, rows, where)
-    keep = ids != padding_id
-  if valid is not None:
-    keep = valid if keep is None else keep & valid
-  if keep is None:
-    return vecs
-  # multiplying by the mask (not jnp.where) also zeroes the gradient into every parameter
-  return vecs * keep[..., None].astype(vecs.dtype)
+  """(ids widened and safe to gather from ``rows`` rows, in-range mask or None): the shared id
+  path, ``tables.normalize_ids``."""
+  checked = tables.normalize_ids(ids, rows, oob=oob, where=where)
+  return checked.ids, checked.keep
 
 
 # ---------------------------------------------------------------- hash embeddings
@@ -290,7 +283,12 @@ def hash_embedding_buckets(ids: Any, num_hashes: int, pool_size: int, *, seed: i
     >>> ec.hash_embedding_buckets([1, 2], 2, 100).shape
     (2, 2)
   """
-  ids = jnp.asarray(ids).astype(jnp.uint32)
+  ids = tables.normalize_ids(ids, MAX_RAW_ID, where="hash_embedding_buckets").ids
+  return _buckets(ids, num_hashes, pool_size, seed)
+
+
+def _buckets(ids, num_hashes, pool_size, seed):
+  ids = ids.astype(jnp.uint32)  # ids checked non-negative: no wrap-around
   cols = [_hash_int(ids, seed + j, jnp) % jnp.uint32(pool_size) for j in range(num_hashes)]
   return jnp.stack(cols, axis=-1).astype(jnp.int32)
 
@@ -314,16 +312,16 @@ def lookup_hash_embedding(params: Params, ids: Any, *, seed: int = 0,
     >>> import jax, jax.numpy as jnp, embedlab.compress as ec
     >>> p = ec.init_hash_embedding(jax.random.key(0), 100, 4, pool_size=10, padding_id=0)
     >>> ec.lookup_hash_embedding(p, jnp.array([[0, 5]]), padding_id=0)[0, 0].tolist()
-    [0.0, -0.0, 0.0, 0.0]
+    [0.0, 0.0, 0.0, 0.0]
   """
   pool, importance = _entries(params, ("pool", "importance"), "lookup_hash_embedding")
   rows, k = importance.shape
-  ids, valid = _checked(ids, rows, oob, "lookup_hash_embedding")
-  safe = jnp.clip(ids, 0, rows - 1)
-  buckets = hash_embedding_buckets(safe, k, pool.shape[0], seed=seed)
-  w = jnp.take(importance, safe, axis=0, mode="clip")  # [..., k]
+  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
+                                 where="lookup_hash_embedding")
+  buckets = _buckets(checked.ids, k, pool.shape[0], seed)
+  w = jnp.take(importance, checked.ids, axis=0, mode="clip")  # [..., k]; ids in range
   vecs = jnp.einsum("...k,...kd->...d", w, jnp.take(pool, buckets, axis=0, mode="clip"))
-  return _mask(vecs, ids, valid, padding_id, rows, "lookup_hash_embedding")
+  return tables.mask_rows(vecs, checked.keep)
 
 
 def _entries(params, names, where):
@@ -418,17 +416,16 @@ def lookup_qr(params: Params, ids: Any, *, combine: str = "mult",
   if rows > q.shape[0] * m:
     raise ValueError(f"lookup_qr: num_embeddings={rows} needs {-(-rows // m)} quotient rows, "
                      f"the params have {q.shape[0]}.")
-  ids, valid = _checked(ids, rows, oob, "lookup_qr")
-  safe = jnp.clip(ids, 0, rows - 1)
-  qv = jnp.take(q, safe // m, axis=0, mode="clip")
-  rv = jnp.take(r, safe % m, axis=0, mode="clip")
+  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id, where="lookup_qr")
+  qv = jnp.take(q, checked.ids // m, axis=0, mode="clip")  # ids in range: checked or clamped
+  rv = jnp.take(r, checked.ids % m, axis=0, mode="clip")
   if combine == "mult":
     vecs = qv * rv
   elif combine == "add":
     vecs = qv + rv
   else:
     vecs = jnp.concatenate([qv, rv.astype(qv.dtype)], axis=-1)
-  return _mask(vecs, ids, valid, padding_id, rows, "lookup_qr")
+  return tables.mask_rows(vecs, checked.keep)
 
 
 # ---------------------------------------------------------------- factorized
@@ -576,11 +573,11 @@ def lookup_quantized(params: Params, ids: Any, *, padding_id: int | None = None,
   """
   stored, bits, scale = _quantized_parts(params, "lookup_quantized")
   rows = stored.shape[0]
-  ids, valid = _checked(ids, rows, oob, "lookup_quantized")
-  safe = jnp.clip(ids, 0, rows - 1)
-  values = _unpack(jnp.take(stored, safe, axis=0, mode="clip"), bits)
-  vecs = (values * jnp.take(scale, safe, mode="clip")[..., None]).astype(dtype)
-  return _mask(vecs, ids, valid, padding_id, rows, "lookup_quantized")
+  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
+                                 where="lookup_quantized")
+  values = _unpack(jnp.take(stored, checked.ids, axis=0, mode="clip"), bits)  # ids in range
+  vecs = (values * jnp.take(scale, checked.ids, mode="clip")[..., None]).astype(dtype)
+  return tables.mask_rows(vecs, checked.keep)
 
 
 def quantization_error(params: Params, quantized: Params) -> float:
@@ -659,7 +656,8 @@ def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mod
   holding ``padding_id`` are not part of a bag; an empty bag gives a zero vector. For the
   factorized table, ``bag_factorized`` pools the small ``V x r`` rows with ``embedlab.bag``
   first, which is cheaper. ``oob="zero"`` is not offered here (it would count out-of-range
-  positions in a mean).
+  positions in a mean). Pooling is ``embedlab.pooling.pool_vectors``: float32 accumulation,
+  and weights at padding positions are ignored even when NaN or inf.
 
   Example:
     >>> import jax, jax.numpy as jnp, embedlab.compress as ec
@@ -675,20 +673,12 @@ def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mod
     raise ValueError("bag_lookup: mode='max' takes no weights; use 'sum' or 'mean'.")
   if len(np.shape(ids)) != 2:
     raise ValueError(f"bag_lookup: ids must be 2-D [batch, bag_len], got shape {np.shape(ids)}.")
+  if weights is not None and np.shape(weights) != np.shape(ids):
+    raise ValueError(f"bag_lookup: weights must have the shape of ids {np.shape(ids)}, got "
+                     f"{np.shape(weights)}.")
   vecs = lookup_fn(params, ids, padding_id=padding_id, oob=oob, **lookup_kwargs)
-  ids = jnp.asarray(ids)
-  mask = jnp.ones(ids.shape, bool) if padding_id is None else ids != padding_id
-  if mode == "max":
-    best = jnp.max(jnp.where(mask[..., None], vecs, -jnp.inf), axis=1)
-    return jnp.where(mask.any(axis=1)[:, None], best, 0).astype(vecs.dtype)
-  w = mask.astype(vecs.dtype)
-  if weights is not None:
-    w = w * jnp.asarray(weights).astype(vecs.dtype)
-  total = jnp.einsum("bl,bld->bd", w, vecs)
-  if mode == "sum":
-    return total
-  denom = w.sum(axis=1) if mode == "mean" else jnp.sqrt((w ** 2).sum(axis=1))
-  return tables._safe_divide(total, denom[:, None])
+  keep = tables.padding_mask(ids, padding_id)  # exact in any id dtype
+  return pooling.pool_vectors(vecs, keep, mode, weights=weights, dtype=vecs.dtype)
 
 
 def bag_factorized(params: Params, ids: Any, *, mode: str = "mean", **bag_kwargs) -> Array:

@@ -146,11 +146,12 @@ def _scan(path, wanted: set[str] | None, limit: int | None, encoding: str):
 
 
 def _parse(path, linenos: list[int], words: list[str], value_tokens: list[list[str]],
-           dim: int) -> np.ndarray:
+           dim: int, dtype: Any) -> np.ndarray:
+  """The values as float64 ``[N, dim]``; each must be a finite number that fits ``dtype``."""
   if not value_tokens:
     return np.zeros((0, dim), np.float64)
   try:
-    return np.array(value_tokens, dtype=np.float64)
+    values = np.array(value_tokens, dtype=np.float64)
   except ValueError:
     for lineno, word, tokens in zip(linenos, words, value_tokens):
       try:
@@ -159,6 +160,28 @@ def _parse(path, linenos: list[int], words: list[str], value_tokens: list[list[s
         raise ValueError(f"{os.fspath(path)}, line {lineno}: the values of {word!r} are not all "
                          f"numbers ({e}). Fix or delete that line.") from None
     raise
+  _check_finite(path, linenos, words, value_tokens, values, dtype)
+  return values
+
+
+def _check_finite(path, linenos, words, value_tokens, values: np.ndarray, dtype: Any) -> None:
+  """Raises naming file, line, word and value for a nan / inf, or a value ``dtype`` overflows."""
+  dtype = np.dtype(dtype)
+  bad = ~np.isfinite(values)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 8:  # bfloat16 too
+    with np.errstate(over="ignore"):
+      bad |= np.isinf(values.astype(dtype))
+  if not bad.any():
+    return
+  row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
+  token = value_tokens[row][col]
+  if np.isfinite(values[row, col]):
+    what = (f"overflows {dtype.name} (largest {float(np.finfo(dtype).max):.7g}); rescale the "
+            f"vectors, or load them with dtype=float64")
+  else:
+    what = "is not a finite number (nan or inf would make every vector that uses it NaN)"
+  raise ValueError(f"{os.fspath(path)}, line {linenos[row]}: value {col + 1} of {words[row]!r}, "
+                   f"{token!r}, {what}. Fix or delete that line.")
 
 
 def read_vectors(path: str | os.PathLike, limit: int | None = None, *, encoding: str = "utf-8",
@@ -174,6 +197,10 @@ def read_vectors(path: str | os.PathLike, limit: int | None = None, *, encoding:
   Returns:
     ``(words, vectors)``: the words in file order (duplicates kept) and ``np.ndarray[N, dim]``.
 
+  Raises:
+    ValueError: as ``load_vectors`` (a malformed line, ``nan`` / ``inf``, a value ``dtype``
+      cannot hold), naming the file, the line and the word.
+
   Example:
     >>> import os, tempfile
     >>> from embedlab.pretrained import read_vectors
@@ -184,7 +211,7 @@ def read_vectors(path: str | os.PathLike, limit: int | None = None, *, encoding:
     (['the', 'of'], (2, 3), dtype('float32'))
   """
   dim, words, linenos, tokens = _scan(path, None, limit, encoding)
-  return words, _parse(path, linenos, words, tokens, dim).astype(dtype)
+  return words, _parse(path, linenos, words, tokens, dim, dtype).astype(dtype)
 
 
 def _vocab_tokens(vocab: Any, where: str) -> list[str]:
@@ -233,7 +260,9 @@ def load_vectors(path: str | os.PathLike, vocab: Any, *, key: jax.Array | None =
 
   Raises:
     ValueError: for an empty file, a line with the wrong number of values, values that are not
-      numbers, or a header that disagrees with the file; the message names the file and line.
+      numbers, ``nan`` / ``inf`` or values too large for ``dtype`` (in the lines of the
+      vocabulary's words), or a header that disagrees with the file; the message names the file
+      and line.
 
   Example:
     >>> import os, tempfile, numpy as np
@@ -263,7 +292,7 @@ def load_vectors(path: str | os.PathLike, vocab: Any, *, key: jax.Array | None =
         ids_by_lower.setdefault(token.lower(), []).extend(ids)
   dim, words, linenos, value_tokens = _scan(path, set(ids_by_word) | set(ids_by_lower), None,
                                             encoding)
-  vectors = _parse(path, linenos, words, value_tokens, dim)
+  vectors = _parse(path, linenos, words, value_tokens, dim, dtype)
 
   source = np.full(num_rows, -1, np.int64)  # row of `vectors` for each id, -1: missing
   for row, word in enumerate(words):

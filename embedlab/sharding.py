@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from embedlab import pooling
 from embedlab import tables
 
 Array = jax.Array
@@ -198,14 +199,14 @@ def _prepare(params, ids, mesh, padding_id, num_embeddings, where):
   valid = rows if num_embeddings is None else int(num_embeddings)
   if not 0 < valid <= rows:
     raise ValueError(f"{where}: num_embeddings={valid} must be in 1..{rows} (the table's rows).")
-  if padding_id is not None:
-    tables._check_padding_id(padding_id, valid, where)
-  ids = tables.check_ids(ids, valid, where=where)
+  checked = tables.normalize_ids(ids, valid, padding_id=padding_id, where=where)
+  ids = checked.ids
   if ids.ndim < 1 or ids.shape[0] % data:
     raise ValueError(f"{where}: the batch size {ids.shape[0] if ids.ndim else None} (ids shape "
                      f"{ids.shape}) must be a multiple of the mesh's data={data} devices; pad "
                      f"the batch with padding ids or choose another mesh.")
-  return table, ids, rows // model
+  keep = jnp.ones(ids.shape, bool) if checked.keep is None else checked.keep
+  return table, ids, keep, rows // model
 
 
 def _owned_rows(table_shard, ids, rows_per_shard):
@@ -213,8 +214,10 @@ def _owned_rows(table_shard, ids, rows_per_shard):
   start = jax.lax.axis_index("model") * rows_per_shard
   local = ids - start
   owned = (local >= 0) & (local < rows_per_shard)
+  # the ids were checked against the whole table: clamping to this shard's rows only picks a
+  # row that ``owned`` then zeroes
   vecs = jnp.take(table_shard, jnp.clip(local, 0, rows_per_shard - 1), axis=0, mode="clip")
-  return vecs * owned[..., None].astype(vecs.dtype), owned
+  return tables.mask_rows(vecs, owned), owned
 
 
 def _batch_spec(ndim):
@@ -248,18 +251,16 @@ def sharded_lookup(params: Params, ids: Any, mesh: Mesh, *, padding_id: int | No
     Array([[[6., 7.],
             [0., 0.]]], dtype=float32)
   """
-  table, ids, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
-                                        "sharded_lookup")
+  table, ids, keep, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
+                                              "sharded_lookup")
   spec = _batch_spec(ids.ndim)
 
-  def local_lookup(table_shard, ids_local):
+  def local_lookup(table_shard, ids_local, keep_local):
     vecs, _ = _owned_rows(table_shard, ids_local, rows_per_shard)
-    if padding_id is not None:
-      vecs = vecs * (ids_local != padding_id)[..., None].astype(vecs.dtype)
-    return jax.lax.psum(vecs, "model")
+    return jax.lax.psum(tables.mask_rows(vecs, keep_local), "model")
 
-  return jax.shard_map(local_lookup, mesh=mesh, in_specs=(P("model", None), spec),
-                       out_specs=P(*spec, None))(table, ids)
+  return jax.shard_map(local_lookup, mesh=mesh, in_specs=(P("model", None), spec, spec),
+                       out_specs=P(*spec, None))(table, ids, keep)
 
 
 def sharded_bag(params: Params, ids: Any, mesh: Mesh, *, mode: str = "mean",
@@ -296,28 +297,22 @@ def sharded_bag(params: Params, ids: Any, mesh: Mesh, *, mode: str = "mean",
                      f"('max' is not sharded yet: use embedlab.bag under jit).")
   if np.ndim(ids) != 2:
     raise ValueError(f"sharded_bag: ids must be 2-D [batch, bag_len], got shape {np.shape(ids)}.")
-  table, ids, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
-                                        "sharded_bag")
-  mask = jnp.ones(ids.shape, bool) if padding_id is None else ids != padding_id
-  if weights is None:
-    w = mask.astype(table.dtype)
-  else:
-    if np.shape(weights) != ids.shape:
-      raise ValueError(f"sharded_bag: weights must have the shape of ids {ids.shape}, "
-                       f"got {np.shape(weights)}.")
-    w = jnp.asarray(weights).astype(table.dtype) * mask.astype(table.dtype)
+  if weights is not None and np.shape(weights) != np.shape(ids):
+    raise ValueError(f"sharded_bag: weights must have the shape of ids {np.shape(ids)}, "
+                     f"got {np.shape(weights)}.")
+  table, ids, keep, rows_per_shard = _prepare(params, ids, mesh, padding_id, num_embeddings,
+                                              "sharded_bag")
+  # float32 (at least) weights, exactly 0 at padding: NaN / inf weights there are ignored
+  w = pooling.masked_weights(keep, weights, table.dtype)
 
-  def local_bag(table_shard, ids_local, w_local):
+  def local_bag(table_shard, ids_local, w_local, keep_local):
     vecs, _ = _owned_rows(table_shard, ids_local, rows_per_shard)
-    total = jax.lax.psum(jnp.einsum("bl,bld->bd", w_local, vecs), "model")
-    if mode == "sum":
-      return total
-    denom = w_local.sum(-1) if mode == "mean" else jnp.sqrt((w_local ** 2).sum(-1))
-    return tables._safe_divide(total, denom[:, None])
+    total = jax.lax.psum(pooling.weighted_sum(vecs, w_local, keep_local), "model")
+    return pooling.finish(total, w_local, mode, table.dtype)
 
-  return jax.shard_map(local_bag, mesh=mesh, in_specs=(P("model", None), P("data", None),
-                                                       P("data", None)),
-                       out_specs=P("data", None))(table, ids, w)
+  batch = P("data", None)
+  return jax.shard_map(local_bag, mesh=mesh, in_specs=(P("model", None), batch, batch, batch),
+                       out_specs=batch)(table, ids, w, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("padding_id",))
@@ -573,13 +568,15 @@ def sharded_take(table: Array, row_ids: Array, mesh: Mesh) -> Array:
            [0., 0.]], dtype=float32)
   """
   rows_per_shard = table.shape[0] // _check_mesh(mesh, "sharded_take").shape["model"]
+  # the "zero" policy is this function's contract: ids outside the table give zero rows
+  checked = tables.normalize_ids(row_ids, table.shape[0], oob="zero", where="sharded_take")
 
-  def local_take(table_shard, ids):
+  def local_take(table_shard, ids, keep):
     vecs, _ = _owned_rows(table_shard, ids, rows_per_shard)
-    return jax.lax.psum(vecs, "model")
+    return jax.lax.psum(tables.mask_rows(vecs, keep), "model")
 
-  return jax.shard_map(local_take, mesh=mesh, in_specs=(P("model", None), P()),
-                       out_specs=P())(table, row_ids.astype(jnp.int32))
+  return jax.shard_map(local_take, mesh=mesh, in_specs=(P("model", None), P(), P()),
+                       out_specs=P())(table, checked.ids, checked.keep)
 
 
 def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Array,
@@ -613,7 +610,9 @@ def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Arr
   """
   rows = table.shape[0]
   rows_per_shard = rows // _check_mesh(mesh, "sharded_sparse_update").shape["model"]
-  row_ids = jnp.asarray(row_ids).astype(jnp.int32)
+  # ids outside the table (V is the "no row" id) update nothing: the "zero" policy
+  checked = tables.normalize_ids(row_ids, rows, oob="zero", where="sharded_sparse_update")
+  row_ids = jnp.where(checked.keep, checked.ids, rows)
   for skip in skip_ids:
     row_ids = jnp.where(row_ids == int(skip), rows, row_ids)
   mask = jnp.ones((rows,), bool) if row_mask is None else jnp.asarray(row_mask)

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab.tables import check_ids
+from embedlab.tables import check_ids, normalize_ids
 
 Array = jax.Array
 Schedule = Callable[[Array], Array]
@@ -177,7 +177,7 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
   if oob == "error":
     ids = check_ids(ids, rows, where="localize")
   elif oob == "clip":
-    ids = jnp.clip(jnp.asarray(ids), 0, rows - 1)
+    ids = normalize_ids(ids, rows, oob="clip", where="localize").ids  # exact in any dtype
   else:
     raise ValueError(f"localize: oob={oob!r} is not one of error, clip.")
   n = math.prod(ids.shape)

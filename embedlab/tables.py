@@ -19,13 +19,23 @@ message at run time (as a ``jax.errors.JaxRuntimeError``). That check costs one 
 reduction over the ids plus one host callback per call: measured 0.03-1.3 ms per call on a
 busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny batches and not for
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
+
+Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.compress``,
+``embedlab.sharding``, ``embedlab.pooling``, ``embedlab.sparse.localize``, the Flax modules)
+sends them through one function, ``normalize_ids``: an integer dtype is required, each id is
+compared with the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a
+1000-row table, an ``int8`` id 4 is not padding id 260), and the ids come back widened to
+``id_dtype()`` (int32, or int64 under ``jax_enable_x64``) before anything else compares or
+gathers them. Ragged bags check their segment ids the same way (``normalize_segments``; under
+``jit`` with ``oob="error"`` that is a second device check and callback).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -153,8 +163,130 @@ def _oob_message(where: str, bad_id, position, rows: int) -> str:
           f"to build the table, or pass oob='clip' / oob='zero' to map such ids deliberately.")
 
 
+def _segment_message(where: str, bad_id, position, num_bags: int) -> str:
+  valid = (f"valid segment ids are 0..{num_bags - 1}" if num_bags else
+           "there is no bag to put it in")
+  return (f"{where}: segment id {int(bad_id)} at position "
+          f"{tuple(int(p) for p in position)} is outside the bags (num_bags={num_bags}: "
+          f"{valid}). Pass num_bags = the number of bags, and segment ids in 0..num_bags-1 "
+          f"(offsets_to_segment_ids converts PyTorch offsets).")
+
+
+class CheckedIds(NamedTuple):
+  """Ids after ``normalize_ids``: safe to gather, and which positions count.
+
+  ``ids``: ``id_dtype()`` ids of the input's shape, all in ``0..num_embeddings-1``.
+  ``keep``: bool of the same shape, False at positions holding ``padding_id`` and (with
+  ``oob="zero"``) at out-of-range ones; None when every position counts.
+  """
+
+  ids: Array
+  keep: Array | None
+
+
+def id_dtype() -> np.dtype:
+  """The integer dtype ids are widened to before any comparison or gather: int32, or int64
+  under ``jax_enable_x64``. Narrow ids (``int8``, ``uint8``, ...) are never compared in their own
+  dtype, where a table size or a padding id would wrap around.
+
+  Example:
+    >>> import embedlab as el
+    >>> el.tables.id_dtype()
+    dtype('int32')
+  """
+  return np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
+
+
+def normalize_ids(ids: Any, num_embeddings: int, *, oob: str = "error",
+                  padding_id: int | None = None, where: str = "lookup") -> CheckedIds:
+  """The one id path of every function that takes ids: type check, range check, widening.
+
+  1. ``ids`` must have an integer dtype (``TypeError`` otherwise: floats are never truncated).
+  2. Each id is compared with ``0..num_embeddings-1`` exactly, whatever its dtype (a ``uint8``
+     id 255 is 255, an ``int8`` id never equals padding id 260, a ``uint32`` id 2**32-1 is
+     not -1). Under ``oob="error"`` a concrete id outside raises ``ValueError`` naming the id,
+     its position, the valid range and how to fix it; traced ids (``jit``, ``grad``, ``vmap``)
+     get a device-side check whose host callback raises the same message when the computation
+     runs. ``oob="clip"`` clamps to the nearest row; ``oob="zero"`` clamps and marks the
+     position as not kept.
+  3. The ids come back as ``id_dtype()`` (int32, or int64 under ``jax_enable_x64``), and
+     ``padding_id`` is compared with the widened ids.
+
+  Args:
+    ids: integer ids of any shape (numpy, JAX or nested lists).
+    num_embeddings: rows of the table (the logical vocabulary of a variant).
+    oob: ``"error"``, ``"clip"`` or ``"zero"`` (see ``lookup``).
+    padding_id: positions holding it are marked as not kept.
+    where: the caller's name, first word of every message.
+
+  Returns:
+    ``CheckedIds(ids, keep)``.
+
+  Example:
+    >>> import numpy as np, embedlab as el
+    >>> checked = el.tables.normalize_ids(np.array([1, 255], np.uint8), 1000, padding_id=1)
+    >>> checked.ids.tolist(), checked.ids.dtype, checked.keep.tolist()
+    ([1, 255], dtype('int32'), [False, True])
+  """
+  if oob not in OOB_POLICIES:
+    raise ValueError(f"{where}: oob={oob!r} is not one of {', '.join(OOB_POLICIES)}.")
+  if padding_id is not None:
+    _check_padding_id(padding_id, num_embeddings, where)
+  ids = _integer_array(ids, where)
+  message = functools.partial(_oob_message, where, rows=num_embeddings)
+  if oob == "error":
+    safe, keep = _checked_in_range(ids, num_embeddings, message), None
+  else:
+    safe, out_of_range = _clipped(ids, num_embeddings)
+    keep = ~out_of_range if oob == "zero" else None
+  if padding_id is not None:
+    real = safe != padding_id
+    keep = real if keep is None else keep & real
+  return CheckedIds(safe, keep)
+
+
+def normalize_segments(segment_ids: Any, num_bags: Any, *, check_traced: bool = True,
+                       where: str = "bag") -> tuple[Array, int]:
+  """Ragged bags' ``segment_ids`` and ``num_bags``, checked as ids are (``normalize_ids``).
+
+  ``num_bags`` must be a Python int >= 0 (it fixes the output shape); None infers it from
+  concrete segment ids (their maximum + 1). Segment ids must be integers in ``0..num_bags-1``
+  (PyTorch raises on such offsets; ``segment_sum`` would silently drop their ids). Concrete
+  segment ids are always checked; traced ones when ``check_traced`` (``bag`` checks them under
+  ``oob="error"``, as it checks the ids).
+
+  Returns:
+    ``(segment_ids as id_dtype(), num_bags)``.
+
+  Example:
+    >>> import embedlab as el
+    >>> el.tables.normalize_segments([0, 0, 2], 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: bag: segment id 2 at position (2,) is outside the bags (num_bags=2: valid ...
+  """
+  segment_ids = _integer_array(segment_ids, where, what="segment_ids")
+  if num_bags is None:
+    if isinstance(segment_ids, jax.core.Tracer):
+      raise ValueError(f"{where}: under jit, ragged input needs num_bags (a Python int): it "
+                       f"fixes the output shape.")
+    host = np.asarray(segment_ids)
+    num_bags = int(host.max()) + 1 if host.size else 0
+    num_bags = max(num_bags, 0)  # negative segment ids are reported by the range check
+  elif (isinstance(num_bags, bool) or not isinstance(num_bags, (int, np.integer))
+        or num_bags < 0):
+    raise TypeError(f"{where}: num_bags must be a Python int >= 0 (the number of bags; it fixes "
+                    f"the output shape), got {num_bags!r} of type {type(num_bags).__name__}.")
+  num_bags = int(num_bags)
+  message = functools.partial(_segment_message, where, num_bags=num_bags)
+  if isinstance(segment_ids, jax.core.Tracer) and not check_traced:
+    return segment_ids.astype(id_dtype()), num_bags
+  return _checked_in_range(segment_ids, num_bags, message), num_bags
+
+
 def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
-  """Validates ids against a table of ``num_embeddings`` rows and returns them as an array.
+  """Validates ids against a table of ``num_embeddings`` rows; returns them widened to
+  ``id_dtype()`` (``normalize_ids`` with ``oob="error"``).
 
   Raises ``TypeError`` for non-integer ids, ``ValueError`` for concrete ids outside
   ``0..num_embeddings-1`` (naming the first such id and its position); for traced ids it adds a
@@ -167,75 +299,135 @@ def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
     ...
     ValueError: lookup: id 9 at position (1, 1) is outside the table (5 rows: valid ids are 0..4). ...
   """
-  if isinstance(ids, jax.core.Tracer):
-    _check_integer_dtype(ids.dtype, where)
-    _traced_range_check(ids, num_embeddings, where)
-    return ids
-  if not isinstance(ids, (np.ndarray, jax.Array)):
-    ids = np.asarray(ids)
-    if ids.dtype == np.float64 and ids.size == 0:
-      ids = ids.astype(np.int32)
-  check_host_ids(np.asarray(ids), num_embeddings, where=where)
-  return jnp.asarray(ids)
+  return normalize_ids(ids, num_embeddings, where=where).ids
 
 
 def check_host_ids(ids: np.ndarray, num_embeddings: int, *, where: str = "lookup") -> None:
   """``check_ids`` for a numpy array, without making a device array of it: its dtype, two
   reductions (min, max), and the first bad position only when there is one."""
   _check_integer_dtype(ids.dtype, where)
-  if ids.size == 0 or (ids.min() >= 0 and ids.max() < num_embeddings):
-    return
-  bad = (ids < 0) | (ids >= num_embeddings)
-  position = np.unravel_index(int(np.argmax(bad)), ids.shape)
-  raise ValueError(_oob_message(where, ids[position], position, num_embeddings))
+  _check_host_range(ids, num_embeddings, functools.partial(_oob_message, where,
+                                                           rows=num_embeddings))
 
 
-def _check_integer_dtype(dtype, where):
-  if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
-    raise TypeError(f"{where}: ids must be integers, got dtype {dtype}. Convert token ids with "
-                    f"ids.astype('int32'); floats are never silently truncated.")
+def padding_mask(ids: Any, padding_id: int | None) -> Array:
+  """True where ``ids`` is not ``padding_id``, compared exactly in any integer dtype (a
+  ``padding_id`` the dtype cannot hold matches nothing; it never wraps around).
 
-
-def _traced_range_check(ids: Array, rows: int, where: str) -> None:
-  flat = ids.reshape(-1)
-  if flat.size == 0:
-    return
-  bad = (flat < 0) | (flat >= rows)
-  first = jnp.argmax(bad)
-  shape = ids.shape
-
-  def raise_if_bad(any_bad, bad_id, flat_index):
-    if bool(any_bad):
-      position = np.unravel_index(int(flat_index), shape)
-      raise ValueError(_oob_message(where, bad_id, position, rows))
-
-  jax.debug.callback(raise_if_bad, bad.any(), flat[first], first)
-
-
-def _checked_ids(table: Array, ids: Any, oob: str, where: str) -> tuple[Array, Array | None]:
-  """Returns (ids safe to gather, in-range mask or None) under one of the oob policies."""
-  if oob not in OOB_POLICIES:
-    raise ValueError(f"{where}: oob={oob!r} is not one of {', '.join(OOB_POLICIES)}.")
-  rows = table.shape[0]
-  if oob == "error":
-    return check_ids(ids, rows, where=where), None
-  if not isinstance(ids, (jax.Array, np.ndarray)):
+  Example:
+    >>> import numpy as np, embedlab as el
+    >>> el.tables.padding_mask(np.array([4, 5], np.int8), 260).tolist()
+    [True, True]
+  """
+  shape = np.shape(ids)
+  if padding_id is None:
+    return jnp.ones(shape, bool)
+  if not isinstance(ids, (np.ndarray, jax.Array)):
     ids = np.asarray(ids)
-  _check_integer_dtype(ids.dtype, where)
-  ids = jnp.asarray(ids)
-  safe = jnp.clip(ids, 0, rows - 1)
-  if oob == "clip":
-    return safe, None
-  return safe, (ids >= 0) & (ids < rows)
+  info = np.iinfo(ids.dtype)
+  if not info.min <= padding_id <= info.max:
+    return jnp.ones(shape, bool)
+  xp = np if isinstance(ids, np.ndarray) else jnp
+  return jnp.asarray(ids != xp.asarray(padding_id, ids.dtype))
 
 
-def _gather(table: Array, ids: Any, oob: str, where: str) -> tuple[Array, Array, Array | None]:
-  """Returns (vectors, safe ids, in-range mask or None); out-of-range rows are zero ("zero")."""
-  ids, in_range = _checked_ids(table, ids, oob, where)
-  vecs = jnp.take(table, ids, axis=0, mode="clip")
-  if in_range is not None:
-    vecs = vecs * in_range[..., None].astype(vecs.dtype)
-  return vecs, ids, in_range
+def mask_rows(vecs: Array, keep: Array | None) -> Array:
+  """Zero vectors where ``keep`` is False, with ``jnp.where`` (not a product: a NaN or inf row
+  or cotangent at such a position stays out of the result and out of the gradient).
+
+  Example:
+    >>> import jax.numpy as jnp, embedlab as el
+    >>> el.tables.mask_rows(jnp.array([[1.0], [jnp.nan]]), jnp.array([True, False])).tolist()
+    [[1.0], [0.0]]
+  """
+  if keep is None:
+    return vecs
+  return jnp.where(keep[..., None], vecs, jnp.zeros((), vecs.dtype))
+
+
+def _integer_array(ids: Any, where: str, what: str = "ids"):
+  """``ids`` as a numpy array (host input) or a JAX array (device input), integer dtype."""
+  if not isinstance(ids, (np.ndarray, jax.Array)):
+    ids = np.asarray(ids)
+    if ids.dtype == np.float64 and ids.size == 0:
+      ids = ids.astype(np.int32)
+  _check_integer_dtype(ids.dtype, where, what)
+  return ids
+
+
+def _check_integer_dtype(dtype, where, what="ids"):
+  if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+    raise TypeError(f"{where}: {what} must be integers, got dtype {dtype}. Convert them with "
+                    f".astype('int32'); floats are never silently truncated.")
+
+
+def _host_out_of_range(ids: np.ndarray, limit: int) -> np.ndarray:
+  """Exact ``(ids < 0) | (ids >= limit)`` for numpy ids of any integer dtype."""
+  if ids.dtype.kind == "u":
+    return ids.astype(np.uint64) >= np.uint64(limit)
+  wide = ids.astype(np.int64)
+  return (wide < 0) | (wide >= limit)
+
+
+def _check_host_range(ids: np.ndarray, limit: int, message: Callable[..., str]) -> None:
+  if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < limit):
+    return
+  position = np.unravel_index(int(np.argmax(_host_out_of_range(ids, limit))), ids.shape)
+  raise ValueError(message(ids[position], position))
+
+
+def _device_bounds(ids: Array, limit: int) -> tuple[Array | None, Array | None]:
+  """``(ids < 0, ids >= limit)`` compared exactly in ``ids``' own dtype; None where the dtype
+  cannot hold such a value (an unsigned id is never negative, a uint8 id never reaches 1000)."""
+  info = jnp.iinfo(ids.dtype)
+  low = ids < 0 if info.min < 0 else None
+  high = ids >= jnp.asarray(limit, ids.dtype) if limit <= info.max else None
+  return low, high
+
+
+def _checked_in_range(ids, limit: int, message: Callable[..., str]) -> Array:
+  """``ids`` widened to ``id_dtype()``, raising (eagerly, or from the device) if any is outside
+  ``0..limit-1``."""
+  wide = id_dtype()
+  if isinstance(ids, np.ndarray):
+    _check_host_range(ids, limit, message)
+    return jnp.asarray(ids.astype(wide))
+  if not isinstance(ids, jax.core.Tracer):
+    _check_host_range(np.asarray(ids), limit, message)
+    return ids.astype(wide)
+  low, high = _device_bounds(ids, limit)
+  if ids.size and (low is not None or high is not None):
+    bad = low if high is None else high if low is None else low | high
+    flat = bad.reshape(-1)
+    first = jnp.argmax(flat)
+    shape = ids.shape
+
+    def raise_if_bad(any_bad, bad_id, flat_index):
+      if bool(any_bad):
+        raise ValueError(message(bad_id, np.unravel_index(int(flat_index), shape)))
+
+    jax.debug.callback(raise_if_bad, flat.any(), ids.reshape(-1)[first], first)
+  return ids.astype(wide)
+
+
+def _clipped(ids, limit: int) -> tuple[Array, Array]:
+  """(``ids`` clamped to ``0..limit-1`` as ``id_dtype()``, out-of-range mask), exactly."""
+  wide = id_dtype()
+  if isinstance(ids, np.ndarray):
+    bad = _host_out_of_range(ids, limit)
+    if ids.dtype.kind == "u":
+      safe = np.minimum(ids.astype(np.uint64), np.uint64(limit - 1))
+    else:
+      safe = np.clip(ids.astype(np.int64), 0, limit - 1)
+    return jnp.asarray(safe.astype(wide)), jnp.asarray(bad)
+  low, high = _device_bounds(ids, limit)
+  safe = ids.astype(wide)  # wraps only values that high / low replace below
+  bad = jnp.zeros(ids.shape, bool)
+  if low is not None:
+    safe, bad = jnp.where(low, 0, safe), low
+  if high is not None:
+    safe, bad = jnp.where(high, limit - 1, safe), bad | high
+  return safe, bad
 
 
 def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str = "error",
@@ -265,18 +457,15 @@ def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str 
     (1, 3, 4)
   """
   table = _table(params, "lookup")
-  if padding_id is not None:
-    _check_padding_id(padding_id, table.shape[0], "lookup")
-  vecs, ids, _ = _gather(table, ids, oob, "lookup")
+  checked = normalize_ids(ids, table.shape[0], oob=oob, padding_id=padding_id, where="lookup")
+  vecs = jnp.take(table, checked.ids, axis=0, mode="clip")  # in range: checked or clamped
   if max_norm is not None:
     norms = jnp.linalg.norm(vecs.astype(jnp.float32), axis=-1, keepdims=True)
     scale = jnp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0).astype(vecs.dtype)
     vecs = vecs + jax.lax.stop_gradient(vecs * scale - vecs)
   if compute_dtype is not None:
     vecs = vecs.astype(compute_dtype)
-  if padding_id is not None:
-    vecs = vecs * (ids != padding_id)[..., None].astype(vecs.dtype)
-  return vecs
+  return mask_rows(vecs, checked.keep)
 
 
 def renorm_rows(params: Params, ids: Any, max_norm: float) -> Params:
@@ -305,7 +494,10 @@ def offsets_to_segment_ids(offsets: Any, num_ids: int) -> np.ndarray:
     >>> el.offsets_to_segment_ids([0, 2, 2], 5).tolist()
     [0, 0, 2, 2, 2]
   """
-  offsets = np.asarray(offsets)
+  offsets = np.asarray(_integer_array(offsets, "offsets_to_segment_ids", what="offsets"))
+  if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)) or num_ids < 0:
+    raise TypeError(f"offsets_to_segment_ids: num_ids must be a Python int >= 0 (the number of "
+                    f"ids), got {num_ids!r}.")
   if offsets.ndim != 1 or (offsets.size and (np.any(np.diff(offsets) < 0) or offsets[0] != 0
                                              or offsets[-1] > num_ids)):
     raise ValueError(f"offsets_to_segment_ids: offsets must be a non-decreasing 1-D array "
@@ -327,12 +519,19 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
       (``offsets_to_segment_ids`` converts PyTorch offsets) and ``num_bags`` (needed under
       ``jit``: it fixes the output shape).
 
-  Modes, with per-position ``weights`` ``w`` (1 when not given; 0 at padding):
+  Ragged ``segment_ids`` must be integers in ``0..num_bags-1`` and ``num_bags`` a Python int
+  (``normalize_segments``): others raise, as ids do (checked under ``jit`` with
+  ``oob="error"``), instead of silently dropping their ids.
+
+  Modes, with per-position ``weights`` ``w`` (1 when not given; 0 at padding, whatever the
+  weight there, even NaN or inf, as PyTorch's ``EmbeddingBag``):
     * ``sum``: ``sum_i w_i v_i``
     * ``mean``: ``sum_i w_i v_i / sum_i w_i`` (the weighted mean, as TensorFlow's combiner)
     * ``sqrtn``: ``sum_i w_i v_i / sqrt(sum_i w_i^2)``
     * ``max``: element-wise max over the bag's rows (no weights).
-  A bag with no real ids gives a zero vector with finite (zero) gradients, never NaN.
+  A bag with no real ids gives a zero vector with finite (zero) gradients, never NaN. Sums
+  accumulate in float32 (at least) whatever the table's dtype, and the result is cast to the
+  table's (or ``compute_dtype``): a bfloat16 bag of 1000 ones is 1000, not 256.
 
   Example:
     >>> import jax, jax.numpy as jnp, embedlab as el
@@ -347,38 +546,38 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
     raise ValueError("bag: mode='max' takes no weights (as PyTorch's EmbeddingBag); use "
                      "mode='sum' or 'mean' for weighted bags.")
   table = _table(params, "bag")
-  if padding_id is not None:
-    _check_padding_id(padding_id, table.shape[0], "bag")
   ids_shape = np.shape(ids)
   if segment_ids is None:
     if len(ids_shape) != 2:
       raise ValueError(f"bag: ids must be 2-D [batch, bag_len] (or 1-D with segment_ids), "
                        f"got shape {ids_shape}.")
-  else:
-    if len(ids_shape) != 1 or np.shape(segment_ids) != ids_shape:
-      raise ValueError(f"bag: ragged input needs 1-D ids and segment_ids of the same shape, got "
-                       f"{ids_shape} and {np.shape(segment_ids)}.")
-    if num_bags is None:
-      if isinstance(segment_ids, jax.core.Tracer):
-        raise ValueError("bag: under jit, ragged input needs num_bags (a Python int).")
-      num_bags = int(np.max(np.asarray(segment_ids))) + 1 if ids_shape[0] else 0
-  ids, in_range = _checked_ids(table, ids, oob, "bag")
-  dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else table.dtype
-  mask = jnp.ones(ids.shape, bool) if padding_id is None else ids != padding_id
-  if in_range is not None:
-    mask = mask & in_range
-  if weights is None:
-    w = mask.astype(dtype)
-  else:
-    if np.shape(weights) != ids.shape:
-      raise ValueError(f"bag: weights must have the shape of ids {ids.shape}, "
-                       f"got {np.shape(weights)}.")
-    w = jnp.asarray(weights).astype(dtype) * mask.astype(dtype)
+  elif len(ids_shape) != 1 or np.shape(segment_ids) != ids_shape:
+    raise ValueError(f"bag: ragged input needs 1-D ids and segment_ids of the same shape, got "
+                     f"{ids_shape} and {np.shape(segment_ids)}.")
+  if weights is not None and np.shape(weights) != ids_shape:
+    raise ValueError(f"bag: weights must have the shape of ids {ids_shape}, "
+                     f"got {np.shape(weights)}.")
   if segment_ids is None:
+    _check_padded_num_bags(num_bags, ids_shape[0], "bag")
     # the strategy (gather-then-sum or a scan over positions) is chosen per backend and shape
-    return pooling.pool_padded(table, ids, w, mask, mode, compute_dtype=compute_dtype)
-  vecs = jnp.take(table, ids, axis=0, mode="clip").astype(dtype)
-  return _pool_ragged(vecs, w, mask, jnp.asarray(segment_ids), int(num_bags), mode)
+    return pooling.pool_padded(table, ids, weights, None, mode, compute_dtype=compute_dtype,
+                               oob=oob, padding_id=padding_id, where="bag")
+  checked = normalize_ids(ids, table.shape[0], oob=oob, padding_id=padding_id, where="bag")
+  segment_ids, num_bags = normalize_segments(segment_ids, num_bags,
+                                             check_traced=oob == "error", where="bag")
+  dtype = jnp.dtype(table.dtype if compute_dtype is None else compute_dtype)
+  vecs = jnp.take(table, checked.ids, axis=0, mode="clip").astype(dtype)
+  keep = jnp.ones(checked.ids.shape, bool) if checked.keep is None else checked.keep
+  return pooling.pool_vectors(vecs, keep, mode, weights=weights, segment_ids=segment_ids,
+                              num_bags=num_bags, dtype=dtype)
+
+
+def _check_padded_num_bags(num_bags, batch, where):
+  # padded bags are the rows of ids: a num_bags that disagrees would otherwise be ignored
+  if num_bags is not None and (isinstance(num_bags, bool) or num_bags != batch):
+    raise ValueError(f"{where}: padded bags are the {batch} rows of ids, but num_bags="
+                     f"{num_bags!r}. Leave num_bags out, or pass 1-D ids with segment_ids for "
+                     f"ragged bags.")
 
 
 def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: Any = None,
@@ -387,7 +586,10 @@ def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: A
   (padded bags), or ``vecs [N, D]`` with ``mask [N]``, ``segment_ids [N]`` and ``num_bags``
   (ragged). ``mask`` is False at padding. The same numbers as ``bag`` (unweighted) on the ids
   the vectors were read for: what the row-sparse step pools when it gathers the rows itself
-  (``embedlab.train``).
+  (``embedlab.train``). ``num_bags`` and concrete segment ids are checked as ``bag`` checks
+  them; traced segment ids are not (as ``bag`` with ``oob="clip"``: the train step's batches
+  come from ``data.ragged_batches``). Sums accumulate in float32 at least
+  (``pooling.pool_vectors``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -397,36 +599,16 @@ def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: A
   """
   if mode not in BAG_MODES:
     raise ValueError(f"pool_vectors: mode={mode!r} is not one of {', '.join(BAG_MODES)}.")
-  if segment_ids is None:  # padded: bag b's positions are segment b, in order
-    bags, length = mask.shape
-    vecs = vecs.reshape(bags * length, vecs.shape[-1])
-    segment_ids, num_bags, mask = (jnp.repeat(jnp.arange(bags), length), bags,
-                                   mask.reshape(-1))
-  elif num_bags is None:
-    raise ValueError("pool_vectors: ragged vectors (with segment_ids) need num_bags, the "
-                     "number of bags (a Python int).")
-  return _pool_ragged(vecs, mask.astype(vecs.dtype), mask, segment_ids, int(num_bags), mode)
-
-
-def _safe_divide(total: Array, denom: Array) -> Array:
-  ok = denom != 0
-  return jnp.where(ok, total / jnp.where(ok, denom, 1), 0)
-
-
-def _pool_ragged(vecs_NxD, w_N, mask_N, seg_N, num_bags, mode):
-  if mode == "max":
-    neg = jnp.array(-jnp.inf, vecs_NxD.dtype)
-    best = jax.ops.segment_max(jnp.where(mask_N[:, None], vecs_NxD, neg), seg_N, num_bags)
-    count = jax.ops.segment_sum(mask_N.astype(jnp.int32), seg_N, num_bags)
-    return jnp.where(count[:, None] > 0, best, 0)
-  total = jax.ops.segment_sum(vecs_NxD * w_N[:, None], seg_N, num_bags)
-  if mode == "sum":
-    return total
-  if mode == "mean":
-    denom = jax.ops.segment_sum(w_N, seg_N, num_bags)
+  if segment_ids is not None:
+    if num_bags is None:
+      raise ValueError("pool_vectors: ragged vectors (with segment_ids) need num_bags, the "
+                       "number of bags (a Python int).")
+    segment_ids, num_bags = normalize_segments(segment_ids, num_bags, check_traced=False,
+                                               where="pool_vectors")
   else:
-    denom = jnp.sqrt(jax.ops.segment_sum(w_N ** 2, seg_N, num_bags))
-  return _safe_divide(total, denom[:, None])
+    _check_padded_num_bags(num_bags, np.shape(mask)[0], "pool_vectors")
+  return pooling.pool_vectors(vecs, jnp.asarray(mask, bool), mode, segment_ids=segment_ids,
+                              num_bags=num_bags)
 
 
 def attend(params: Params, x: Array) -> Array:

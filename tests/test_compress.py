@@ -459,3 +459,57 @@ def test_describe_compressed_names_the_variant():
   assert ec.describe_compressed(concat, combine="concat").features == 7
   with pytest.raises(TypeError, match="unknown params"):
     ec.describe_compressed({"w": jnp.ones(3)})
+
+
+# ---------------------------------------------------------------- regressions: narrow ids, pooling
+
+@pytest.mark.parametrize("v", [ids_of(v) for v in VARIANTS])
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "uint32"])
+def test_narrow_id_dtypes_read_the_same_rows_eager_and_under_jit(v, dtype):
+  ids = v.good_ids(np.random.default_rng(8), (2, 5)) % min(v.rows, 128)
+  ids[0, 0] = min(v.rows, int(np.iinfo(dtype).max) + 1) - 1  # the largest id the dtype holds
+  narrow = ids.astype(dtype)
+  want = v.np_lookup(narrow.astype(np.int64))
+  jitted = jax.jit(lambda p, i: v.lookup(p, i))
+  for got in (v.lookup(v.params, narrow), jitted(v.params, jnp.asarray(narrow))):
+    np.testing.assert_allclose(np.asarray(jax.block_until_ready(got)), want, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_quantized_lookup_of_uint8_id_255_is_row_255_not_clipped():
+  table = jnp.arange(1000.0)[:, None] * jnp.ones((1, 4))
+  for bits in (8, 4):
+    q = ec.quantize({"table": table}, bits=bits)
+    got = ec.lookup_quantized(q, np.array([1, 255], np.uint8))
+    want = np.asarray(ec.dequantize(q)["table"])[[1, 255]]
+    np.testing.assert_array_equal(np.asarray(got), want)
+  qr = {"quotient": jnp.arange(40.0)[:, None], "remainder": jnp.ones((25, 1))}
+  got = ec.lookup_qr(qr, np.array([255, 4], np.uint8), combine="mult", padding_id=260,
+                     num_embeddings=1000)
+  np.testing.assert_array_equal(np.asarray(got)[:, 0], [255 // 25, 0])  # 4 is not 260
+
+
+def test_negative_and_too_large_ids_raise_in_every_id_taking_function():
+  with pytest.raises(ValueError, match=r"hash_embedding_buckets: id -1 at position \(1,\)"):
+    ec.hash_embedding_buckets(np.array([1, -1], np.int8), 2, 10)
+  with pytest.raises(ValueError, match=r"lookup_hashed: id 4294967295 at position \(0,\)"):
+    ec.lookup_hashed({"table": jnp.ones((5, 2))}, np.array([2**32 - 1], np.uint32), num_buckets=5)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "sqrtn"])
+def test_bag_lookup_ignores_nan_weights_at_padding_and_accumulates_in_float32(mode):
+  v = next(v for v in VARIANTS if v.name == "qr_add")
+  ids = np.array([[1, 4, 2], [4, 4, 4]], np.int8)
+  weights = np.array([[2.0, np.nan, 0.5], [np.inf] * 3], np.float32)
+  want = np_pool(v.np_lookup(ids, padding_id=4), ids, mode, np.where(ids != 4, weights, 1), 4)
+  got = ec.bag_lookup(v.lookup, v.params, ids, mode=mode, weights=weights, padding_id=4)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  grads = jax.grad(lambda p: jnp.sum(ec.bag_lookup(v.lookup, p, ids, mode=mode, weights=weights,
+                                                   padding_id=4)))(v.params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads.values())
+  # a bfloat16 bag of 1000 rows of 1.0 sums to 1000 (accumulated in bfloat16 it stops at 256)
+  ones = ec.quantize({"table": jnp.ones((3, 4))})
+  lookup_bf16 = functools.partial(ec.lookup_quantized, dtype=jnp.bfloat16)
+  total = ec.bag_lookup(lookup_bf16, ones, np.ones((1, 1000), np.int32), mode="sum")
+  assert total.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(total, np.float32), 1000.0)

@@ -194,3 +194,41 @@ def test_linen_embed_padding_gradient_bag_and_init():
   emb = np.asarray(random_init["params"]["embedding"])
   np.testing.assert_array_equal(emb[0], np.zeros(D, np.float32))
   assert np.all(emb[1:] != 0)
+
+
+# ---------------------------------------------------------------- regressions: the shared id path
+
+def test_nnx_and_linen_read_narrow_ids_exactly_and_ignore_nan_weights_at_padding():
+  table = np.random.default_rng(2).normal(size=(300, 3)).astype(np.float32)
+  table[260] = 0
+  nnx_layer = Embed(300, 3, init=table, padding_id=260, rngs=nnx.Rngs(0))
+  linen_layer = LinenEmbed(300, 3, padding_id=260, oob="clip")
+  variables = {"params": {"embedding": jnp.asarray(table)}}
+  ids = np.array([[255, 4, 4], [1, 2, 3]], np.uint8)  # 255 is row 255; 4 is not padding 260
+  small = np.array([[100, 4, 4], [1, 2, 3]], np.int8)  # 260 would wrap to 4 in int8
+  for layer_ids, got in ((ids, nnx_layer(ids)),
+                         (ids, nnx.jit(lambda m, i: m(i))(nnx_layer, jnp.asarray(ids))),
+                         (ids, linen_layer.apply(variables, ids)),
+                         (small, linen_layer.apply(variables, small)),
+                         (small, jax.jit(linen_layer.apply)(variables, jnp.asarray(small)))):
+    np.testing.assert_array_equal(np.asarray(got), table[layer_ids.astype(np.int64)])
+  weights = np.array([[1.0, 2.0, 0.5], [1.0, 1.0, 1.0]], np.float32)
+  padded_ids = ids.astype(np.int32)
+  padded_ids[0, 2] = 260  # padding: its NaN weight is ignored, as PyTorch does
+  weights[0, 2] = np.nan
+  w = np.where(padded_ids != 260, weights, 0)
+  want_sum = np.einsum("bl,bld->bd", w, table[padded_ids])
+  np.testing.assert_allclose(np.asarray(nnx_layer.bag(padded_ids, mode="sum", weights=weights)),
+                             want_sum, rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(linen_layer.apply(variables, padded_ids, mode="mean", weights=weights,
+                                   method="bag")), want_sum / w.sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_nnx_ragged_bag_checks_segment_ids_and_num_bags():
+  layer = Embed(V, D, rngs=nnx.Rngs(0))
+  ids = np.array([1, 2, 3], np.int32)
+  with pytest.raises(ValueError, match=r"bag: segment id 2 at position \(2,\) is outside the bags"):
+    layer.bag(ids, segment_ids=np.array([0, 1, 2], np.int32), num_bags=2)
+  with pytest.raises(TypeError, match=r"num_bags must be a Python int >= 0"):
+    layer.bag(ids, segment_ids=np.array([0, 1, 1], np.int32), num_bags=2.0)

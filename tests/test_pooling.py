@@ -97,13 +97,15 @@ def test_bag_dispatches_to_scan_on_large_cpu_shapes_with_the_same_numbers(monkey
   expected = reference_bag(table, ids, weights, 0, "sqrtn")
   assert pooling.choose_strategy(*ids.shape, 3, 4, "sqrtn", "cpu") == "take"
   monkeypatch.setattr(pooling, "SCAN_MIN_BYTES", 1)
-  pooling.pool_padded.clear_cache()
   assert pooling.choose_strategy(*ids.shape, 3, 4, "sqrtn", "cpu") == "scan"
   assert pooling.choose_strategy(*ids.shape, 3, 4, "max", "cpu") == "take"
   assert pooling.choose_strategy(*ids.shape, 3, 4, "sum", "gpu") == "take"
+  used = []
+  kernel = pooling._pool_padded
+  monkeypatch.setattr(pooling, "_pool_padded", lambda *a: used.append(a[-1]) or kernel(*a))
   got = jax.jit(lambda t, i, w: el.bag({"table": t}, i, mode="sqrtn", weights=w, padding_id=0))(
       jnp.asarray(table), jnp.asarray(ids), jnp.asarray(weights))
-  pooling.pool_padded.clear_cache()
+  assert used == (["scan"] if jax.default_backend() == "cpu" else ["take"])
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -131,3 +133,57 @@ def test_bfloat16_compute_accumulates_in_float32():
 def test_unknown_strategy_says_which_exist():
   with pytest.raises(ValueError, match="take, scan, segment"):
     pool_with("loop", jnp.ones((3, 2)), jnp.ones((1, 2), jnp.int32), None, "sum")
+
+
+# ---------------------------------------------------------------- regressions: every strategy
+
+@pytest.mark.parametrize("strategy", pooling.STRATEGIES)
+def test_every_strategy_accumulates_a_bfloat16_table_in_float32(strategy):
+  table = jnp.ones((3, 2), jnp.bfloat16)
+  ids = jnp.ones((2, 1000), jnp.int32)
+  got = pooling.pool_padded(table, ids, None, None, "sum", strategy=strategy)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), 1000.0)
+
+
+@pytest.mark.parametrize("strategy", pooling.STRATEGIES)
+@pytest.mark.parametrize("mode", ("sum", "mean", "sqrtn"))
+def test_every_strategy_ignores_non_finite_weights_at_padding(strategy, mode):
+  table, ids, weights = make_batch(seed=4)
+  dirty = weights.copy()
+  dirty[ids == 0] = np.nan
+  dirty[0, 0] = np.inf  # bag 0 is all padding
+  fn = jax.jit(lambda t: pooling.pool_padded(t, ids, dirty, None, mode, padding_id=0,
+                                             strategy=strategy))
+  np.testing.assert_allclose(fn(jnp.asarray(table)), reference_bag(table, ids, weights, 0, mode),
+                             rtol=1e-5, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda t: jnp.sum(fn(t))))(jnp.asarray(table))
+  assert np.isfinite(np.asarray(grad)).all()
+  np.testing.assert_array_equal(np.asarray(grad)[0], 0)
+
+
+def test_pool_padded_checks_ids_as_bag_does():
+  table = jnp.arange(2000.0).reshape(1000, 2)
+  ids = np.array([[255, 3]], np.uint8)  # valid: 255 is row 255 of 1000, never 255 - 256
+  for strategy in pooling.STRATEGIES:
+    got = pooling.pool_padded(table, ids, None, None, "sum", strategy=strategy)
+    np.testing.assert_array_equal(got, [[516.0, 518.0]])
+  with pytest.raises(ValueError, match=r"pool_padded: id 1000 at position \(0, 1\) is outside "
+                                       r"the table \(1000 rows"):
+    pooling.pool_padded(table, np.array([[1, 1000]], np.int32), None, None, "sum")
+  with pytest.raises(jax.errors.JaxRuntimeError, match=r"pool_padded: id -3 at position"):
+    jax.block_until_ready(jax.jit(lambda i: pooling.pool_padded(table, i, None, None, "mean"))(
+        jnp.array([[-3, 1]], jnp.int8)))
+  with pytest.raises(TypeError, match="pool_padded: ids must be integers"):
+    pooling.pool_padded(table, np.ones((1, 2), np.float32), None, None, "sum")
+  np.testing.assert_array_equal(
+      pooling.pool_padded(table, np.array([[1, 1000]]), None, None, "sum", oob="zero"), [[2, 3]])
+
+
+def test_localized_narrow_ids_keep_their_rows_under_clip():
+  table = jnp.arange(2000.0).reshape(1000, 2)
+  ids = jnp.array([[255, 3, 0]], jnp.uint8)
+  for oob in ("error", "clip"):
+    local = localize(table, ids, padding_id=0, oob=oob)
+    got = pooling.pool_padded(local.params["table"], local.ids, None, None, "sum", padding_id=0)
+    np.testing.assert_array_equal(got, [[516.0, 518.0]])

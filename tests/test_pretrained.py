@@ -301,3 +301,30 @@ def test_real_glove_file():
   assert _cos(banana, apple) > 0.5 > _cos(banana, great)  # measured: 0.56 and 0.17
   # the missing rows look like the found ones
   assert 0.5 < np.abs(table[[1, 9]]).mean() / np.abs(table[found]).mean() < 2
+
+
+@pytest.mark.parametrize("value,what", [("nan", "is not a finite number"),
+                                        ("-inf", "is not a finite number"),
+                                        ("1e400", "is not a finite number"),
+                                        ("3.5e38", r"overflows float32 \(largest 3.402823e\+38\)")])
+def test_non_finite_and_overflowing_values_name_file_line_and_word(tmp_path, value, what):
+  path = tmp_path / "odd.txt"
+  path.write_text(f"the 1 2 3\nof 4 {value} 6\nand 7 8 9\n")
+  message = rf"odd\.txt, line 2: value 2 of 'of', '{value}', {what}"
+  with pytest.raises(ValueError, match=message):
+    load_vectors(path, ["<pad>", "the", "of"])
+  with pytest.raises(ValueError, match=message):
+    read_vectors(path)
+  params, found = load_vectors(path, ["<pad>", "the", "and"])  # the line is never used
+  assert found.tolist() == [False, True, True]
+  if value == "3.5e38":  # float64 holds it; bfloat16 does not
+    assert read_vectors(path, dtype=np.float64)[1][1, 1] == 3.5e38
+    with pytest.raises(ValueError, match=r"line 2: value 2 of 'of', '3.5e38', overflows bfloat16"):
+      load_vectors(path, ["<pad>", "of"], dtype=jnp.bfloat16)
+
+
+def test_the_largest_float32_round_trips(tmp_path):
+  path = tmp_path / "max.txt"
+  save_vectors(path, {"table": jnp.array([[np.finfo(np.float32).max, -1.0]])}, ["big"])
+  words, vectors = read_vectors(path)
+  assert vectors[0, 0] == np.finfo(np.float32).max

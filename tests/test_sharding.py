@@ -216,3 +216,45 @@ def test_initialize_distributed_only_when_asked():
   assert not sharding.initialize_distributed(MeshConfig(), environ={})
   assert not sharding.initialize_distributed(MeshConfig(distributed="off"),
                                              environ={"SLURM_NTASKS": "8"})
+
+
+# ---------------------------------------------------------------- regressions (one-device mesh)
+
+def test_sharded_lookup_and_bag_read_narrow_ids_exactly():
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  table = np.arange(600, dtype=np.float32).reshape(300, 2)
+  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  ids = np.array([[255, 4, 4], [1, 2, 3]], np.uint8)
+  got = jax.jit(lambda i: sharding.sharded_lookup(params, i, mesh))(jnp.asarray(ids))
+  np.testing.assert_array_equal(got, table[ids.astype(np.int64)])
+  # int8 ids never equal padding id 260 (it would wrap to 4 in int8)
+  small = np.array([[100, 4, 4], [1, 2, 3]], np.int8)
+  got = sharding.sharded_lookup(params, small, mesh, padding_id=260)
+  np.testing.assert_array_equal(got, table[small.astype(np.int64)])
+  got = sharding.sharded_bag(params, ids, mesh, mode="sum", padding_id=260)
+  np.testing.assert_array_equal(got, table[ids.astype(np.int64)].sum(1))
+  with pytest.raises(ValueError, match=r"sharded_bag: id 4294967295 at position \(0, 0\)"):
+    sharding.sharded_bag(params, np.array([[2**32 - 1, 1]], np.uint32), mesh)
+  with pytest.raises(TypeError, match="sharded_take: ids must be integers"):
+    sharding.sharded_take(params["table"], jnp.array([1.0, 2.0]), mesh)
+
+
+@pytest.mark.parametrize("mode", sharding.SHARDED_BAG_MODES)
+def test_sharded_bag_ignores_nan_weights_at_padding_and_accumulates_in_float32(mode):
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  table = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  ids = np.array([[1, 0, 2], [0, 0, 0]], np.int32)
+  weights = np.array([[2.0, np.nan, 0.5], [np.inf] * 3], np.float32)
+  w = np.where(ids != 0, weights, 0)
+  total = np.einsum("bl,bld->bd", w, table[ids])
+  denom = {"sum": np.ones(2), "mean": w.sum(1), "sqrtn": np.sqrt((w ** 2).sum(1))}[mode]
+  want = np.where(denom[:, None] > 0, total / np.where(denom > 0, denom, 1)[:, None], 0)
+  fn = lambda p: sharding.sharded_bag(p, ids, mesh, mode=mode, weights=weights, padding_id=0)
+  np.testing.assert_allclose(fn(params), want, rtol=1e-6, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda p: jnp.sum(fn(p))))(params)["table"]
+  assert np.isfinite(np.asarray(grad)).all() and np.all(np.asarray(grad)[0] == 0)
+  ones = sharding.shard_table({"table": jnp.ones((4, 2), jnp.bfloat16)}, mesh)
+  got = sharding.sharded_bag(ones, np.ones((1, 1000), np.int32), mesh, mode="sum")
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), 1000.0)

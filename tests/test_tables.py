@@ -401,3 +401,122 @@ def test_num_params_and_describe_answer_the_seed_question():
   assert "10,000 rows x 64 features = 640,000 weights" in str(summary)
   assert "ids (32, 20) -> embeddings (32, 20, 64)" in str(summary)
   assert el.describe(el.init_table(jax.random.key(0), 4, 2, dtype=jnp.bfloat16)).bytes == 16
+
+
+# ---------------------------------------------------------------- regressions: narrow ids, ragged
+# bags, bfloat16 accumulation, NaN weights at padding
+
+BIG = {"table": jnp.arange(1000.0)[:, None] * jnp.ones((1, 2))}  # row r is [r, r]
+
+
+@pytest.mark.parametrize("oob", ["error", "clip", "zero"])
+def test_uint8_id_255_reads_row_255_of_a_1000_row_table(oob):
+  ids = np.array([1, 255], np.uint8)
+  for got in (el.lookup(BIG, ids, oob=oob), el.lookup(BIG, jnp.asarray(ids), oob=oob),
+              jax.jit(lambda i: el.lookup(BIG, i, oob=oob))(jnp.asarray(ids))):
+    np.testing.assert_array_equal(np.asarray(got)[:, 0], [1, 255])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16"])
+def test_valid_narrow_ids_on_a_large_table_pass_the_jit_check(dtype):
+  ids = np.array([[0, 1], [100, min(int(np.iinfo(dtype).max), 999)]], dtype)
+  got = jax.jit(lambda i: el.lookup(BIG, i))(jnp.asarray(ids))
+  np.testing.assert_array_equal(np.asarray(jax.block_until_ready(got))[..., 0],
+                                ids.astype(np.int64))
+  pooled = jax.jit(lambda i: el.bag(BIG, i, mode="sum"))(jnp.asarray(ids))
+  np.testing.assert_array_equal(np.asarray(pooled)[:, 0], ids.astype(np.int64).sum(1))
+
+
+def test_padding_id_beyond_the_id_dtype_matches_no_position():
+  ids = np.array([4, 5, 100], np.int8)  # 260 wraps to 4 in int8
+  for got in (el.lookup(BIG, ids, padding_id=260),
+              jax.jit(lambda i: el.lookup(BIG, i, padding_id=260))(jnp.asarray(ids))):
+    np.testing.assert_array_equal(np.asarray(got)[:, 0], [4, 5, 100])
+  np.testing.assert_array_equal(el.bag(BIG, ids[None], mode="sum", padding_id=260)[0, 0], 109)
+  np.testing.assert_array_equal(
+      el.bag(BIG, ids, segment_ids=np.zeros(3, np.int32), mode="sum", padding_id=260)[0, 0], 109)
+
+
+def test_uint32_ids_beyond_int32_are_named_exactly():
+  ids = np.array([[3, 2**32 - 1]], np.uint32)
+  message = r"id 4294967295 at position \(0, 1\) is outside the table \(1000 rows"
+  with pytest.raises(ValueError, match=message):
+    el.lookup(BIG, ids)
+  with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+    jax.block_until_ready(jax.jit(lambda i: el.lookup(BIG, i))(jnp.asarray(ids)))
+  np.testing.assert_array_equal(el.lookup(BIG, ids, oob="clip")[0, :, 0], [3, 999])
+  np.testing.assert_array_equal(el.lookup(BIG, ids, oob="zero")[0, :, 0], [3, 0])
+
+
+@pytest.mark.parametrize("segments,bad,position", [([0, -1, 1], -1, 1), ([0, 1, 2], 2, 2),
+                                                   ([5, 0, 0], 5, 0)])
+def test_ragged_segment_ids_outside_the_bags_raise(segments, bad, position):
+  ids, segments = np.array([1, 2, 3], np.int32), np.array(segments, np.int32)
+  message = (rf"bag: segment id {bad} at position \({position},\) is outside the bags "
+             r"\(num_bags=2: valid segment ids are 0\.\.1\)")
+  with pytest.raises(ValueError, match=message):
+    el.bag(BIG, ids, segment_ids=segments, num_bags=2, mode="sum")
+  jitted = jax.jit(lambda i, s: el.bag(BIG, i, segment_ids=s, num_bags=2, mode="sum"))
+  with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+    jax.block_until_ready(jitted(ids, segments))
+  np.testing.assert_array_equal(jitted(ids, np.array([0, 1, 1], np.int32))[:, 0], [1, 5])
+
+
+@pytest.mark.parametrize("num_bags", [2.0, -1, True, np.float32(2), jnp.array(2)])
+def test_ragged_num_bags_must_be_a_python_int(num_bags):
+  with pytest.raises(TypeError, match=r"bag: num_bags must be a Python int >= 0"):
+    el.bag(BIG, np.array([1, 2]), segment_ids=np.array([0, 1]), num_bags=num_bags)
+  with pytest.raises(TypeError, match=r"segment_ids must be integers"):
+    el.bag(BIG, np.array([1, 2]), segment_ids=np.array([0.0, 1.0]), num_bags=2)
+
+
+def test_bfloat16_ragged_bags_accumulate_in_float32():
+  ones = {"table": jnp.ones((10, 2), jnp.bfloat16)}
+  got = el.bag(ones, np.ones(1000, np.int32), segment_ids=np.zeros(1000, np.int32), num_bags=1,
+               mode="sum")
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), 1000.0)
+  # ragged and padded means agree (both float32 sums rounded once), and match numpy
+  rng = np.random.default_rng(0)
+  table = jnp.asarray(rng.uniform(0.5, 1.5, (50, 4)), jnp.bfloat16)
+  ids = rng.integers(0, 50, (3, 400)).astype(np.int32)
+  want = np.asarray(table, np.float64)[ids].mean(1)
+  padded = el.bag({"table": table}, ids, mode="mean")
+  ragged = el.bag({"table": table}, ids.reshape(-1), mode="mean", num_bags=3,
+                  segment_ids=np.repeat(np.arange(3), 400))
+  for got in (padded, ragged):
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8)
+  np.testing.assert_allclose(np.asarray(ragged, np.float64), np.asarray(padded, np.float64),
+                             rtol=2 ** -7)
+
+
+@pytest.mark.parametrize("bad_weight", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("mode", ["sum", "mean", "sqrtn"])
+def test_non_finite_weights_at_padding_are_ignored(bad_weight, mode):
+  table = random_table(6, 3, seed=4)
+  ids = np.array([[1, 0, 2], [0, 0, 0]], np.int32)
+  weights = np.array([[2.0, bad_weight, 0.5], [bad_weight] * 3], np.float32)
+  clean = np.where(ids != 0, weights, 1.0)
+  want = np_bag(table, ids, mode, clean, padding_id=0)
+  cot = np.ones(want.shape, np.float32)
+  want_grad = np_bag_grad(table, ids, mode, cot, clean, padding_id=0)
+  params = {"table": jnp.asarray(table)}
+  padded = lambda p: el.bag(p, ids, mode=mode, weights=weights, padding_id=0)
+  ragged = lambda p: el.bag(p, ids.reshape(-1), mode=mode, weights=weights.reshape(-1),
+                            padding_id=0, segment_ids=np.repeat([0, 1], 3), num_bags=2)
+  for fn in (padded, ragged):
+    np.testing.assert_allclose(np.asarray(fn(params)), want, rtol=1e-6, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(fn(p) * cot)))(params)["table"]
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_padded_num_bags_and_offsets_are_checked():
+  with pytest.raises(ValueError, match=r"bag: padded bags are the 2 rows of ids, but num_bags=3"):
+    el.bag(BIG, np.ones((2, 3), np.int32), num_bags=3)
+  assert el.bag(BIG, np.ones((2, 3), np.int32), num_bags=2).shape == (2, 2)
+  with pytest.raises(TypeError, match=r"offsets_to_segment_ids: offsets must be integers"):
+    el.offsets_to_segment_ids([0, 1.5], 3)
+  with pytest.raises(TypeError, match=r"num_ids must be a Python int >= 0"):
+    el.offsets_to_segment_ids([0, 1], 3.0)
+  np.testing.assert_array_equal(el.offsets_to_segment_ids(np.array([0, 200], np.uint8), 202),
+                                [0] * 200 + [1, 1])
