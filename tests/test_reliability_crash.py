@@ -206,7 +206,8 @@ def test_killed_runs_resume_bitwise_equal(tmp_path):
   by_hook = sum(k["kind"].startswith("save:") for k in kills)
   print(f"\nkill points survived: {len(kills)} ({by_hook} by the in-save hook, "
         f"{sum(k['graceful'] for k in kills)} by SIGTERM / SIGINT saving at the step, "
-        f"{len(kills) - by_hook} from outside at random times; {in_write} left a half-written "
+        f"{len(kills) - by_hook - sum(k['graceful'] for k in kills)} by SIGKILL from outside at "
+        f"random times; {in_write} left a half-written "
         f"checkpoint behind); every resumed run ended bitwise equal to the uninterrupted one "
         f"({time.monotonic() - start:.0f} s)")
   for chain in chains:
