@@ -22,7 +22,7 @@ Three ways to compute ``sum_l w[b, l] * table[ids[b, l]]``:
   * ``segment``: gather the flattened ``[B*L, D]`` and ``segment_sum`` it into bags (how the
     ragged layout pools).
 
-Measured on a 2-core CPU (``benchmarks/pooling.py``, figures in ``BENCHMARKS.md``, "Pooling strategies"):
+Measured on a 2-core CPU (``benchmarks/pooling.py``; BENCHMARKS.md, "Pooling strategies"):
 ``scan`` is several times faster than ``take`` for forward once ``[B, L, D]`` is large (for
 1M x 128, 16,384 bags of 64: about 47 ms against 250 ms) and about level on small shapes, so
 ``choose_strategy`` picks ``scan`` on CPU when ``[B, L, D]`` is at least
