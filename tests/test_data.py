@@ -49,7 +49,7 @@ def _isolated(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- paths
 
 
-def test_data_dir_env_then_shared_then_home(tmp_path, monkeypatch):
+def test_data_dir_env_then_shared_then_beside_the_checkout_then_home(tmp_path, monkeypatch):
   assert data.data_dir() == tmp_path
   monkeypatch.delenv("EMBEDLAB_DATA")
   work = tmp_path / "repo"
@@ -57,9 +57,28 @@ def test_data_dir_env_then_shared_then_home(tmp_path, monkeypatch):
   work.mkdir()
   monkeypatch.chdir(work)
   assert data.data_dir() == tmp_path / "shared" / "data"
+  # elsewhere: shared/data beside the checkout embedlab runs from (an editable install)
+  checkout = tmp_path / "elsewhere" / "embedlab-checkout"
+  (checkout.parent / "shared" / "data").mkdir(parents=True)
+  monkeypatch.setattr(data, "__file__", str(checkout / "embedlab" / "data.py"))
   monkeypatch.chdir(tmp_path)
+  assert data.data_dir() == checkout.parent / "shared" / "data"
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "embedlab" / "data.py"))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   assert data.data_dir() == tmp_path / "home" / ".cache" / "embedlab" / "data"
+
+
+def test_a_missing_data_file_names_every_place_looked_in(tmp_path, monkeypatch):
+  monkeypatch.delenv("EMBEDLAB_DATA")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "embedlab" / "data.py"))
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  with pytest.raises(data.DataError) as e:
+    data.load_splits(_files(tmp_path, train="sst2/train.tsv.gz"), seed=0)
+  message = str(e.value)
+  for place in (tmp_path.parent / "shared" / "data", tmp_path / "home" / ".cache" / "embedlab"):
+    assert str(place / "") in message or str(place) in message, message
+  assert "EMBEDLAB_DATA" in message and "README" in message
 
 
 def test_resolve(tmp_path):
