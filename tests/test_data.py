@@ -63,7 +63,7 @@ def test_data_dir_env_then_shared_then_beside_the_checkout_then_home(tmp_path, m
   monkeypatch.setattr(data, "__file__", str(checkout / "embedlab" / "data.py"))
   monkeypatch.chdir(tmp_path)
   assert data.data_dir() == checkout.parent / "shared" / "data"
-  monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "embedlab" / "data.py"))
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "venv" / "site-packages" / "embedlab" / "data.py"))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   assert data.data_dir() == tmp_path / "home" / ".cache" / "embedlab" / "data"
 
@@ -71,7 +71,7 @@ def test_data_dir_env_then_shared_then_beside_the_checkout_then_home(tmp_path, m
 def test_a_missing_data_file_names_every_place_looked_in(tmp_path, monkeypatch):
   monkeypatch.delenv("EMBEDLAB_DATA")
   monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "embedlab" / "data.py"))
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "venv" / "site-packages" / "embedlab" / "data.py"))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   with pytest.raises(data.DataError) as e:
     data.load_splits(_files(tmp_path, train="sst2/train.tsv.gz"), seed=0)
