@@ -19,6 +19,11 @@ minimum is the figure least disturbed by other work); ratios are taken within th
 
   python benchmarks/step_scaling.py            # V = 2^14, 2^16, ..., 2^22
   python benchmarks/step_scaling.py --quick    # V = 2^14, 2^18
+  taskset -c 1 python benchmarks/step_scaling.py --threads 1   # both on one core
+
+On a machine shared with other work, the two-thread figures (PyTorch's most of all: each of its
+many small operations waits for both threads) move with the load; on one core, each side
+running alone on it, they are steadier.
 
 Prints a table of ms/step, each optimizer's ratio to its floor at every size, t(2^22) / t(2^14),
 then one JSON line.
@@ -234,9 +239,10 @@ def main():
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--rounds", type=int, default=5, help="rounds of steps per figure")
   parser.add_argument("--steps", type=int, default=10, help="steps per round")
+  parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
   args = parser.parse_args()
   import torch  # noqa: PLC0415 - the bench extra
-  torch.set_num_threads(2)
+  torch.set_num_threads(args.threads)
   exponents = [14, 18] if args.quick else [14, 16, 18, 20, 22]
   ms = {"dense_adam": {}, **{n: {} for n in OPTIMIZERS}, **{f"floor_{n}": {} for n in OPTIMIZERS}}
   for e in exponents:
@@ -277,7 +283,7 @@ def main():
       f"{n} {ms[n][lo] / ms['dense_adam'][lo]:.2f}" for n in OPTIMIZERS))
   print(json.dumps({
       "benchmark": "step_scaling", "features": FEATURES, "batch": [BATCH, BAG_LEN],
-      "rounds": args.rounds, "steps": args.steps,
+      "rounds": args.rounds, "steps": args.steps, "torch_threads": args.threads,
       "update_strategy": {f"2^{e}": v for e, v in strategies.items()},
       "ms_per_step": {k: {f"2^{e}": round(v, 3) for e, v in r.items()} for k, r in ms.items()},
       "ratio_to_floor": {k: {f"2^{e}": round(v, 3) for e, v in r.items()}
