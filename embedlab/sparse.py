@@ -40,6 +40,12 @@ Without ``localize``, any code that produces per-position row gradients can call
 with duplicate ids (``unique=False``, the default): duplicates are summed per id inside ``jit``
 with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles).
 
+How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
+``embedlab.pooling`` chooses how to pool): the touched rows gathered and scattered back
+(``rows``), or, for a table with no more rows than the ids handed to it, one masked pass over
+the whole table and its slots with no sort (``dense``; ``localize`` then hands over the table
+itself). Both give the same numbers, up to float rounding.
+
 Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
 already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
 ``[V]`` array, True = trainable) name rows that never change: not their values, not their
@@ -70,8 +76,9 @@ class SparseOptimizer(NamedTuple):
   """A row-sparse optimizer for one table, shaped like an optax ``GradientTransformation``.
 
   ``init(table) -> state``;
-  ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False)
-  -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads`` ``[N, D]``.
+  ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False,
+  strategy="auto") -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads``
+  ``[N, D]``; ``strategy`` is ``"rows"``, ``"dense"`` or ``"auto"`` (``choose_update_strategy``).
 
   ``add``, only where the update is linear in the gradient (``sparse_sgd`` without weight
   decay), takes the same arguments but scatter-adds each row gradient into its row as it comes:
@@ -274,6 +281,7 @@ class Rule(NamedTuple):
   slots: Callable[[Array, tuple[Array, ...]], tuple[Array, ...]]
   direction: Callable[[Array, tuple[Array, ...], Array], Array]
 
+
 UPDATE_STRATEGIES = ("rows", "dense")
 # At most this many table rows per id handed to ``update``: the dense strategy on CPU.
 DENSE_MAX_ROWS_PER_ID = 1.0
@@ -290,7 +298,7 @@ def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = No
     and apply the rule to every row of the table and its slots, keeping the untouched ones
     (``where``): no sort, no random row access; the cost follows the table.
 
-  Both give the same numbers. On CPU ``dense`` is chosen when the table has at most
+  Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table has at most
   ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table is then no more work than
   gathering and scattering that many rows; ``benchmarks/step_scaling.py``), ``rows``
   otherwise and on other backends (not measured).
@@ -339,11 +347,11 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
     step = rule.direction(grads, new_slot_rows, count)
     if weight_decay:
       step = step + weight_decay * jnp.take(table, ids, axis=0, mode="clip")
-    # w + (-lr * step) scatter-added: the same number as gathering w and setting the sum, with
-    # one random read of the table fewer (ids are distinct here, V and beyond dropped)
-    table = table.at[ids].add(((-lr) * step).astype(table.dtype), mode="drop",
-                              unique_indices=True)
-    slots = tuple(s.at[ids].set(r.astype(s.dtype), mode="drop", unique_indices=True)
+    # -lr * step scatter-added into the rows (distinct here; V and beyond dropped): one random
+    # read of the table fewer than gathering the rows and setting w - lr * step, with the same
+    # sum up to the rounding of a multiply-add that XLA may fuse in one and not the other
+    table = table.at[ids].add(((-lr) * step).astype(table.dtype), mode="drop")
+    slots = tuple(s.at[ids].set(r.astype(s.dtype), mode="drop")
                   for s, r in zip(slots, new_slot_rows))
     return table, state_type(count, *slots)
 
