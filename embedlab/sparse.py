@@ -366,8 +366,20 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
   (the new values on touched rows, the only rows it changes), so no slot is read after it has
   been overwritten and XLA updates each array in place, without copies."""
   rows = table.shape[0]
-  grads_VxD = jnp.zeros_like(table).at[ids].add(grads, mode="drop")
-  touched_V = jnp.zeros((rows,), bool).at[ids].set(True, mode="drop")
+
+  def scattered():
+    return (jnp.zeros_like(table).at[ids].add(grads, mode="drop"),
+            jnp.zeros((rows,), bool).at[ids].set(True, mode="drop"))
+
+  if ids.shape[0] == rows:
+    # ``localize``'s "table" strategy hands over each row's own id or V: then the gradients
+    # are already in place, and neither a zeroed [V, D] array nor a scatter is needed
+    own = ids < rows
+    in_place = jnp.all(own == (ids == jnp.arange(rows)))
+    grads_VxD, touched_V = jax.lax.cond(
+        in_place, lambda: (jnp.where(own[:, None], grads, 0), own), scattered)
+  else:
+    grads_VxD, touched_V = scattered()
 
   def keep(new, old):
     touched = touched_V.reshape((rows,) + (1,) * (old.ndim - 1))

@@ -322,7 +322,7 @@ def numpy_update(name, hyper, table, slots, count, ids, grads, row_mask=None, sk
   return table, slots
 
 
-@pytest.mark.parametrize("rows", [12, 300])      # at most / more than one row per id (40 ids)
+@pytest.mark.parametrize("rows", [12, 40, 300])  # fewer, as many (40 ids) and more rows
 @pytest.mark.parametrize("strategy", ["auto", "rows", "dense"])
 @pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
 def test_every_optimizer_and_strategy_matches_a_numpy_step(name, strategy, rows):
