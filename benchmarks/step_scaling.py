@@ -20,6 +20,7 @@ minimum is the figure least disturbed by other work); ratios are taken within th
   python benchmarks/step_scaling.py            # V = 2^14, 2^16, ..., 2^22
   python benchmarks/step_scaling.py --quick    # V = 2^14, 2^18
   taskset -c 1 python benchmarks/step_scaling.py --threads 1   # both on one core
+  taskset -c 1 python benchmarks/step_scaling.py --strategies  # dense vs rows, 2^13..2^16
 
 On a machine shared with other work, the two-thread figures (PyTorch's most of all: each of its
 many small operations waits for both threads) move with the load; on one core, each side
@@ -70,17 +71,20 @@ def make_dense_step():
   return init, step
 
 
-def make_sparse_step(opt):
+def make_sparse_step(opt, strategy="auto"):
+  """The sparse step; ``strategy`` ``"dense"`` or ``"rows"`` forces ``localize``'s and
+  ``update``'s strategies (``"auto"``: the library's choice)."""
   tx = optax.adam(1e-3)
+  localize_strategy = {"auto": "auto", "dense": "table", "rows": "rows"}[strategy]
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
   def step(table, table_state, dense, dense_state, ids, labels):
-    local = sparse.localize(table, ids, padding_id=PAD)
+    local = sparse.localize(table, ids, padding_id=PAD, strategy=localize_strategy)
     # localize has checked the ids: the bag reads the local table unchecked
     loss, (table_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
         local.params, dense, local.ids, labels, "clip")
     table, table_state = opt.update(table, table_state, local.row_ids, table_grads["table"],
-                                    unique=True)
+                                    unique=True, strategy=strategy)
     updates, dense_state = tx.update(dense_grads, dense_state, dense)
     return table, table_state, optax.apply_updates(dense, updates), dense_state, loss
 
@@ -234,13 +238,51 @@ def make_floor_step(name, rows, torch):
   return step
 
 
+def compare_strategies(args):
+  """``--strategies``: each optimizer's step with the dense and the rows strategy forced, around
+  the switch (V = 2^13 .. 2^16 for 16,384 ids), to check ``choose_update_strategy``'s rule."""
+  exponents = [13, 14, 15, 16]
+  ms = {}
+  for e in exponents:
+    rows = 1 << e
+    batches = make_batches(rows)
+    runners, closers = {}, []
+    for name, make in OPTIMIZERS.items():
+      for strategy in ("dense", "rows"):
+        run, close = jax_runner(*make_sparse_step(make(), strategy), rows)
+        runners[(name, strategy)] = (run, batches)
+        closers.append(close)
+    for key, value in best_ms(runners, args.rounds, args.steps).items():
+      ms[(e, *key)] = value
+    for close in closers:
+      close()
+  print(f"ms/step, best of {args.rounds} rounds of {args.steps} steps: dense / rows strategy "
+        f"(below 1: dense faster); the rule picks dense up to 2^15 rows")
+  print(f"{'rows':>5} " + " ".join(f"{n:>28}" for n in OPTIMIZERS))
+  for e in exponents:
+    print(f"{'2^%d' % e:>5} " + " ".join(
+        f"{ms[(e, n, 'dense')]:8.2f} / {ms[(e, n, 'rows')]:8.2f} "
+        f"({ms[(e, n, 'dense')] / ms[(e, n, 'rows')]:4.2f})" for n in OPTIMIZERS))
+  print(json.dumps({
+      "benchmark": "step_scaling_strategies", "features": FEATURES, "batch": [BATCH, BAG_LEN],
+      "ms_per_step": {f"2^{e}/{n}/{s}": round(v, 3) for (e, n, s), v in ms.items()},
+      "choice": {f"2^{e}": sparse.choose_update_strategy(1 << e, BATCH * BAG_LEN + 1)
+                 for e in exponents},
+      "backend": jax.default_backend(), "jax": jax.__version__}))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--rounds", type=int, default=5, help="rounds of steps per figure")
   parser.add_argument("--steps", type=int, default=10, help="steps per round")
   parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
+  parser.add_argument("--strategies", action="store_true",
+                      help="only time the dense and rows strategies around the switch")
   args = parser.parse_args()
+  if args.strategies:
+    compare_strategies(args)
+    return
   import torch  # noqa: PLC0415 - the bench extra
   torch.set_num_threads(args.threads)
   exponents = [14, 18] if args.quick else [14, 16, 18, 20, 22]

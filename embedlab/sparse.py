@@ -42,9 +42,9 @@ with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles)
 
 How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
 ``embedlab.pooling`` chooses how to pool): the touched rows gathered and scattered back
-(``rows``), or, for a table with no more rows than the ids handed to it, one masked pass over
-the whole table and its slots with no sort (``dense``; ``localize`` then hands over the table
-itself). Both give the same numbers, up to float rounding.
+(``rows``), or, for a table with at most twice as many rows as ids handed to it, one masked
+pass over the whole table and its slots with no sort (``dense``; ``localize`` then hands over
+the table itself). Both give the same numbers, up to float rounding.
 
 Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
 already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
@@ -160,7 +160,7 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
     strategy: ``"rows"`` gathers the batch's distinct rows (found with a sort) into a table of
       ``ids.size`` rows, plus one for the padding id; ``"table"`` uses the table itself as the
       local table (``ids`` unchanged, ``row_ids`` the touched rows' own ids, ``V`` for the
-      others): no sort, no gather, for a table no larger than that local table would be.
+      others): no sort, no gather, for a table not much larger than that local table.
       ``"auto"`` (default): ``"table"`` on CPU when the table has at most
       ``DENSE_MAX_ROWS_PER_ID`` rows per id of the batch and no ``gather`` is given (the
       optimizer's ``update`` then takes its ``dense`` strategy too), ``"rows"`` otherwise.
@@ -172,11 +172,13 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
     >>> import jax.numpy as jnp, embedlab as el
     >>> from embedlab.sparse import localize
     >>> table = jnp.arange(12.0).reshape(6, 2)
-    >>> local = localize(table, jnp.array([[4, 2, 4, 0]]))
+    >>> local = localize(table, jnp.array([[4, 2, 4, 0]]), strategy="rows")
     >>> el.lookup(local.params, local.ids, padding_id=0).tolist()
     [[[8.0, 9.0], [4.0, 5.0], [8.0, 9.0], [0.0, 0.0]]]
     >>> local.row_ids.tolist()  # 6 (= V, out of range): no table row
     [6, 2, 4, 6, 6]
+    >>> localize(table, jnp.array([[4, 2, 4, 0]]), strategy="table").row_ids.tolist()
+    [6, 6, 2, 6, 4, 6]
   """
   if isinstance(table, dict):
     if "table" not in table:
@@ -283,8 +285,9 @@ class Rule(NamedTuple):
 
 
 UPDATE_STRATEGIES = ("rows", "dense")
-# At most this many table rows per id handed to ``update``: the dense strategy on CPU.
-DENSE_MAX_ROWS_PER_ID = 1.0
+# At most this many table rows per id handed to ``update``: the dense strategy on CPU
+# (``python benchmarks/step_scaling.py --strategies``: dense 1.0-2x faster at 2, 2-4x slower at 4).
+DENSE_MAX_ROWS_PER_ID = 2.0
 
 
 def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = None) -> str:
@@ -298,14 +301,14 @@ def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = No
     and apply the rule to every row of the table and its slots, keeping the untouched ones
     (``where``): no sort, no random row access; the cost follows the table.
 
-  Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table has at most
-  ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table is then no more work than
-  gathering and scattering that many rows; ``benchmarks/step_scaling.py``), ``rows``
-  otherwise and on other backends (not measured).
+  Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table
+  has at most ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table then costs no more than
+  sorting, gathering and scattering the ids' rows; ``benchmarks/step_scaling.py
+  --strategies``), ``rows`` otherwise and on other backends (not measured).
 
   Example:
     >>> from embedlab.sparse import choose_update_strategy
-    >>> choose_update_strategy(16384, 16385, "cpu"), choose_update_strategy(1 << 22, 16385, "cpu")
+    >>> choose_update_strategy(32768, 16385, "cpu"), choose_update_strategy(1 << 22, 16385, "cpu")
     ('dense', 'rows')
   """
   backend = jax.default_backend() if backend is None else backend

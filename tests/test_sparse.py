@@ -280,8 +280,8 @@ def test_localize_table_strategy_uses_the_table_itself_and_marks_the_touched_row
 
 
 def test_update_strategy_rule():
-  assert sparse.choose_update_strategy(100, 100, "cpu") == "dense"
-  assert sparse.choose_update_strategy(101, 100, "cpu") == "rows"
+  assert sparse.choose_update_strategy(200, 100, "cpu") == "dense"
+  assert sparse.choose_update_strategy(201, 100, "cpu") == "rows"
   assert sparse.choose_update_strategy(10, 100, "gpu") == "rows"
   opt = sparse.sparse_sgd(0.1)
   with pytest.raises(ValueError, match="strategy='sorted' is not 'auto' or one of rows, dense"):
