@@ -40,6 +40,12 @@ Without ``localize``, any code that produces per-position row gradients can call
 with duplicate ids (``unique=False``, the default): duplicates are summed per id inside ``jit``
 with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles).
 
+How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
+``embedlab.pooling`` chooses how to pool): the touched rows gathered and scattered back
+(``rows``), or, for a table with at most twice as many rows as ids handed to it, one masked
+pass over the whole table and its slots with no sort (``dense``; ``localize`` then hands over
+the table itself). Both give the same numbers, up to float rounding.
+
 Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
 already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
 ``[V]`` array, True = trainable) name rows that never change: not their values, not their
@@ -70,8 +76,9 @@ class SparseOptimizer(NamedTuple):
   """A row-sparse optimizer for one table, shaped like an optax ``GradientTransformation``.
 
   ``init(table) -> state``;
-  ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False)
-  -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads`` ``[N, D]``.
+  ``update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False,
+  strategy="auto") -> (new_table, new_state)`` with ``ids`` int ``[N]`` and ``row_grads``
+  ``[N, D]``; ``strategy`` is ``"rows"``, ``"dense"`` or ``"auto"`` (``choose_update_strategy``).
 
   ``add``, only where the update is linear in the gradient (``sparse_sgd`` without weight
   decay), takes the same arguments but scatter-adds each row gradient into its row as it comes:
@@ -116,8 +123,8 @@ class Localized(NamedTuple):
   """A batch's rows gathered into a small table (see ``localize``).
 
   Attributes:
-    params: ``{"table": Array[R, D]}``, R = ids.size (+1 with a padding id): the model's table
-      for this batch.
+    params: ``{"table": Array[R, D]}``, R = ids.size (+1 with a padding id), or the table
+      itself (R = V, ``localize``'s ``"table"`` strategy): the model's table for this batch.
     ids: ids into ``params["table"]``, the shape of the batch's ids; padding stays
       ``padding_id``.
     row_ids: int32 ``[R]``, the global row of each local row; ``V`` (out of range, so ignored by
@@ -130,8 +137,8 @@ class Localized(NamedTuple):
 
 
 def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
-             oob: str = "error", gather: Callable[[Array, Array], Array] | None = None
-             ) -> Localized:
+             oob: str = "error", gather: Callable[[Array, Array], Array] | None = None,
+             strategy: str = "auto") -> Localized:
   """Gathers the distinct rows of a batch into a local table the model can use unchanged.
 
   The model calls ``bag(localized.params, localized.ids, padding_id=padding_id)`` (or
@@ -150,20 +157,28 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
     gather: ``gather(table, row_ids) -> rows`` reading the distinct rows (out-of-range ids
       give zero rows); default ``jnp.take``. A table split over devices passes
       ``functools.partial(embedlab.sharding.sharded_take, mesh=mesh)``.
+    strategy: ``"rows"`` gathers the batch's distinct rows (found with a sort) into a table of
+      ``ids.size`` rows, plus one for the padding id; ``"table"`` uses the table itself as the
+      local table (``ids`` unchanged, ``row_ids`` the touched rows' own ids, ``V`` for the
+      others): no sort, no gather, for a table not much larger than that local table.
+      ``"auto"`` (default): ``"table"`` on CPU when the table has at most
+      ``DENSE_MAX_ROWS_PER_ID`` rows per id of the batch and no ``gather`` is given (the
+      optimizer's ``update`` then takes its ``dense`` strategy too), ``"rows"`` otherwise.
 
   Returns:
-    ``Localized(params, ids, row_ids)``; the local table has ``ids.size`` rows, plus one for
-    the padding id. Fixed shapes: one compilation per batch shape.
+    ``Localized(params, ids, row_ids)``. Fixed shapes: one compilation per batch shape.
 
   Example:
     >>> import jax.numpy as jnp, embedlab as el
     >>> from embedlab.sparse import localize
     >>> table = jnp.arange(12.0).reshape(6, 2)
-    >>> local = localize(table, jnp.array([[4, 2, 4, 0]]))
+    >>> local = localize(table, jnp.array([[4, 2, 4, 0]]), strategy="rows")
     >>> el.lookup(local.params, local.ids, padding_id=0).tolist()
     [[[8.0, 9.0], [4.0, 5.0], [8.0, 9.0], [0.0, 0.0]]]
     >>> local.row_ids.tolist()  # 6 (= V, out of range): no table row
     [6, 2, 4, 6, 6]
+    >>> localize(table, jnp.array([[4, 2, 4, 0]]), strategy="table").row_ids.tolist()
+    [6, 6, 2, 6, 4, 6]
   """
   if isinstance(table, dict):
     if "table" not in table:
@@ -192,6 +207,15 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
   flat = ids.reshape(-1).astype(jnp.int32)
   real = jnp.ones_like(flat, bool) if padding_id is None else flat != padding_id
   key = jnp.where(real, flat, rows)
+  if strategy == "auto":
+    strategy = ("table" if gather is None and choose_update_strategy(rows, n + 1) == "dense"
+                else "rows")
+  if strategy == "table":
+    touched = jnp.zeros((rows,), bool).at[key].set(True, mode="drop")
+    row_ids = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), rows)
+    return Localized({"table": table}, ids, row_ids)
+  if strategy != "rows":
+    raise ValueError(f"localize: strategy={strategy!r} is not 'auto', 'rows' or 'table'.")
   first_pos, unique_ids = _dedup(key, rows)
   if gather is None:
     local_table = jnp.take(table, unique_ids, axis=0, mode="fill", fill_value=0)
@@ -250,14 +274,53 @@ def sum_duplicates(ids: Array, row_grads: Array, num_rows: int) -> tuple[Array, 
   return unique_N, jax.ops.segment_sum(row_grads, slot_N, ids.shape[0])
 
 
-# A rule maps (rows [N, D], grads [N, D], slot rows, count, lr) to (new rows, new slot rows).
-Rule = Callable[[Array, Array, tuple[Array, ...], Array, Array], tuple[Array, tuple[Array, ...]]]
+class Rule(NamedTuple):
+  """An optimizer's per-row arithmetic, in two parts: ``slots(grads [N, D], slot rows) -> new
+  slot rows`` and ``direction(grads, new slot rows, count) -> step [N, D]``; the row then
+  moves by ``-lr * (step + weight_decay * row)``. The step reads the *new* slots only, so the
+  dense strategy can write each slot in place before the table reads it."""
+
+  slots: Callable[[Array, tuple[Array, ...]], tuple[Array, ...]]
+  direction: Callable[[Array, tuple[Array, ...], Array], Array]
+
+
+UPDATE_STRATEGIES = ("rows", "dense")
+# At most this many table rows per id handed to ``update``: the dense strategy on CPU
+# (``python benchmarks/step_scaling.py --strategies``: dense 1.0-2x faster at 2, 2-4x slower at 4).
+DENSE_MAX_ROWS_PER_ID = 2.0
+
+
+def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = None) -> str:
+  """How a sparse optimizer's ``update`` reads and writes a table of ``num_rows`` rows for
+  ``num_ids`` ids: ``"rows"`` or ``"dense"``.
+
+  * ``rows``: (sum duplicate ids with a sort, then) gather the touched rows of each slot,
+    apply the rule to them, scatter them back; the table itself gets its change scatter-added
+    (gathered only for weight decay). The cost follows the ids.
+  * ``dense``: scatter-add the gradients into a ``[V, D]`` zero array, mark the touched rows,
+    and apply the rule to every row of the table and its slots, keeping the untouched ones
+    (``where``): no sort, no random row access; the cost follows the table.
+
+  Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table
+  has at most ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table then costs no more than
+  sorting, gathering and scattering the ids' rows; ``benchmarks/step_scaling.py
+  --strategies``), ``rows`` otherwise and on other backends (not measured).
+
+  Example:
+    >>> from embedlab.sparse import choose_update_strategy
+    >>> choose_update_strategy(32768, 16385, "cpu"), choose_update_strategy(1 << 22, 16385, "cpu")
+    ('dense', 'rows')
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend == "cpu" and num_rows <= DENSE_MAX_ROWS_PER_ID * num_ids:
+    return "dense"
+  return "rows"
 
 
 def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
                       init_slots: Callable[[Array], tuple[Array, ...]], rule: Rule,
-                      state_type: type) -> SparseOptimizer:
-  """Builds ``(init, update)`` from a per-row rule: the shared gather / dedup / scatter."""
+                      state_type: type, weight_decay: float = 0.0) -> SparseOptimizer:
+  """Builds ``(init, update)`` from a per-row rule: the shared dedup / gather / scatter."""
 
   def init(table):
     if getattr(table, "ndim", None) != 2:
@@ -265,22 +328,71 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
                        f"{getattr(table, 'shape', type(table).__name__)}.")
     return state_type(jnp.zeros([], jnp.int32), *init_slots(table))
 
-  def update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False):
+  def update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False,
+             strategy="auto"):
     rows = table.shape[0]
     ids, grads = _kept(name, "update", table, ids, row_grads, row_mask, skip_ids)
+    if strategy == "auto":
+      strategy = choose_update_strategy(rows, ids.shape[0])
+    if strategy not in UPDATE_STRATEGIES:
+      raise ValueError(f"{name}.update: strategy={strategy!r} is not 'auto' or one of "
+                       f"{', '.join(UPDATE_STRATEGIES)}.")
+    lr = _learning_rate(learning_rate, state.count, table.dtype)
+    count = state.count + 1
+    slots = tuple(state[1:])
+    if strategy == "dense":
+      table, slots = _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay)
+      return table, state_type(count, *slots)
     if not unique:
       ids, grads = sum_duplicates(ids, grads, rows)
-    lr = _learning_rate(learning_rate, state.count, table.dtype)
-    old_rows = jnp.take(table, ids, axis=0, mode="clip")
-    slots = tuple(state[1:])
     old_slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
-    new_rows, new_slot_rows = rule(old_rows, grads, old_slot_rows, state.count + 1, lr)
-    table = table.at[ids].set(new_rows.astype(table.dtype), mode="drop")
+    new_slot_rows = rule.slots(grads, old_slot_rows)
+    step = rule.direction(grads, new_slot_rows, count)
+    if weight_decay:
+      step = step + weight_decay * jnp.take(table, ids, axis=0, mode="clip")
+    # -lr * step scatter-added into the rows (distinct here; V and beyond dropped): one random
+    # read of the table fewer than gathering the rows and setting w - lr * step, with the same
+    # sum up to the rounding of a multiply-add that XLA may fuse in one and not the other
+    table = table.at[ids].add(((-lr) * step).astype(table.dtype), mode="drop")
     slots = tuple(s.at[ids].set(r.astype(s.dtype), mode="drop")
                   for s, r in zip(slots, new_slot_rows))
-    return table, state_type(state.count + 1, *slots)
+    return table, state_type(count, *slots)
 
   return SparseOptimizer(init, update)
+
+
+def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
+  """The ``dense`` strategy: the rule on every row, the untouched rows kept as they were.
+
+  Duplicate ids are summed by the scatter-add in the order of ``ids`` (as ``sum_duplicates``),
+  so the numbers are the ``rows`` strategy's. The step is computed from the slots as written
+  (the new values on touched rows, the only rows it changes), so no slot is read after it has
+  been overwritten and XLA updates each array in place, without copies."""
+  rows = table.shape[0]
+
+  def scattered():
+    return (jnp.zeros_like(table).at[ids].add(grads, mode="drop"),
+            jnp.zeros((rows,), bool).at[ids].set(True, mode="drop"))
+
+  if ids.shape[0] == rows:
+    # ``localize``'s "table" strategy hands over each row's own id or V: then the gradients
+    # are already in place, and neither a zeroed [V, D] array nor a scatter is needed
+    own = ids < rows
+    in_place = jnp.all(own == (ids == jnp.arange(rows)))
+    grads_VxD, touched_V = jax.lax.cond(
+        in_place, lambda: (jnp.where(own[:, None], grads, 0), own), scattered)
+  else:
+    grads_VxD, touched_V = scattered()
+
+  def keep(new, old):
+    touched = touched_V.reshape((rows,) + (1,) * (old.ndim - 1))
+    return jnp.where(touched, new.astype(old.dtype), old)
+
+  slots = tuple(keep(n, o) for n, o in zip(rule.slots(grads_VxD, slots), slots))
+  step = rule.direction(grads_VxD, slots, count)
+  if weight_decay:
+    step = step + weight_decay * table
+  return keep(table + ((-lr) * step).astype(table.dtype), table), slots
 
 
 def _kept(name, method, table, ids, row_grads, row_mask, skip_ids) -> tuple[Array, Array]:
@@ -337,17 +449,15 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
     ([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], 2)
   """
 
-  def rule(w, g, slots, count, lr):
-    if weight_decay:
-      g = g + weight_decay * w
-    return w + (-lr) * g, ()
+  rule = Rule(lambda g, slots: (), lambda g, slots, count: g)
 
   def add(table, state, ids, row_grads, *, row_mask=None, skip_ids=()):
     ids, grads = _kept("sparse_sgd", "add", table, ids, row_grads, row_mask, skip_ids)
     lr = _learning_rate(learning_rate, state.count, table.dtype)
     return table.at[ids].add((-lr) * grads, mode="drop"), SparseSgdState(state.count + 1)
 
-  opt = _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState)
+  opt = _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState,
+                          weight_decay)
   return opt if weight_decay else opt._replace(add=add)
 
 
@@ -383,15 +493,14 @@ def sparse_adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value
   def init_slots(table):
     return (jnp.full_like(table, initial_accumulator_value),)
 
-  def rule(w, g, slots, count, lr):
-    acc = slots[0] + g * g
-    step = jnp.where(acc > 0, jax.lax.rsqrt(acc + eps), 0.0) * g
-    if weight_decay:
-      step = step + weight_decay * w
-    return w + (-lr) * step, (acc,)
+  def direction(g, slots, count):
+    acc, = slots
+    return jnp.where(acc > 0, jax.lax.rsqrt(acc + eps), 0.0) * g
+
+  rule = Rule(lambda g, slots: (slots[0] + g * g,), direction)
 
   return _sparse_optimizer("sparse_adagrad", learning_rate, init_slots, rule,
-                           SparseAdagradState)
+                           SparseAdagradState, weight_decay)
 
 
 def sparse_rowwise_adagrad(learning_rate: ScalarOrSchedule, *,
@@ -425,15 +534,14 @@ def sparse_rowwise_adagrad(learning_rate: ScalarOrSchedule, *,
   def init_slots(table):
     return (jnp.full(table.shape[:1], initial_accumulator_value, table.dtype),)
 
-  def rule(w, g, slots, count, lr):
-    acc = slots[0] + jnp.mean(g * g, axis=1)
-    step = g / (jnp.sqrt(acc) + eps)[:, None]
-    if weight_decay:
-      step = step + weight_decay * w
-    return w + (-lr) * step, (acc,)
+  def direction(g, slots, count):
+    acc, = slots
+    return g / (jnp.sqrt(acc) + eps)[:, None]
+
+  rule = Rule(lambda g, slots: (slots[0] + jnp.mean(g * g, axis=1),), direction)
 
   return _sparse_optimizer("sparse_rowwise_adagrad", learning_rate, init_slots, rule,
-                           SparseRowwiseAdagradState)
+                           SparseRowwiseAdagradState, weight_decay)
 
 
 def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
@@ -482,19 +590,20 @@ def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float
   def init_slots(table):
     return jnp.zeros_like(table), jnp.zeros_like(table)
 
-  def rule(w, g, slots, count, lr):
+  def moments(g, slots):
     m, v = slots
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
+    return b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+
+  def direction(g, slots, count):
+    m, v = slots
     t = count.astype(jnp.float32)
-    scale = (jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)).astype(w.dtype)
-    step = scale * m / (jnp.sqrt(v) + eps)
-    if weight_decay:
-      step = step + weight_decay * w
-    return w + (-lr) * step, (m, v)
+    scale = (jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)).astype(g.dtype)
+    return scale * m / (jnp.sqrt(v) + eps)
+
+  rule = Rule(moments, direction)
 
   return _sparse_optimizer("sparse_lazy_adam", learning_rate, init_slots, rule,
-                           SparseLazyAdamState)
+                           SparseLazyAdamState, weight_decay)
 
 
 SPARSE_OPTIMIZERS: dict[str, Callable[..., SparseOptimizer]] = {

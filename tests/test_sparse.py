@@ -54,10 +54,10 @@ def train_dense(tx, steps, seed=0):
   return params["table"]
 
 
-def make_sparse_step(opt, **update_kwargs):
+def make_sparse_step(opt, localize_strategy="auto", **update_kwargs):
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(table, state, ids, weights):
-    local = sparse.localize(table, ids, padding_id=PAD)
+    local = sparse.localize(table, ids, padding_id=PAD, strategy=localize_strategy)
     grads = jax.grad(loss_fn)(local.params, local.ids, weights)
     return opt.update(table, state, local.row_ids, grads["table"], unique=True, **update_kwargs)
   return step
@@ -72,10 +72,18 @@ def train_sparse(opt, steps, seed=0, **update_kwargs):
   return table, state
 
 
-def test_sparse_sgd_equals_dense_sgd_exactly():
+# (localize strategy, update strategy): the table's own rows and a dense update (what "auto"
+# takes for these 13-row tables), and the batch's rows gathered with a sparse update
+BOTH = [("table", "dense"), ("rows", "rows")]
+
+
+@pytest.mark.parametrize("localize_strategy,strategy", BOTH)
+def test_sparse_sgd_equals_dense_sgd(localize_strategy, strategy):
   dense = train_dense(optax.sgd(0.3), steps=6)
-  table, _ = train_sparse(sparse.sparse_sgd(0.3), steps=6)
-  np.testing.assert_array_equal(table, dense)
+  table, _ = train_sparse(sparse.sparse_sgd(0.3), steps=6, localize_strategy=localize_strategy,
+                          strategy=strategy)
+  # the rows strategy scatter-adds -lr * g, the dense one (and optax) may fuse a multiply-add
+  np.testing.assert_allclose(table, dense, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(table[PAD], 0)
   np.testing.assert_array_equal(table[8:], initial_table()[8:])
 
@@ -96,9 +104,12 @@ def test_update_sums_duplicate_ids_like_the_dense_gradient():
   np.testing.assert_array_equal(np.asarray(summed)[~real], 0)
 
 
-def test_sparse_adagrad_equals_dense_adagrad_and_leaves_untouched_rows():
+@pytest.mark.parametrize("localize_strategy,strategy", BOTH)
+def test_sparse_adagrad_equals_dense_adagrad_and_leaves_untouched_rows(localize_strategy,
+                                                                       strategy):
   dense = train_dense(optax.adagrad(0.2), steps=5)
-  table, state = train_sparse(sparse.sparse_adagrad(0.2), steps=5)
+  table, state = train_sparse(sparse.sparse_adagrad(0.2), steps=5,
+                              localize_strategy=localize_strategy, strategy=strategy)
   np.testing.assert_allclose(table, dense, rtol=2e-6, atol=1e-7)
   np.testing.assert_array_equal(table[8:], initial_table()[8:])
   np.testing.assert_array_equal(state.sum_of_squares[8:], np.float32(0.1))
@@ -126,9 +137,11 @@ def reference_rows(name, steps, lr, weight_decay, b1=0.9, b2=0.999, eps=1e-8, se
   return table
 
 
-def test_lazy_adam_matches_numpy_reference_of_its_rule():
+@pytest.mark.parametrize("localize_strategy,strategy", BOTH)
+def test_lazy_adam_matches_numpy_reference_of_its_rule(localize_strategy, strategy):
   schedule = optax.linear_schedule(0.05, 0.01, 4)
-  table, state = train_sparse(sparse.sparse_lazy_adam(schedule, weight_decay=0.1), steps=4)
+  table, state = train_sparse(sparse.sparse_lazy_adam(schedule, weight_decay=0.1), steps=4,
+                              localize_strategy=localize_strategy, strategy=strategy)
   # The reference uses the schedule's values: count 0..3.
   expected = initial_table()
   ref = np.asarray(expected, np.float64)
@@ -175,8 +188,10 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched_and_eps_is_zero()
   np.testing.assert_allclose(table, params, rtol=1e-5, atol=1e-6)
 
 
-def test_rowwise_adagrad_matches_numpy_reference():
-  table, state = train_sparse(sparse.sparse_rowwise_adagrad(0.1, weight_decay=0.05), steps=4)
+@pytest.mark.parametrize("localize_strategy,strategy", BOTH)
+def test_rowwise_adagrad_matches_numpy_reference(localize_strategy, strategy):
+  table, state = train_sparse(sparse.sparse_rowwise_adagrad(0.1, weight_decay=0.05), steps=4,
+                              localize_strategy=localize_strategy, strategy=strategy)
   expected = reference_rows("rowwise", 4, lr=0.1, weight_decay=0.05)
   np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-6)
   assert state.sum_of_squares.shape == (ROWS,)
@@ -229,7 +244,7 @@ def test_jitted_sparse_step_compiles_once_and_updates_in_place():
 def test_localize_gives_the_model_the_same_numbers():
   table = initial_table()
   ids = batches(1, seed=3)[0][0]
-  local = sparse.localize(table, ids, padding_id=PAD)
+  local = sparse.localize(table, ids, padding_id=PAD, strategy="rows")
   assert local.params["table"].shape == (ids.size + 1, FEATURES)
   np.testing.assert_array_equal(el.lookup(local.params, local.ids, padding_id=PAD),
                                 el.lookup({"table": table}, ids, padding_id=PAD))
@@ -241,6 +256,111 @@ def test_localize_gives_the_model_the_same_numbers():
       el.bag(other.params, other.ids, mode="sum", padding_id=3), table[4][None])
   unpadded = sparse.localize(table, jnp.array([4, 4, 0]), padding_id=None)
   np.testing.assert_array_equal(el.lookup(unpadded.params, unpadded.ids), table[jnp.array([4, 4, 0])])
+
+
+def test_localize_table_strategy_uses_the_table_itself_and_marks_the_touched_rows():
+  table = initial_table()
+  ids = batches(1, seed=3)[0][0]
+  assert sparse.localize(table, ids, padding_id=PAD).params["table"].shape == (ROWS, FEATURES)
+  local = jax.jit(functools.partial(sparse.localize, padding_id=PAD, strategy="table"))(table,
+                                                                                        ids)
+  np.testing.assert_array_equal(local.params["table"], table)
+  np.testing.assert_array_equal(local.ids, ids)
+  touched = np.isin(np.arange(ROWS), np.asarray(ids)[np.asarray(ids) != PAD])
+  np.testing.assert_array_equal(local.row_ids, np.where(touched, np.arange(ROWS), ROWS))
+  unpadded = sparse.localize(table, jnp.array([4, 4, 0]), padding_id=None, strategy="table")
+  np.testing.assert_array_equal(np.asarray(unpadded.row_ids)[[0, 1, 4, 5]], [0, ROWS, 4, ROWS])
+  # a bigger table than the batch has ids: the batch's rows gathered
+  big = jnp.zeros((1000, FEATURES))
+  assert sparse.localize(big, ids, padding_id=PAD).params["table"].shape == (ids.size + 1,
+                                                                              FEATURES)
+  assert sparse.localize(big, ids, gather=lambda t, i: jnp.take(t, i, axis=0, mode="fill",
+                                                                fill_value=0),
+                         padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
+
+
+def test_update_strategy_rule():
+  assert sparse.choose_update_strategy(200, 100, "cpu") == "dense"
+  assert sparse.choose_update_strategy(201, 100, "cpu") == "rows"
+  assert sparse.choose_update_strategy(10, 100, "gpu") == "rows"
+  opt = sparse.sparse_sgd(0.1)
+  with pytest.raises(ValueError, match="strategy='sorted' is not 'auto' or one of rows, dense"):
+    opt.update(initial_table(), opt.init(initial_table()), jnp.array([1]), jnp.ones((1, 4)),
+               strategy="sorted")
+  with pytest.raises(ValueError, match="strategy='sorted' is not 'auto', 'rows' or 'table'"):
+    sparse.localize(initial_table(), jnp.array([1]), strategy="sorted")
+
+
+def numpy_update(name, hyper, table, slots, count, ids, grads, row_mask=None, skip_ids=()):
+  """One step of ``name``'s documented rule in numpy (float32, duplicates summed in the order
+  of ``ids``), as a plain loop over the touched rows: ``(table, slots)``."""
+  lr, wd = hyper["learning_rate"], hyper.get("weight_decay", 0.0)
+  table, slots = table.copy(), [s.copy() for s in slots]
+  rows = table.shape[0]
+  summed = {}
+  for i, g in zip(ids.tolist(), grads):
+    if 0 <= i < rows and i not in skip_ids and (row_mask is None or row_mask[i]):
+      summed[i] = summed[i] + g if i in summed else g.copy()
+  f32 = np.float32
+  t = count + 1
+  for i, g in summed.items():
+    w = table[i]
+    if name == "sparse_sgd":
+      step = g
+    elif name == "sparse_adagrad":
+      slots[0][i] = slots[0][i] + g * g
+      step = g / np.sqrt(slots[0][i] + f32(1e-7))
+    elif name == "sparse_rowwise_adagrad":
+      slots[0][i] = slots[0][i] + np.mean(g * g)
+      step = g / (np.sqrt(slots[0][i]) + f32(1e-8))
+    else:
+      slots[0][i] = f32(0.9) * slots[0][i] + f32(0.1) * g
+      slots[1][i] = f32(0.999) * slots[1][i] + f32(0.001) * g * g
+      scale = f32(np.sqrt(1 - f32(0.999) ** f32(t)) / (1 - f32(0.9) ** f32(t)))
+      step = scale * slots[0][i] / (np.sqrt(slots[1][i]) + f32(1e-8))
+    table[i] = w + f32(-lr) * (step + f32(wd) * w)
+  return table, slots
+
+
+@pytest.mark.parametrize("rows", [12, 40, 300])  # fewer, as many (40 ids) and more rows
+@pytest.mark.parametrize("strategy", ["auto", "rows", "dense"])
+@pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
+def test_every_optimizer_and_strategy_matches_a_numpy_step(name, strategy, rows):
+  hyper = {"learning_rate": 0.05, "weight_decay": 0.1 if rows == 12 else 0.0}
+  opt = sparse.get_sparse_optimizer(name, **hyper)
+  rng = np.random.default_rng(rows)
+  table = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+  state = opt.init(jnp.asarray(table))
+  slots = [np.asarray(s) for s in state[1:]]
+  row_mask = rng.random(rows) > 0.1
+  update = jax.jit(functools.partial(opt.update, skip_ids=(PAD,), strategy=strategy),
+                   donate_argnums=(0, 1), static_argnames="unique")
+  new_table, new_state = jnp.asarray(table), state
+  for count in range(4):
+    # duplicates (ids drawn from 20 rows), padding, out of range (-1, rows), every 4th step
+    # with frozen rows; half the steps as distinct ids (unique=True)
+    ids = rng.integers(-1, min(rows, 20) + 1, size=40).astype(np.int32)
+    ids[ids == min(rows, 20)] = rows
+    ids[:5] = PAD
+    grads = rng.normal(size=(40, FEATURES)).astype(np.float32)
+    unique = count % 2 == 1
+    if unique:
+      first = np.zeros(40, bool)
+      first[np.unique(ids, return_index=True)[1]] = True
+      ids = np.where(first, ids, rows)
+    mask = row_mask if count == 3 else None
+    table, slots = numpy_update(name, hyper, table, slots, count, ids, grads, mask, (PAD,))
+    new_table, new_state = update(new_table, new_state, jnp.asarray(ids), jnp.asarray(grads),
+                                  unique=unique,
+                                  row_mask=None if mask is None else jnp.asarray(mask))
+    assert int(new_state.count) == count + 1
+    np.testing.assert_allclose(new_table, table, rtol=2e-6, atol=2e-7)
+    for got, want in zip(new_state[1:], slots):
+      np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9)
+  untouched = np.ones(rows, bool)
+  untouched[:min(rows, 20)] = False
+  untouched[PAD] = True
+  np.testing.assert_array_equal(np.asarray(new_table)[untouched], table[untouched])
 
 
 def test_errors_say_what_and_how_to_fix():
