@@ -89,7 +89,9 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
   if cfg.optim.tables == "dense":
     gradients = table + other
     slots = DENSE_SLOTS[cfg.optim.name] * (table + other)
-    temporaries = DENSE_SLOTS[cfg.optim.name] * (table + other)
+    # the update's temporaries, and at least the new params: the step checks them finite
+    # before they replace the old ones
+    temporaries = max(DENSE_SLOTS[cfg.optim.name], 1) * (table + other)
   else:
     from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     # the rows of one batch at most, each gathered once; the rest of the embedding (a
