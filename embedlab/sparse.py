@@ -51,6 +51,11 @@ already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row
 ``[V]`` array, True = trainable) name rows that never change: not their values, not their
 slots, no weight decay.
 
+A row whose change or optimizer state would not be finite (finite gradients overflowing, e.g.
+with a huge learning rate) is not written: it keeps its value and state, as the train step keeps
+every parameter when the loss or a gradient is not finite. (The ``rows`` strategy checks the
+change and the state, not their sum with the stored row, which it never reads.)
+
 Weight decay (all optimizers) is *decoupled* (AdamW-style) and *lazy*: a touched row moves by
 ``-lr * (step + weight_decay * row)``, an untouched row not at all, so a row's decay follows
 how often it appears in batches. For SGD this is the same as L2 regularisation.
@@ -353,9 +358,13 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
     # -lr * step scatter-added into the rows (distinct here; V and beyond dropped): one random
     # read of the table fewer than gathering the rows and setting w - lr * step, with the same
     # sum up to the rounding of a multiply-add that XLA may fuse in one and not the other
-    table = table.at[ids].add(((-lr) * step).astype(table.dtype), mode="drop")
-    slots = tuple(s.at[ids].set(r.astype(s.dtype), mode="drop")
-                  for s, r in zip(slots, new_slot_rows))
+    change = ((-lr) * step).astype(table.dtype)
+    new_slot_rows = tuple(r.astype(s.dtype) for s, r in zip(slots, new_slot_rows))
+    # a row whose change or state would not be finite (finite gradients overflowing with a huge
+    # learning rate) is not written: its id goes out of range, which the scatters drop
+    ids = jnp.where(_finite_rows(change, *new_slot_rows), ids, rows)
+    table = table.at[ids].add(change, mode="drop")
+    slots = tuple(s.at[ids].set(r, mode="drop") for s, r in zip(slots, new_slot_rows))
     return table, state_type(count, *slots)
 
   return SparseOptimizer(init, update)
@@ -384,15 +393,29 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
   else:
     grads_VxD, touched_V = scattered()
 
-  def keep(new, old):
+  def keep(new, old, touched_V=touched_V):
     touched = touched_V.reshape((rows,) + (1,) * (old.ndim - 1))
     return jnp.where(touched, new.astype(old.dtype), old)
 
-  slots = tuple(keep(n, o) for n, o in zip(rule.slots(grads_VxD, slots), slots))
+  new_slots = rule.slots(grads_VxD, slots)
+  # a row whose new state or value would not be finite (finite gradients overflowing) keeps
+  # its old ones
+  touched_V = touched_V & _finite_rows(*new_slots) if new_slots else touched_V
+  slots = tuple(keep(n, o, touched_V) for n, o in zip(new_slots, slots))
   step = rule.direction(grads_VxD, slots, count)
   if weight_decay:
     step = step + weight_decay * table
-  return keep(table + ((-lr) * step).astype(table.dtype), table), slots
+  new_table = table + ((-lr) * step).astype(table.dtype)
+  return keep(new_table, table, touched_V & _finite_rows(new_table)), slots
+
+
+def _finite_rows(*arrays: Array) -> Array:
+  """bool ``[N]``: row ``i`` of every array (``[N, ...]``) is finite."""
+  ok = None
+  for a in arrays:
+    row = jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+    ok = row if ok is None else ok & row
+  return ok
 
 
 def _kept(name, method, table, ids, row_grads, row_mask, skip_ids) -> tuple[Array, Array]:
@@ -454,7 +477,9 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
   def add(table, state, ids, row_grads, *, row_mask=None, skip_ids=()):
     ids, grads = _kept("sparse_sgd", "add", table, ids, row_grads, row_mask, skip_ids)
     lr = _learning_rate(learning_rate, state.count, table.dtype)
-    return table.at[ids].add((-lr) * grads, mode="drop"), SparseSgdState(state.count + 1)
+    change = (-lr) * grads
+    ids = jnp.where(_finite_rows(change), ids, table.shape[0])  # an overflow is not written
+    return table.at[ids].add(change, mode="drop"), SparseSgdState(state.count + 1)
 
   opt = _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState,
                           weight_decay)

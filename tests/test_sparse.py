@@ -354,9 +354,11 @@ def test_every_optimizer_and_strategy_matches_a_numpy_step(name, strategy, rows)
                                   unique=unique,
                                   row_mask=None if mask is None else jnp.asarray(mask))
     assert int(new_state.count) == count + 1
-    np.testing.assert_allclose(new_table, table, rtol=2e-6, atol=2e-7)
+    # float rounding: XLA may fuse a multiply-add (one rounding) where numpy rounds twice,
+    # and the difference grows over the steps
+    np.testing.assert_allclose(new_table, table, rtol=5e-6, atol=2e-7)
     for got, want in zip(new_state[1:], slots):
-      np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9)
+      np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-8)
   untouched = np.ones(rows, bool)
   untouched[:min(rows, 20)] = False
   untouched[PAD] = True
@@ -381,3 +383,25 @@ def test_slot_bytes_match_the_state(name):
   state = sparse.get_sparse_optimizer(name, 0.1).init(jnp.zeros((100, 8)))
   actual = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
   assert sparse.slot_bytes(name, (100, 8)) == actual
+
+
+@pytest.mark.parametrize("name", ["sparse_sgd", "sparse_adagrad", "sparse_rowwise_adagrad",
+                                  "sparse_lazy_adam"])
+@pytest.mark.parametrize("strategy", ["rows", "dense"])
+def test_a_row_whose_update_overflows_is_not_written(name, strategy):
+  table = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
+  opt = sparse.get_sparse_optimizer(name, 1e10)
+  ids = jnp.array([1, 2])
+  # finite gradients; row 2's squares (the adaptive optimizers' state) or, for SGD, its change
+  # (1e10 x 1e30) overflow float32
+  grads = jnp.array([[1e-3, 0.0, 0.0], [1e30, 5e29, 2e29]], jnp.float32)
+  new, state = opt.update(table, opt.init(table), ids, grads, unique=True, strategy=strategy)
+  new = np.asarray(new)
+  assert np.isfinite(new).all()
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state))
+  np.testing.assert_array_equal(new[2], np.asarray(table)[2])  # left as it was
+  np.testing.assert_array_equal(np.delete(new, [1, 2], 0), np.delete(np.asarray(table), [1, 2], 0))
+  if opt.add is not None:
+    added, _ = opt.add(table, opt.init(table), ids, grads)
+    assert np.isfinite(np.asarray(added)).all()
+    np.testing.assert_array_equal(np.asarray(added)[2], np.asarray(table)[2])
