@@ -24,3 +24,21 @@ def data_dir() -> pathlib.Path:
       f"the shared data is missing at {path}: set EMBEDLAB_DATA to the folder holding sst2/, "
       "imdb/, trec/ and glove6b50d/ (../shared/data beside the repository).")
   return path
+
+
+# Modules of end-to-end runs (training, checkpoints on disk, subprocesses, compiled memory
+# analyses): `python -m pytest -m "not slow"` leaves them out for everyday work. Other slow
+# tests carry @pytest.mark.slow themselves.
+SLOW_MODULES = frozenset((
+    "test_cli", "test_compress_train", "test_device_check", "test_inspect", "test_loaded",
+    "test_readme", "test_reliability_checkpoints", "test_reliability_crash", "test_resources",
+    "test_run_dir", "test_scatter_step", "test_sharding_train", "test_train"))
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if pathlib.Path(str(item.fspath)).stem in SLOW_MODULES:
+      if item.name.startswith(("test_readme_opens", "test_readme_example",
+                               "test_readme_one_hot", "test_every_readme_command")):
+        continue  # the README's quick checks stay in the fast subset
+      item.add_marker(pytest.mark.slow)
