@@ -26,19 +26,25 @@ def data_dir() -> pathlib.Path:
   return path
 
 
-# Modules of end-to-end runs (training, checkpoints on disk, subprocesses, compiled memory
-# analyses): `python -m pytest -m "not slow"` leaves them out for everyday work. Other slow
-# tests carry @pytest.mark.slow themselves.
+# What `python -m pytest -m "not slow"` leaves out for everyday work: end-to-end runs
+# (training, checkpoints on disk, subprocesses, compiled memory analyses) and the broad matrices
+# over every model, table variant, optimizer and device count. Other slow tests carry
+# @pytest.mark.slow themselves.
 SLOW_MODULES = frozenset((
-    "test_cli", "test_compress_train", "test_device_check", "test_inspect", "test_loaded",
-    "test_readme", "test_reliability_checkpoints", "test_reliability_crash", "test_resources",
-    "test_run_dir", "test_scatter_step", "test_sharding_train", "test_train"))
+    "test_cli", "test_compress", "test_compress_train", "test_device_check", "test_inspect",
+    "test_loaded", "test_models", "test_properties", "test_readme",
+    "test_reliability_checkpoints", "test_reliability_crash", "test_reliability_inputs",
+    "test_resources", "test_run_dir", "test_scatter_step", "test_sharding",
+    "test_sharding_train", "test_sparse", "test_train",
+    # the doctests of these modules
+    "compress", "sharding", "sparse"))
+QUICK_README_CHECKS = ("test_readme_opens", "test_readme_example", "test_readme_one_hot",
+                       "test_every_readme_command")
 
 
 def pytest_collection_modifyitems(items):
   for item in items:
     if pathlib.Path(str(item.fspath)).stem in SLOW_MODULES:
-      if item.name.startswith(("test_readme_opens", "test_readme_example",
-                               "test_readme_one_hot", "test_every_readme_command")):
+      if item.name.startswith(QUICK_README_CHECKS):
         continue  # the README's quick checks stay in the fast subset
       item.add_marker(pytest.mark.slow)

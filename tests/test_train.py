@@ -408,6 +408,14 @@ def test_ragged_batches_train_like_padded_ones(tmp_path, monkeypatch, extra):
   assert ra["test_accuracy"] == rb["test_accuracy"]
 
 
+def test_ragged_batches_in_bfloat16_train_like_padded_ones(tmp_path):
+  """Both layouts pool in float32 and round once to bfloat16: the same losses and accuracies."""
+  extra = ("model.compute_dtype=bfloat16", "model.param_dtype=bfloat16")
+  train.train(tiny(*extra), tmp_path / "padded", echo=quiet)
+  train.train(tiny(*extra, "train.ragged_batches=true"), tmp_path / "ragged", echo=quiet)
+  assert_same_metrics(tmp_path / "padded", tmp_path / "ragged", rel=1e-2)
+
+
 @pytest.mark.slow
 def test_ragged_step_gradients_equal_padded_ones():
   """One step on random padded bags and on the same bags packed ragged: same loss, same
