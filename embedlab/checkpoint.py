@@ -229,7 +229,12 @@ def _remove_new_tmp_dirs(directory: pathlib.Path, before: set[str], threads: set
   for ``quiet`` seconds (at most ``patience`` seconds in all)."""
   deadline = time.monotonic() + patience
   for thread in set(threading.enumerate()) - threads:
-    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread is threading.current_thread():
+      continue
+    try:
+      thread.join(max(0.0, deadline - time.monotonic()))
+    except RuntimeError:  # created but not started yet: the wait below covers what it writes
+      pass
   calm_since = None
   while True:
     left = sorted(_tmp_dirs(directory) - before)
