@@ -54,9 +54,9 @@ STEPS = 48
 # SIGINT (Ctrl-C) the same way: the run saves a checkpoint at the step boundary and stops.
 # Two chains run side by side: 26 stops in all.
 PLANS = [
-    ["save:1", "t", "term", "t", "save:3", "t", "save:2", "int", "t", "t", "save:5", "t",
-     "save:2"],
-    ["t", "save:2", "term", "t", "save:1", "t", "save:4", "t", "term", "t", "save:3", "t",
+    ["save:1", "t", "term", "save:2", "t", "save:1", "int", "t", "save:2", "t", "save:1", "t",
+     "save:1"],
+    ["t", "save:2", "term", "save:1", "t", "save:2", "t", "term", "save:1", "t", "save:1", "t",
      "save:1"],
 ]
 SIGNALS = {"t": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
