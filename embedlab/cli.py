@@ -73,9 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                       description="Print the experiment's config, one key a line: its type, its "
                       "value (after --set) and the values it allows. The keys are what --set "
                       "takes.")
-  cf.add_argument("experiment", help="experiments/NAME.py, or NAME")
-  cf.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                  help="change a config key first")
+  _experiment_arguments(cf)
 
   ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split",
                       description="Accuracy and loss of a run's best checkpoint on a split, "
@@ -101,9 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                       description="The experiment's tables, their weights and bytes with the "
                       "optimizer's slots, and the shapes at each stage of the model (reads the "
                       "data, trains nothing).")
-  sm.add_argument("experiment", help="experiments/NAME.py, or NAME")
-  sm.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                  help="change a config key first")
+  _experiment_arguments(sm)
 
   cp = sub.add_parser("compare", help="a table of the results of several runs")
   cp.add_argument("run_dirs", nargs="+")
@@ -137,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
                   help="write the stored embedding quantized row-wise (int8, or packed 4-bit or "
                   "2-bit values, and a float32 scale per row) as OUT.npz")
   return parser
+
+
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+  """An experiment and its ``--set`` overrides (``config`` and ``summary``)."""
+  parser.add_argument("experiment", help="experiments/NAME.py, or NAME")
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                      help="change a config key first")
 
 
 def _train(args) -> int:

@@ -213,13 +213,8 @@ def check_compiled_fits(compiled: Any, *, available: int | None = None, device: 
     resources: the train step needs 8.0 MiB by XLA's memory analysis
   """
   need = compiled_bytes(compiled)
-  source = "given"
-  if available is None:
-    available, source = available_bytes(device)
-    if available is None:
-      return need
-  budget = int(available * HEADROOM)
-  if need["total"] <= budget:
+  available, source, budget = _budget(available, device)
+  if available is None or need["total"] <= budget:
     return need
   raise ResourceError(
       f"resources: {what} needs {human(need['total'])} by XLA's memory analysis (arguments "
@@ -268,6 +263,15 @@ def _shape_of(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   x = np.asarray(x)
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _budget(available: int | None, device: Any) -> tuple[int | None, str, int]:
+  """``(available, where that number comes from, HEADROOM of it)``; ``available`` None when
+  it is not given and the device does not tell (then nothing is checked)."""
+  source = "given"
+  if available is None:
+    available, source = available_bytes(device)
+  return available, source, int((available or 0) * HEADROOM)
 
 
 def available_bytes(device: Any = None) -> tuple[int | None, str]:
@@ -335,13 +339,8 @@ def check_fits(cfg: config_lib.Config, num_embeddings: int, num_classes: int, se
     resources: this config needs about 14.3 GiB
   """
   estimate = estimate_bytes(cfg, num_embeddings, num_classes, seq_len)
-  source = "given"
-  if available is None:
-    available, source = available_bytes(device)
-    if available is None:
-      return estimate
-  budget = int(available * HEADROOM)
-  if estimate["total"] <= budget:
+  available, source, budget = _budget(available, device)
+  if available is None or estimate["total"] <= budget:
     return estimate
   parts = ", ".join(f"{k.replace('_', ' ')} {human(v)}" for k, v in estimate.items()
                     if k != "total" and v)
