@@ -151,8 +151,9 @@ def _train(args) -> int:
   runs = [(base, list(args.overrides))]
   if sweep:
     runs = [(base / _sweep_name(extra), list(args.overrides) + list(extra)) for extra in sweep]
-  first = config_lib.load_config(args.experiment, runs[0][1])
-  _check_run_dirs(args, runs)
+  configs = [config_lib.load_config(args.experiment, overrides) for _, overrides in runs]
+  _check_run_dirs(args, runs, configs)
+  first = configs[0]
   encoder = _encode_ahead(first)
   try:
     from embedlab import report, sharding, train  # noqa: PLC0415 - JAX loads meanwhile
@@ -161,8 +162,7 @@ def _train(args) -> int:
   # before anything starts JAX's backends: join the other processes of a multi-host run
   sharding.initialize_distributed(first.mesh)
   done = []
-  for workdir, overrides in runs:
-    cfg = config_lib.load_config(args.experiment, overrides)
+  for (workdir, overrides), cfg in zip(runs, configs):
     print(f"== {cfg.name} -> {workdir}" + (f"  ({' '.join(overrides)})" if overrides else ""))
     results = train.train(cfg, workdir, restart=args.restart, progress=not args.no_progress)
     planted = None
@@ -181,13 +181,12 @@ def _train(args) -> int:
   return 0
 
 
-def _check_run_dirs(args, runs) -> None:
+def _check_run_dirs(args, runs, configs) -> None:
   """Refuses at once, before any data is read, a run whose directory cannot take it (another
   config there, in use, ``--restart`` of a directory that holds no run): nothing is written."""
-  from embedlab import config as config_lib, rundir  # noqa: PLC0415 - no JAX yet
+  from embedlab import rundir  # noqa: PLC0415 - no JAX yet
 
-  for workdir, overrides in runs:
-    cfg = config_lib.load_config(args.experiment, overrides)
+  for (workdir, _), cfg in zip(runs, configs):
     if not (cfg.mesh.coordinator_address or cfg.mesh.num_processes > 1):
       rundir.run_dir_state(workdir, cfg, restart=args.restart)
 

@@ -54,7 +54,7 @@ import pathlib
 import re
 import tempfile
 import warnings
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -936,6 +936,16 @@ def table_rows(cfg: DataConfig, vocab_size: int, kept_buckets: np.ndarray | None
                        "buckets.npy, or EncodedData.kept_buckets).")
     return vocab_size + len(kept_buckets) + 1
   return vocab_size + cfg.num_buckets
+
+
+def encode_texts(cfg: DataConfig, vocab: text_lib.Vocab, texts: Sequence[str],
+                 kept_buckets: np.ndarray | None = None) -> np.ndarray:
+  """Ids ``int32[N, L]`` of raw ``texts`` with a trained run's vocabulary (and its kept n-gram
+  buckets), tokenized and encoded as its training data was (``predict``, ``eval``)."""
+  tokens = text_lib.tokenize_many(list(texts), cfg.lowercase, eos=cfg.eos)
+  ids = text_lib.encode(tokens, vocab, max_len=cfg.max_len, ngrams=cfg.ngrams,
+                        num_buckets=cfg.num_buckets)
+  return prune_ids(cfg, ids, len(vocab), kept_buckets)
 
 
 def prune_ids(cfg: DataConfig, ids: np.ndarray, vocab_size: int,

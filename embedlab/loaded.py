@@ -54,11 +54,7 @@ class Run:
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
     """Ids ``int32[N, L]`` of ``texts``, tokenized and encoded as the run's training data was."""
-    data = self.config.data
-    tokens = text_lib.tokenize_many(list(texts), data.lowercase, eos=data.eos)
-    ids = text_lib.encode(tokens, self.vocab, max_len=data.max_len, ngrams=data.ngrams,
-                          num_buckets=data.num_buckets)
-    return data_lib.prune_ids(data, ids, len(self.vocab), self.kept_buckets)
+    return data_lib.encode_texts(self.config.data, self.vocab, texts, self.kept_buckets)
 
   def probabilities(self, texts: Sequence[str]) -> np.ndarray:
     """Class probabilities ``float32[N, num_classes]`` of ``texts``."""

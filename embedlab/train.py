@@ -40,7 +40,6 @@ from embedlab import resources
 from embedlab import rundir
 from embedlab import sharding
 from embedlab import tables
-from embedlab import text as text_lib
 
 TABLE_PATH = "embed/table"
 # mesh.lookup=auto on the row-sparse path: shard_map from this many "model" shards up, the
@@ -474,7 +473,8 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
          f"choose another --workdir.")
     return results
   # everything that can refuse the run comes before its directory is written
-  _check_same_data(_own_dir(workdir), cfg, data, echo)
+  fingerprint = _fingerprint(cfg, data)  # reads and hashes the data files: once a run
+  _check_same_data(_own_dir(workdir), data, fingerprint, echo)
   mesh = sharding.mesh_from_config(cfg.mesh)
   if mesh is not None:
     _check_batch_splits(cfg, mesh)
@@ -484,6 +484,7 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
     _check_compiled_step_fits(cfg, data, setup, per_epoch, steps)
   run = _run_dir(workdir, cfg, restart, echo)
   try:
+    run.save_vocab(data.vocab, data.label_names, data.kept_buckets, fingerprint)
     return _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock)
   finally:
     run.close()
@@ -491,7 +492,6 @@ def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
 
 def _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock) -> dict:
   """Restores the latest checkpoint if there is one, trains to ``steps``, evaluates, saves."""
-  run.save_vocab(data.vocab, data.label_names, data.kept_buckets, _fingerprint(cfg, data))
   checkpoints = ckpt_lib.Checkpoints(workdir, cfg.train.keep_checkpoints)
   state, meta = init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
                                          "skipped_nonfinite": 0, "train_seconds": 0.0}
@@ -677,7 +677,7 @@ def _check_compiled_step_fits(cfg, data, setup, per_epoch, steps) -> None:
                             available=available)
 
 
-def _check_same_data(path: pathlib.Path, cfg, data, echo) -> None:
+def _check_same_data(path: pathlib.Path, data, fingerprint: dict, echo) -> None:
   """Refuses to resume a run whose vocabulary or labels differ from the data's now (a changed
   train file would give trained rows to other words); a start that never saved may change."""
   if not (path / "vocab.txt").exists() or not rundir.has_checkpoint(path):
@@ -686,7 +686,7 @@ def _check_same_data(path: pathlib.Path, cfg, data, echo) -> None:
   changes = _data_changes(vocab, label_names, data)
   recorded = path / "data.json"
   if not changes and recorded.exists():
-    files = rundir.changed_files(json.loads(recorded.read_text()), _fingerprint(cfg, data))
+    files = rundir.changed_files(json.loads(recorded.read_text()), fingerprint)
     if files:
       echo(f"note: {', '.join(files)} changed since {path} started, but give the same "
            f"vocabulary and labels: resuming.")
@@ -797,8 +797,7 @@ def _check_finite(acc, cfg, step) -> int:
     first = int(acc["first_nonfinite"])
     raise NonFiniteError(
         f"train: the loss, a gradient or the update was NaN/inf at step {first} ({bad} batch(es) "
-        f"up to step "
-        f"{step}); those updates were not applied and the last good checkpoint is kept. Lower "
+        f"up to step {step}); those updates were not applied and the last good checkpoint is kept. Lower "
         f"optim.learning_rate, set optim.clip_norm, or --set train.skip_nonfinite=true to skip "
         f"such batches.")
   return bad
@@ -904,8 +903,8 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   """
   run_dir = pathlib.Path(run_dir)
   cfg, vocab, label_names = report.load_run(run_dir)
-  model, params = restore_for_eval(run_dir, cfg, vocab, label_names,
-                                    report.load_buckets(run_dir, cfg))
+  kept = report.load_buckets(run_dir, cfg)
+  model, params = restore_for_eval(run_dir, cfg, vocab, label_names, kept)
   extra = {}
   if quantize is not None:
     from embedlab import compress  # noqa: PLC0415
@@ -914,7 +913,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
     extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
              "quantized_bytes": compress.table_bytes(quantized)}
     params = {**params, "embed": compress.dequantize_entries(quantized)}
-  ids, labels = _split_for_run(cfg, vocab, label_names, report.load_buckets(run_dir, cfg), split)
+  ids, labels = _split_for_run(cfg, vocab, label_names, kept, split)
   result = evaluate(jax.jit(make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
   return {**result, **extra}
 
@@ -940,10 +939,7 @@ def _split_for_run(cfg, vocab, label_names, kept, split: str):
     raise data_lib.DataError(f"eval: the {split} split has labels the run never trained on "
                              f"({', '.join(unknown[:5])}); its classes are {list(label_names)}.")
   labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
-  tokens = text_lib.tokenize_many(list(rows.texts), cfg.data.lowercase, eos=cfg.data.eos)
-  ids = text_lib.encode(tokens, vocab, max_len=cfg.data.max_len, ngrams=cfg.data.ngrams,
-                        num_buckets=cfg.data.num_buckets)
-  return data_lib.prune_ids(cfg.data, ids, len(vocab), kept), labels
+  return data_lib.encode_texts(cfg.data, vocab, rows.texts, kept), labels
 
 
 def restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
