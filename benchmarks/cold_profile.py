@@ -59,7 +59,8 @@ def _wrap(module, name: str) -> None:
 def _job(argv: list[str]) -> None:
   """The profiled process: ``embedlab train`` with its marks."""
   _mark("start")
-  from embedlab import cli, data  # pylint: disable=import-outside-toplevel
+  from embedlab import cli  # pylint: disable=import-outside-toplevel
+  from embedlab.data import datasets as data  # pylint: disable=import-outside-toplevel
 
   for name in ("encode_splits", "_load_file_dataset", "_scan_text_file"):
     _wrap(data, name)
@@ -75,7 +76,7 @@ def _job(argv: list[str]) -> None:
     return read_file(*args, **kwargs)
 
   data._read_file = import_then_read  # pylint: disable=protected-access
-  from embedlab import text  # pylint: disable=import-outside-toplevel
+  from embedlab.data import text  # pylint: disable=import-outside-toplevel
 
   _wrap(text, "encode_corpus")
   wait = cli._wait  # pylint: disable=protected-access
@@ -84,7 +85,7 @@ def _job(argv: list[str]) -> None:
     _mark("wait>")
     wait(pid)
     _mark("wait<")
-    train = sys.modules["embedlab.train"]  # imported while the encoder ran
+    train = sys.modules["embedlab.run.train"]  # imported while the encoder ran
     for name in ("build", "_evaluate_dev", "_finish"):
       _wrap(train, name)
 

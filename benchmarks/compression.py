@@ -63,7 +63,9 @@ def main() -> None:
   import logging  # noqa: PLC0415
   logging.getLogger("absl").setLevel(logging.ERROR)
   import jax  # noqa: PLC0415
-  from embedlab import config as config_lib, data as data_lib, train  # noqa: PLC0415
+  from embedlab import config as config_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.run import train  # noqa: PLC0415
 
   out = pathlib.Path(args.out)
   figures: dict[str, list[dict]] = {}

@@ -13,7 +13,7 @@ and independent (a failing section is recorded and the next one runs):
 
   1. ``contracts``: lookup (values, gradient, bad ids), bag (every mode, padded and ragged, each
      pooling strategy, weights, gradient, empty bags), attend, every table variant of
-     ``embedlab.compress``, the row-sparse optimizers of ``embedlab.sparse`` (two steps against
+     ``embedlab.core.compress``, the row-sparse optimizers of ``embedlab.core.sparse`` (two steps against
      a numpy reference step), ``localize``, and sharding over the devices there are; each check
      is pass/fail with its max error against a numpy reference. Matrix products are allowed
      TF32 / bfloat16 rounding off CPU (JAX's default precision there).
@@ -84,8 +84,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from embedlab import compress as ec  # noqa: E402
-from embedlab import pooling, sharding, sparse, tables  # noqa: E402
+from embedlab.core import compress as ec  # noqa: E402
+from embedlab.core import pooling  # noqa: E402
+from embedlab.core import sharding  # noqa: E402
+from embedlab.core import sparse  # noqa: E402
+from embedlab.core import tables  # noqa: E402
 
 SCATTER_ISSUE = "jax-ml/jax#38806, openxla/xla#46225"
 
@@ -327,7 +330,7 @@ def _np_unpack(stored, bits):
 
 
 def _np_sparse_step(name, table, slots, ids, grads, count, lr, skip=()):
-  """One step of each row-sparse rule (the docstrings of ``embedlab.sparse``) in float64."""
+  """One step of each row-sparse rule (the docstrings of ``embedlab.core.sparse``) in float64."""
   table = table.astype(np.float64).copy()
   slots = [s.astype(np.float64).copy() for s in slots]
   V = table.shape[0]

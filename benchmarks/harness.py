@@ -183,7 +183,7 @@ def read_rows(path: pathlib.Path, delimiter: str) -> list[tuple[str, str]]:
 
 def fasttext_lines(texts: list[str]) -> list[str]:
   """Each text as fastText reads it: embedlab's tokens, joined by spaces."""
-  from embedlab import text  # noqa: PLC0415
+  from embedlab.data import text  # noqa: PLC0415
 
   return [" ".join(tokens) for tokens in text.tokenize_many(texts)]
 

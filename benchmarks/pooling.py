@@ -1,4 +1,4 @@
-"""Padded-bag pooling strategies (embedlab/pooling.py) on this backend: forward, forward+backward.
+"""Padded-bag pooling strategies (embedlab/core/pooling.py) on this backend: forward, forward+backward.
 
   python benchmarks/pooling.py
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 import harness
 
-from embedlab import pooling
+from embedlab.core import pooling
 
 SHAPES = [  # V, D, B, L
     (16385, 64, 256, 64),        # the sparse step's localized table (step_scaling.py)

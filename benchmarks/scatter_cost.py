@@ -36,8 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from embedlab import config as config_lib  # noqa: E402
-from embedlab import data as data_lib  # noqa: E402
-from embedlab import train as train_lib  # noqa: E402
+from embedlab.data import datasets as data_lib  # noqa: E402
+from embedlab.run import train as train_lib  # noqa: E402
 
 SMALL_ROWS = 1024
 REPEATS = 5

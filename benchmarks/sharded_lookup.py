@@ -1,4 +1,4 @@
-"""Sharded lookup and bag: explicit ``jax.shard_map`` (embedlab.sharding) vs XLA's partitioner.
+"""Sharded lookup and bag: explicit ``jax.shard_map`` (embedlab.core.sharding) vs XLA's partitioner.
 
 Both paths start from the same table, rows split over "model" (``shard_table``), and the same
 batch, split over "data". ``shard_map`` gathers the owned rows on each shard and adds the pieces
@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from embedlab import sharding  # noqa: E402
+from embedlab.core import sharding  # noqa: E402
 
 SHAPES = (  # (num_embeddings, features, batch, bag_len)
     (20_000, 64, 256, 32),

@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
 from embedlab import config as config_lib  # noqa: E402
-from embedlab import models as models_lib  # noqa: E402
-from embedlab import optim as optim_lib  # noqa: E402
-from embedlab import sharding  # noqa: E402
-from embedlab import sparse as sparse_lib  # noqa: E402
-from embedlab import train as train_lib  # noqa: E402
+from embedlab.models import classifiers as models_lib  # noqa: E402
+from embedlab.core import optim as optim_lib  # noqa: E402
+from embedlab.core import sharding  # noqa: E402
+from embedlab.core import sparse as sparse_lib  # noqa: E402
+from embedlab.run import train as train_lib  # noqa: E402
 
 DEVICES = (1, 2, 4, 8)
 FEATURES, BATCH, BAG_LEN, CLASSES = 64, 512, 32, 4

@@ -26,7 +26,7 @@ ROWS, FEATURES, STEPS = 1 << 22, 64, 5
 def child(method: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import step_scaling  # pylint: disable=import-outside-toplevel  (beside this file: the model)
-  from embedlab import sparse  # pylint: disable=import-outside-toplevel
+  from embedlab.core import sparse  # pylint: disable=import-outside-toplevel
 
   def rss_mib(field):
     with open("/proc/self/status") as f:

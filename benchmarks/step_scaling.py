@@ -3,10 +3,10 @@
 The model: mean bag of a [256, 64] batch of ids (about 1/4 padding) from a [V, 64] table, then a
 dense [64, 16] layer and softmax cross-entropy. Per size V = 2^14 .. 2^22:
 
-* embedlab: ``embedlab.sparse.localize`` + ``bag`` + a row-sparse optimizer on the table
+* embedlab: ``embedlab.core.sparse.localize`` + ``bag`` + a row-sparse optimizer on the table
   (donated, updated in place), ``optax.adam`` on the dense layer; for each of ``sparse_sgd``,
   ``sparse_adagrad``, ``sparse_rowwise_adagrad`` and ``sparse_lazy_adam``, with the strategies
-  ``localize`` and ``update`` choose on their own (``embedlab.sparse.choose_update_strategy``).
+  ``localize`` and ``update`` choose on their own (``embedlab.core.sparse.choose_update_strategy``).
 * floor: the same step written plainly in PyTorch (2 threads, no autograd): dedup the ids
   (``torch.unique``), gather the occurring rows, the model's forward and backward by hand, sum
   the per-occurrence gradients into one row per touched id (``index_add_``), gather the touched
@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 import embedlab as el
-from embedlab import sparse
+from embedlab.core import sparse
 
 FEATURES, BATCH, BAG_LEN, CLASSES, PAD = 64, 256, 64, 16, 0
 

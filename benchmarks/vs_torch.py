@@ -3,7 +3,7 @@
   * forward: ``torch.nn.functional.embedding_bag`` (mode mean, padding_idx 0) vs a jitted
     ``embedlab.bag`` on the full table;
   * step: ``EmbeddingBag(sparse=True)`` + ``SparseAdam`` (and ``Adam`` for a [64, 16] linear
-    layer, softmax cross-entropy) vs ``embedlab.sparse.localize`` + ``bag`` + ``sparse_lazy_adam``
+    layer, softmax cross-entropy) vs ``embedlab.core.sparse.localize`` + ``bag`` + ``sparse_lazy_adam``
     (and ``optax.adam`` for the linear layer), donated and jitted;
   * the large pooling case: forward of 16,384 bags of 64 ids from a 1M x 128 table.
 
@@ -25,7 +25,7 @@ import harness
 import step_scaling  # beside this file: the same model, batches and jitted sparse step
 
 import embedlab as el
-from embedlab import sparse
+from embedlab.core import sparse
 
 TABLE = harness.Table([("case", "<44"), ("embedlab ms", ">12.2f"), ("torch ms", ">10.2f"),
                        ("ratio", ">8.2f")])

@@ -1,7 +1,7 @@
 """embedlab: the embedding table as a first-class, fast, honest tool in JAX.
 
 The public API is the names in ``__all__``; tests and users import them from here. Each loads
-its module on first use (PEP 562), so ``import embedlab.config`` or ``embedlab.data`` does not
+its module on first use (PEP 562), so ``import embedlab.config`` or ``embedlab.data.datasets`` does not
 start JAX: ``embedlab train`` encodes its data on a forked process while JAX loads.
 """
 
@@ -11,93 +11,93 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-  from embedlab.tables import (  # noqa: F401
+  from embedlab.core.tables import (  # noqa: F401
       INIT_NAMES, TableSummary, attend, bag, check_ids, describe, init_table, lookup,
       num_params, offsets_to_segment_ids, renorm_rows)
-  from embedlab.pretrained import (  # noqa: F401
+  from embedlab.data.vectors import (  # noqa: F401
       load_vectors, read_vectors, save_vectors)
-  from embedlab.inspection import (  # noqa: F401
+  from embedlab.analysis.inspection import (  # noqa: F401
       EmbeddingSummary, RunEmbedding, TopicCheck, UnknownWordError, analogy,
       class_association, export_npy, export_projector, export_run, export_word2vec,
       load_embedding, nearest_neighbours, neighbours, pca, plot_embedding, summarize_run,
       summarize_table, topic_neighbour_accuracy, unit_rows)
-  from embedlab.optim import (  # noqa: F401
+  from embedlab.core.optim import (  # noqa: F401
       freeze, freeze_rows, path_mask)
-  from embedlab.sharding import (  # noqa: F401
+  from embedlab.core.sharding import (  # noqa: F401
       make_mesh, shard_table, sharded_bag, sharded_lookup)
-  from embedlab.sparse import (  # noqa: F401
+  from embedlab.core.sparse import (  # noqa: F401
       SPARSE_OPTIMIZERS, Localized, SparseAdagradState, SparseLazyAdamState, SparseOptimizer,
       SparseRowwiseAdagradState, SparseSgdState, get_sparse_optimizer, localize, slot_bytes,
       sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd, sum_duplicates)
-  from embedlab.flax_adapter import (  # noqa: F401
+  from embedlab.models.flax_embed import (  # noqa: F401
       Embed, LinenEmbed)
-  from embedlab.loaded import (  # noqa: F401
+  from embedlab.run.loaded import (  # noqa: F401
       Run, UnknownWordsError, load_run)
 
 __version__ = "0.1.0"
 
 # name -> the module that defines it
 _MODULES = {
-    "INIT_NAMES": "embedlab.tables",
-    "Run": "embedlab.loaded",
-    "UnknownWordsError": "embedlab.loaded",
-    "load_run": "embedlab.loaded",
-    "TableSummary": "embedlab.tables",
-    "attend": "embedlab.tables",
-    "bag": "embedlab.tables",
-    "check_ids": "embedlab.tables",
-    "describe": "embedlab.tables",
-    "init_table": "embedlab.tables",
-    "lookup": "embedlab.tables",
-    "num_params": "embedlab.tables",
-    "offsets_to_segment_ids": "embedlab.tables",
-    "renorm_rows": "embedlab.tables",
-    "load_vectors": "embedlab.pretrained",
-    "read_vectors": "embedlab.pretrained",
-    "save_vectors": "embedlab.pretrained",
-    "EmbeddingSummary": "embedlab.inspection",
-    "RunEmbedding": "embedlab.inspection",
-    "TopicCheck": "embedlab.inspection",
-    "UnknownWordError": "embedlab.inspection",
-    "analogy": "embedlab.inspection",
-    "class_association": "embedlab.inspection",
-    "export_npy": "embedlab.inspection",
-    "export_projector": "embedlab.inspection",
-    "export_run": "embedlab.inspection",
-    "export_word2vec": "embedlab.inspection",
-    "load_embedding": "embedlab.inspection",
-    "nearest_neighbours": "embedlab.inspection",
-    "neighbours": "embedlab.inspection",
-    "pca": "embedlab.inspection",
-    "plot_embedding": "embedlab.inspection",
-    "summarize_run": "embedlab.inspection",
-    "summarize_table": "embedlab.inspection",
-    "topic_neighbour_accuracy": "embedlab.inspection",
-    "unit_rows": "embedlab.inspection",
-    "freeze": "embedlab.optim",
-    "freeze_rows": "embedlab.optim",
-    "path_mask": "embedlab.optim",
-    "make_mesh": "embedlab.sharding",
-    "shard_table": "embedlab.sharding",
-    "sharded_bag": "embedlab.sharding",
-    "sharded_lookup": "embedlab.sharding",
-    "SPARSE_OPTIMIZERS": "embedlab.sparse",
-    "Localized": "embedlab.sparse",
-    "SparseAdagradState": "embedlab.sparse",
-    "SparseLazyAdamState": "embedlab.sparse",
-    "SparseOptimizer": "embedlab.sparse",
-    "SparseRowwiseAdagradState": "embedlab.sparse",
-    "SparseSgdState": "embedlab.sparse",
-    "get_sparse_optimizer": "embedlab.sparse",
-    "localize": "embedlab.sparse",
-    "slot_bytes": "embedlab.sparse",
-    "sparse_adagrad": "embedlab.sparse",
-    "sparse_lazy_adam": "embedlab.sparse",
-    "sparse_rowwise_adagrad": "embedlab.sparse",
-    "sparse_sgd": "embedlab.sparse",
-    "sum_duplicates": "embedlab.sparse",
-    "Embed": "embedlab.flax_adapter",  # flax: ~0.7 s to import
-    "LinenEmbed": "embedlab.flax_adapter",
+    "INIT_NAMES": "embedlab.core.tables",
+    "Run": "embedlab.run.loaded",
+    "UnknownWordsError": "embedlab.run.loaded",
+    "load_run": "embedlab.run.loaded",
+    "TableSummary": "embedlab.core.tables",
+    "attend": "embedlab.core.tables",
+    "bag": "embedlab.core.tables",
+    "check_ids": "embedlab.core.tables",
+    "describe": "embedlab.core.tables",
+    "init_table": "embedlab.core.tables",
+    "lookup": "embedlab.core.tables",
+    "num_params": "embedlab.core.tables",
+    "offsets_to_segment_ids": "embedlab.core.tables",
+    "renorm_rows": "embedlab.core.tables",
+    "load_vectors": "embedlab.data.vectors",
+    "read_vectors": "embedlab.data.vectors",
+    "save_vectors": "embedlab.data.vectors",
+    "EmbeddingSummary": "embedlab.analysis.inspection",
+    "RunEmbedding": "embedlab.analysis.inspection",
+    "TopicCheck": "embedlab.analysis.inspection",
+    "UnknownWordError": "embedlab.analysis.inspection",
+    "analogy": "embedlab.analysis.inspection",
+    "class_association": "embedlab.analysis.inspection",
+    "export_npy": "embedlab.analysis.inspection",
+    "export_projector": "embedlab.analysis.inspection",
+    "export_run": "embedlab.analysis.inspection",
+    "export_word2vec": "embedlab.analysis.inspection",
+    "load_embedding": "embedlab.analysis.inspection",
+    "nearest_neighbours": "embedlab.analysis.inspection",
+    "neighbours": "embedlab.analysis.inspection",
+    "pca": "embedlab.analysis.inspection",
+    "plot_embedding": "embedlab.analysis.inspection",
+    "summarize_run": "embedlab.analysis.inspection",
+    "summarize_table": "embedlab.analysis.inspection",
+    "topic_neighbour_accuracy": "embedlab.analysis.inspection",
+    "unit_rows": "embedlab.analysis.inspection",
+    "freeze": "embedlab.core.optim",
+    "freeze_rows": "embedlab.core.optim",
+    "path_mask": "embedlab.core.optim",
+    "make_mesh": "embedlab.core.sharding",
+    "shard_table": "embedlab.core.sharding",
+    "sharded_bag": "embedlab.core.sharding",
+    "sharded_lookup": "embedlab.core.sharding",
+    "SPARSE_OPTIMIZERS": "embedlab.core.sparse",
+    "Localized": "embedlab.core.sparse",
+    "SparseAdagradState": "embedlab.core.sparse",
+    "SparseLazyAdamState": "embedlab.core.sparse",
+    "SparseOptimizer": "embedlab.core.sparse",
+    "SparseRowwiseAdagradState": "embedlab.core.sparse",
+    "SparseSgdState": "embedlab.core.sparse",
+    "get_sparse_optimizer": "embedlab.core.sparse",
+    "localize": "embedlab.core.sparse",
+    "slot_bytes": "embedlab.core.sparse",
+    "sparse_adagrad": "embedlab.core.sparse",
+    "sparse_lazy_adam": "embedlab.core.sparse",
+    "sparse_rowwise_adagrad": "embedlab.core.sparse",
+    "sparse_sgd": "embedlab.core.sparse",
+    "sum_duplicates": "embedlab.core.sparse",
+    "Embed": "embedlab.models.flax_embed",  # flax: ~0.7 s to import
+    "LinenEmbed": "embedlab.models.flax_embed",
 }
 
 __all__ = [
@@ -164,8 +164,27 @@ __all__ = [
 ]
 
 
+_LAYERS = ("core", "data", "models", "analysis", "run", "config", "cli")
+# modules that moved into the layer folders: the old attribute still works, with a warning
+_MOVED = {
+    "tables": "embedlab.core.tables", "pooling": "embedlab.core.pooling",
+    "sparse": "embedlab.core.sparse", "optim": "embedlab.core.optim",
+    "sharding": "embedlab.core.sharding", "flax_adapter": "embedlab.models.flax_embed",
+    "text": "embedlab.data.text", "pretrained": "embedlab.data.vectors",
+    "models": "embedlab.models.classifiers", "inspection": "embedlab.analysis.inspection",
+    "train": "embedlab.run.train", "checkpoint": "embedlab.run.checkpoint",
+}
+
+
 def __getattr__(name):
   """Loads a public name's module on first use (then it is a plain attribute)."""
+  if name in _LAYERS:
+    return importlib.import_module(f"embedlab.{name}")
+  if name in _MOVED:
+    import warnings  # noqa: PLC0415
+    warnings.warn(f"embedlab.{name} moved to {_MOVED[name]}; import it from there.",
+                  DeprecationWarning, stacklevel=2)
+    return importlib.import_module(_MOVED[name])
   module = _MODULES.get(name)
   if module is None:
     raise AttributeError(f"module 'embedlab' has no attribute {name!r}")

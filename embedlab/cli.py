@@ -156,7 +156,9 @@ def _train(args) -> int:
   first = configs[0]
   encoder = _encode_ahead(first)
   try:
-    from embedlab import report, sharding, train  # noqa: PLC0415 - JAX loads meanwhile
+    from embedlab.run import report  # noqa: PLC0415 - JAX loads meanwhile
+    from embedlab.core import sharding  # noqa: PLC0415 - JAX loads meanwhile
+    from embedlab.run import train  # noqa: PLC0415 - JAX loads meanwhile
   finally:
     _wait(encoder)
   # before anything starts JAX's backends: join the other processes of a multi-host run
@@ -168,7 +170,7 @@ def _train(args) -> int:
     planted = None
     # show what the embedding layer learned (one process writes the run directory)
     if cfg.data.source == "synthetic" and sharding.is_primary():
-      from embedlab import inspection  # noqa: PLC0415
+      from embedlab.analysis import inspection  # noqa: PLC0415
       planted = inspection.record_planted_structure(workdir)
       results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
     print(json.dumps(results, indent=2))
@@ -184,7 +186,7 @@ def _train(args) -> int:
 def _check_run_dirs(args, runs, configs) -> None:
   """Refuses at once, before any data is read, a run whose directory cannot take it (another
   config there, in use, ``--restart`` of a directory that holds no run): nothing is written."""
-  from embedlab import rundir  # noqa: PLC0415 - no JAX yet
+  from embedlab.run import rundir  # noqa: PLC0415 - no JAX yet
 
   for (workdir, _), cfg in zip(runs, configs):
     if not (cfg.mesh.coordinator_address or cfg.mesh.num_processes > 1):
@@ -198,7 +200,8 @@ def _encode_ahead(cfg) -> int | None:
   pid, or None where the data is cached already or forking is not safe (JAX already started, a
   multi-process run, not Linux). Should it fail, ``train`` encodes again and reports the error.
   """
-  from embedlab import _fork, data  # noqa: PLC0415 - numpy only, no JAX
+  from embedlab.data import workers as _fork  # noqa: PLC0415 - numpy only, no JAX
+  from embedlab.data import datasets as data  # noqa: PLC0415 - numpy only, no JAX
 
   multi_process = cfg.mesh.coordinator_address or cfg.mesh.num_processes > 1
   if multi_process or not _fork.can_fork() or data.is_cached(cfg.data, cfg.seed):
@@ -229,7 +232,10 @@ def _sweep_name(overrides) -> str:
 
 
 def _summary(args) -> int:
-  from embedlab import config as config_lib, data as data_lib, report, train  # noqa: PLC0415
+  from embedlab import config as config_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.run import report  # noqa: PLC0415
+  from embedlab.run import train  # noqa: PLC0415
 
   cfg = config_lib.load_config(args.experiment, args.overrides)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
@@ -239,7 +245,7 @@ def _summary(args) -> int:
 
 
 def _predict(args) -> int:
-  from embedlab import loaded  # noqa: PLC0415
+  from embedlab.run import loaded  # noqa: PLC0415
 
   texts = list(args.texts)
   if args.file:
@@ -258,7 +264,8 @@ def _predict(args) -> int:
 
 def _inspect(args) -> int:
   import time  # noqa: PLC0415
-  from embedlab import inspection, report  # noqa: PLC0415
+  from embedlab.analysis import inspection  # noqa: PLC0415
+  from embedlab.run import report  # noqa: PLC0415
 
   emb = inspection.load_embedding(args.run_dir, args.checkpoint)
   print(f"run {emb.run_dir}: experiment {emb.config.name}, model {emb.config.model.name}, "
@@ -272,7 +279,7 @@ def _inspect(args) -> int:
   summary = (inspection.summarize_run(emb, initial=initial) if initial is not None else
              inspection.summarize_table(emb.table, words=emb.num_words))
   if emb.config.model.table != "plain":
-    from embedlab import models  # noqa: PLC0415
+    from embedlab.models import classifiers as models  # noqa: PLC0415
     stored = models.table_summary(emb.config.model, emb.embed, emb.table.shape[0])
     parts = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(emb.embed.items()))
     print(f"stored as {stored} ({parts}); the vectors below are every id looked up through it")
@@ -303,7 +310,7 @@ def _inspect(args) -> int:
 
 
 def _export(args) -> int:
-  from embedlab import inspection  # noqa: PLC0415
+  from embedlab.analysis import inspection  # noqa: PLC0415
 
   if args.format is None and not args.quantize:
     raise ValueError("export: choose --format word2vec, projector or npy (or --quantize int8).")
@@ -376,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
       print(config_lib.describe_keys(config_lib.load_config(args.experiment, args.overrides)))
       return 0
     if args.command == "eval":
-      from embedlab import train  # noqa: PLC0415
+      from embedlab.run import train  # noqa: PLC0415
       print(json.dumps(train.evaluate_run(args.run_dir, args.split, quantize=args.quantize),
                        indent=2))
       return 0
     if args.command == "predict":
       return _predict(args)
     if args.command == "compare":
-      from embedlab import report  # noqa: PLC0415
+      from embedlab.run import report  # noqa: PLC0415
       print(report.compare_table(args.run_dirs))
       if args.plots:
         out = pathlib.Path(args.plots) / "curves.png"
@@ -421,7 +428,7 @@ def run() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython
-  from embedlab import _fork  # noqa: PLC0415 - no JAX import
+  from embedlab.data import workers as _fork  # noqa: PLC0415 - no JAX import
 
   if (run_exit_handlers is None or not _only_this_thread()
       or _fork.distributed_client_running()):

@@ -38,13 +38,13 @@ class DataConfig:
   csv / tsv / jsonl / parquet files, optionally .gz, named by ``train`` / ``dev`` / ``test``),
   ``disk`` (a directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict``, named by
   ``path``) or ``hub`` (a Hugging Face hub dataset named by ``path``). Relative paths are
-  resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.data_dir``).
+  resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.datasets.data_dir``).
   ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
   bigram), before ``max_len`` cuts the text. ``workers`` processes read, tokenize and encode
   (0 = one per CPU core, at most 8; 1 = the main process only); the ids do not depend on it
-  (``embedlab.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
+  (``embedlab.data.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
   in train: each gets a row of its own and every other bucket shares one last row that training
-  never updates (``embedlab.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
+  never updates (``embedlab.data.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
   """
 
   source: str = "synthetic"
@@ -86,7 +86,7 @@ class DataConfig:
 class ModelConfig:
   """Which model, and the shape of its embedding table.
 
-  ``table`` picks the embedding (``embedlab.models.make_embedder``): ``plain`` (one row per
+  ``table`` picks the embedding (``embedlab.models.classifiers.make_embedder``): ``plain`` (one row per
   id), ``hashed`` (``table_exact`` rows for the most frequent ids plus ``table_buckets`` hashed
   rows shared by the rest), ``hash_embedding`` (a pool of ``table_buckets`` vectors, each id a
   learned mix of ``table_hashes`` of them), ``qr`` (quotient-remainder with ``table_collisions``
@@ -95,7 +95,7 @@ class ModelConfig:
   dtype of the embedding (``bfloat16``: half the bytes, for training too). On CPU a ``bfloat16``
   table is kept in ``float32`` unless ``compute_dtype`` is ``bfloat16`` too: XLA:CPU converts the
   whole ``bfloat16`` table to ``float32`` and back at every row update (one epoch of
-  ``experiments/sst2_bag.py``: a 96 s train loop against 6.6 s; ``embedlab.models.stored_dtype``).
+  ``experiments/sst2_bag.py``: a 96 s train loop against 6.6 s; ``embedlab.models.classifiers.stored_dtype``).
   """
 
   name: str = "bag"
@@ -160,7 +160,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """How the run spreads over devices and hosts (``embedlab.sharding``).
+  """How the run spreads over devices and hosts (``embedlab.core.sharding``).
 
   The devices form a ``data x model`` mesh: the batch is split over ``data``, every table's rows
   over ``model`` (padded with zero rows up to a multiple of ``model``). ``data=0`` puts every

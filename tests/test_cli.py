@@ -94,7 +94,8 @@ def test_train_encodes_its_data_on_a_forked_process_while_jax_loads(tmp_path):
   script = tmp_path / "ahead.py"
   script.write_text(f"""
 import os, sys
-from embedlab import cli, config, data
+from embedlab import cli, config
+from embedlab.data import datasets as data
 assert "jax" not in sys.modules
 cfg = config.load_config({QUICK!r}, ["data.source=files", "data.train=train.tsv",
                                       "data.dev_fraction=0.2"])

@@ -1,4 +1,4 @@
-"""Compressed tables (embedlab.compress) against numpy references: the plain table's contract.
+"""Compressed tables (embedlab.core.compress) against numpy references: the plain table's contract.
 
 What "padding" means per variant (the ids equal to ``padding_id``):
   * hashing trick: the raw padding id's row (its own row when below ``exact_size``);
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import embedlab as el
-from embedlab import compress as ec
+from embedlab.core import compress as ec
 
 M32 = 0xFFFFFFFF
 
@@ -340,7 +340,7 @@ def np_pool(vecs, ids, mode, weights, padding_id):
   return out
 
 
-@pytest.mark.parametrize("mode", el.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
 def test_bag_lookup_matches_numpy_for_every_variant(mode):
   rng = np.random.default_rng(5)
   for v in VARIANTS:
@@ -355,7 +355,7 @@ def test_bag_lookup_matches_numpy_for_every_variant(mode):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5, err_msg=v.name)
 
 
-@pytest.mark.parametrize("mode", el.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
 def test_bag_factorized_equals_pooling_the_full_vectors(mode):
   v = next(v for v in VARIANTS if v.name == "factorized")
   ids = np.array([[1, 2, 0, 0], [0, 0, 0, 0], [5, 5, 29, 3]], np.int32)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 import embedlab as el
-from embedlab import compress, config as config_lib, inspection, models, report, train
+from embedlab import config as config_lib
+from embedlab.core import compress
+from embedlab.analysis import inspection
+from embedlab.models import classifiers as models
+from embedlab.run import report
+from embedlab.run import train
 from embedlab.config import ConfigError, ModelConfig
 
 from test_train import final_params, quiet, tiny
@@ -32,7 +37,7 @@ def variant_cfg(name, **extra):
 
 
 def reference_vectors(cfg, embed, ids):
-  """Each id's vector from the variant's own function in embedlab.compress, in numpy."""
+  """Each id's vector from the variant's own function in embedlab.core.compress, in numpy."""
   ids = np.asarray(ids)
   if cfg.table == "hashed":
     rows = compress.hash_ids(ids, cfg.table_buckets, exact_size=cfg.table_exact)

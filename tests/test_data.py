@@ -1,4 +1,4 @@
-"""Tests for embedlab.data: sources, splits, errors, synthetic data, cache, batches."""
+"""Tests for embedlab.data.datasets: sources, splits, errors, synthetic data, cache, batches."""
 
 import collections
 import dataclasses
@@ -10,7 +10,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from embedlab import config as config_lib, data, text
+from embedlab import config as config_lib
+from embedlab.data import datasets as data
+from embedlab.data import text
 from embedlab.config import DataConfig
 
 
@@ -695,7 +697,8 @@ def test_forked_file_reading_and_encoding_match_one_process(tmp_path):
   script = tmp_path / "forked.py"
   script.write_text("""
 import dataclasses, multiprocessing.pool, numpy as np
-from embedlab import data, text
+from embedlab.data import datasets as data
+from embedlab.data import text
 from embedlab.config import DataConfig
 data._MIN_FILE_BYTES = text._MIN_FORK_CHARS = 0
 pools = []

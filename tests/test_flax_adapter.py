@@ -1,4 +1,4 @@
-"""Tests for embedlab.flax_adapter: nnx and linen modules backed by embedlab.tables."""
+"""Tests for embedlab.models.flax_embed: nnx and linen modules backed by embedlab.core.tables."""
 
 import re
 
@@ -9,8 +9,8 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from embedlab import tables
-from embedlab.flax_adapter import Embed, LinenEmbed
+from embedlab.core import tables
+from embedlab.models.flax_embed import Embed, LinenEmbed
 
 V, D = 12, 5
 IDS = np.array([[3, 0, 11, 7], [1, 1, 0, 2]], np.int32)

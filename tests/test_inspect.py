@@ -1,4 +1,4 @@
-"""embedlab.inspection and `embedlab inspect / export`: neighbours and analogies against brute-force
+"""embedlab.analysis.inspection and `embedlab inspect / export`: neighbours and analogies against brute-force
 numpy (and gensim), summaries against the rebuilt initial table, the data behind each picture,
 exports that round-trip, and an exported table initialising another run."""
 
@@ -11,7 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from embedlab import cli, config as config_lib, data as data_lib, inspection, report, train
+from embedlab import cli, config as config_lib
+from embedlab.data import datasets as data_lib
+from embedlab.analysis import inspection
+from embedlab.run import report
+from embedlab.run import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "experiments" / "quickstart.py")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import embedlab as el
-from embedlab import cli, inspection, train
+from embedlab import cli
+from embedlab.analysis import inspection
+from embedlab.run import train
 from test_train import quiet, tiny
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embedlab import models
+from embedlab.models import classifiers as models
 from embedlab.config import ModelConfig
 
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import embedlab as el
-from embedlab import optim
+from embedlab.core import optim
 from embedlab.config import OptimConfig
 
 

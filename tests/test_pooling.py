@@ -1,4 +1,4 @@
-"""Pooling strategies (embedlab/pooling.py) against a numpy reference, under jit."""
+"""Pooling strategies (embedlab/core/pooling.py) against a numpy reference, under jit."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import embedlab as el
-from embedlab import pooling
-from embedlab.sparse import localize
+from embedlab.core import pooling
+from embedlab.core.sparse import localize
 
 MODES = ("sum", "mean", "sqrtn", "max")
 

@@ -1,4 +1,4 @@
-"""Tests for embedlab.pretrained: reading / writing text word vectors, aligned to a vocabulary."""
+"""Tests for embedlab.data.vectors: reading / writing text word vectors, aligned to a vocabulary."""
 
 import gzip
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from embedlab.pretrained import load_vectors, read_vectors, save_vectors
+from embedlab.data.vectors import load_vectors, read_vectors, save_vectors
 
 FILE_WORDS = ["the", "movie", "good", "bad", "Paris", "london", "of", '"']
 VOCAB = ["<pad>", "<unk>", "the", "movie", "missing1", "good", "London", "Paris", "missing2",

@@ -16,8 +16,9 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import embedlab as el
-from embedlab import compress as ec
-from embedlab import pooling, sharding
+from embedlab.core import compress as ec
+from embedlab.core import pooling
+from embedlab.core import sharding
 
 INT_DTYPES = [np.dtype(d) for d in ("int8", "uint8", "int16", "uint16", "int32", "uint32")]
 TABLE_DTYPES = [np.dtype(np.float32), np.dtype(jnp.bfloat16)]

@@ -21,7 +21,7 @@ import pytest
 
 from embedlab import cli
 from embedlab import config as config_lib
-from embedlab import data as data_lib
+from embedlab.data import datasets as data_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -21,9 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from embedlab import checkpoint as ckpt_lib
+from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab import resources, train
+from embedlab.run import resources
+from embedlab.run import train
 from embedlab.config import Config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -286,7 +287,7 @@ def test_full_disk_during_save_is_one_message_and_leaves_nothing_behind(tmp_path
 FILE_SIZE_LIMIT = """
 import resource, signal, sys, pathlib
 import jax.numpy as jnp
-from embedlab import checkpoint
+from embedlab.run import checkpoint
 ckpt = checkpoint.Checkpoints(pathlib.Path(sys.argv[1]))
 ckpt.save_latest(1, {"w": jnp.ones(10)}, {"best_step": 1})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 import checkpoint_faults as faults
-from embedlab import checkpoint as ckpt_lib
+from embedlab.run import checkpoint as ckpt_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

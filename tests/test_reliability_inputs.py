@@ -20,7 +20,10 @@ import pytest
 
 import embedlab as el
 from embedlab import config as config_lib
-from embedlab import data, models, resources, train
+from embedlab.data import datasets as data
+from embedlab.models import classifiers as models
+from embedlab.run import resources
+from embedlab.run import train
 from embedlab.config import Config, DataConfig, ModelConfig
 
 
@@ -253,7 +256,7 @@ def test_bad_ids_in_an_encoded_dataset_are_refused_before_training():
 @pytest.mark.parametrize("poison", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("tables", ["dense", "sparse_adagrad"])
 def test_non_finite_loss_or_gradient_never_reaches_the_parameters(poison, tables):
-  from embedlab import sparse
+  from embedlab.core import sparse
   cfg = ModelConfig(features=4)
   model = models.make_model(cfg, 10, 3, oob="clip")
   params = model.init(jax.random.key(0))
@@ -337,7 +340,8 @@ def test_memory_estimate_matches_the_real_parameters_and_slots(model, optim, tab
   nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))  # noqa: E731
   assert est["table"] == nbytes(params["embed"]) == 1000 * 16 * 4
   assert est["other_params"] == nbytes(params) - nbytes(params["embed"])
-  from embedlab import optim as optim_lib, sparse
+  from embedlab.core import optim as optim_lib
+  from embedlab.core import sparse
   if tables == "dense":
     state = optim_lib.make_optimizer(cfg.optim, params, 10).init(params)
     assert est["gradients"] == nbytes(params)

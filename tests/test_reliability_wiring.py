@@ -14,7 +14,9 @@ import pytest
 
 import embedlab as el
 from embedlab import config as config_lib
-from embedlab import models, resources, train
+from embedlab.models import classifiers as models
+from embedlab.run import resources
+from embedlab.run import train
 from embedlab.config import Config, ModelConfig
 
 

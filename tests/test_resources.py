@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embedlab import config as config_lib, models, optim as optim_lib, resources, sparse, train
+from embedlab import config as config_lib
+from embedlab.models import classifiers as models
+from embedlab.core import optim as optim_lib
+from embedlab.run import resources
+from embedlab.core import sparse
+from embedlab.run import train
 from embedlab.config import Config
 
 ROWS, CLASSES, SEQ_LEN = 2000, 3, 20
@@ -19,7 +24,7 @@ SMALL = ["model.features=16", "model.num_filters=8", "model.lstm_hidden=8", "mod
 TABLE_SETTINGS = {"plain": [], "hashed": ["model.table_buckets=200", "model.table_exact=300"],
                   "hash_embedding": ["model.table_buckets=200"], "qr": [],
                   "factorized": ["model.table_rank=4"]}
-DENSE = tuple(resources.DENSE_SLOTS)  # every dense optax optimizer of embedlab.optim
+DENSE = tuple(resources.DENSE_SLOTS)  # every dense optax optimizer of embedlab.core.optim
 SPARSE = tuple(sparse.SPARSE_OPTIMIZERS)
 
 

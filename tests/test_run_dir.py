@@ -10,7 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from embedlab import report, rundir, train
+from embedlab.run import report
+from embedlab.run import rundir
+from embedlab.run import train
 from test_train import final_params, metric_values, quiet, tiny
 
 

@@ -8,8 +8,11 @@ import optax
 import pytest
 
 import embedlab as el
-from embedlab import data as data_lib
-from embedlab import models, sparse, tables, train
+from embedlab.data import datasets as data_lib
+from embedlab.models import classifiers as models
+from embedlab.core import sparse
+from embedlab.core import tables
+from embedlab.run import train
 from embedlab.config import ModelConfig
 
 V, D, C = 23, 5, 3

@@ -1,4 +1,4 @@
-"""Tests for embedlab.sharding on 8 simulated CPU devices.
+"""Tests for embedlab.core.sharding on 8 simulated CPU devices.
 
 JAX fixes its device count when it starts, and the rest of the suite has started it already with
 one CPU device, so the checks run in one subprocess started with
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import embedlab as el
-from embedlab import sharding
+from embedlab.core import sharding
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
 
@@ -24,7 +24,7 @@ SCRIPT = r'''
 import functools
 import jax, jax.numpy as jnp, numpy as np
 import embedlab as el
-from embedlab import sharding
+from embedlab.core import sharding
 
 assert len(jax.devices()) == 8, jax.devices()
 V, D, PAD = 20, 3, 0  # 20 rows: even over 1, 2, 4 shards; padded to 24 over 8

@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from embedlab import checkpoint as ckpt_lib
+from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab import train
+from embedlab.run import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # quickstart, smaller: 402 rows (padded to 404 over 4 shards, 408 over 8), 8 features
@@ -46,7 +46,10 @@ TIMEOUT = 240  # seconds per subprocess: a hung collective fails the test instea
 TRAIN_SCRIPT = r'''
 import json, pathlib, sys
 import jax, numpy as np
-from embedlab import checkpoint as ckpt_lib, config as config_lib, sharding, train
+from embedlab import config as config_lib
+from embedlab.run import checkpoint as ckpt_lib
+from embedlab.core import sharding
+from embedlab.run import train
 
 out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 assert len(jax.devices()) == 8, jax.devices()
@@ -92,7 +95,10 @@ print("OK trained", len(record))
 RESTORE_SCRIPT = r'''
 import json, pathlib, sys
 import jax, numpy as np
-from embedlab import checkpoint as ckpt_lib, config as config_lib, sharding, train
+from embedlab import config as config_lib
+from embedlab.run import checkpoint as ckpt_lib
+from embedlab.core import sharding
+from embedlab.run import train
 
 run, out, base, extra = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
                          json.loads(sys.argv[3]), json.loads(sys.argv[4]))
@@ -117,7 +123,8 @@ print("OK restored", len(jax.devices()), int(step), table.shape,
 PROCESS_SCRIPT = r'''
 import faulthandler, json, pathlib, sys
 faulthandler.dump_traceback_later(int(sys.argv[5]), exit=True)  # a hang shows where, then ends
-from embedlab import config as config_lib, sharding
+from embedlab import config as config_lib
+from embedlab.core import sharding
 
 port, index, workdir = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
 overrides = json.loads(sys.argv[4]) + [f"mesh.coordinator_address=localhost:{port}",
@@ -125,7 +132,7 @@ overrides = json.loads(sys.argv[4]) + [f"mesh.coordinator_address=localhost:{por
 cfg = config_lib.load_config("experiments/quickstart.py", overrides)
 assert sharding.initialize_distributed(cfg.mesh)  # before any other JAX call
 import jax
-from embedlab import train
+from embedlab.run import train
 assert jax.process_count() == 2 and len(jax.devices()) == 4, jax.devices()
 results = train.train(cfg, workdir, restart=True, echo=lambda s: None)
 print("RESULT " + json.dumps(results), flush=True)
@@ -282,7 +289,8 @@ VARIANT_RUNS = {
 VARIANT_SCRIPT = r'''
 import json, pathlib, sys
 import jax, numpy as np
-from embedlab import config as config_lib, train
+from embedlab import config as config_lib
+from embedlab.run import train
 
 out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 record = {}

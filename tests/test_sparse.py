@@ -1,4 +1,4 @@
-"""Row-sparse optimizers (embedlab/sparse.py) against dense optax and numpy references, under jit."""
+"""Row-sparse optimizers (embedlab/core/sparse.py) against dense optax and numpy references, under jit."""
 
 import functools
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import embedlab as el
-from embedlab import sparse
+from embedlab.core import sparse
 
 ROWS, FEATURES, PAD = 13, 4, 0
 

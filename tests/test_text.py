@@ -1,11 +1,11 @@
-"""Tests for embedlab.text: tokenizer, vocabulary, hashed n-grams, encoding (vs. references)."""
+"""Tests for embedlab.data.text: tokenizer, vocabulary, hashed n-grams, encoding (vs. references)."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from embedlab import text
+from embedlab.data import text
 
 # ----------------------------------------------------------------------------- tokenize
 
@@ -278,7 +278,7 @@ def test_encode_corpus_is_tokenize_vocab_encode(kw):
 def test_encode_corpus_does_not_fork_once_jax_runs(monkeypatch):
   import jax  # noqa: PLC0415
   from jax._src import distributed, xla_bridge  # noqa: PLC0415
-  from embedlab import _fork  # noqa: PLC0415
+  from embedlab.data import workers as _fork  # noqa: PLC0415
   jax.devices()
   assert not _fork.can_fork()
   # nor with a distributed client's threads (before the backends start, in a multi-host run)
@@ -297,7 +297,7 @@ def test_encode_corpus_forked_workers_give_the_same_ids(tmp_path):
   script = tmp_path / "forked.py"
   script.write_text("""
 import numpy as np
-from embedlab import text
+from embedlab.data import text
 import test_text as t
 text._MIN_FORK_CHARS = 0
 import multiprocessing.pool

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embedlab import checkpoint as ckpt_lib
+from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab import inspection, models, train
-from embedlab import text as text_lib
+from embedlab.analysis import inspection
+from embedlab.models import classifiers as models
+from embedlab.run import train
+from embedlab.data import text as text_lib
 from embedlab.config import Config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -93,7 +95,7 @@ def test_tensorboard_import_leaves_torch_importable():
   """report hides torch while tensorboardX loads (it would import it only for type hints); the
   hiding entry must not outlive the import, or a later `import torch` would fail."""
   import sys  # noqa: PLC0415
-  from embedlab import report  # noqa: PLC0415
+  from embedlab.run import report  # noqa: PLC0415
   had = "torch" in sys.modules
   report._import_tensorboardx()
   assert "tensorboardX" in sys.modules
@@ -317,7 +319,7 @@ def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("tables", ["dense", "sparse_adagrad"])
 def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, tables):
-  from embedlab import pretrained
+  from embedlab.data import vectors as pretrained
   cfg0 = tiny()
   data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
   words = list(data.vocab.tokens[2:12])  # 10 words with vectors, the rest without
@@ -364,7 +366,7 @@ def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
 
 
 def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
-  from embedlab import pretrained
+  from embedlab.data import vectors as pretrained
   cfg0 = tiny()
   data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
   words = list(data.vocab.tokens[2:7])
@@ -482,7 +484,7 @@ def test_best_parameters_are_written_with_the_next_checkpoint(tmp_path, monkeypa
 def test_timings_count_compilation_and_stop_listening(tmp_path):
   """results.json's timings hold JAX's compile seconds of the run; the clock stops listening
   when the run ends (a later compilation is not added to it)."""
-  from embedlab import report  # noqa: PLC0415
+  from embedlab.run import report  # noqa: PLC0415
   results = train.train(tiny(), tmp_path / "run", echo=quiet)
   timings = results["timings"]
   assert timings["compile_seconds"] > 0

@@ -10,7 +10,7 @@ Word ids index the vocabulary (``PAD_ID = 0``, ``UNK_ID = 1``); n-gram ids are
 ``len(vocab) + bucket``, so one embedding table of ``len(vocab) + num_buckets`` rows holds both.
 
 Example:
-  >>> from embedlab import text
+  >>> from embedlab.data import text
   >>> docs = [text.tokenize("A fine, fine film."), text.tokenize("A dull film.")]
   >>> vocab = text.build_vocab(docs)
   >>> vocab.tokens
@@ -36,7 +36,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from embedlab import _fork
+from embedlab.data import workers as _fork
 
 PAD_ID = 0
 UNK_ID = 1

@@ -2,9 +2,9 @@
 
 Every variant is an ``init_*`` function returning a plain params pytree and a
 ``lookup_*(params, ids, *, padding_id=None, oob="error")`` returning ``Array[*ids.shape, D]``,
-as ``embedlab.tables.lookup``: ids of any rank; positions holding ``padding_id`` come out as
+as ``embedlab.core.tables.lookup``: ids of any rank; positions holding ``padding_id`` come out as
 zero vectors and send zero gradient to every parameter; ids go through the plain table's id path
-(``embedlab.tables.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
+(``embedlab.core.tables.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
 outside the variant's logical vocabulary raise (``ValueError`` eagerly, ``JaxRuntimeError`` under
 ``jit``) and non-integer ids raise ``TypeError``; no variant clamps ids by itself. Static facts
 (seed, combine mode, vocabulary size) are Python keyword arguments beside the params, never
@@ -28,7 +28,7 @@ hashing trick with 100k exact + 200k buckets 73.2 MiB; hash embeddings with 250k
 k=2, 76.3 MiB; quotient-remainder with m=1414 ("mult") 0.7 MiB; factorized with r=16, 122.1 MiB;
 int8 129.7 MiB; 4-bit 68.7 MiB; 2-bit 38.1 MiB.
 
-  >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+  >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
   >>> p = ec.init_qr_table(jax.random.key(0), 1000, 16, num_collisions=32)
   >>> ec.lookup_qr(p, jnp.array([[3, 999]]), num_embeddings=1000).shape
   (1, 2, 16)
@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab import pooling
-from embedlab import tables
+from embedlab.core import pooling
+from embedlab.core import tables
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -117,7 +117,7 @@ def hash_ids(tokens: Any, num_buckets: int, *, seed: int = 0, exact_size: int = 
     ``np.ndarray`` of ``int32`` row ids of ``tokens``' shape, in ``0..exact_size+num_buckets-1``.
 
   Example:
-    >>> import embedlab.compress as ec
+    >>> import embedlab.core.compress as ec
     >>> ec.hash_ids([0, 1, 5, 123456789], 10, exact_size=2).tolist()[:2]
     [0, 1]
     >>> int(ec.hash_ids("the", 2_000_000))  # fastText's bucket for "the"
@@ -179,10 +179,10 @@ def init_hashed_table(key: Array, num_buckets: int, features: int, *, exact_size
                       **kwargs) -> Params:
   """A plain table ``{"table": [exact_size + num_buckets, features]}`` for the hashing trick.
 
-  ``kwargs`` go to ``embedlab.tables.init_table`` (``init``, ``padding_id``, ``dtype``, ...).
+  ``kwargs`` go to ``embedlab.core.tables.init_table`` (``init``, ``padding_id``, ``dtype``, ...).
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> ec.init_hashed_table(jax.random.key(0), 1000, 8, exact_size=100)["table"].shape
     (1100, 8)
   """
@@ -209,7 +209,7 @@ def lookup_hashed(params: Params, ids: Any, *, num_buckets: int, exact_size: int
     ``Array[*ids.shape, D]``.
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = ec.init_hashed_table(jax.random.key(0), 50, 4, exact_size=10)
     >>> ec.lookup_hashed(p, jnp.array([3, 10**9]), num_buckets=50, exact_size=10).shape
     (2, 4)
@@ -259,7 +259,7 @@ def init_hash_embedding(key: Array, num_embeddings: int, features: int, *, pool_
     ``{"pool": Array[B, D], "importance": Array[V, k]}``; importance starts at 1.
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> p = ec.init_hash_embedding(jax.random.key(0), 10_000, 8, pool_size=500)
     >>> p["pool"].shape, p["importance"].shape
     ((500, 8), (10000, 2))
@@ -279,7 +279,7 @@ def hash_embedding_buckets(ids: Any, num_hashes: int, pool_size: int, *, seed: i
   """The pool rows ``h_j(ids)``: ``int32[*ids.shape, num_hashes]`` (works under ``jit``).
 
   Example:
-    >>> import embedlab.compress as ec
+    >>> import embedlab.core.compress as ec
     >>> ec.hash_embedding_buckets([1, 2], 2, 100).shape
     (2, 2)
   """
@@ -309,7 +309,7 @@ def lookup_hash_embedding(params: Params, ids: Any, *, seed: int = 0,
     ``Array[*ids.shape, D]``.
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = ec.init_hash_embedding(jax.random.key(0), 100, 4, pool_size=10, padding_id=0)
     >>> ec.lookup_hash_embedding(p, jnp.array([[0, 5]]), padding_id=0)[0, 0].tolist()
     [0.0, 0.0, 0.0, 0.0]
@@ -359,7 +359,7 @@ def init_qr_table(key: Array, num_embeddings: int, features: int, *, num_collisi
     ``{"quotient": Array[ceil(V/m), D1], "remainder": Array[m, D2]}``.
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> p = ec.init_qr_table(jax.random.key(0), 1_000_000, 64, num_collisions=1000)
     >>> p["quotient"].shape, p["remainder"].shape
     ((1000, 64), (1000, 64))
@@ -404,7 +404,7 @@ def lookup_qr(params: Params, ids: Any, *, combine: str = "mult",
     ``Array[*ids.shape, D]`` (``D = D1 + D2`` for ``"concat"``).
 
   Example:
-    >>> import jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = {"quotient": jnp.array([[1.0], [2.0]]), "remainder": jnp.array([[10.0], [20.0]])}
     >>> ec.lookup_qr(p, jnp.array([0, 1, 2, 3]), combine="add")[:, 0].tolist()
     [11.0, 21.0, 12.0, 22.0]
@@ -438,7 +438,7 @@ def init_factorized_table(key: Array, num_embeddings: int, features: int, *, ran
   ``N(0, 1/r)``, so vectors start with about unit variance as ``init_table``'s ``normal``.
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> p = ec.init_factorized_table(jax.random.key(0), 30_000, 768, rank=128)
     >>> p["table"].shape, p["projection"].shape
     ((30000, 128), (128, 768))
@@ -458,7 +458,7 @@ def lookup_factorized(params: Params, ids: Any, *, padding_id: int | None = None
   ``table[padding_id]`` and to ``projection`` (``init_factorized_table`` also zeroes that row).
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = ec.init_factorized_table(jax.random.key(0), 100, 32, rank=4)
     >>> ec.lookup_factorized(p, jnp.zeros((2, 3), "int32")).shape
     (2, 3, 32)
@@ -492,7 +492,7 @@ def quantize(params: Params, bits: int = 8) -> Params:
     ``{"q2": uint8[V, D/4], "scale": ...}``.
 
   Example:
-    >>> import jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax.numpy as jnp, embedlab.core.compress as ec
     >>> q = ec.quantize({"table": jnp.array([[1.0, -0.5], [0.0, 0.0]])})
     >>> q["q8"].tolist(), q["scale"].tolist()[1]
     ([[127, -64], [0, 0]], 0.0)
@@ -550,7 +550,7 @@ def dequantize(params: Params, dtype: Any = jnp.float32) -> Params:
   """The whole table back as ``{"table": Array[V, D]}`` of ``dtype``.
 
   Example:
-    >>> import jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax.numpy as jnp, embedlab.core.compress as ec
     >>> ec.dequantize(ec.quantize({"table": jnp.array([[1.0, -0.5]])}))["table"].tolist()
     [[1.0, -0.5039370059967041]]
   """
@@ -566,7 +566,7 @@ def lookup_quantized(params: Params, ids: Any, *, padding_id: int | None = None,
   ``padding_id`` positions give zero vectors.
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab as el, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab as el, embedlab.core.compress as ec
     >>> q = ec.quantize(el.init_table(jax.random.key(0), 100, 8), bits=4)
     >>> ec.lookup_quantized(q, jnp.array([[1, 2]])).shape
     (1, 2, 8)
@@ -584,7 +584,7 @@ def quantization_error(params: Params, quantized: Params) -> float:
   """Max absolute difference between a float table and its quantized version.
 
   Example:
-    >>> import jax, embedlab as el, embedlab.compress as ec
+    >>> import jax, embedlab as el, embedlab.core.compress as ec
     >>> p = el.init_table(jax.random.key(0), 1000, 16)
     >>> ec.quantization_error(p, ec.quantize(p)) < 0.02
     True
@@ -600,7 +600,7 @@ def quantize_bits(name: str, where: str) -> int:
   """The bits of a ``--quantize`` name (``int8``, ``int4``, ``int2``); a clear error otherwise.
 
   Example:
-    >>> import embedlab.compress as ec
+    >>> import embedlab.core.compress as ec
     >>> ec.quantize_bits("int2", "eval")
     2
   """
@@ -617,7 +617,7 @@ def quantize_entries(params: Params, bits: int = 8) -> dict[str, Any]:
   it. Row-wise scales: the error of each element is at most half its row's step.
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> p = ec.init_factorized_table(jax.random.key(0), 100, 8, rank=2)
     >>> q = ec.quantize_entries(p)
     >>> sorted(q["table"]), ec.dequantize_entries(q)["projection"].shape
@@ -656,11 +656,11 @@ def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mod
   holding ``padding_id`` are not part of a bag; an empty bag gives a zero vector. For the
   factorized table, ``bag_factorized`` pools the small ``V x r`` rows with ``embedlab.bag``
   first, which is cheaper. ``oob="zero"`` is not offered here (it would count out-of-range
-  positions in a mean). Pooling is ``embedlab.pooling.pool_vectors``: float32 accumulation,
+  positions in a mean). Pooling is ``embedlab.core.pooling.pool_vectors``: float32 accumulation,
   and weights at padding positions are ignored even when NaN or inf.
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = ec.init_qr_table(jax.random.key(0), 100, 4, num_collisions=10)
     >>> ec.bag_lookup(ec.lookup_qr, p, jnp.array([[1, 2, 0]]), mode="sum", padding_id=0).shape
     (1, 4)
@@ -687,7 +687,7 @@ def bag_factorized(params: Params, ids: Any, *, mode: str = "mean", **bag_kwargs
   (ragged ``segment_ids`` too).
 
   Example:
-    >>> import jax, jax.numpy as jnp, embedlab.compress as ec
+    >>> import jax, jax.numpy as jnp, embedlab.core.compress as ec
     >>> p = ec.init_factorized_table(jax.random.key(0), 100, 32, rank=4)
     >>> ec.bag_factorized(p, jnp.array([[1, 2], [3, 4]])).shape
     (2, 32)
@@ -704,7 +704,7 @@ def table_bytes(params: Any) -> int:
   """Bytes held by a params pytree (every variant, the plain table too).
 
   Example:
-    >>> import jax, embedlab as el, embedlab.compress as ec
+    >>> import jax, embedlab as el, embedlab.core.compress as ec
     >>> ec.table_bytes(el.init_table(jax.random.key(0), 1000, 16))
     64000
   """
@@ -744,7 +744,7 @@ def describe_compressed(params: Params, *, num_embeddings: int | None = None,
     combine: for quotient-remainder params.
 
   Example:
-    >>> import jax, embedlab.compress as ec
+    >>> import jax, embedlab.core.compress as ec
     >>> p = ec.init_factorized_table(jax.random.key(0), 2_000_000, 64, rank=16)
     >>> print(ec.describe_compressed(p))  # doctest: +NORMALIZE_WHITESPACE
     factorized embedding: 2,000,000 ids x 64 features in 32,001,024 weights (122.1 MiB;
@@ -767,7 +767,7 @@ def describe_compressed(params: Params, *, num_embeddings: int | None = None,
     kind, (v, d) = "plain", params["table"].shape
   else:
     raise TypeError(f"describe_compressed: unknown params with entries {sorted(keys)}; expected "
-                    "one of the init_* outputs of embedlab.compress or quantize().")
+                    "one of the init_* outputs of embedlab.core.compress or quantize().")
   v = int(num_embeddings or v)
   return CompressedSummary(kind, v, int(d), tables.num_params(params), table_bytes(params),
                            v * int(d) * 4)

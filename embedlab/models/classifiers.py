@@ -3,10 +3,10 @@
 Every model keeps its embedding at ``params["embed"]`` and reads it only through its
 ``Embedder`` (``make_embedder``), with ``padding_id=0``. ``model.table`` picks the embedding:
 the plain table ``{"table": f32[V, D]}`` (``embedlab.lookup`` / ``embedlab.bag``) or one of the
-smaller variants of ``embedlab.compress`` (hashing trick, hash embeddings, quotient-remainder,
+smaller variants of ``embedlab.core.compress`` (hashing trick, hash embeddings, quotient-remainder,
 factorized), so an experiment switches with one config field. Where the embedding has a
 row-indexed ``table`` (plain, hashed, factorized), the row-sparse train step hands the model a
-gathered local table instead and passes ``rows=True`` (``embedlab.sparse``).
+gathered local table instead and passes ``rows=True`` (``embedlab.core.sparse``).
 
   >>> import jax, jax.numpy as jnp
   >>> from embedlab.config import ModelConfig
@@ -24,8 +24,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from embedlab import compress
-from embedlab import tables
+from embedlab.core import compress
+from embedlab.core import tables
 
 PADDING_ID = 0
 _RAGGED_ONLY = ("ragged bags (train.ragged_batches) are pooled by model.table = plain, hashed or "

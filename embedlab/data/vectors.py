@@ -6,7 +6,7 @@ The header is detected (a first line of exactly two integers), gzip is detected 
 magic bytes, and the trailing space fastText writes is ignored.
 
   >>> import os, tempfile
-  >>> from embedlab.pretrained import load_vectors
+  >>> from embedlab.data.vectors import load_vectors
   >>> path = os.path.join(tempfile.mkdtemp(), "tiny.txt")
   >>> _ = open(path, "w").write("the 0.5 1.0\\ncat -1.0 2.0\\n")
   >>> params, found = load_vectors(path, ["<pad>", "<unk>", "the", "Cat"])
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab import tables
+from embedlab.core import tables
 
 Params = tables.Params
 
@@ -203,7 +203,7 @@ def read_vectors(path: str | os.PathLike, limit: int | None = None, *, encoding:
 
   Example:
     >>> import os, tempfile
-    >>> from embedlab.pretrained import read_vectors
+    >>> from embedlab.data.vectors import read_vectors
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.vec")
     >>> _ = open(path, "w").write("2 3\\nthe 1 2 3 \\nof 4 5 6 \\n")
     >>> words, vectors = read_vectors(path)
@@ -236,7 +236,7 @@ def load_vectors(path: str | os.PathLike, vocab: Any, *, key: jax.Array | None =
   """Builds a table for ``vocab`` from a word2vec / GloVe / fastText text file (plain or gzip).
 
   Row ``i`` is the file's vector for ``vocab[i]`` (the first one, if the word repeats). Words
-  missing from the file get rows from ``embedlab.tables.init_table``'s initializer; by default
+  missing from the file get rows from ``embedlab.core.tables.init_table``'s initializer; by default
   (``scale=None`` with ``init`` ``normal``, ``truncated_normal`` or ``uniform``) scaled so their
   std equals the std of the found vectors' values, so they don't stand out. The padding row is
   zero (and never counted as found).
@@ -266,7 +266,7 @@ def load_vectors(path: str | os.PathLike, vocab: Any, *, key: jax.Array | None =
 
   Example:
     >>> import os, tempfile, numpy as np
-    >>> from embedlab.pretrained import load_vectors
+    >>> from embedlab.data.vectors import load_vectors
     >>> path = os.path.join(tempfile.mkdtemp(), "glove.txt")
     >>> _ = open(path, "w").write("the 0.25 -1.5\\nmovie 2.0 0.5\\n")
     >>> params, found = load_vectors(path, ["<pad>", "<unk>", "The", "movie", "zzz"])
@@ -353,7 +353,7 @@ def save_vectors(path: str | os.PathLike, params: Params, vocab: Any, *, header:
 
   Example:
     >>> import os, tempfile, jax.numpy as jnp
-    >>> from embedlab.pretrained import save_vectors
+    >>> from embedlab.data.vectors import save_vectors
     >>> path = os.path.join(tempfile.mkdtemp(), "out.txt")
     >>> save_vectors(path, {"table": jnp.array([[0.0, 0], [0.1, -2]])}, ["<pad>", "hi"],
     ...              skip_special=True)

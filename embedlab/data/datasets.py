@@ -31,7 +31,7 @@ that does not match it (a corrupted file) is encoded again, with a one-line warn
 
 Example:
   >>> from embedlab.config import DataConfig
-  >>> from embedlab import data
+  >>> from embedlab.data import datasets as data
   >>> cfg = DataConfig(source="synthetic", synthetic_train_size=64, synthetic_eval_size=16)
   >>> d = data.encode_splits(cfg, seed=0, cache=False)
   >>> d.train_ids.shape, d.label_names, d.num_embeddings == len(d.vocab)
@@ -58,7 +58,8 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from embedlab import _fork, text as text_lib
+from embedlab.data import workers as _fork
+from embedlab.data import text as text_lib
 from embedlab.config import DataConfig
 
 # Bump when tokenizing, vocabulary building or encoding changes, so stale caches are not used.
@@ -874,7 +875,7 @@ def synthetic_splits(cfg: DataConfig, seed: int) -> dict[str, Split]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EncodedData:
-  """Every split as padded int32 ids (see ``embedlab.text.encode`` for the row layout).
+  """Every split as padded int32 ids (see ``embedlab.data.text.encode`` for the row layout).
 
   Attributes:
     train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams]``; ``dev_ids`` is None only for

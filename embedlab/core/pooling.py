@@ -9,7 +9,7 @@ range under ``oob="zero"``) are left out with ``jnp.where``, so a NaN or inf wei
 changes nothing, as in PyTorch's ``EmbeddingBag``.
 
 Padded bags ``[B, L]`` are gathered and pooled by ``pool_padded``, which checks their ids with
-``embedlab.tables.normalize_ids`` first.
+``embedlab.core.tables.normalize_ids`` first.
 
 Three ways to compute ``sum_l w[b, l] * table[ids[b, l]]``:
 
@@ -61,7 +61,7 @@ def choose_strategy(batch: int, bag_len: int, features: int, itemsize: int, mode
     One of ``STRATEGIES``.
 
   Example:
-    >>> from embedlab.pooling import choose_strategy
+    >>> from embedlab.core.pooling import choose_strategy
     >>> choose_strategy(16384, 64, 128, 4, "sum", "cpu"), choose_strategy(8, 4, 16, 4, "sum", "cpu")
     ('scan', 'take')
   """
@@ -77,7 +77,7 @@ def accumulation_dtype(dtype: Any) -> np.dtype:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import accumulation_dtype
+    >>> from embedlab.core.pooling import accumulation_dtype
     >>> accumulation_dtype(jnp.bfloat16)
     dtype('float32')
   """
@@ -91,7 +91,7 @@ def masked_weights(mask: Array, weights: Any, dtype: Any) -> Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import masked_weights
+    >>> from embedlab.core.pooling import masked_weights
     >>> masked_weights(jnp.array([True, False]), jnp.array([2.0, jnp.nan]), jnp.float32).tolist()
     [2.0, 0.0]
   """
@@ -117,7 +117,7 @@ def weighted_sum(vecs: Array, w: Array, mask: Array, *, segment_ids: Array | Non
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import weighted_sum
+    >>> from embedlab.core.pooling import weighted_sum
     >>> weighted_sum(jnp.ones((1, 2, 1)), jnp.array([[1.0, 0.0]]), jnp.array([[True, False]]))
     Array([[1.]], dtype=float32)
   """
@@ -137,7 +137,7 @@ def finish(total: Array, w: Array, mode: str, dtype: Any, *, segment_ids: Array 
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import finish
+    >>> from embedlab.core.pooling import finish
     >>> finish(jnp.array([[3.0], [0.0]]), jnp.array([[1.0, 2.0], [0.0, 0.0]]), "mean",
     ...        jnp.float32).tolist()
     [[1.0], [0.0]]
@@ -164,7 +164,7 @@ def max_pool(vecs: Array, mask: Array, *, segment_ids: Array | None = None,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import max_pool
+    >>> from embedlab.core.pooling import max_pool
     >>> max_pool(jnp.array([[[1.0], [5.0]]]), jnp.array([[True, False]])).tolist()
     [[1.0]]
   """
@@ -200,7 +200,7 @@ def pool_vectors(vecs: Array, mask: Array, mode: str, *, weights: Any = None,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import pool_vectors
+    >>> from embedlab.core.pooling import pool_vectors
     >>> ones = jnp.ones((1000, 1), jnp.bfloat16)
     >>> pool_vectors(ones, jnp.ones(1000, bool), "sum", segment_ids=jnp.zeros(1000, "int32"),
     ...              num_bags=1)
@@ -222,7 +222,7 @@ def pool_padded(table: Array, ids_BxL: Any, w_BxL: Any, mask_BxL: Any, mode: str
 
   Args:
     table: ``Array[V, D]``.
-    ids_BxL: integer ids, checked by ``embedlab.tables.normalize_ids`` under ``oob`` (as
+    ids_BxL: integer ids, checked by ``embedlab.core.tables.normalize_ids`` under ``oob`` (as
       ``embedlab.lookup``: out-of-range ids raise by default).
     w_BxL: per-position weights, or None (1); only read at the bags' positions.
     mask_BxL: bool, True at the bags' positions, or None (all of them, except ``padding_id``).
@@ -238,13 +238,13 @@ def pool_padded(table: Array, ids_BxL: Any, w_BxL: Any, mask_BxL: Any, mode: str
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.pooling import pool_padded
+    >>> from embedlab.core.pooling import pool_padded
     >>> ids = jnp.array([[1, 2, 0]])
     >>> pool_padded(jnp.arange(12.0).reshape(4, 3), ids, None, None, "mean", padding_id=0,
     ...             strategy="scan")
     Array([[4.5, 5.5, 6.5]], dtype=float32)
   """
-  from embedlab import tables  # noqa: PLC0415 - tables imports this module
+  from embedlab.core import tables  # noqa: PLC0415 - tables imports this module
   dtype = jnp.dtype(table.dtype if compute_dtype is None else compute_dtype)
   if np.ndim(ids_BxL) != 2:
     raise ValueError(f"{where}: ids must be 2-D [batch, bag_len], got shape "

@@ -20,10 +20,10 @@ import jax
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab import data as data_lib
-from embedlab import models as models_lib
-from embedlab import report
-from embedlab import text as text_lib
+from embedlab.data import datasets as data_lib
+from embedlab.models import classifiers as models_lib
+from embedlab.run import report
+from embedlab.data import text as text_lib
 
 
 class UnknownWordsError(KeyError):
@@ -115,6 +115,6 @@ def load_run(path: str | pathlib.Path) -> Run:
   path = pathlib.Path(path)
   cfg, vocab, label_names = report.load_run(path)
   kept = report.load_buckets(path, cfg)
-  from embedlab import train  # noqa: PLC0415 - the runner's restore, shared with eval
+  from embedlab.run import train  # noqa: PLC0415 - the runner's restore, shared with eval
   model, params = train.restore_for_eval(path, cfg, vocab, label_names, kept)
   return Run(path, cfg, model, params, vocab, tuple(label_names), kept)

@@ -7,7 +7,7 @@ zeros), and one ``psum`` over "model" adds the pieces, so every id is read from 
 device. Values and gradients equal ``embedlab.lookup`` / ``embedlab.bag`` on the whole table.
 
   >>> import jax, jax.numpy as jnp, embedlab as el
-  >>> from embedlab import sharding
+  >>> from embedlab.core import sharding
   >>> mesh = sharding.make_mesh(data=1, model=1)
   >>> params = sharding.shard_table(el.init_table(jax.random.key(0), 10, 4), mesh)
   >>> sharding.sharded_lookup(params, jnp.array([[1, 2], [3, 9]]), mesh).shape
@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from embedlab import pooling
-from embedlab import tables
+from embedlab.core import pooling
+from embedlab.core import tables
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -69,7 +69,7 @@ def make_mesh(data: int = 0, model: int = 1, devices: Sequence[Any] | None = Non
     a ``jax.sharding.Mesh`` of shape ``{"data": data, "model": model}``.
 
   Example:
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> mesh.axis_names, mesh.shape["model"]
     (('data', 'model'), 1)
@@ -103,7 +103,7 @@ def _describe(devices) -> str:
 def _check_mesh(mesh: Any, where: str) -> Mesh:
   if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != AXES:
     raise TypeError(f"{where}: mesh must be a jax.sharding.Mesh with axes {AXES} (use "
-                    f"embedlab.sharding.make_mesh), got {getattr(mesh, 'axis_names', mesh)!r}.")
+                    f"embedlab.core.sharding.make_mesh), got {getattr(mesh, 'axis_names', mesh)!r}.")
   return mesh
 
 
@@ -118,7 +118,7 @@ def table_sharding(mesh: Mesh, *, by: str = "rows") -> NamedSharding:
     ``NamedSharding(mesh, P("model", None))``.
 
   Example:
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.table_sharding(sharding.make_mesh()).spec
     P('model', None)
   """
@@ -133,7 +133,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   """The sharding of a batch ``[B, ...]``: split over "data", replicated over "model".
 
   Example:
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.batch_sharding(sharding.make_mesh()).spec
     P('data', None)
   """
@@ -145,7 +145,7 @@ def padded_rows(num_embeddings: int, model: int) -> int:
   """``num_embeddings`` rounded up to a multiple of ``model`` (rows after padding).
 
   Example:
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.padded_rows(10, 4)
     12
   """
@@ -169,7 +169,7 @@ def shard_table(params: Params, mesh: Mesh, *, pad: bool = False) -> Params:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> p = sharding.shard_table({"table": jnp.ones((10, 4))}, sharding.make_mesh())
     >>> p["table"].sharding.spec
     P('model', None)
@@ -244,7 +244,7 @@ def sharded_lookup(params: Params, ids: Any, mesh: Mesh, *, padding_id: int | No
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> p = sharding.shard_table({"table": jnp.arange(8.0).reshape(4, 2)}, mesh)
     >>> sharding.sharded_lookup(p, jnp.array([[3, 0]]), mesh, padding_id=0)
@@ -286,7 +286,7 @@ def sharded_bag(params: Params, ids: Any, mesh: Mesh, *, mode: str = "mean",
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> p = sharding.shard_table({"table": jnp.arange(12.0).reshape(4, 3)}, mesh)
     >>> sharding.sharded_bag(p, jnp.array([[1, 2, 0]]), mesh, mode="sum", padding_id=0)
@@ -327,7 +327,7 @@ def partitioned_lookup(params: Params, ids: Any, mesh: Mesh, *,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> p = sharding.shard_table({"table": jnp.arange(8.0).reshape(4, 2)}, mesh)
     >>> sharding.partitioned_lookup(p, jnp.array([[3, 1]]), mesh)
@@ -341,7 +341,7 @@ def partitioned_lookup(params: Params, ids: Any, mesh: Mesh, *,
 
 
 # ------------------------------------------------------------------ training on a mesh
-# The train step (embedlab.train) is one jitted program over the whole mesh: the state placed by
+# The train step (embedlab.run.train) is one jitted program over the whole mesh: the state placed by
 # ``state_shardings``, the batch by ``global_batch``, and XLA partitions the model; the
 # row-sparse path can also gather and update the table's rows with ``sharded_take`` and
 # ``sharded_sparse_update`` (``mesh.lookup=shard_map``).
@@ -376,7 +376,7 @@ def initialize_distributed(mesh_cfg: Any, environ: Any = None) -> bool:
 
   Example:
     >>> from embedlab.config import MeshConfig
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.initialize_distributed(MeshConfig(distributed="off"))
     False
   """
@@ -421,7 +421,7 @@ def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mes
 
   Example:
     >>> from embedlab.config import MeshConfig
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.mesh_from_config(MeshConfig()) is None  # one CPU device
     True
   """
@@ -475,7 +475,7 @@ def state_shardings(tree: Any, mesh: Mesh, *, table: str = "rows", dense: str = 
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> sh = sharding.state_shardings({"embed": {"table": jnp.ones((4, 2))}, "w": jnp.ones(3)},
     ...                               mesh)
@@ -526,7 +526,7 @@ def global_batch(mesh: Mesh, array: Any, *, batch_axis: int = 0) -> Array:
 
   Example:
     >>> import numpy as np
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> sharding.global_batch(sharding.make_mesh(), np.zeros((4, 3))).sharding.spec
     P('data', None)
   """
@@ -561,7 +561,7 @@ def sharded_take(table: Array, row_ids: Array, mesh: Mesh) -> Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding
+    >>> from embedlab.core import sharding
     >>> mesh = sharding.make_mesh()
     >>> sharding.sharded_take(jnp.arange(6.0).reshape(3, 2), jnp.array([2, 3]), mesh)
     Array([[4., 5.],
@@ -586,7 +586,7 @@ def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Arr
   "model" shard updates only the rows it owns, in its own slice of the table and its slots.
 
   Args:
-    optimizer: an ``embedlab.sparse.SparseOptimizer``.
+    optimizer: an ``embedlab.core.sparse.SparseOptimizer``.
     table: ``Array[V, D]``, rows split over "model"; ``state`` its optimizer state (slots
       split like the table, ``count`` replicated).
     row_ids: int ``[N]`` distinct ids (``V`` or beyond = no row), the same on every device.
@@ -600,7 +600,8 @@ def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Arr
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab import sharding, sparse
+    >>> from embedlab.core import sharding
+    >>> from embedlab.core import sparse
     >>> mesh, opt = sharding.make_mesh(), sparse.sparse_sgd(1.0)
     >>> table = jnp.zeros((4, 1))
     >>> table, st = sharding.sharded_sparse_update(opt, table, opt.init(table),

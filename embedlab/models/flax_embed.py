@@ -1,6 +1,6 @@
 """Flax modules that hold an embedlab table: drop-in replacements for ``nnx.Embed`` / ``nn.Embed``.
 
-The modules only own the parameter; every computation is a call into ``embedlab.tables``, so a
+The modules only own the parameter; every computation is a call into ``embedlab.core.tables``, so a
 Flax model gets the same id checks (out-of-range ids raise instead of becoming NaN), padding
 (zero vectors, zero gradient to the padding row), ``max_norm`` and bag pooling as the functional
 API. The parameter is named ``embedding`` as in Flax's own ``Embed``, so checkpoints and
@@ -8,7 +8,7 @@ API. The parameter is named ``embedding`` as in Flax's own ``Embed``, so checkpo
 
   >>> import jax.numpy as jnp
   >>> from flax import nnx
-  >>> from embedlab.flax_adapter import Embed
+  >>> from embedlab.models.flax_embed import Embed
   >>> layer = Embed(100, 8, padding_id=0, rngs=nnx.Rngs(0))
   >>> layer(jnp.array([[5, 0]])).shape
   (1, 2, 8)
@@ -23,13 +23,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from embedlab import tables
+from embedlab.core import tables
 
 Array = jax.Array
 
 
 class Embed(nnx.Module):
-  """An ``nnx`` embedding layer backed by ``embedlab.tables`` (lookup, bag, attend).
+  """An ``nnx`` embedding layer backed by ``embedlab.core.tables`` (lookup, bag, attend).
 
   Args:
     num_embeddings: rows, one per token id.
@@ -39,7 +39,7 @@ class Embed(nnx.Module):
     oob: out-of-range ids: ``"error"`` (raise; default), ``"clip"`` or ``"zero"``.
     init: ``init_table``'s ``init``: a name (``normal``, ``uniform``, ``xavier_uniform``, ...), a
       callable ``init(key, shape, dtype)`` or an array ``[num_embeddings, features]``
-      (pretrained vectors, e.g. from ``embedlab.pretrained.load_vectors``).
+      (pretrained vectors, e.g. from ``embedlab.data.vectors.load_vectors``).
     scale: ``init_table``'s ``scale`` (stddev / half-width).
     dtype: the dtype of the looked-up vectors (the computation dtype).
     param_dtype: the table's dtype.
@@ -48,7 +48,7 @@ class Embed(nnx.Module):
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from embedlab.flax_adapter import Embed
+    >>> from embedlab.models.flax_embed import Embed
     >>> layer = Embed(4, 2, init=jnp.arange(8.0).reshape(4, 2), padding_id=0, rngs=nnx.Rngs(0))
     >>> layer(jnp.array([0, 3]))
     Array([[0., 0.],
@@ -78,19 +78,19 @@ class Embed(nnx.Module):
 
     Example:
       >>> from flax import nnx
-      >>> from embedlab.flax_adapter import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(10, 3, rngs=nnx.Rngs(0)).params["table"].shape
       (10, 3)
     """
     return {"table": self.embedding[...]}
 
   def __call__(self, ids: Any) -> Array:
-    """Looks up ``ids`` (any rank) with ``embedlab.tables.lookup``: ``Array[*ids.shape, D]``.
+    """Looks up ``ids`` (any rank) with ``embedlab.core.tables.lookup``: ``Array[*ids.shape, D]``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from embedlab.flax_adapter import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(10, 3, rngs=nnx.Rngs(0))(jnp.array([[1, 12]]))
       Traceback (most recent call last):
       ...
@@ -101,12 +101,12 @@ class Embed(nnx.Module):
 
   def bag(self, ids: Any, *, mode: str = "mean", weights: Any = None, segment_ids: Any = None,
           num_bags: int | None = None) -> Array:
-    """Pools each bag of ids into one vector with ``embedlab.tables.bag``: ``Array[B, D]``.
+    """Pools each bag of ids into one vector with ``embedlab.core.tables.bag``: ``Array[B, D]``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from embedlab.flax_adapter import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> layer = Embed(4, 2, init=jnp.arange(8.0).reshape(4, 2), padding_id=0, rngs=nnx.Rngs(0))
       >>> layer.bag(jnp.array([[1, 3, 0]]), mode="mean")
       Array([[4., 5.]], dtype=float32)
@@ -121,7 +121,7 @@ class Embed(nnx.Module):
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from embedlab.flax_adapter import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(100, 8, rngs=nnx.Rngs(0)).attend(jnp.ones((2, 8))).shape
       (2, 100)
     """
@@ -129,7 +129,7 @@ class Embed(nnx.Module):
 
 
 class LinenEmbed(nn.Module):
-  """A ``flax.linen`` embedding layer backed by ``embedlab.tables``; parameter ``"embedding"``.
+  """A ``flax.linen`` embedding layer backed by ``embedlab.core.tables``; parameter ``"embedding"``.
 
   The same behaviour as ``Embed``; the parameter has ``nn.Embed``'s name and shape, so
   ``nn.Embed`` variables load as they are. The initializer field is ``embedding_init`` (as in
@@ -139,7 +139,7 @@ class LinenEmbed(nn.Module):
     num_embeddings: rows, one per token id.
     features: numbers per row.
     padding_id: the zero row; its lookups give zero vectors and zero gradient.
-    oob: ``"error"`` (default), ``"clip"`` or ``"zero"``, as ``embedlab.tables.lookup``.
+    oob: ``"error"`` (default), ``"clip"`` or ``"zero"``, as ``embedlab.core.tables.lookup``.
     embedding_init: ``init_table``'s ``init`` (a name, a callable or an array).
     scale: ``init_table``'s ``scale``.
     dtype: the dtype of the looked-up vectors.
@@ -148,7 +148,7 @@ class LinenEmbed(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from embedlab.flax_adapter import LinenEmbed
+    >>> from embedlab.models.flax_embed import LinenEmbed
     >>> layer = LinenEmbed(100, 8, padding_id=0)
     >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 5), "int32"))
     >>> variables["params"]["embedding"].shape
@@ -180,13 +180,13 @@ class LinenEmbed(nn.Module):
     self.embedding = self.param("embedding", init_fn)
 
   def __call__(self, ids: Any) -> Array:
-    """Looks up ``ids`` (any rank) with ``embedlab.tables.lookup``: ``Array[*ids.shape, D]``."""
+    """Looks up ``ids`` (any rank) with ``embedlab.core.tables.lookup``: ``Array[*ids.shape, D]``."""
     return tables.lookup({"table": self.embedding}, ids, padding_id=self.padding_id,
                          oob=self.oob, max_norm=self.max_norm, compute_dtype=self.dtype)
 
   def bag(self, ids: Any, *, mode: str = "mean", weights: Any = None, segment_ids: Any = None,
           num_bags: int | None = None) -> Array:
-    """Pools each bag of ids into one vector with ``embedlab.tables.bag``: ``Array[B, D]``."""
+    """Pools each bag of ids into one vector with ``embedlab.core.tables.bag``: ``Array[B, D]``."""
     return tables.bag({"table": self.embedding}, ids, mode=mode, weights=weights,
                       padding_id=self.padding_id, segment_ids=segment_ids, num_bags=num_bags,
                       oob=self.oob, compute_dtype=self.dtype)

@@ -17,7 +17,7 @@ A jitted train step, the pattern to copy (``table`` and ``opt_state`` are donate
 scatter into them happens in place and no second table-sized buffer is made):
 
   >>> import functools, jax, jax.numpy as jnp, embedlab as el
-  >>> from embedlab import sparse
+  >>> from embedlab.core import sparse
   >>> opt = sparse.sparse_lazy_adam(1e-2)
   >>> table = el.init_table(jax.random.key(0), 1000, 8, padding_id=0)["table"]
   >>> opt_state = opt.init(table)
@@ -41,7 +41,7 @@ with duplicate ids (``unique=False``, the default): duplicates are summed per id
 with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles).
 
 How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
-``embedlab.pooling`` chooses how to pool): the touched rows gathered and scattered back
+``embedlab.core.pooling`` chooses how to pool): the touched rows gathered and scattered back
 (``rows``), or, for a table with at most twice as many rows as ids handed to it, one masked
 pass over the whole table and its slots with no sort (``dense``; ``localize`` then hands over
 the table itself). Both give the same numbers, up to float rounding.
@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab.tables import check_ids, normalize_ids
+from embedlab.core.tables import check_ids, normalize_ids
 
 Array = jax.Array
 Schedule = Callable[[Array], Array]
@@ -161,7 +161,7 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
       callback under ``jit``) for ids already validated, e.g. a whole dataset checked once.
     gather: ``gather(table, row_ids) -> rows`` reading the distinct rows (out-of-range ids
       give zero rows); default ``jnp.take``. A table split over devices passes
-      ``functools.partial(embedlab.sharding.sharded_take, mesh=mesh)``.
+      ``functools.partial(embedlab.core.sharding.sharded_take, mesh=mesh)``.
     strategy: ``"rows"`` gathers the batch's distinct rows (found with a sort) into a table of
       ``ids.size`` rows, plus one for the padding id; ``"table"`` uses the table itself as the
       local table (``ids`` unchanged, ``row_ids`` the touched rows' own ids, ``V`` for the
@@ -175,7 +175,7 @@ def localize(table: Any, ids: Any, *, padding_id: int | None = 0,
 
   Example:
     >>> import jax.numpy as jnp, embedlab as el
-    >>> from embedlab.sparse import localize
+    >>> from embedlab.core.sparse import localize
     >>> table = jnp.arange(12.0).reshape(6, 2)
     >>> local = localize(table, jnp.array([[4, 2, 4, 0]]), strategy="rows")
     >>> el.lookup(local.params, local.ids, padding_id=0).tolist()
@@ -267,7 +267,7 @@ def sum_duplicates(ids: Array, row_grads: Array, num_rows: int) -> tuple[Array, 
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.sparse import sum_duplicates
+    >>> from embedlab.core.sparse import sum_duplicates
     >>> u, g = sum_duplicates(jnp.array([3, 1, 3]), jnp.array([[1.], [2.], [4.]]), 5)
     >>> u.tolist(), g[:, 0].tolist()
     ([1, 3, 5], [2.0, 5.0, 0.0])
@@ -312,7 +312,7 @@ def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = No
   --strategies``), ``rows`` otherwise and on other backends (not measured).
 
   Example:
-    >>> from embedlab.sparse import choose_update_strategy
+    >>> from embedlab.core.sparse import choose_update_strategy
     >>> choose_update_strategy(32768, 16385, "cpu"), choose_update_strategy(1 << 22, 16385, "cpu")
     ('dense', 'rows')
   """
@@ -450,7 +450,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
   bit: the duplicate gradients are added in the dense gradient's order). It then also has
   ``add``: each row gradient scatter-added into its row as it comes (duplicates summed in the
   table, so ``update``'s result up to float rounding), for gradients taken per occurrence, as
-  the bag model's train step takes them (``embedlab.train``; fastText's update).
+  the bag model's train step takes them (``embedlab.run.train``; fastText's update).
 
   Args:
     learning_rate: a float or an optax schedule ``count -> lr``.
@@ -461,7 +461,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.sparse import sparse_sgd
+    >>> from embedlab.core.sparse import sparse_sgd
     >>> opt = sparse_sgd(0.5)
     >>> table, state = opt.update(jnp.ones((3, 2)), opt.init(jnp.ones((3, 2))),
     ...                           jnp.array([2, 2]), jnp.ones((2, 2)))
@@ -507,7 +507,7 @@ def sparse_adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.sparse import sparse_adagrad
+    >>> from embedlab.core.sparse import sparse_adagrad
     >>> opt = sparse_adagrad(1.0, initial_accumulator_value=0.0, eps=0.0)
     >>> table, state = opt.update(jnp.zeros((3, 1)), opt.init(jnp.zeros((3, 1))),
     ...                           jnp.array([1]), jnp.array([[-2.0]]))
@@ -548,7 +548,7 @@ def sparse_rowwise_adagrad(learning_rate: ScalarOrSchedule, *,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.sparse import sparse_rowwise_adagrad
+    >>> from embedlab.core.sparse import sparse_rowwise_adagrad
     >>> opt = sparse_rowwise_adagrad(1.0, eps=0.0)
     >>> table, state = opt.update(jnp.zeros((2, 2)), opt.init(jnp.zeros((2, 2))),
     ...                           jnp.array([1]), jnp.array([[3.0, 4.0]]))
@@ -604,7 +604,7 @@ def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from embedlab.sparse import sparse_lazy_adam
+    >>> from embedlab.core.sparse import sparse_lazy_adam
     >>> opt = sparse_lazy_adam(0.1, eps=0.0)
     >>> table, state = opt.update(jnp.zeros((3, 1)), opt.init(jnp.zeros((3, 1))),
     ...                           jnp.array([2]), jnp.array([[5.0]]))
@@ -654,7 +654,7 @@ def get_sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
   """Builds a sparse optimizer by name (``SPARSE_OPTIMIZERS``), e.g. from a config.
 
   Example:
-    >>> from embedlab.sparse import get_sparse_optimizer
+    >>> from embedlab.core.sparse import get_sparse_optimizer
     >>> import jax.numpy as jnp
     >>> type(get_sparse_optimizer("sparse_rowwise_adagrad", 0.1).init(jnp.ones((4, 2)))).__name__
     'SparseRowwiseAdagradState'
@@ -673,7 +673,7 @@ def slot_bytes(optimizer_name: str, table_shape: tuple[int, int], dtype: Any = j
   Add the table's own bytes for the total a table costs in training.
 
   Example:
-    >>> from embedlab.sparse import slot_bytes
+    >>> from embedlab.core.sparse import slot_bytes
     >>> slot_bytes("sparse_lazy_adam", (1000, 64)), slot_bytes("sparse_rowwise_adagrad", (1000, 64))
     (512004, 4004)
   """

@@ -4,7 +4,7 @@ Two gates, both without allocating:
 
 * ``estimate_bytes`` (fast, from shapes only: ``jax.eval_shape``) counts the parameters (the
   embedding table and the rest), the optimizer slots (optax adam / adamw 2 per weight, momentum
-  and adagrad 1, sgd 0; row-sparse ones from ``embedlab.sparse.slot_bytes``), the gradients
+  and adagrad 1, sgd 0; row-sparse ones from ``embedlab.core.sparse.slot_bytes``), the gradients
   (the whole table for dense updates, only the rows of one batch for a row-sparse table
   optimizer), the optimizer's update temporaries (about one buffer per slot of every weight it
   updates) and the activations of one training batch: the residuals the forward pass keeps for
@@ -43,9 +43,9 @@ import jax
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab import models as models_lib
+from embedlab.models import classifiers as models_lib
 
-# Slots per weight of the dense optax optimizers of ``embedlab.optim`` (adam: mu and nu).
+# Slots per weight of the dense optax optimizers of ``embedlab.core.optim`` (adam: mu and nu).
 DENSE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2, "adagrad": 1}
 # The estimate leaves this share of the available memory for XLA's own buffers, fragmentation
 # and everything it does not count.
@@ -93,7 +93,7 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
     # before they replace the old ones
     temporaries = max(DENSE_SLOTS[cfg.optim.name], 1) * (table + other)
   else:
-    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     # the rows of one batch at most, each gathered once; the rest of the embedding (a
     # factorized table's projection) is updated densely like the other params
     row_table = shapes["embed"]["table"]

@@ -28,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab import tables
-from embedlab.rundir import RunDirError  # noqa: F401 - raised by RunDir
-from embedlab.rundir import acquire_lock, delete_run, run_dir_state
+from embedlab.core import tables
+from embedlab.run.rundir import RunDirError  # noqa: F401 - raised by RunDir
+from embedlab.run.rundir import acquire_lock, delete_run, run_dir_state
 
 
 class RunDir:
@@ -175,7 +175,7 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
 
 def load_run(run_dir: pathlib.Path):
   """``(config, vocab, label_names)`` of a run directory."""
-  from embedlab import text  # noqa: PLC0415
+  from embedlab.data import text  # noqa: PLC0415
   run_dir = pathlib.Path(run_dir)
   config_file = run_dir / "config.json"
   if not config_file.exists():
@@ -531,7 +531,9 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   slots and its update path, the other parameters, and the shapes at each stage for one batch."""
   import jax  # noqa: PLC0415
 
-  from embedlab import compress, models as models_lib, train  # noqa: PLC0415
+  from embedlab.core import compress  # noqa: PLC0415
+  from embedlab.models import classifiers as models_lib  # noqa: PLC0415
+  from embedlab.run import train  # noqa: PLC0415
 
   embed = setup.params["embed"]
   embed_weights = sum(math.prod(x.shape) for x in jax.tree.leaves(embed))

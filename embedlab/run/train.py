@@ -29,17 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from embedlab import checkpoint as ckpt_lib
-from embedlab import compress as compress_lib
+from embedlab.run import checkpoint as ckpt_lib
+from embedlab.core import compress as compress_lib
 from embedlab import config as config_lib
-from embedlab import data as data_lib
-from embedlab import models as models_lib
-from embedlab import optim as optim_lib
-from embedlab import report
-from embedlab import resources
-from embedlab import rundir
-from embedlab import sharding
-from embedlab import tables
+from embedlab.data import datasets as data_lib
+from embedlab.models import classifiers as models_lib
+from embedlab.core import optim as optim_lib
+from embedlab.run import report
+from embedlab.run import resources
+from embedlab.run import rundir
+from embedlab.core import sharding
+from embedlab.core import tables
 
 TABLE_PATH = "embed/table"
 # mesh.lookup=auto on the row-sparse path: shard_map from this many "model" shards up, the
@@ -98,7 +98,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   ``ids`` are padded bags ``[B, L]`` or, for the bag model, a ``data.RaggedBatch`` (``[T]``
   arrays; ``train.ragged_batches``): the same loss, computed over the real ids only.
 
-  With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.sparse``), the table's
+  With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.core.sparse``), the table's
   gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
   parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
   policy of the sparse path's gather (``"clip"`` once the data has been validated). Where the
@@ -107,7 +107,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   each occurrence's gradient into its row: no dedup sort, no second gather (on one device; the
   result is the dedup path's up to float rounding where a batch repeats an id).
 
-  With a ``mesh`` (``embedlab.sharding``) and ``lookup="shard_map"`` the sparse path reads the
+  With a ``mesh`` (``embedlab.core.sharding``) and ``lookup="shard_map"`` the sparse path reads the
   batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
   updates only its own rows (``sharding.sharded_sparse_update``); with ``lookup="xla"`` (and on
   the dense path) XLA's partitioner splits the plain program.
@@ -145,7 +145,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     return join_table(dense, table), {"dense": dense_opt, "table": table_opt}
 
   def sparse_step(state, ids, labels, rng):
-    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     table, dense = split_table(state.params)
     # the table's rows of the batch (the hashing trick maps ids to shared rows first)
     ragged = isinstance(ids, data_lib.RaggedBatch)
@@ -359,7 +359,7 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
   params, row_masks = _pad_for_mesh(cfg, params, row_masks)
   table_optimizer, row_mask = None, None
   if cfg.optim.tables != "dense":
-    from embedlab import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+    from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
     row_mask = row_masks.pop(TABLE_PATH, None)
     if TABLE_PATH in frozen:
       frozen.remove(TABLE_PATH)
@@ -409,7 +409,7 @@ def validate_ids(data: data_lib.EncodedData) -> None:
 
 
 def _load_pretrained(cfg, data, key):
-  from embedlab import pretrained as pretrained_lib  # noqa: PLC0415 - only when configured
+  from embedlab.data import vectors as pretrained_lib  # noqa: PLC0415 - only when configured
   tokens = list(data.vocab.tokens) + [f"<bucket {i}>" for i in range(data.num_embeddings -
                                                                         len(data.vocab))]
   path = data_lib.resolve(cfg.model.pretrained)
@@ -886,7 +886,7 @@ def _update_path(setup: Setup, mesh=None) -> str:
 def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
   """Labels and probabilities for raw texts, with the best parameters of a finished run
   (``embedlab.load_run(run_dir).predict`` gives the top ``k`` labels)."""
-  from embedlab import loaded  # noqa: PLC0415
+  from embedlab.run import loaded  # noqa: PLC0415
   run = loaded.load_run(run_dir)
   return [{"text": t, "label": run.label_names[int(p.argmax())],
            "probabilities": {n: round(float(q), 4) for n, q in zip(run.label_names, p)}}
@@ -898,7 +898,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   """Re-evaluates the best parameters of a run on one of its data splits.
 
   ``quantize`` (``"int8"``, ``"int4"`` or ``"int2"``) evaluates with the embedding quantized
-  row-wise (``embedlab.compress.quantize_entries``), as ``embedlab export --quantize`` writes it;
+  row-wise (``embedlab.core.compress.quantize_entries``), as ``embedlab export --quantize`` writes it;
   the result then also holds the embedding's bytes before and after.
   """
   run_dir = pathlib.Path(run_dir)
@@ -907,7 +907,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   model, params = restore_for_eval(run_dir, cfg, vocab, label_names, kept)
   extra = {}
   if quantize is not None:
-    from embedlab import compress  # noqa: PLC0415
+    from embedlab.core import compress  # noqa: PLC0415
     quantized = compress.quantize_entries(params["embed"],
                                           compress.quantize_bits(quantize, "eval"))
     extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),

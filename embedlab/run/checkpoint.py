@@ -358,7 +358,7 @@ class Checkpoints:
 
   @staticmethod
   def _write_failure(manager, directory, step, code, error, needed, left) -> str:
-    from embedlab.resources import human  # noqa: PLC0415 - a formatting helper only
+    from embedlab.run.resources import human  # noqa: PLC0415 - a formatting helper only
     try:
       free = shutil.disk_usage(directory).free
       space = f"{human(free)} ({free:,} bytes) are free there"

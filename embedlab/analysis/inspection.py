@@ -34,8 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab import pretrained as pretrained_lib
-from embedlab import report
+from embedlab.data import vectors as pretrained_lib
+from embedlab.run import report
 
 SKIP_TOKENS = ("<pad>", "<unk>")  # rows that are never a neighbour: padding, unknown word
 EXPORT_FORMATS = ("word2vec", "projector", "npy")
@@ -112,7 +112,7 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   if not (run_dir / "checkpoints" / checkpoint).is_dir():
     raise FileNotFoundError(f"{run_dir} holds no {checkpoint} checkpoint; train it first "
                             f"(embedlab train EXPERIMENT --workdir {run_dir}).")
-  from embedlab import checkpoint as ckpt_lib  # noqa: PLC0415 - orbax only when reading runs
+  from embedlab.run import checkpoint as ckpt_lib  # noqa: PLC0415 - orbax only when reading runs
   checkpoints = ckpt_lib.Checkpoints(run_dir, read_only=True)
   try:
     step, tree, _ = checkpoints.read(checkpoint)
@@ -124,7 +124,7 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   params = tree["params"] if checkpoint == "latest" else tree
   embed = {k: np.asarray(v) for k, v in params["embed"].items()}
   kept = report.load_buckets(run_dir, cfg)
-  from embedlab import data as data_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
   table = _logical_table(cfg, embed, data_lib.table_rows(cfg.data, len(vocab), kept))
   num_words = len(vocab)
   if table.shape[0] < num_words:
@@ -145,7 +145,7 @@ def _logical_table(cfg: config_lib.Config, embed: Any, num_embeddings: int) -> n
   several devices appends, ``mesh.model``), or a variant's lookups."""
   if cfg.model.table == "plain":
     return np.asarray(embed["table"])[:num_embeddings]
-  from embedlab import models  # noqa: PLC0415
+  from embedlab.models import classifiers as models  # noqa: PLC0415
   return models.materialize(models.make_embedder(cfg.model, num_embeddings), embed,
                             num_embeddings)
 
@@ -166,7 +166,8 @@ def initial_table(cfg: config_lib.Config) -> np.ndarray:
     (402, 16)
   """
   # imported here: train may come to import this module to report on a finished run
-  from embedlab import data as data_lib, train  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.run import train  # noqa: PLC0415
   data = data_lib.encode_splits(cfg.data, cfg.seed)
   _, steps = train.total_steps(cfg, len(data.train_labels))
   embed = train.build(cfg, data, steps).params["embed"]
@@ -640,7 +641,7 @@ def word_groups(emb: RunEmbedding, data: Any = None) -> tuple[np.ndarray, tuple[
     names
     ('topic 0', 'topic 1', 'topic 2', 'topic 3', 'shared word')
   """
-  from embedlab import data as data_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
   cfg = emb.config
   rows = emb.table.shape[0]
   if cfg.data.source == "synthetic":
@@ -763,7 +764,7 @@ def record_planted_structure(run_dir: str | os.PathLike, *, k: int = 5,
     check.accuracy, round(check.chance, 3)
     (1.0, 0.123)
   """
-  from embedlab import data as data_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
   emb = load_embedding(run_dir, checkpoint)
   if emb.config.data.source != "synthetic":
     raise ValueError(f"record_planted_structure: {run_dir} trained on data.source = "
@@ -942,7 +943,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
     return [pathlib.Path(out)]
   if fmt == "npy":
     return export_npy(out, emb.table, emb.tokens)
-  from embedlab import data as data_lib  # noqa: PLC0415
+  from embedlab.data import datasets as data_lib  # noqa: PLC0415
   data = None if emb.config.data.source == "synthetic" else data_lib.encode_splits(
       emb.config.data, emb.config.seed)
   groups, names = word_groups(emb, data)
@@ -963,7 +964,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   Every 2-D entry ``NAME`` of ``params["embed"]`` (``table`` for a plain table) becomes
   ``NAME_q8`` (``int8``), ``NAME_q4`` (two 4-bit values per ``uint8``) or ``NAME_q2`` (four
   2-bit codes per ``uint8``) and ``NAME_scale``
-  (``float32`` per row); read it back with ``embedlab.compress.lookup_quantized``:
+  (``float32`` per row); read it back with ``embedlab.core.compress.lookup_quantized``:
   ``q = np.load(path); lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids)``.
 
   Args:
@@ -978,7 +979,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   Example, after ``embedlab train experiments/quickstart.py``::
     export_quantized("runs/quickstart", "table_int8", "int8")
   """
-  from embedlab import compress  # noqa: PLC0415
+  from embedlab.core import compress  # noqa: PLC0415
   bits = compress.quantize_bits(quantize, "export")
   emb = load_embedding(run_dir, checkpoint)
   quantized = compress.quantize_entries(emb.embed, bits)

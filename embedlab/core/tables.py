@@ -20,8 +20,8 @@ reduction over the ids plus one host callback per call: measured 0.03-1.3 ms per
 busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny batches and not for
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
 
-Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.compress``,
-``embedlab.sharding``, ``embedlab.pooling``, ``embedlab.sparse.localize``, the Flax modules)
+Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.core.compress``,
+``embedlab.core.sharding``, ``embedlab.core.pooling``, ``embedlab.core.sparse.localize``, the Flax modules)
 sends them through one function, ``normalize_ids``: an integer dtype is required, each id is
 compared with the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a
 1000-row table, an ``int8`` id 4 is not padding id 260), and the ids come back widened to
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab import pooling
+from embedlab.core import pooling
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -191,7 +191,7 @@ def id_dtype() -> np.dtype:
 
   Example:
     >>> import embedlab as el
-    >>> el.tables.id_dtype()
+    >>> el.core.tables.id_dtype()
     dtype('int32')
   """
   return np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
@@ -224,7 +224,7 @@ def normalize_ids(ids: Any, num_embeddings: int, *, oob: str = "error",
 
   Example:
     >>> import numpy as np, embedlab as el
-    >>> checked = el.tables.normalize_ids(np.array([1, 255], np.uint8), 1000, padding_id=1)
+    >>> checked = el.core.tables.normalize_ids(np.array([1, 255], np.uint8), 1000, padding_id=1)
     >>> checked.ids.tolist(), checked.ids.dtype, checked.keep.tolist()
     ([1, 255], dtype('int32'), [False, True])
   """
@@ -260,7 +260,7 @@ def normalize_segments(segment_ids: Any, num_bags: Any, *, check_traced: bool = 
 
   Example:
     >>> import embedlab as el
-    >>> el.tables.normalize_segments([0, 0, 2], 2)
+    >>> el.core.tables.normalize_segments([0, 0, 2], 2)
     Traceback (most recent call last):
     ...
     ValueError: bag: segment id 2 at position (2,) is outside the bags (num_bags=2: valid ...
@@ -316,7 +316,7 @@ def padding_mask(ids: Any, padding_id: int | None) -> Array:
 
   Example:
     >>> import numpy as np, embedlab as el
-    >>> el.tables.padding_mask(np.array([4, 5], np.int8), 260).tolist()
+    >>> el.core.tables.padding_mask(np.array([4, 5], np.int8), 260).tolist()
     [True, True]
   """
   shape = np.shape(ids)
@@ -337,7 +337,7 @@ def mask_rows(vecs: Array, keep: Array | None) -> Array:
 
   Example:
     >>> import jax.numpy as jnp, embedlab as el
-    >>> el.tables.mask_rows(jnp.array([[1.0], [jnp.nan]]), jnp.array([True, False])).tolist()
+    >>> el.core.tables.mask_rows(jnp.array([[1.0], [jnp.nan]]), jnp.array([True, False])).tolist()
     [[1.0], [0.0]]
   """
   if keep is None:
@@ -586,7 +586,7 @@ def pool_vectors(vecs: Array, mask: Array, mode: str = "mean", *, segment_ids: A
   (padded bags), or ``vecs [N, D]`` with ``mask [N]``, ``segment_ids [N]`` and ``num_bags``
   (ragged). ``mask`` is False at padding. The same numbers as ``bag`` (unweighted) on the ids
   the vectors were read for: what the row-sparse step pools when it gathers the rows itself
-  (``embedlab.train``). ``num_bags`` and concrete segment ids are checked as ``bag`` checks
+  (``embedlab.run.train``). ``num_bags`` and concrete segment ids are checked as ``bag`` checks
   them; traced segment ids are not (as ``bag`` with ``oob="clip"``: the train step's batches
   come from ``data.ragged_batches``). Sums accumulate in float32 at least
   (``pooling.pool_vectors``).
