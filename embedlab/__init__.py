@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
   from embedlab.core.tables import (  # noqa: F401
-      INIT_NAMES, TableSummary, attend, bag, check_ids, describe, init_table, lookup,
+      INIT_NAMES, TableSummary, attend, bag, describe, init_table, lookup,
       num_params, offsets_to_segment_ids, renorm_rows)
+  from embedlab.core.ids import check_ids  # noqa: F401
   from embedlab.data.vectors import (  # noqa: F401
       load_vectors, read_vectors, save_vectors)
   from embedlab.analysis.inspection import (  # noqa: F401
@@ -45,7 +46,7 @@ _MODULES = {
     "TableSummary": "embedlab.core.tables",
     "attend": "embedlab.core.tables",
     "bag": "embedlab.core.tables",
-    "check_ids": "embedlab.core.tables",
+    "check_ids": "embedlab.core.ids",
     "describe": "embedlab.core.tables",
     "init_table": "embedlab.core.tables",
     "lookup": "embedlab.core.tables",

@@ -204,7 +204,7 @@ class EmbeddingSummary:
     lines = [
         f"embedding table: {rows} x {self.features:,} features = "
         f"{self.rows * self.features:,} weights ({self.dtype}, "
-        f"{report._human_bytes(self.nbytes)})",
+        f"{tables.human_bytes(self.nbytes)})",
         f"row norms (padding row left out): min {self.norm_min:.3g}  median "
         f"{self.norm_median:.3g}  mean {self.norm_mean:.3g}  max {self.norm_max:.3g}; "
         f"{self.zero_rows:,} all-zero rows",
@@ -999,7 +999,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   tokens_path = path.with_suffix(".tokens.txt")
   tokens_path.write_text("".join(t + "\n" for t in emb.tokens), encoding="utf-8")
   before, after = compress.table_bytes(emb.embed), sum(a.nbytes for a in arrays.values())
-  info = (f"{quantize}: {report._human_bytes(before)} -> {report._human_bytes(after)} "
+  info = (f"{quantize}: {tables.human_bytes(before)} -> {tables.human_bytes(after)} "
           f"({before / after:.1f}x smaller); largest absolute error {max(errors, default=0):.4g}; "
           f"accuracy with it: embedlab eval {run_dir} --quantize {quantize}")
   return [path, tokens_path], info

@@ -4,7 +4,7 @@ Every variant is an ``init_*`` function returning a plain params pytree and a
 ``lookup_*(params, ids, *, padding_id=None, oob="error")`` returning ``Array[*ids.shape, D]``,
 as ``embedlab.core.tables.lookup``: ids of any rank; positions holding ``padding_id`` come out as
 zero vectors and send zero gradient to every parameter; ids go through the plain table's id path
-(``embedlab.core.tables.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
+(``embedlab.core.ids_lib.normalize_ids``: compared exactly in any integer dtype, then widened), so ids
 outside the variant's logical vocabulary raise (``ValueError`` eagerly, ``JaxRuntimeError`` under
 ``jit``) and non-integer ids raise ``TypeError``; no variant clamps ids by itself. Static facts
 (seed, combine mode, vocabulary size) are Python keyword arguments beside the params, never
@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedlab.core import ids as ids_lib
 from embedlab.core import pooling
 from embedlab.core import tables
 
@@ -214,24 +215,24 @@ def lookup_hashed(params: Params, ids: Any, *, num_buckets: int, exact_size: int
     >>> ec.lookup_hashed(p, jnp.array([3, 10**9]), num_buckets=50, exact_size=10).shape
     (2, 4)
   """
-  table = tables._table(params, "lookup_hashed")
+  table = tables.table_of(params, "lookup_hashed")
   if table.shape[0] != exact_size + num_buckets:
     raise ValueError(f"lookup_hashed: the table has {table.shape[0]} rows, expected exact_size + "
                      f"num_buckets = {exact_size} + {num_buckets}; pass the sizes it was built "
                      "with.")
-  checked = tables.normalize_ids(ids, MAX_RAW_ID, oob=oob, padding_id=padding_id,
+  checked = ids_lib.normalize_ids(ids, MAX_RAW_ID, oob=oob, padding_id=padding_id,
                                  where="lookup_hashed")
   rows = _hash_ints(checked.ids, num_buckets, seed, exact_size, jnp)
   vecs = jnp.take(table, rows, axis=0, mode="clip")  # hashed rows are always in range
-  return tables.mask_rows(vecs, checked.keep)
+  return ids_lib.mask_rows(vecs, checked.keep)
 
 
 # ---------------------------------------------------------------- shared contract helpers
 
 def _checked(ids: Any, rows: int, oob: str, where: str) -> tuple[Array, Array | None]:
   """(ids widened and safe to gather from ``rows`` rows, in-range mask or None): the shared id
-  path, ``tables.normalize_ids``."""
-  checked = tables.normalize_ids(ids, rows, oob=oob, where=where)
+  path, ``ids_lib.normalize_ids``."""
+  checked = ids_lib.normalize_ids(ids, rows, oob=oob, where=where)
   return checked.ids, checked.keep
 
 
@@ -264,13 +265,13 @@ def init_hash_embedding(key: Array, num_embeddings: int, features: int, *, pool_
     >>> p["pool"].shape, p["importance"].shape
     ((500, 8), (10000, 2))
   """
-  tables._check_size(num_embeddings, features)
-  tables._check_size(pool_size, num_hashes)
+  tables.check_size(num_embeddings, features)
+  tables.check_size(pool_size, num_hashes)
   std = 1.0 / math.sqrt(num_hashes) if scale is None else scale
   pool = std * jax.random.normal(key, (pool_size, features), dtype)
   importance = jnp.ones((num_embeddings, num_hashes), dtype)
   if padding_id is not None:
-    tables._check_padding_id(padding_id, num_embeddings, "init_hash_embedding")
+    ids_lib.check_padding_id(padding_id, num_embeddings, "init_hash_embedding")
     importance = importance.at[padding_id].set(0)
   return {"pool": pool, "importance": importance}
 
@@ -283,7 +284,7 @@ def hash_embedding_buckets(ids: Any, num_hashes: int, pool_size: int, *, seed: i
     >>> ec.hash_embedding_buckets([1, 2], 2, 100).shape
     (2, 2)
   """
-  ids = tables.normalize_ids(ids, MAX_RAW_ID, where="hash_embedding_buckets").ids
+  ids = ids_lib.normalize_ids(ids, MAX_RAW_ID, where="hash_embedding_buckets").ids
   return _buckets(ids, num_hashes, pool_size, seed)
 
 
@@ -316,12 +317,12 @@ def lookup_hash_embedding(params: Params, ids: Any, *, seed: int = 0,
   """
   pool, importance = _entries(params, ("pool", "importance"), "lookup_hash_embedding")
   rows, k = importance.shape
-  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
+  checked = ids_lib.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
                                  where="lookup_hash_embedding")
   buckets = _buckets(checked.ids, k, pool.shape[0], seed)
   w = jnp.take(importance, checked.ids, axis=0, mode="clip")  # [..., k]; ids in range
   vecs = jnp.einsum("...k,...kd->...d", w, jnp.take(pool, buckets, axis=0, mode="clip"))
-  return tables.mask_rows(vecs, checked.keep)
+  return ids_lib.mask_rows(vecs, checked.keep)
 
 
 def _entries(params, names, where):
@@ -364,8 +365,8 @@ def init_qr_table(key: Array, num_embeddings: int, features: int, *, num_collisi
     >>> p["quotient"].shape, p["remainder"].shape
     ((1000, 64), (1000, 64))
   """
-  tables._check_size(num_embeddings, features)
-  tables._check_size(num_collisions, remainder_features or features)
+  tables.check_size(num_embeddings, features)
+  tables.check_size(num_collisions, remainder_features or features)
   _check_combine(combine, "init_qr_table")
   if combine != "concat" and remainder_features not in (None, features):
     raise ValueError(f"init_qr_table: remainder_features={remainder_features} needs "
@@ -416,7 +417,7 @@ def lookup_qr(params: Params, ids: Any, *, combine: str = "mult",
   if rows > q.shape[0] * m:
     raise ValueError(f"lookup_qr: num_embeddings={rows} needs {-(-rows // m)} quotient rows, "
                      f"the params have {q.shape[0]}.")
-  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id, where="lookup_qr")
+  checked = ids_lib.normalize_ids(ids, rows, oob=oob, padding_id=padding_id, where="lookup_qr")
   qv = jnp.take(q, checked.ids // m, axis=0, mode="clip")  # ids in range: checked or clamped
   rv = jnp.take(r, checked.ids % m, axis=0, mode="clip")
   if combine == "mult":
@@ -425,7 +426,7 @@ def lookup_qr(params: Params, ids: Any, *, combine: str = "mult",
     vecs = qv + rv
   else:
     vecs = jnp.concatenate([qv, rv.astype(qv.dtype)], axis=-1)
-  return tables.mask_rows(vecs, checked.keep)
+  return ids_lib.mask_rows(vecs, checked.keep)
 
 
 # ---------------------------------------------------------------- factorized
@@ -443,7 +444,7 @@ def init_factorized_table(key: Array, num_embeddings: int, features: int, *, ran
     >>> p["table"].shape, p["projection"].shape
     ((30000, 128), (128, 768))
   """
-  tables._check_size(rank, features)
+  tables.check_size(rank, features)
   kt, kp = jax.random.split(key)
   params = tables.init_table(kt, num_embeddings, rank, padding_id=padding_id, dtype=dtype)
   proj = jax.random.normal(kp, (rank, features), dtype) / math.sqrt(rank)
@@ -500,7 +501,7 @@ def quantize(params: Params, bits: int = 8) -> Params:
     >>> ec.dequantize(q2)["table"].tolist()
     [[1.5, -0.5, 0.5, -1.5]]
   """
-  table = tables._table(params, "quantize").astype(jnp.float32)
+  table = tables.table_of(params, "quantize").astype(jnp.float32)
   if bits not in _PER_BYTE:
     raise ValueError(f"quantize: bits={bits!r} is not supported; use 8, 4 or 2.")
   per_byte = _PER_BYTE[bits]
@@ -573,11 +574,11 @@ def lookup_quantized(params: Params, ids: Any, *, padding_id: int | None = None,
   """
   stored, bits, scale = _quantized_parts(params, "lookup_quantized")
   rows = stored.shape[0]
-  checked = tables.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
+  checked = ids_lib.normalize_ids(ids, rows, oob=oob, padding_id=padding_id,
                                  where="lookup_quantized")
   values = _unpack(jnp.take(stored, checked.ids, axis=0, mode="clip"), bits)  # ids in range
   vecs = (values * jnp.take(scale, checked.ids, mode="clip")[..., None]).astype(dtype)
-  return tables.mask_rows(vecs, checked.keep)
+  return ids_lib.mask_rows(vecs, checked.keep)
 
 
 def quantization_error(params: Params, quantized: Params) -> float:
@@ -589,7 +590,7 @@ def quantization_error(params: Params, quantized: Params) -> float:
     >>> ec.quantization_error(p, ec.quantize(p)) < 0.02
     True
   """
-  table = tables._table(params, "quantization_error").astype(jnp.float32)
+  table = tables.table_of(params, "quantization_error").astype(jnp.float32)
   return float(jnp.max(jnp.abs(dequantize(quantized)["table"] - table)))
 
 
@@ -677,7 +678,7 @@ def bag_lookup(lookup_fn: Callable[..., Array], params: Params, ids: Any, *, mod
     raise ValueError(f"bag_lookup: weights must have the shape of ids {np.shape(ids)}, got "
                      f"{np.shape(weights)}.")
   vecs = lookup_fn(params, ids, padding_id=padding_id, oob=oob, **lookup_kwargs)
-  keep = tables.padding_mask(ids, padding_id)  # exact in any id dtype
+  keep = ids_lib.padding_mask(ids, padding_id)  # exact in any id dtype
   return pooling.pool_vectors(vecs, keep, mode, weights=weights, dtype=vecs.dtype)
 
 

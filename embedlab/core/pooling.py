@@ -9,7 +9,7 @@ range under ``oob="zero"``) are left out with ``jnp.where``, so a NaN or inf wei
 changes nothing, as in PyTorch's ``EmbeddingBag``.
 
 Padded bags ``[B, L]`` are gathered and pooled by ``pool_padded``, which checks their ids with
-``embedlab.core.tables.normalize_ids`` first.
+``embedlab.core.ids_lib.normalize_ids`` first.
 
 Three ways to compute ``sum_l w[b, l] * table[ids[b, l]]``:
 
@@ -40,6 +40,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from embedlab.core import ids as ids_lib
 
 Array = jax.Array
 
@@ -222,7 +224,7 @@ def pool_padded(table: Array, ids_BxL: Any, w_BxL: Any, mask_BxL: Any, mode: str
 
   Args:
     table: ``Array[V, D]``.
-    ids_BxL: integer ids, checked by ``embedlab.core.tables.normalize_ids`` under ``oob`` (as
+    ids_BxL: integer ids, checked by ``embedlab.core.ids_lib.normalize_ids`` under ``oob`` (as
       ``embedlab.lookup``: out-of-range ids raise by default).
     w_BxL: per-position weights, or None (1); only read at the bags' positions.
     mask_BxL: bool, True at the bags' positions, or None (all of them, except ``padding_id``).
@@ -244,7 +246,6 @@ def pool_padded(table: Array, ids_BxL: Any, w_BxL: Any, mask_BxL: Any, mode: str
     ...             strategy="scan")
     Array([[4.5, 5.5, 6.5]], dtype=float32)
   """
-  from embedlab.core import tables  # noqa: PLC0415 - tables imports this module
   dtype = jnp.dtype(table.dtype if compute_dtype is None else compute_dtype)
   if np.ndim(ids_BxL) != 2:
     raise ValueError(f"{where}: ids must be 2-D [batch, bag_len], got shape "
@@ -252,7 +253,7 @@ def pool_padded(table: Array, ids_BxL: Any, w_BxL: Any, mask_BxL: Any, mode: str
   if w_BxL is not None and np.shape(w_BxL) != np.shape(ids_BxL):
     raise ValueError(f"{where}: weights must have the shape of ids {np.shape(ids_BxL)}, got "
                      f"{np.shape(w_BxL)}.")
-  checked = tables.normalize_ids(ids_BxL, table.shape[0], oob=oob, padding_id=padding_id,
+  checked = ids_lib.normalize_ids(ids_BxL, table.shape[0], oob=oob, padding_id=padding_id,
                                  where=where)
   mask = jnp.ones(checked.ids.shape, bool) if mask_BxL is None else jnp.asarray(mask_BxL, bool)
   if checked.keep is not None:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from embedlab.core import ids as ids_lib
 from embedlab.core import pooling
 from embedlab.core import tables
 
@@ -174,7 +175,7 @@ def shard_table(params: Params, mesh: Mesh, *, pad: bool = False) -> Params:
     >>> p["table"].sharding.spec
     P('model', None)
   """
-  table = tables._table(params, "shard_table")
+  table = tables.table_of(params, "shard_table")
   model = _check_mesh(mesh, "shard_table").shape["model"]
   rows = table.shape[0]
   if rows % model:
@@ -190,7 +191,7 @@ def shard_table(params: Params, mesh: Mesh, *, pad: bool = False) -> Params:
 
 
 def _prepare(params, ids, mesh, padding_id, num_embeddings, where):
-  table = tables._table(params, where)
+  table = tables.table_of(params, where)
   mesh = _check_mesh(mesh, where)
   rows, model, data = table.shape[0], mesh.shape["model"], mesh.shape["data"]
   if rows % model:
@@ -199,7 +200,7 @@ def _prepare(params, ids, mesh, padding_id, num_embeddings, where):
   valid = rows if num_embeddings is None else int(num_embeddings)
   if not 0 < valid <= rows:
     raise ValueError(f"{where}: num_embeddings={valid} must be in 1..{rows} (the table's rows).")
-  checked = tables.normalize_ids(ids, valid, padding_id=padding_id, where=where)
+  checked = ids_lib.normalize_ids(ids, valid, padding_id=padding_id, where=where)
   ids = checked.ids
   if ids.ndim < 1 or ids.shape[0] % data:
     raise ValueError(f"{where}: the batch size {ids.shape[0] if ids.ndim else None} (ids shape "
@@ -217,7 +218,7 @@ def _owned_rows(table_shard, ids, rows_per_shard):
   # the ids were checked against the whole table: clamping to this shard's rows only picks a
   # row that ``owned`` then zeroes
   vecs = jnp.take(table_shard, jnp.clip(local, 0, rows_per_shard - 1), axis=0, mode="clip")
-  return tables.mask_rows(vecs, owned), owned
+  return ids_lib.mask_rows(vecs, owned), owned
 
 
 def _batch_spec(ndim):
@@ -257,7 +258,7 @@ def sharded_lookup(params: Params, ids: Any, mesh: Mesh, *, padding_id: int | No
 
   def local_lookup(table_shard, ids_local, keep_local):
     vecs, _ = _owned_rows(table_shard, ids_local, rows_per_shard)
-    return jax.lax.psum(tables.mask_rows(vecs, keep_local), "model")
+    return jax.lax.psum(ids_lib.mask_rows(vecs, keep_local), "model")
 
   return jax.shard_map(local_lookup, mesh=mesh, in_specs=(P("model", None), spec, spec),
                        out_specs=P(*spec, None))(table, ids, keep)
@@ -569,11 +570,11 @@ def sharded_take(table: Array, row_ids: Array, mesh: Mesh) -> Array:
   """
   rows_per_shard = table.shape[0] // _check_mesh(mesh, "sharded_take").shape["model"]
   # the "zero" policy is this function's contract: ids outside the table give zero rows
-  checked = tables.normalize_ids(row_ids, table.shape[0], oob="zero", where="sharded_take")
+  checked = ids_lib.normalize_ids(row_ids, table.shape[0], oob="zero", where="sharded_take")
 
   def local_take(table_shard, ids, keep):
     vecs, _ = _owned_rows(table_shard, ids, rows_per_shard)
-    return jax.lax.psum(tables.mask_rows(vecs, keep), "model")
+    return jax.lax.psum(ids_lib.mask_rows(vecs, keep), "model")
 
   return jax.shard_map(local_take, mesh=mesh, in_specs=(P("model", None), P(), P()),
                        out_specs=P())(table, checked.ids, checked.keep)
@@ -612,7 +613,7 @@ def sharded_sparse_update(optimizer: Any, table: Array, state: Any, row_ids: Arr
   rows = table.shape[0]
   rows_per_shard = rows // _check_mesh(mesh, "sharded_sparse_update").shape["model"]
   # ids outside the table (V is the "no row" id) update nothing: the "zero" policy
-  checked = tables.normalize_ids(row_ids, rows, oob="zero", where="sharded_sparse_update")
+  checked = ids_lib.normalize_ids(row_ids, rows, oob="zero", where="sharded_sparse_update")
   row_ids = jnp.where(checked.keep, checked.ids, rows)
   for skip in skip_ids:
     row_ids = jnp.where(row_ids == int(skip), rows, row_ids)

@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedlab.core.tables import check_ids, normalize_ids
+from embedlab.core.ids import check_ids, normalize_ids
 
 Array = jax.Array
 Schedule = Callable[[Array], Array]

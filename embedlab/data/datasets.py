@@ -30,7 +30,7 @@ The encoded cache carries a checksum of its arrays, its record and its vocabular
 that does not match it (a corrupted file) is encoded again, with a one-line warning.
 
 Example:
-  >>> from embedlab.config import DataConfig
+  >>> from embedlab.data.options import DataConfig
   >>> from embedlab.data import datasets as data
   >>> cfg = DataConfig(source="synthetic", synthetic_train_size=64, synthetic_eval_size=16)
   >>> d = data.encode_splits(cfg, seed=0, cache=False)
@@ -60,7 +60,7 @@ import numpy as np
 
 from embedlab.data import workers as _fork
 from embedlab.data import text as text_lib
-from embedlab.config import DataConfig
+from embedlab.data.options import DataConfig
 
 # Bump when tokenizing, vocabulary building or encoding changes, so stale caches are not used.
 CODE_VERSION = "embedlab-data-3"

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedlab.core import ids as ids_lib
 from embedlab.core import tables
 
 Params = tables.Params
@@ -280,7 +281,7 @@ def load_vectors(path: str | os.PathLike, vocab: Any, *, key: jax.Array | None =
   tokens = _vocab_tokens(vocab, "load_vectors")
   num_rows = len(tokens)
   if padding_id is not None:
-    tables._check_padding_id(padding_id, num_rows, "load_vectors")
+    ids_lib.check_padding_id(padding_id, num_rows, "load_vectors")
   ids_by_word: dict[str, list[int]] = {}
   for i, token in enumerate(tokens):
     if i != padding_id:
@@ -362,7 +363,7 @@ def save_vectors(path: str | os.PathLike, params: Params, vocab: Any, *, header:
     1 2
     hi 0.100000001 -2
   """
-  table = np.asarray(tables._table(params, "save_vectors"))
+  table = np.asarray(tables.table_of(params, "save_vectors"))
   tokens = _vocab_tokens(vocab, "save_vectors")
   if len(tokens) != table.shape[0]:
     raise ValueError(f"save_vectors: the vocabulary has {len(tokens)} tokens but the table has "

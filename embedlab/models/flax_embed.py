@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
+from embedlab.core import ids as ids_lib
 from embedlab.core import tables
 
 Array = jax.Array
@@ -59,8 +60,8 @@ class Embed(nnx.Module):
                padding_id: int | None = None, oob: str = "error", init: Any = "normal",
                scale: float | None = None, dtype: Any = jnp.float32,
                param_dtype: Any = jnp.float32, max_norm: float | None = None):
-    if oob not in tables.OOB_POLICIES:
-      raise ValueError(f"Embed: oob={oob!r} is not one of {', '.join(tables.OOB_POLICIES)}.")
+    if oob not in ids_lib.OOB_POLICIES:
+      raise ValueError(f"Embed: oob={oob!r} is not one of {', '.join(ids_lib.OOB_POLICIES)}.")
     params = tables.init_table(rngs.params(), num_embeddings, features, init=init,
                                padding_id=padding_id, dtype=param_dtype, scale=scale)
     self.embedding = nnx.Param(params["table"])
@@ -168,9 +169,9 @@ class LinenEmbed(nn.Module):
   max_norm: float | None = None
 
   def setup(self):
-    if self.oob not in tables.OOB_POLICIES:
+    if self.oob not in ids_lib.OOB_POLICIES:
       raise ValueError(f"LinenEmbed: oob={self.oob!r} is not one of "
-                       f"{', '.join(tables.OOB_POLICIES)}.")
+                       f"{', '.join(ids_lib.OOB_POLICIES)}.")
 
     def init_fn(key):
       return tables.init_table(key, self.num_embeddings, self.features,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from embedlab.core import ids as ids_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import compress as compress_lib
 from embedlab import config as config_lib
@@ -184,7 +185,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
     raw = ids.ids if ragged else ids
     rows = model.embedder.rows(raw)
     if oob == "error":
-      rows = tables.check_ids(rows, table.shape[0], where="train step")
+      rows = ids_lib.check_ids(rows, table.shape[0], where="train step")
     vectors = jnp.take(table, rows, axis=0, mode="clip")
     extra = dict(segment_ids=ids.segment_ids, num_bags=labels.shape[0]) if ragged else {}
 
@@ -405,7 +406,7 @@ def validate_ids(data: data_lib.EncodedData) -> None:
   for split in ("train", "dev", "test"):
     ids = getattr(data, f"{split}_ids")
     if ids is not None:
-      tables.check_host_ids(ids, data.num_embeddings, where=f"data ({split} split)")
+      ids_lib.check_host_ids(ids, data.num_embeddings, where=f"data ({split} split)")
 
 
 def _load_pretrained(cfg, data, key):
