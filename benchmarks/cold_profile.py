@@ -5,7 +5,7 @@
 Runs the experiment as ``vs_fasttext.py`` does (a fresh process, every cache empty: encoded
 data, Hugging Face, JAX compilation; 2 threads), with marks around library functions: the
 command's wait for its forked data encoder (``cli._wait``), the encoder's ``import datasets``,
-file reading and tokenizing, ``train.build`` (the init program), the dev evaluation and the end
+file reading and tokenizing, ``build.build`` (the init program), the dev evaluation and the end
 of the run. The marks are timed with ``time.perf_counter`` (one monotonic clock for every
 process) and each process's CPU time; nothing in the library changes. Prints one table per
 repeat: the main process's segments, and beside them the encoder's (its CPU includes its
@@ -86,7 +86,8 @@ def _job(argv: list[str]) -> None:
     wait(pid)
     _mark("wait<")
     train = sys.modules["embedlab.run.train"]  # imported while the encoder ran
-    for name in ("build", "_evaluate_dev", "_finish"):
+    _wrap(sys.modules["embedlab.run.build"], "build")
+    for name in ("_evaluate_dev", "_finish"):
       _wrap(train, name)
 
   cli._wait = wait_then_wrap  # pylint: disable=protected-access
@@ -134,7 +135,7 @@ def _segments(marks, begun: float, ended: float) -> tuple[list, list]:
            0.0, main_cpu("wait>", 0))]
   rows.append(("wait for the data encoder", first("wait", 0), first("wait", 1),
                main_cpu("wait>", 0), main_cpu("wait<", 0)))
-  later = [("read the encoded data", "encode_splits"), ("init program (train.build)", "build")]
+  later = [("read the encoded data", "encode_splits"), ("init program (build.build)", "build")]
   for label, name in later:
     if name in main:
       rows.append((label, first(name, 0), first(name, 1), main_cpu(f"{name}>", 0),

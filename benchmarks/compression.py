@@ -65,7 +65,7 @@ def main() -> None:
   import jax  # noqa: PLC0415
   from embedlab import config as config_lib  # noqa: PLC0415
   from embedlab.data import datasets as data_lib  # noqa: PLC0415
-  from embedlab.run import train  # noqa: PLC0415
+  from embedlab.run import loaded, train  # noqa: PLC0415
 
   out = pathlib.Path(args.out)
   figures: dict[str, list[dict]] = {}
@@ -90,7 +90,7 @@ def main() -> None:
             flush=True)
       if label == "plain":
         for quant in ("int8", "int4", "int2"):
-          q = train.evaluate_run(workdir, "test", quantize=quant)
+          q = loaded.evaluate_run(workdir, "test", quantize=quant)
           rows.append({"variant": f"plain, {quant} after training", "bytes": q["quantized_bytes"],
                        "ratio": plain_bytes / q["quantized_bytes"], "dev": None,
                        "test": q["accuracy"], "seconds": 0.0, "overrides": [f"--quantize {quant}"]})

@@ -9,7 +9,7 @@ encoded SST-2 train split, 64 sentences, padded to the ragged length the train l
 times, per batch, on one thread each:
 
 * XLA:CPU: the gather, the scatter-add (padding dropped as the step drops it), and the whole
-  train step (``train.make_train_step``, in a ``lax.scan`` over the blocks, as the train loop
+  train step (``steps_lib.make_train_step``, in a ``lax.scan`` over the blocks, as the train loop
   runs it);
 * PyTorch: ``index_select`` and ``index_add_`` on the same table and ids (padding added into a
   spare row), ``torch.set_num_threads(1)``.
@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 
 from embedlab import config as config_lib  # noqa: E402
 from embedlab.data import datasets as data_lib  # noqa: E402
+from embedlab.run import build as build_lib
+from embedlab.run import steps as steps_lib
 from embedlab.run import train as train_lib  # noqa: E402
 
 SMALL_ROWS = 1024
@@ -47,7 +49,7 @@ def batches(cfg, data, per_epoch: int, steps: int,
             blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """``(ids [K, T], segment_ids [K, T], labels [K, B])``: the first ``blocks`` ragged batches
   of the experiment's first epoch, as its train loop packs them."""
-  pack = train_lib._ragged_packer(cfg, data, per_epoch, steps, None, None, print)  # pylint: disable=protected-access
+  pack = build_lib.ragged_packer(cfg, data, per_epoch, steps, None, None, print)  # pylint: disable=protected-access
   order = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
                                  epoch=0)
   ragged = pack(data.train_ids[order[:blocks]])  # [K, T]: the run's ragged length
@@ -118,12 +120,12 @@ def torch_costs(ids, rows: int, features: int) -> dict[str, float]:
 def step_cost(cfg, data, steps: int, ids, segment_ids, labels) -> float:
   """Seconds per batch of the experiment's whole train step (the scatter-add path), in one
   ``lax.scan`` over the blocks."""
-  setup = train_lib.build(cfg, data, steps)
-  step = train_lib.make_train_step(setup.model, setup.optimizer,
+  setup = build_lib.build(cfg, data, steps)
+  step = steps_lib.make_train_step(setup.model, setup.optimizer,
                                    table_optimizer=setup.table_optimizer, oob="clip")
-  multi = jax.jit(train_lib.make_multi_step(step), donate_argnums=0)
+  multi = jax.jit(steps_lib.make_multi_step(step), donate_argnums=0)
   batch = data_lib.RaggedBatch(jnp.asarray(ids), jnp.asarray(segment_ids))
-  holder = {"state": train_lib.init_state(cfg, setup)}
+  holder = {"state": build_lib.init_state(cfg, setup)}
   labels = jnp.asarray(labels)
 
   def run():
@@ -140,7 +142,7 @@ def main() -> None:
   args = parser.parse_args()
   cfg = config_lib.load_config(args.experiment)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
-  per_epoch, steps = train_lib.total_steps(cfg, len(data.train_labels))
+  per_epoch, steps = build_lib.total_steps(cfg, len(data.train_labels))
   rows, features = data.num_embeddings, cfg.model.features
   ids, segment_ids, labels = batches(cfg, data, per_epoch, steps, args.blocks)
   real = int((ids != 0).sum(1).mean())

@@ -38,6 +38,7 @@ from embedlab.models import classifiers as models_lib  # noqa: E402
 from embedlab.core import optim as optim_lib  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse as sparse_lib  # noqa: E402
+from embedlab.run import steps as steps_lib
 from embedlab.run import train as train_lib  # noqa: E402
 
 DEVICES = (1, 2, 4, 8)
@@ -80,10 +81,10 @@ def step_time(mesh, rows, ids_np, labels_np, tables, lookup, repeats):
     table_optimizer = sparse_lib.get_sparse_optimizer(tables, 1e-2)
     opt_state = {"dense": optimizer.init(dense),
                  "table": table_optimizer.init(params["embed"]["table"])}
-  state = train_lib.TrainState(jnp.array(0, jnp.int32), params, opt_state, jax.random.key(1))
+  state = steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt_state, jax.random.key(1))
   shardings = sharding.state_shardings(state, mesh)
   state = sharding.place(state, shardings)
-  step = train_lib.make_train_step(model, optimizer, table_optimizer=table_optimizer,
+  step = steps_lib.make_train_step(model, optimizer, table_optimizer=table_optimizer,
                                    oob="clip", mesh=mesh, lookup=lookup)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(step, donate_argnums=0, out_shardings=(shardings, replicated))

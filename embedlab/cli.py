@@ -235,12 +235,12 @@ def _summary(args) -> int:
   from embedlab import config as config_lib  # noqa: PLC0415
   from embedlab.data import datasets as data_lib  # noqa: PLC0415
   from embedlab.run import report  # noqa: PLC0415
-  from embedlab.run import train  # noqa: PLC0415
+  from embedlab.run import build as build_lib  # noqa: PLC0415
 
   cfg = config_lib.load_config(args.experiment, args.overrides)
   data = data_lib.encode_splits(cfg.data, cfg.seed)
-  _, steps = train.total_steps(cfg, len(data.train_labels))
-  print(report.summary_text(cfg, data, train.build(cfg, data, steps)))
+  _, steps = build_lib.total_steps(cfg, len(data.train_labels))
+  print(report.summary_text(cfg, data, build_lib.build(cfg, data, steps)))
   return 0
 
 
@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
       print(config_lib.describe_keys(config_lib.load_config(args.experiment, args.overrides)))
       return 0
     if args.command == "eval":
-      from embedlab.run import train  # noqa: PLC0415
-      print(json.dumps(train.evaluate_run(args.run_dir, args.split, quantize=args.quantize),
+      from embedlab.run import loaded  # noqa: PLC0415
+      print(json.dumps(loaded.evaluate_run(args.run_dir, args.split, quantize=args.quantize),
                        indent=2))
       return 0
     if args.command == "predict":

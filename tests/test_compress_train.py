@@ -15,6 +15,8 @@ from embedlab.core import compress
 from embedlab.analysis import inspection
 from embedlab.models import classifiers as models
 from embedlab.run import report
+from embedlab.run import build as build_lib
+from embedlab.run import loaded
 from embedlab.run import train
 from embedlab.config import ConfigError, ModelConfig
 
@@ -145,7 +147,7 @@ def test_sparse_sgd_on_a_smaller_table_equals_dense_sgd_end_to_end(tmp_path, tab
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
   assert ra["test_accuracy"] == rb["test_accuracy"]
   data = train.data_lib.encode_splits(sparse.data, sparse.seed)
-  initial = train.build(sparse, data, 10).params["embed"]["table"]
+  initial = build_lib.build(sparse, data, 10).params["embed"]["table"]
   moved = np.any(np.asarray(initial) != b["embed"]["table"], axis=1)
   assert 0 < moved[1:].sum() < len(moved) and not moved[0]  # rows of seen ids; never padding
   assert rb["table"] == table and rb["embedding_bytes"] < ra["num_embeddings"] * 8 * 4
@@ -158,7 +160,7 @@ def test_shared_weight_tables_train_summarize_inspect_and_quantize(tmp_path, tab
   results = train.train(cfg, tmp_path / "run", echo=quiet)
   assert results["test_accuracy"] > 0.6, results  # 4 planted topics: chance is 0.25
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
-  setup = train.build(cfg, data, 10)
+  setup = build_lib.build(cfg, data, 10)
   text = report.summary_text(cfg, data, setup)
   want = models.table_summary(cfg.model, setup.params["embed"], data.num_embeddings)
   assert f"{want.weights:,} weights" in text and f"{want.ratio:.1f}x smaller" in text
@@ -168,8 +170,8 @@ def test_shared_weight_tables_train_summarize_inspect_and_quantize(tmp_path, tab
   embedder = models.make_embedder(cfg.model, data.num_embeddings)
   ids = np.arange(data.num_embeddings, dtype=np.int32)
   np.testing.assert_allclose(emb.table, embedder.lookup(stored, ids), rtol=1e-6)
-  q8 = train.evaluate_run(tmp_path / "run", quantize="int8")
-  plain = train.evaluate_run(tmp_path / "run")
+  q8 = loaded.evaluate_run(tmp_path / "run", quantize="int8")
+  plain = loaded.evaluate_run(tmp_path / "run")
   assert q8["quantized_bytes"] < q8["embedding_bytes"]
   assert abs(q8["accuracy"] - plain["accuracy"]) <= 0.05
 
@@ -188,13 +190,13 @@ def test_int8_export_round_trips_through_lookup_quantized(tmp_path):
   step = np.abs(emb.table).max(1, keepdims=True) / 127
   assert np.all(np.abs(np.asarray(got) - want) <= step[ids] / 2 + 1e-7)
   assert paths[1].read_text().splitlines() == list(emb.tokens)
-  result = train.evaluate_run(tmp_path / "run", quantize="int8")
-  plain = train.evaluate_run(tmp_path / "run")
+  result = loaded.evaluate_run(tmp_path / "run", quantize="int8")
+  plain = loaded.evaluate_run(tmp_path / "run")
   rows = emb.table.shape[0]
   assert (result["embedding_bytes"], result["quantized_bytes"]) == (rows * 8 * 4, rows * (8 + 4))
   assert abs(result["accuracy"] - plain["accuracy"]) <= 0.02
   with pytest.raises(ValueError, match="quantize='int3'"):
-    train.evaluate_run(tmp_path / "run", quantize="int3")
+    loaded.evaluate_run(tmp_path / "run", quantize="int3")
 
 
 def test_bfloat16_tables_train_and_store_half_the_bytes(tmp_path):

@@ -15,7 +15,7 @@ from embedlab import cli, config as config_lib
 from embedlab.data import datasets as data_lib
 from embedlab.analysis import inspection
 from embedlab.run import report
-from embedlab.run import train
+from embedlab.run import build as build_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "experiments" / "quickstart.py")
@@ -330,8 +330,8 @@ def test_an_exported_table_initialises_another_experiment(run, emb, tmp_path):
   other = config_lib.load_config(QUICK, ["seed=1", "data.synthetic_train_size=256",
                                          f"model.pretrained={path.absolute()}"])
   data = data_lib.encode_splits(other.data, other.seed)
-  _, steps = train.total_steps(other, len(data.train_labels))
-  setup = train.build(other, data, steps)
+  _, steps = build_lib.total_steps(other, len(data.train_labels))
+  setup = build_lib.build(other, data, steps)
   table = np.asarray(setup.params["embed"]["table"])
   exported = dict(zip(emb.tokens, emb.words))
   shared = [i for i, t in enumerate(data.vocab.tokens) if t in exported and t != "<pad>"]

@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 
-import embedlab as el
 from embedlab.core import optim
 from embedlab.config import OptimConfig
 

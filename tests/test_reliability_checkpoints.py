@@ -24,6 +24,7 @@ import pytest
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
 from embedlab.run import resources
+from embedlab.run import steps as steps_lib
 from embedlab.run import train
 from embedlab.config import Config
 
@@ -46,7 +47,7 @@ def quiet(*_):
 
 def _state(value: float):
   """A small train-state-like tree: params, optimizer slots, a step and a key."""
-  return train.TrainState(jnp.array(int(value), jnp.int32),
+  return steps_lib.TrainState(jnp.array(int(value), jnp.int32),
                           {"embed": {"table": jnp.full((5, 3), value, jnp.float32)},
                            "out": {"w": jnp.arange(6.0).reshape(2, 3) * value}},
                           (jnp.full((5, 3), value / 2), jnp.zeros(2)),

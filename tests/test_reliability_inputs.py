@@ -23,6 +23,8 @@ from embedlab import config as config_lib
 from embedlab.data import datasets as data
 from embedlab.models import classifiers as models
 from embedlab.run import resources
+from embedlab.run import build as build_lib
+from embedlab.run import steps as steps_lib
 from embedlab.run import train
 from embedlab.config import Config, DataConfig, ModelConfig
 
@@ -233,8 +235,8 @@ def test_train_step_refuses_out_of_range_ids_under_jit():
   model = models.make_model(cfg, 10, 3)  # oob="error": checked on the device
   params = model.init(jax.random.key(0))
   opt = optax.adam(1e-2)
-  state = train.TrainState(jnp.array(0), params, opt.init(params), jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(model, opt))
+  state = steps_lib.TrainState(jnp.array(0), params, opt.init(params), jax.random.PRNGKey(0))
+  step = jax.jit(steps_lib.make_train_step(model, opt))
   with pytest.raises(Exception, match=r"id 10 at position \(1, 0\) is outside the table"):
     jax.block_until_ready(step(state, np.array([[1, 2], [10, 0]], np.int32), np.array([0, 1])))
 
@@ -245,9 +247,9 @@ def test_bad_ids_in_an_encoded_dataset_are_refused_before_training():
   ids = d.test_ids.copy()
   ids[2, 1] = -5
   with pytest.raises(ValueError, match=r"data \(test split\): id -5 at position \(2, 1\)"):
-    train.validate_ids(dataclasses.replace(d, test_ids=ids))
+    build_lib.validate_ids(dataclasses.replace(d, test_ids=ids))
   with pytest.raises(TypeError, match=r"data \(dev split\): ids must be integers"):
-    train.validate_ids(dataclasses.replace(d, dev_ids=d.dev_ids.astype(np.float32)))
+    build_lib.validate_ids(dataclasses.replace(d, dev_ids=d.dev_ids.astype(np.float32)))
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -265,14 +267,14 @@ def test_non_finite_loss_or_gradient_never_reaches_the_parameters(poison, tables
   params["embed"]["table"] = params["embed"]["table"].at[5].set(value)
   opt = optax.sgd(0.1)
   if tables == "dense":
-    step = train.make_train_step(model, opt)
+    step = steps_lib.make_train_step(model, opt)
     opt_state = opt.init(params)
   else:
     table_opt = sparse.get_sparse_optimizer(tables, 0.1)
-    step = train.make_train_step(model, opt, table_optimizer=table_opt)
+    step = steps_lib.make_train_step(model, opt, table_optimizer=table_opt)
     dense = {k: v for k, v in params.items() if k != "embed"}
     opt_state = {"dense": opt.init(dense), "table": table_opt.init(params["embed"]["table"])}
-  state = train.TrainState(jnp.array(7), params, opt_state, jax.random.PRNGKey(0))
+  state = steps_lib.TrainState(jnp.array(7), params, opt_state, jax.random.PRNGKey(0))
   new, sums = jax.jit(step)(state, np.array([[1, 5], [2, 3]], np.int32), np.array([0, 1]))
   assert float(sums["nonfinite"]) == 1 and int(sums["first_nonfinite"]) == 7
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
@@ -283,7 +285,7 @@ def test_non_finite_loss_or_gradient_never_reaches_the_parameters(poison, tables
 
 def test_check_finite_names_the_step_or_counts_when_skipping():
   acc = {"nonfinite": jnp.array(2.0), "first_nonfinite": jnp.array(13)}
-  with pytest.raises(train.NonFiniteError, match=r"NaN/inf at step 13 \(2 batch\(es\) up to step "
+  with pytest.raises(steps_lib.NonFiniteError, match=r"NaN/inf at step 13 \(2 batch\(es\) up to step "
                                                  r"15\).*last good checkpoint is kept.*"
                                                  r"train\.skip_nonfinite=true"):
     train._check_finite(acc, config_lib.apply_overrides(Config(), []), 15)

@@ -1,6 +1,6 @@
 """Checks that span modules:
 
-1. ``train.build`` calls ``resources.check_fits`` before allocating anything.
+1. ``build_lib.build`` calls ``resources.check_fits`` before allocating anything.
 2. ``models``: cnn / bilstm name a wrong-rank ``ids`` instead of failing deep inside XLA.
 3. ``pooling.pool_padded``: ``bag(mode="max")`` of bags with no ids at all (shape ``(B, 0)``)
    is a zero vector, as for the other modes.

@@ -14,7 +14,7 @@ from embedlab.models import classifiers as models
 from embedlab.core import optim as optim_lib
 from embedlab.run import resources
 from embedlab.core import sparse
-from embedlab.run import train
+from embedlab.run import steps as steps_lib
 from embedlab.config import Config
 
 ROWS, CLASSES, SEQ_LEN = 2000, 3, 20
@@ -35,7 +35,7 @@ def _config(model, table, optimizer) -> Config:
 
 
 def _compiled_step(cfg):
-  """The train step of ``cfg`` (``train.make_train_step``, as ``train.build`` sets it up),
+  """The train step of ``cfg`` (``steps_lib.make_train_step``, as ``build_lib.build`` sets it up),
   jitted with the state donated and compiled for shapes only."""
   model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
   key = jax.eval_shape(jax.random.PRNGKey, 0)
@@ -46,12 +46,12 @@ def _compiled_step(cfg):
     opt_state = jax.eval_shape(opt.init, params)
   else:
     table_opt = sparse.get_sparse_optimizer(cfg.optim.tables, 0.1)
-    table, dense = train.split_table(params)
+    table, dense = steps_lib.split_table(params)
     opt = optim_lib.make_optimizer(cfg.optim, dense, 100)
     opt_state = {"dense": jax.eval_shape(opt.init, dense),
                  "table": jax.eval_shape(table_opt.init, table)}
-  state = train.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state, key)
-  step = train.make_train_step(model, opt, table_optimizer=table_opt, oob="clip")
+  state = steps_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state, key)
+  step = steps_lib.make_train_step(model, opt, table_optimizer=table_opt, oob="clip")
   batch = cfg.train.batch_size
   return jax.jit(step, donate_argnums=0).lower(
       state, jax.ShapeDtypeStruct((batch, SEQ_LEN), jnp.int32),
@@ -93,9 +93,9 @@ def test_check_step_fits_refuses_with_xla_numbers_and_returns_the_same_program()
   model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
   params = model.init(jax.random.key(0))
   opt = optim_lib.make_optimizer(cfg.optim, params, 100)
-  state = train.TrainState(jnp.array(0, jnp.int32), params, opt.init(params),
+  state = steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt.init(params),
                            jax.random.PRNGKey(0))
-  step = jax.jit(train.make_train_step(model, opt, oob="clip"))
+  step = jax.jit(steps_lib.make_train_step(model, opt, oob="clip"))
   ids = jax.random.randint(jax.random.key(1), (8, SEQ_LEN), 0, ROWS, jnp.int32)
   labels = jnp.arange(8, dtype=jnp.int32) % CLASSES
   compiled, need = resources.check_step_fits(step, state, ids, labels)

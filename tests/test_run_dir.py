@@ -12,6 +12,8 @@ import pytest
 
 from embedlab.run import report
 from embedlab.run import rundir
+from embedlab.run import build as build_lib
+from embedlab.run import loaded
 from embedlab.run import train
 from test_train import final_params, metric_values, quiet, tiny
 
@@ -169,7 +171,7 @@ def test_eval_reads_the_data_with_the_runs_own_vocabulary_after_the_files_change
   # a new train file: other words come first, so a fresh vocabulary would renumber every id
   (folder / "train.tsv").write_text("label\ttext\n" + "".join(
       f"{i % 2}\tzebra{i} yak{i}\n" for i in range(300)))
-  again = train.evaluate_run(run, "test")
+  again = loaded.evaluate_run(run, "test")
   assert again["accuracy"] == results["test_accuracy"]
 
 
@@ -214,7 +216,7 @@ def test_resuming_on_the_same_words_in_a_changed_file_says_so(tmp_path):
 def test_near_the_memory_budget_xla_s_count_of_the_step_is_checked_before_the_run_starts(
     tmp_path, monkeypatch):
   cfg = tiny()
-  estimate = train.build(cfg, train.data_lib.encode_splits(cfg.data, cfg.seed), 1)
+  estimate = build_lib.build(cfg, train.data_lib.encode_splits(cfg.data, cfg.seed), 1)
   total = estimate.memory_estimate["total"]
   # a budget the fast estimate passes, but only just: the compiled step is checked too
   monkeypatch.setattr(train.resources, "available_bytes",

@@ -12,7 +12,7 @@ from embedlab.data import datasets as data_lib
 from embedlab.models import classifiers as models
 from embedlab.core import sparse
 from embedlab.core import tables
-from embedlab.run import train
+from embedlab.run import steps as steps_lib
 from embedlab.config import ModelConfig
 
 V, D, C = 23, 5, 3
@@ -125,9 +125,9 @@ def numpy_sgd_step(table, w, b, ids, labels, lr):
 
 def setup_for(model, lr, table_optimizer):
   params = model.init(jax.random.key(1))
-  table, dense = train.split_table(params)
+  table, dense = steps_lib.split_table(params)
   dense_opt = optax.sgd(lr)
-  state = train.TrainState(jnp.array(0, jnp.int32), params,
+  state = steps_lib.TrainState(jnp.array(0, jnp.int32), params,
                            {"dense": dense_opt.init(dense), "table": table_optimizer.init(table)},
                            jax.random.PRNGKey(2))
   return dense_opt, state
@@ -139,8 +139,8 @@ def test_scatter_step_matches_numpy_and_the_dedup_path(ragged):
   opt = sparse.sparse_sgd(0.7)
   dedup_opt = opt._replace(add=None)  # the same optimizer without add: the dedup path
   dense_opt, state = setup_for(model, 0.7, opt)
-  step = jax.jit(train.make_train_step(model, dense_opt, table_optimizer=opt, oob="clip"))
-  dedup = jax.jit(train.make_train_step(model, dense_opt, table_optimizer=dedup_opt, oob="clip"))
+  step = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=opt, oob="clip"))
+  dedup = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=dedup_opt, oob="clip"))
   rng = np.random.default_rng(5)
   table = np.asarray(state.params["embed"]["table"])
   w, b = (np.asarray(state.params["out"][k]) for k in ("w", "b"))
@@ -170,7 +170,7 @@ def test_scatter_step_skips_a_nonfinite_batch_and_keeps_frozen_rows():
   frozen = np.zeros(V, bool)
   frozen[1:8] = True
   row_mask = jnp.asarray(~frozen)
-  step = jax.jit(train.make_train_step(model, dense_opt, table_optimizer=opt, oob="clip",
+  step = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=opt, oob="clip",
                                        row_mask=row_mask))
   ids = random_bags(np.random.default_rng(6))
   before = jax.tree.map(np.asarray, state)
@@ -194,7 +194,7 @@ def test_scatter_step_checks_ids_by_default():
   model = models.make_model(ModelConfig(name="bag", features=D), V, C)
   opt = sparse.sparse_sgd(0.5)
   dense_opt, state = setup_for(model, 0.5, opt)
-  step = jax.jit(train.make_train_step(model, dense_opt, table_optimizer=opt))
+  step = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=opt))
   ids = random_bags(np.random.default_rng(7))
   ids[5, 6] = V + 4
   with pytest.raises(Exception, match=rf"id {V + 4}"):

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import embedlab as el
 from embedlab.core import sharding
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))

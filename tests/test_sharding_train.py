@@ -59,8 +59,8 @@ for name, extra in runs.items():
   results = train.train(cfg, out / name, restart=True, echo=lambda s: None)
   # where train() put the state: each device holds 1/model of the table and of its slots
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
-  setup = train.build(cfg, data, 30)
-  state = train.init_state(cfg, setup)
+  setup = build_lib.build(cfg, data, 30)
+  state = build_lib.init_state(cfg, setup)
   mesh = sharding.mesh_from_config(cfg.mesh)
   placed = sharding.place(state, sharding.state_shardings(state, mesh, table=cfg.mesh.table))
   table = placed.params["embed"]["table"]
@@ -104,7 +104,7 @@ run, out, base, extra = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
                          json.loads(sys.argv[3]), json.loads(sys.argv[4]))
 cfg = config_lib.load_config("experiments/quickstart.py", base + extra)
 data = train.data_lib.encode_splits(cfg.data, cfg.seed)
-state = train.init_state(cfg, train.build(cfg, data, 30))
+state = build_lib.init_state(cfg, build_lib.build(cfg, data, 30))
 mesh = sharding.mesh_from_config(cfg.mesh)
 if mesh is not None:
   state = sharding.place(state, sharding.state_shardings(state, mesh))

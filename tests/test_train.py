@@ -12,6 +12,9 @@ from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
 from embedlab.analysis import inspection
 from embedlab.models import classifiers as models
+from embedlab.run import build as build_lib
+from embedlab.run import loaded
+from embedlab.run import steps as steps_lib
 from embedlab.run import train
 from embedlab.data import text as text_lib
 from embedlab.config import Config
@@ -187,7 +190,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
   order = train.data_lib.batch_indices(320, 32, seed=cfg.seed, epoch=0)
   bad_step = 6
   poison(monkeypatch, [int(order[bad_step, 0])])
-  with pytest.raises(train.NonFiniteError, match=rf"NaN/inf at step {bad_step} "):
+  with pytest.raises(steps_lib.NonFiniteError, match=rf"NaN/inf at step {bad_step} "):
     train.train(cfg, tmp_path / "run", echo=quiet)
   params = final_params(tmp_path / "run", cfg)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -213,7 +216,7 @@ def test_an_update_that_overflows_is_not_applied(tmp_path, tables):
   assert results["skipped_nonfinite"] >= 1
   params = final_params(tmp_path / "run", cfg)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
-  with pytest.raises(train.NonFiniteError, match=r"the update was NaN/inf at step \d+ "):
+  with pytest.raises(steps_lib.NonFiniteError, match=r"the update was NaN/inf at step \d+ "):
     train.train(tiny("optim.name=sgd", "optim.learning_rate=1e38"), tmp_path / "stop",
                 echo=quiet)
 
@@ -221,16 +224,16 @@ def test_an_update_that_overflows_is_not_applied(tmp_path, tables):
 def test_train_step_compiles_once(tmp_path):
   cfg = tiny()
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
-  setup = train.build(cfg, data, 10)
+  setup = build_lib.build(cfg, data, 10)
   traces = {"n": 0}
-  inner = train.make_multi_step(train.make_train_step(setup.model, setup.optimizer))
+  inner = steps_lib.make_multi_step(steps_lib.make_train_step(setup.model, setup.optimizer))
 
   def counted(*args):
     traces["n"] += 1
     return inner(*args)
 
   step = jax.jit(counted, donate_argnums=0)
-  state = train.init_state(cfg, setup)
+  state = build_lib.init_state(cfg, setup)
   for k in range(5):
     rows = np.arange(k * 64, (k + 1) * 64).reshape(2, 32)  # 2 steps per dispatch
     state, _ = step(state, data.train_ids[rows], data.train_labels[rows])
@@ -240,11 +243,11 @@ def test_train_step_compiles_once(tmp_path):
 def test_predict_and_eval_use_the_best_checkpoint(tmp_path):
   cfg = tiny("train.num_epochs=4")
   results = train.train(cfg, tmp_path / "run", echo=quiet)
-  again = train.evaluate_run(tmp_path / "run", "test")
+  again = loaded.evaluate_run(tmp_path / "run", "test")
   assert again["accuracy"] == pytest.approx(results["test_accuracy"])
   words = train.data_lib.synthetic_word_topics(cfg.data)
   topic0 = [w for w, t in words.items() if t == 0][:8]
-  rows = train.predict(tmp_path / "run", [" ".join(topic0)])
+  rows = loaded.predict(tmp_path / "run", [" ".join(topic0)])
   assert rows[0]["label"] == json.loads((tmp_path / "run" / "labels.json").read_text())[0]
   assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-3
 
@@ -261,9 +264,9 @@ def test_predict_encodes_texts_as_training_did(tmp_path, prune):
   texts = train.data_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
   run_cfg, vocab, names = train.report.load_run(tmp_path / "run")
   kept = train.report.load_buckets(tmp_path / "run", run_cfg)
-  model, params = train.restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
+  model, params = loaded.restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
   want = np.asarray(jax.nn.softmax(model.apply(params, data.test_ids[:3]), -1))
-  rows = train.predict(tmp_path / "run", list(texts))
+  rows = loaded.predict(tmp_path / "run", list(texts))
   for row, p in zip(rows, want):
     np.testing.assert_allclose([row["probabilities"][n] for n in names], p, atol=1e-4)
   if prune:
@@ -333,7 +336,7 @@ def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, 
   table = final_params(tmp_path / "run", cfg)["embed"]["table"]
   np.testing.assert_array_equal(table[2:12], vectors)
   assert np.all(table[0] == 0)
-  assert not np.allclose(table[12:], train.build(cfg, data, 10).params["embed"]["table"][12:])
+  assert not np.allclose(table[12:], build_lib.build(cfg, data, 10).params["embed"]["table"][12:])
 
 
 @pytest.mark.slow
@@ -374,12 +377,12 @@ def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
   path = tmp_path / "vectors.txt"
   pretrained.save_vectors(path, {"table": vectors}, words)
   cfg = tiny(f"model.pretrained={path}", "model.pretrained_scale=0.5")  # 3 of 8 features
-  table = np.asarray(train.build(cfg, data, 10).params["embed"]["table"])
+  table = np.asarray(build_lib.build(cfg, data, 10).params["embed"]["table"])
   assert table.shape[1] == 8
   np.testing.assert_allclose(table[2:7, :3], 0.5 * vectors, rtol=1e-6)
   assert np.all(table[0] == 0) and np.std(table[2:, 3:]) > 0
   with pytest.raises(config_lib.ConfigError, match="has 3 features but model.features=2"):
-    train.build(tiny(f"model.pretrained={path}", "model.features=2"), data, 10)
+    build_lib.build(tiny(f"model.pretrained={path}", "model.features=2"), data, 10)
 
 
 @pytest.mark.slow
@@ -432,7 +435,7 @@ def test_ragged_step_gradients_equal_padded_ones():
   packed = train.data_lib.ragged_batches(ids, 64)
 
   def loss(p, batch):
-    logits = train._apply(model, p, batch, 6)
+    logits = steps_lib.apply_model(model, p, batch, 6)
     return train.optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   la, ga = jax.value_and_grad(loss)(params, jnp.asarray(ids))
@@ -448,7 +451,7 @@ def test_ragged_batches_on_a_mesh_stay_padded():
   trains on padded batches and says so, instead of failing."""
   cfg = tiny("train.ragged_batches=true")
   said = []
-  pack = train._ragged_packer(cfg, None, 10, 20, None, object(), said.append)
+  pack = build_lib.ragged_packer(cfg, None, 10, 20, None, object(), said.append)
   ids = np.arange(12).reshape(1, 3, 4)
   assert pack(ids) is ids and "padded batches" in said[0]
 
@@ -473,7 +476,7 @@ def test_best_parameters_are_written_with_the_next_checkpoint(tmp_path, monkeypa
                                               real_latest(self, step, *a)))
   results = train.train(tiny("train.checkpoint_every=1000000"), tmp_path / "run", echo=quiet)
   assert saves == [("best", results["best_step"]), ("latest", 20)]
-  assert train.evaluate_run(tmp_path / "run", "test")["accuracy"] == results["test_accuracy"]
+  assert loaded.evaluate_run(tmp_path / "run", "test")["accuracy"] == results["test_accuracy"]
   saves.clear()  # the default (a checkpoint at each evaluation): each better one right away
   results = train.train(tiny("train.checkpoint_every=0"), tmp_path / "run2", echo=quiet)
   bests = [s for w, s in saves if w == "best"]

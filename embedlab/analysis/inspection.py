@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from embedlab import config as config_lib
+from embedlab.core import tables
 from embedlab.data import vectors as pretrained_lib
 from embedlab.run import report
 
@@ -167,10 +168,10 @@ def initial_table(cfg: config_lib.Config) -> np.ndarray:
   """
   # imported here: train may come to import this module to report on a finished run
   from embedlab.data import datasets as data_lib  # noqa: PLC0415
-  from embedlab.run import train  # noqa: PLC0415
+  from embedlab.run import build as build_lib  # noqa: PLC0415
   data = data_lib.encode_splits(cfg.data, cfg.seed)
-  _, steps = train.total_steps(cfg, len(data.train_labels))
-  embed = train.build(cfg, data, steps).params["embed"]
+  _, steps = build_lib.total_steps(cfg, len(data.train_labels))
+  embed = build_lib.build(cfg, data, steps).params["embed"]
   return _logical_table(cfg, embed, data.num_embeddings)
 
 

@@ -33,9 +33,8 @@ gathers them. Ragged bags check their segment ids the same way (``ids_lib.normal
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

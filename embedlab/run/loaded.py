@@ -17,13 +17,16 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from embedlab import config as config_lib
 from embedlab.data import datasets as data_lib
-from embedlab.models import classifiers as models_lib
-from embedlab.run import report
 from embedlab.data import text as text_lib
+from embedlab.models import classifiers as models_lib
+from embedlab.run import checkpoint as ckpt_lib
+from embedlab.run import preflight, report
+from embedlab.run import steps as steps_lib
 
 
 class UnknownWordsError(KeyError):
@@ -60,7 +63,7 @@ class Run:
     """Class probabilities ``float32[N, num_classes]`` of ``texts``."""
     if isinstance(texts, str):
       raise TypeError("Run.probabilities takes a list of texts; wrap one text in a list.")
-    logits = _apply(self.model)(self.params, self.encode(texts))
+    logits = apply_model(self.model)(self.params, self.encode(texts))
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
   def predict(self, texts: Sequence[str], *, k: int = 1,
@@ -101,7 +104,7 @@ class Run:
 
 
 @functools.lru_cache(maxsize=8)
-def _apply(model):
+def apply_model(model):
   return jax.jit(model.apply)
 
 
@@ -115,6 +118,77 @@ def load_run(path: str | pathlib.Path) -> Run:
   path = pathlib.Path(path)
   cfg, vocab, label_names = report.load_run(path)
   kept = report.load_buckets(path, cfg)
-  from embedlab.run import train  # noqa: PLC0415 - the runner's restore, shared with eval
-  model, params = train.restore_for_eval(path, cfg, vocab, label_names, kept)
+  model, params = restore_for_eval(path, cfg, vocab, label_names, kept)
   return Run(path, cfg, model, params, vocab, tuple(label_names), kept)
+
+
+def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
+  """Labels and probabilities for raw texts, with the best parameters of a finished run
+  (``embedlab.load_run(run_dir).predict`` gives the top ``k`` labels)."""
+  run = load_run(run_dir)
+  return [{"text": t, "label": run.label_names[int(p.argmax())],
+           "probabilities": {n: round(float(q), 4) for n, q in zip(run.label_names, p)}}
+          for t, p in zip(texts, run.probabilities(texts))]
+
+
+def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
+                 quantize: str | None = None) -> dict[str, float]:
+  """Re-evaluates the best parameters of a run on one of its data splits.
+
+  ``quantize`` (``"int8"``, ``"int4"`` or ``"int2"``) evaluates with the embedding quantized
+  row-wise (``embedlab.core.compress.quantize_entries``), as ``embedlab export --quantize`` writes it;
+  the result then also holds the embedding's bytes before and after.
+  """
+  run_dir = pathlib.Path(run_dir)
+  cfg, vocab, label_names = report.load_run(run_dir)
+  kept = report.load_buckets(run_dir, cfg)
+  model, params = restore_for_eval(run_dir, cfg, vocab, label_names, kept)
+  extra = {}
+  if quantize is not None:
+    from embedlab.core import compress  # noqa: PLC0415
+    quantized = compress.quantize_entries(params["embed"],
+                                          compress.quantize_bits(quantize, "eval"))
+    extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
+             "quantized_bytes": compress.table_bytes(quantized)}
+    params = {**params, "embed": compress.dequantize_entries(quantized)}
+  ids, labels = split_for_run(cfg, vocab, label_names, kept, split)
+  result = steps_lib.evaluate(jax.jit(steps_lib.make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
+  return {**result, **extra}
+
+
+def split_for_run(cfg, vocab, label_names, kept, split: str):
+  """``(ids, labels)`` of a data split encoded with the run's own vocabulary and labels, so an
+  evaluation reads the ids and classes the run was trained with, whatever the files hold now."""
+  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  if not preflight.data_changes(vocab, label_names, data):  # the usual case: the cached encoding
+    ids, labels = {"train": (data.train_ids, data.train_labels),
+                   "dev": (data.dev_ids, data.dev_labels),
+                   "test": (data.test_ids, data.test_labels)}[split]
+    if ids is None:
+      raise ValueError(f"eval: the run's data has no {split!r} split.")
+    return ids, labels
+  splits, names = data_lib.load_splits(cfg.data, cfg.seed)
+  if split not in splits:
+    raise ValueError(f"eval: the run's data has no {split!r} split.")
+  rows = splits[split]
+  index = {name: i for i, name in enumerate(label_names)}
+  unknown = sorted({names[int(i)] for i in rows.labels} - set(index))
+  if unknown:
+    raise data_lib.DataError(f"eval: the {split} split has labels the run never trained on "
+                             f"({', '.join(unknown[:5])}); its classes are {list(label_names)}.")
+  labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
+  return data_lib.encode_texts(cfg.data, vocab, rows.texts, kept), labels
+
+
+def restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
+  num_embeddings = data_lib.table_rows(cfg.data, len(vocab), kept_buckets)
+  model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
+  target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
+  checkpoints = ckpt_lib.Checkpoints(run_dir, read_only=True)
+  restored = checkpoints.restore_best(target) or None
+  checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"{run_dir} holds no best checkpoint; train it first "
+                            f"(embedlab train EXPERIMENT --workdir {run_dir}).")
+  return model, restored[1]

@@ -29,8 +29,12 @@ import numpy as np
 
 from embedlab import config as config_lib
 from embedlab.core import tables
-from embedlab.run.rundir import RunDirError  # noqa: F401 - raised by RunDir
-from embedlab.run.rundir import acquire_lock, delete_run, run_dir_state
+from embedlab.run.rundir import (
+  RunDirError,  # noqa: F401 - raised by RunDir
+  acquire_lock,
+  delete_run,
+  run_dir_state,
+)
 
 
 class RunDir:
@@ -533,7 +537,7 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
 
   from embedlab.core import compress  # noqa: PLC0415
   from embedlab.models import classifiers as models_lib  # noqa: PLC0415
-  from embedlab.run import train  # noqa: PLC0415
+  from embedlab.run import steps as steps_lib  # noqa: PLC0415
 
   embed = setup.params["embed"]
   embed_weights = sum(math.prod(x.shape) for x in jax.tree.leaves(embed))
@@ -545,11 +549,11 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
                      if tuple(x.shape) in shapes)
     path = f"dense optax {cfg.optim.name}"
   else:
-    table = train.split_table(setup.params)[0]
+    table = steps_lib.split_table(setup.params)[0]
     state = jax.eval_shape(setup.table_optimizer.init, table)
     slot_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     path = f"row-sparse {cfg.optim.tables}"
-    if train.scatter_adds(setup.model, setup.table_optimizer, mesh):
+    if steps_lib.scatter_adds(setup.model, setup.table_optimizer, mesh):
       path += ", each occurrence's gradient scatter-added"
   if setup.frozen:
     path += " (frozen)"
