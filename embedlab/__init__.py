@@ -17,11 +17,15 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
   from embedlab.core.ids import check_ids  # noqa: F401
   from embedlab.data.vectors import (  # noqa: F401
       load_vectors, read_vectors, save_vectors)
-  from embedlab.analysis.inspection import (  # noqa: F401
-      EmbeddingSummary, RunEmbedding, TopicCheck, UnknownWordError, analogy,
-      class_association, export_npy, export_projector, export_run, export_word2vec,
-      load_embedding, nearest_neighbours, neighbours, pca, plot_embedding, summarize_run,
-      summarize_table, topic_neighbour_accuracy, unit_rows)
+  from embedlab.analysis.exports import (  # noqa: F401
+      export_npy, export_projector, export_word2vec)
+  from embedlab.analysis.geometry import (  # noqa: F401
+      EmbeddingSummary, TopicCheck, class_association, pca, summarize_table,
+      topic_neighbour_accuracy)
+  from embedlab.analysis.neighbours import (  # noqa: F401
+      UnknownWordError, analogy, nearest_neighbours, neighbours, unit_rows)
+  from embedlab.run.inspection import (  # noqa: F401
+      RunEmbedding, export_run, load_embedding, plot_embedding, summarize_run)
   from embedlab.core.optim import (  # noqa: F401
       freeze, freeze_rows, path_mask)
   from embedlab.core.sharding import (  # noqa: F401
@@ -56,25 +60,25 @@ _MODULES = {
     "load_vectors": "embedlab.data.vectors",
     "read_vectors": "embedlab.data.vectors",
     "save_vectors": "embedlab.data.vectors",
-    "EmbeddingSummary": "embedlab.analysis.inspection",
-    "RunEmbedding": "embedlab.analysis.inspection",
-    "TopicCheck": "embedlab.analysis.inspection",
-    "UnknownWordError": "embedlab.analysis.inspection",
-    "analogy": "embedlab.analysis.inspection",
-    "class_association": "embedlab.analysis.inspection",
-    "export_npy": "embedlab.analysis.inspection",
-    "export_projector": "embedlab.analysis.inspection",
-    "export_run": "embedlab.analysis.inspection",
-    "export_word2vec": "embedlab.analysis.inspection",
-    "load_embedding": "embedlab.analysis.inspection",
-    "nearest_neighbours": "embedlab.analysis.inspection",
-    "neighbours": "embedlab.analysis.inspection",
-    "pca": "embedlab.analysis.inspection",
-    "plot_embedding": "embedlab.analysis.inspection",
-    "summarize_run": "embedlab.analysis.inspection",
-    "summarize_table": "embedlab.analysis.inspection",
-    "topic_neighbour_accuracy": "embedlab.analysis.inspection",
-    "unit_rows": "embedlab.analysis.inspection",
+    "EmbeddingSummary": "embedlab.analysis.geometry",
+    "RunEmbedding": "embedlab.run.inspection",
+    "TopicCheck": "embedlab.analysis.geometry",
+    "UnknownWordError": "embedlab.analysis.neighbours",
+    "analogy": "embedlab.analysis.neighbours",
+    "class_association": "embedlab.analysis.geometry",
+    "export_npy": "embedlab.analysis.exports",
+    "export_projector": "embedlab.analysis.exports",
+    "export_run": "embedlab.run.inspection",
+    "export_word2vec": "embedlab.analysis.exports",
+    "load_embedding": "embedlab.run.inspection",
+    "nearest_neighbours": "embedlab.analysis.neighbours",
+    "neighbours": "embedlab.analysis.neighbours",
+    "pca": "embedlab.analysis.geometry",
+    "plot_embedding": "embedlab.run.inspection",
+    "summarize_run": "embedlab.run.inspection",
+    "summarize_table": "embedlab.analysis.geometry",
+    "topic_neighbour_accuracy": "embedlab.analysis.geometry",
+    "unit_rows": "embedlab.analysis.neighbours",
     "freeze": "embedlab.core.optim",
     "freeze_rows": "embedlab.core.optim",
     "path_mask": "embedlab.core.optim",
@@ -172,7 +176,7 @@ _MOVED = {
     "sparse": "embedlab.core.sparse", "optim": "embedlab.core.optim",
     "sharding": "embedlab.core.sharding", "flax_adapter": "embedlab.models.flax_embed",
     "text": "embedlab.data.text", "pretrained": "embedlab.data.vectors",
-    "models": "embedlab.models.classifiers", "inspection": "embedlab.analysis.inspection",
+    "models": "embedlab.models.classifiers", "inspection": "embedlab.run.inspection",
     "train": "embedlab.run.train", "checkpoint": "embedlab.run.checkpoint",
 }
 

@@ -170,7 +170,7 @@ def _train(args) -> int:
     planted = None
     # show what the embedding layer learned (one process writes the run directory)
     if cfg.data.source == "synthetic" and sharding.is_primary():
-      from embedlab.analysis import inspection  # noqa: PLC0415
+      from embedlab.run import inspection  # noqa: PLC0415
       planted = inspection.record_planted_structure(workdir)
       results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
     print(json.dumps(results, indent=2))
@@ -264,7 +264,8 @@ def _predict(args) -> int:
 
 def _inspect(args) -> int:
   import time  # noqa: PLC0415
-  from embedlab.analysis import inspection  # noqa: PLC0415
+  from embedlab.analysis import geometry, neighbours  # noqa: PLC0415
+  from embedlab.run import inspection  # noqa: PLC0415
   from embedlab.run import report  # noqa: PLC0415
 
   emb = inspection.load_embedding(args.run_dir, args.checkpoint)
@@ -277,7 +278,7 @@ def _inspect(args) -> int:
     print(f"(rows changed by training: unknown; the initial table could not be rebuilt: "
           f"{_one_line(e)})")
   summary = (inspection.summarize_run(emb, initial=initial) if initial is not None else
-             inspection.summarize_table(emb.table, words=emb.num_words))
+             geometry.summarize_table(emb.table, words=emb.num_words))
   if emb.config.model.table != "plain":
     from embedlab.models import classifiers as models  # noqa: PLC0415
     stored = models.table_summary(emb.config.model, emb.embed, emb.table.shape[0])
@@ -288,7 +289,7 @@ def _inspect(args) -> int:
   found = []
   if args.words:
     start = time.perf_counter()
-    found = inspection.neighbours(words, tokens, args.words, k=args.k)
+    found = neighbours.neighbours(words, tokens, args.words, k=args.k)
     took = time.perf_counter() - start
     print(f"nearest neighbours by cosine similarity ({len(tokens):,} words searched, "
           f"{took * 1000:.1f} ms):")
@@ -296,7 +297,7 @@ def _inspect(args) -> int:
       print(f"  {word:<16} " + "  ".join(f"{w} {s:.3f}" for w, s in row))
   if args.analogy:
     a, b, c = args.analogy
-    row = inspection.analogy(words, tokens, a, b, c, k=args.k)
+    row = neighbours.analogy(words, tokens, a, b, c, k=args.k)
     print(f"{a} - {b} + {c} = " + "  ".join(f"{w} {s:.3f}" for w, s in row))
   if args.plots is not None:
     out = pathlib.Path(args.plots or emb.run_dir / "plots")
@@ -310,7 +311,7 @@ def _inspect(args) -> int:
 
 
 def _export(args) -> int:
-  from embedlab.analysis import inspection  # noqa: PLC0415
+  from embedlab.run import inspection  # noqa: PLC0415
 
   if args.format is None and not args.quantize:
     raise ValueError("export: choose --format word2vec, projector or npy (or --quantize int8).")

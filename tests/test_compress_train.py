@@ -12,7 +12,7 @@ import pytest
 import embedlab as el
 from embedlab import config as config_lib
 from embedlab.core import compress
-from embedlab.analysis import inspection
+from embedlab.run import inspection
 from embedlab.models import classifiers as models
 from embedlab.run import report
 from embedlab.run import build as build_lib

@@ -13,7 +13,9 @@ import pytest
 
 from embedlab import cli, config as config_lib
 from embedlab.data import datasets as data_lib
-from embedlab.analysis import inspection
+from embedlab.analysis import geometry
+from embedlab.analysis import neighbours
+from embedlab.run import inspection
 from embedlab.run import report
 from embedlab.run import build as build_lib
 
@@ -73,7 +75,7 @@ def test_nearest_neighbours_match_brute_force():
   skip = np.zeros(len(table), bool)
   skip[[0, 3, 5]] = True
   exclude = np.random.default_rng(2).integers(-1, len(table), size=(9, 2))
-  ids, scores = inspection.nearest_neighbours(table, queries, k=6, skip=skip,
+  ids, scores = neighbours.nearest_neighbours(table, queries, k=6, skip=skip,
                                               exclude_ids=exclude)
   assert ids.shape == scores.shape == (9, 6)
   for q in range(9):
@@ -86,9 +88,9 @@ def test_nearest_neighbours_match_brute_force():
 def test_nearest_neighbours_in_blocks_equal_one_block(monkeypatch):
   table = random_table()
   queries = table[10:60]
-  whole = inspection.nearest_neighbours(table, queries, k=4)
+  whole = neighbours.nearest_neighbours(table, queries, k=4)
   monkeypatch.setattr(inspection, "_SCORES_PER_BLOCK", 3 * len(table))  # 3 queries per block
-  blocks = inspection.nearest_neighbours(table, queries, k=4)
+  blocks = neighbours.nearest_neighbours(table, queries, k=4)
   np.testing.assert_array_equal(whole[0], blocks[0])
   np.testing.assert_array_equal(whole[1], blocks[1])
 
@@ -98,7 +100,7 @@ def test_word_neighbours_and_analogy_match_numpy_and_gensim():
   table = random_table(200, 8, seed=3)
   tokens = ["<pad>", "<unk>"] + [f"w{i}" for i in range(198)]
   words = ["w5", "w77", "w150"]  # w5 is row 7, all zero: every cosine is 0, ties go to low ids
-  got = inspection.neighbours(table, tokens, words, k=5)
+  got = neighbours.neighbours(table, tokens, words, k=5)
   for word, row in zip(words, got):
     want_ids, want_scores = brute_force_neighbours(table, table[tokens.index(word)], 5,
                                                    {0, 1, tokens.index(word)})
@@ -109,7 +111,7 @@ def test_word_neighbours_and_analogy_match_numpy_and_gensim():
   table[7] = 1.0  # gensim turns an all-zero vector into NaNs
   kv = KeyedVectors(8)
   kv.add_vectors(tokens[2:], table[2:])  # gensim without the two special rows
-  for word, row in zip(words, inspection.neighbours(table, tokens, words, k=5)):
+  for word, row in zip(words, neighbours.neighbours(table, tokens, words, k=5)):
     assert [w for w, _ in row] == [w for w, _ in kv.most_similar(word, topn=5)]
 
   a, b, c = "w10", "w20", "w30"
@@ -117,7 +119,7 @@ def test_word_neighbours_and_analogy_match_numpy_and_gensim():
   query = unit[tokens.index(a)] - unit[tokens.index(b)] + unit[tokens.index(c)]
   want_ids, want_scores = brute_force_neighbours(
       table, query, 4, {0, 1} | {tokens.index(w) for w in (a, b, c)})
-  got = inspection.analogy(table, tokens, a, b, c, k=4)
+  got = neighbours.analogy(table, tokens, a, b, c, k=4)
   assert [w for w, _ in got] == [tokens[i] for i in want_ids]
   np.testing.assert_allclose([s for _, s in got], want_scores, atol=1e-4)
   gensim = kv.most_similar(positive=[a, c], negative=[b], topn=4)
@@ -128,16 +130,16 @@ def test_word_neighbours_and_analogy_match_numpy_and_gensim():
 def test_unknown_word_is_a_key_error_naming_close_words():
   tokens = ["<pad>", "<unk>", "movie", "film"]
   with pytest.raises(KeyError, match=r"'movei' is not in the vocabulary.*did you mean 'movie'"):
-    inspection.neighbours(np.eye(4, dtype=np.float32), tokens, ["movei"])
+    neighbours.neighbours(np.eye(4, dtype=np.float32), tokens, ["movei"])
 
 
 def test_a_query_on_100k_rows_takes_well_under_a_second():
   table = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
   tokens = ["<pad>", "<unk>"] + [f"w{i}" for i in range(len(table) - 2)]
-  inspection.neighbours(table, tokens, ["w1"], k=10)  # warm-up (BLAS threads)
+  neighbours.neighbours(table, tokens, ["w1"], k=10)  # warm-up (BLAS threads)
   start = time.perf_counter()
-  (row,) = inspection.neighbours(table, tokens, ["w99000"], k=10)
-  answer = inspection.analogy(table, tokens, "w3", "w4", "w5", k=10)
+  (row,) = neighbours.neighbours(table, tokens, ["w99000"], k=10)
+  answer = neighbours.analogy(table, tokens, "w3", "w4", "w5", k=10)
   took = time.perf_counter() - start
   assert took < 1.0, f"two queries on 100k rows took {took:.2f} s"
   query = table[tokens.index("w99000")]
@@ -155,7 +157,7 @@ def test_summarize_table_against_numpy():
   trained = initial.copy()
   trained[[3, 9, 20]] += 0.5
   trained[30, 2] = 7.0
-  summary = inspection.summarize_table(trained, initial=initial, pretrained_rows=12, words=40)
+  summary = geometry.summarize_table(trained, initial=initial, pretrained_rows=12, words=40)
   norms = np.linalg.norm(trained[1:], axis=1)
   assert (summary.rows, summary.features, summary.nbytes) == (50, 4, 50 * 4 * 4)
   assert summary.updated_rows == 4 and summary.zero_rows == 2
@@ -182,7 +184,7 @@ def test_run_summary_counts_exactly_the_rows_training_touched(emb):
 
 def test_pca_matches_the_covariance_eigenvectors():
   points = np.random.default_rng(0).normal(size=(80, 5)) * [5, 3, 1, 0.5, 0.1]
-  coords, explained = inspection.pca(points, 2)
+  coords, explained = geometry.pca(points, 2)
   centred = points - points.mean(0)
   values, vectors = np.linalg.eigh(centred.T @ centred)
   top = vectors[:, ::-1][:, :2]
@@ -197,7 +199,7 @@ def test_class_association_against_a_loop():
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 30, size=(200, 12))
   labels = rng.integers(0, 3, size=200)
-  classes, counts = inspection.class_association(ids, labels, 30, 3, min_count=10)
+  classes, counts = geometry.class_association(ids, labels, 30, 3, min_count=10)
   want = np.zeros((30, 3), np.int64)
   for doc, label in zip(ids, labels):
     for i in doc:
@@ -213,7 +215,7 @@ def test_topic_check_against_brute_force():
   table = random_table(60, 6, seed=4)
   tokens = ["<pad>", "<unk>"] + [f"w{i}" for i in range(58)]
   topics = {f"w{i}": (i % 3 if i < 45 else -1) for i in range(58)}
-  check = inspection.topic_neighbour_accuracy(table, tokens, topics, k=4)
+  check = geometry.topic_neighbour_accuracy(table, tokens, topics, k=4)
   hits, total, chance = 0, 0, []
   for i, token in enumerate(tokens):
     if topics.get(token, -1) < 0:
@@ -252,7 +254,7 @@ def test_embedding_picture_shows_every_selected_word_in_its_group(emb, tmp_path)
   assert sum(len(v) for v in pic.series.values()) == 300
   for g in set(shown.tolist()):
     assert len(pic.series[names[g]]) == (shown == g).sum()
-  coords, _ = inspection.pca(emb.words[2:302], 2)
+  coords, _ = geometry.pca(emb.words[2:302], 2)
   drawn = np.concatenate([pic.series[names[g]] for g in sorted(set(shown.tolist()))])
   want = np.concatenate([coords[shown == g] for g in sorted(set(shown.tolist()))])
   np.testing.assert_allclose(drawn, want, atol=1e-5)
@@ -352,7 +354,7 @@ def test_inspect_command_prints_summary_neighbours_analogy_and_writes_pictures(r
   out = capsys.readouterr().out
   assert f"{emb.table.shape[0]} rows x 16 features" in out
   assert "rows changed by training:" in out and "rows from pretrained vectors: 0" in out
-  for word, row in zip(["t0_w1", "s3"], inspection.neighbours(emb.words, emb.tokens[:emb.num_words],
+  for word, row in zip(["t0_w1", "s3"], neighbours.neighbours(emb.words, emb.tokens[:emb.num_words],
                                                               ["t0_w1", "s3"], k=3)):
     line = next(x for x in out.splitlines() if x.strip().startswith(word + " "))
     assert line.split()[1:] == [x for w, s in row for x in (w, f"{s:.3f}")]

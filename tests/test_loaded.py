@@ -9,7 +9,7 @@ import pytest
 
 import embedlab as el
 from embedlab import cli
-from embedlab.analysis import inspection
+from embedlab.run import inspection
 from embedlab.run import train
 from test_train import quiet, tiny
 

@@ -10,7 +10,7 @@ import pytest
 
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab.analysis import inspection
+from embedlab.run import inspection
 from embedlab.models import classifiers as models
 from embedlab.run import build as build_lib
 from embedlab.run import loaded
@@ -98,9 +98,9 @@ def test_tensorboard_import_leaves_torch_importable():
   """report hides torch while tensorboardX loads (it would import it only for type hints); the
   hiding entry must not outlive the import, or a later `import torch` would fail."""
   import sys  # noqa: PLC0415
-  from embedlab.run import report  # noqa: PLC0415
+  from embedlab.run import startup  # noqa: PLC0415
   had = "torch" in sys.modules
-  report._import_tensorboardx()
+  startup.import_tensorboardx()
   assert "tensorboardX" in sys.modules
   assert sys.modules.get("torch", "absent") is not None
   assert ("torch" in sys.modules) == had

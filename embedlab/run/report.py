@@ -16,19 +16,18 @@ A run directory holds::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
-import sys
-import threading
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from embedlab import config as config_lib
+from embedlab.analysis import plots
 from embedlab.core import tables
+from embedlab.run import startup
 from embedlab.run.rundir import (
   RunDirError,  # noqa: F401 - raised by RunDir
   acquire_lock,
@@ -58,15 +57,14 @@ class RunDir:
     if state in ("new", "restart"):
       for name in ("metrics.jsonl", "results.json"):  # left by a start that never saved
         (path / name).unlink(missing_ok=True)
-      _atomic_write(config_file, config_lib.to_json(cfg) + "\n")
+      atomic_write(config_file, config_lib.to_json(cfg) + "\n")
     self.metrics_file = path / "metrics.jsonl"
     self._tb = None
     # tensorboardX (and matplotlib for the end-of-run plots) take ~0.3 s and ~0.6 s to import:
     # start that now, in the background, so it overlaps with loading data and compiling
-    self._tb_import = threading.Thread(target=_import_tensorboardx, daemon=True)
-    self._tb_import.start()
+    self._tb_import = startup.in_background(startup.import_tensorboardx)
     if cfg.train.plots:
-      threading.Thread(target=_pyplot, daemon=True).start()
+      startup.in_background(startup.import_pyplot)
     self._last_log = (None, time.perf_counter())
 
   def close(self) -> None:
@@ -83,9 +81,9 @@ class RunDir:
     (``buckets.npy``): what ``predict`` needs to encode new texts as training did; and
     ``fingerprint`` (``rundir.data_fingerprint``) as ``data.json``."""
     if fingerprint is not None:
-      _atomic_write(self.path / "data.json", json.dumps(fingerprint, indent=2) + "\n")
+      atomic_write(self.path / "data.json", json.dumps(fingerprint, indent=2) + "\n")
     vocab.save(self.path / "vocab.txt")
-    _atomic_write(self.path / "labels.json", json.dumps(list(label_names)) + "\n")
+    atomic_write(self.path / "labels.json", json.dumps(list(label_names)) + "\n")
     if kept_buckets is not None:
       tmp = self.path / "buckets.npy.tmp"
       with open(tmp, "wb") as f:
@@ -104,7 +102,7 @@ class RunDir:
         continue
       if event["step"] <= step:
         kept.append(line)
-    _atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
+    atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
 
   def _event(self, record: dict) -> None:
     with self.metrics_file.open("a") as f:
@@ -147,7 +145,7 @@ class RunDir:
                  "loss": metrics["loss"], "accuracy": metrics["accuracy"]})
 
   def write_results(self, results: dict) -> None:
-    _atomic_write(self.path / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(self.path / "results.json", json.dumps(results, indent=2) + "\n")
     if self.cfg.train.plots:
       plot_runs([self.path], self.path / "plots")
     if self._tb:
@@ -155,23 +153,7 @@ class RunDir:
       self._tb = None
 
 
-def _import_tensorboardx() -> None:
-  # tensorboardX's writer imports torch when it is installed (1.2 s of CPU) only to name
-  # torch.Tensor in type hints; embedlab logs Python floats, so torch stays out unless the
-  # process has already imported it (then it costs nothing)
-  hide_torch = "torch" not in sys.modules
-  if hide_torch:
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which it handles
-  try:
-    import tensorboardX  # noqa: F401, PLC0415
-  except ImportError:  # pragma: no cover - a dependency; _writer reports it
-    pass
-  finally:
-    if hide_torch and sys.modules.get("torch", 0) is None:
-      del sys.modules["torch"]
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
+def atomic_write(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   tmp.replace(path)
@@ -275,221 +257,6 @@ def progress_bar(total: int, initial: int, enabled: bool):
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
 
 
-def plot_runs(run_dirs: list[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
-  """Writes ``loss.png`` and ``accuracy.png`` (training and dev curves) for one or more runs."""
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  written = []
-  for metric in ("loss", "accuracy"):
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for run_dir in run_dirs:
-      events = read_metrics(run_dir)
-      name = pathlib.Path(run_dir).name
-      train = [(e["step"], e[metric]) for e in events if e["event"] == "train"]
-      dev = [(e["step"], e[metric]) for e in events if e.get("split") == "dev"]
-      if train:
-        ax.plot(*zip(*train), label=f"{name} train", alpha=0.8)
-      if dev:
-        ax.plot(*zip(*dev), marker="o", label=f"{name} dev")
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / f"{metric}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
-  return written
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Picture:
-  """A PNG written by one of the ``plot_*`` functions, with the data it shows.
-
-  Attributes:
-    path: the PNG.
-    series: every drawn series, read back from the figure's artists after drawing: scatter
-      points ``[n, 2]``, line points ``[n, 2]`` and histogram bar heights ``[bins]``, keyed by
-      their legend label (prefixed ``"<panel title>: "`` when the figure has several panels).
-    labels: the texts written beside points.
-  """
-
-  path: pathlib.Path
-  series: dict
-  labels: tuple[str, ...] = ()
-
-
-def _pyplot():
-  import matplotlib  # noqa: PLC0415 - imported when drawing, never at import time
-  matplotlib.use("Agg")  # headless: no display needed
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  return plt
-
-
-def _drawn(fig) -> dict:
-  """What the figure shows, read from its artists (tests check this, not pixels)."""
-  import numpy as np  # noqa: PLC0415
-  axes = fig.get_axes()
-  series = {}
-  for ax in axes:
-    prefix = f"{ax.get_title()}: " if len(axes) > 1 else ""
-    for artist in ax.collections:
-      series[prefix + artist.get_label()] = np.asarray(artist.get_offsets(), float)
-    for line in ax.get_lines():
-      series[prefix + line.get_label()] = np.asarray(line.get_xydata(), float)
-    for container in ax.containers:
-      label = container.get_label()
-      if label.startswith("_") and len(container):  # hist() labels its first bar instead
-        label = container[0].get_label()
-      series[prefix + label] = np.array([p.get_height() for p in container])
-  return series
-
-
-def _save(fig, plt, path) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return path
-
-
-def plot_projection(coords, words: Sequence[str], groups, group_names: Sequence[str],
-                    path: str | pathlib.Path, *, labelled=(), title: str = "",
-                    dpi: int = 100) -> Picture:
-  """A scatter plot of 2-D points (e.g. a PCA of word vectors), one colour per group.
-
-  Args:
-    coords: ``[N, 2]`` points.
-    words: ``N`` words, written beside the ``labelled`` points.
-    groups: ``int[N]``; group ``g`` is drawn in colour ``g`` and named ``group_names[g]``;
-      group ``-1`` (``group_names[-1]``) in grey, underneath.
-    group_names: the groups' names (legend), the name of group ``-1`` last.
-    path: the PNG to write.
-    labelled: indices of the points to write words beside.
-    title: the figure's title.
-    dpi: resolution (the figure is 7 x 6 inches).
-
-  Returns:
-    A ``Picture``; ``series[group_names[g]]`` holds the points of group ``g`` as drawn.
-
-  Example:
-    >>> import numpy as np, tempfile, os
-    >>> pic = plot_projection(np.array([[0, 0], [1, 1], [2, 0]]), ["a", "b", "c"], [0, 1, -1],
-    ...                       ["x", "y", "none"], os.path.join(tempfile.mkdtemp(), "p.png"),
-    ...                       labelled=[0])
-    >>> {k: len(v) for k, v in pic.series.items()}, pic.labels
-    ({'none': 1, 'x': 1, 'y': 1}, ('a',))
-  """
-  import numpy as np  # noqa: PLC0415
-  plt = _pyplot()
-  coords = np.asarray(coords, float)
-  groups = np.asarray(groups)
-  if coords.ndim != 2 or coords.shape[1] != 2 or not len(coords) == len(groups) == len(words):
-    raise ValueError(f"plot_projection: coords {coords.shape}, {len(words)} words and "
-                     f"{len(groups)} groups must describe the same N points as [N, 2], N, N.")
-  fig, ax = plt.subplots(figsize=(7, 6), dpi=dpi)
-  colours = plt.get_cmap("tab10")
-  for g in sorted(set(groups.tolist()), key=lambda g: (g >= 0, g)):
-    at = groups == g
-    style = (dict(color="0.6", s=10, alpha=0.5) if g < 0 else
-             dict(color=colours(g % 10), s=16, alpha=0.85))
-    ax.scatter(coords[at, 0], coords[at, 1], label=group_names[g], linewidths=0, **style)
-  labels = []
-  for i in np.asarray(labelled, int).tolist():
-    ax.annotate(words[i], coords[i], fontsize=7, alpha=0.9, xytext=(2, 2),
-                textcoords="offset points")
-    labels.append(words[i])
-  ax.set_title(title, fontsize=9)
-  ax.set_xlabel("component 1")
-  ax.set_ylabel("component 2")
-  ax.grid(alpha=0.2)
-  ax.legend(fontsize=8, markerscale=1.5, loc="best")
-  series = _drawn(fig)
-  return Picture(_save(fig, plt, path), series, tuple(labels))
-
-
-def plot_norms(norms, path: str | pathlib.Path, *, initial=None, bins: int = 50,
-               title: str = "row norms") -> Picture:
-  """A histogram of row norms, with the initial table's norms behind it if given.
-
-  Args:
-    norms: ``[N]`` row norms.
-    path: the PNG to write.
-    initial: ``[N]`` norms before training, or None.
-    bins: number of bins (shared by both histograms).
-    title: the figure's title.
-
-  Returns:
-    A ``Picture``; ``series["trained"]`` (and ``series["initial"]``) hold the bar heights,
-    which sum to ``N``.
-
-  Example:
-    >>> import numpy as np, tempfile, os
-    >>> pic = plot_norms(np.array([1.0, 2, 2, 3]), os.path.join(tempfile.mkdtemp(), "n.png"))
-    >>> int(pic.series["trained"].sum())
-    4
-  """
-  import numpy as np  # noqa: PLC0415
-  plt = _pyplot()
-  norms = np.asarray(norms, float)
-  values = norms if initial is None else np.concatenate([norms, np.asarray(initial, float)])
-  edges = np.histogram_bin_edges(values, bins=bins)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  if initial is not None:
-    ax.hist(np.asarray(initial, float), bins=edges, color="0.7", alpha=0.7, label="initial")
-  ax.hist(norms, bins=edges, color="tab:blue", alpha=0.7, label="trained")
-  ax.set_xlabel("L2 norm of a row")
-  ax.set_ylabel("rows")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  series = _drawn(fig)
-  return Picture(_save(fig, plt, path), series)
-
-
-def plot_training_curves(run_dirs: Sequence[pathlib.Path], path: str | pathlib.Path) -> Picture:
-  """Loss (training and dev) and dev accuracy of one or several runs, in two panels side by side.
-
-  Args:
-    run_dirs: run directories (each run's name is its directory's name).
-    path: the PNG to write.
-
-  Returns:
-    A ``Picture``; ``series["loss: <run> train"]``, ``series["loss: <run> dev"]`` and
-    ``series["dev accuracy: <run>"]`` hold ``[events, 2]`` (step, value) points.
-  """
-  plt = _pyplot()
-  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-  colours = plt.get_cmap("tab10")
-  for i, run_dir in enumerate(run_dirs):
-    events = read_metrics(run_dir)
-    if not events:
-      raise FileNotFoundError(f"plot_training_curves: {run_dir} has no metrics.jsonl events; "
-                              f"is it a run directory (embedlab train ... --workdir {run_dir})?")
-    name, colour = pathlib.Path(run_dir).name, colours(i % 10)
-    train = [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
-    dev = [e for e in events if e.get("split") == "dev"]
-    if train:
-      loss_ax.plot(*zip(*train), color=colour, alpha=0.6, label=f"{name} train")
-    if dev:
-      loss_ax.plot([e["step"] for e in dev], [e["loss"] for e in dev], color=colour,
-                   marker="o", markersize=3, linestyle="--", label=f"{name} dev")
-      acc_ax.plot([e["step"] for e in dev], [e["accuracy"] for e in dev], color=colour,
-                  marker="o", markersize=3, label=name)
-  for ax, title in ((loss_ax, "loss"), (acc_ax, "dev accuracy")):
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  series = _drawn(fig)
-  return Picture(_save(fig, plt, path), series)
-
-
 def compare_table(run_dirs: list[pathlib.Path]) -> str:
   """A text table of the results of several runs."""
   columns = ("run", "dev_accuracy", "test_accuracy", "steps", "train_seconds", "num_params")
@@ -586,3 +353,26 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   stages = setup.model.stages(cfg.train.batch_size, data.train_ids.shape[1])
   lines += [f"  {name:<32} {shape}" for name, shape in stages]
   return "\n".join(lines)
+
+
+def _runs_events(run_dirs: Sequence[pathlib.Path], where: str) -> dict[str, list[dict]]:
+  runs = {}
+  for run_dir in run_dirs:
+    events = read_metrics(run_dir)
+    if not events:
+      raise FileNotFoundError(f"{where}: {run_dir} has no metrics.jsonl events; is it a run "
+                              f"directory (embedlab train ... --workdir {run_dir})?")
+    runs[pathlib.Path(run_dir).name] = events
+  return runs
+
+
+def plot_runs(run_dirs: Sequence[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Writes ``loss.png`` and ``accuracy.png`` (training and dev curves) for one or more runs."""
+  runs = {pathlib.Path(d).name: read_metrics(d) for d in run_dirs}
+  return [plots.plot_metric(runs, metric, pathlib.Path(out_dir) / f"{metric}.png").path
+          for metric in ("loss", "accuracy")]
+
+
+def plot_training_curves(run_dirs: Sequence[pathlib.Path], path: str | pathlib.Path):
+  """``analysis.plots.plot_training_curves`` of run directories (each named by its directory)."""
+  return plots.plot_training_curves(_runs_events(run_dirs, "plot_training_curves"), path)
