@@ -158,11 +158,12 @@ def _train(args) -> int:
   try:
     from embedlab.run import report  # noqa: PLC0415 - JAX loads meanwhile
     from embedlab.core import sharding  # noqa: PLC0415 - JAX loads meanwhile
+    from embedlab.run import placement  # noqa: PLC0415
     from embedlab.run import train  # noqa: PLC0415 - JAX loads meanwhile
   finally:
     _wait(encoder)
   # before anything starts JAX's backends: join the other processes of a multi-host run
-  sharding.initialize_distributed(first.mesh)
+  placement.initialize_distributed(first.mesh)
   done = []
   for (workdir, overrides), cfg in zip(runs, configs):
     print(f"== {cfg.name} -> {workdir}" + (f"  ({' '.join(overrides)})" if overrides else ""))

@@ -89,8 +89,8 @@ def test_config_json_written_before_meshes_existed_still_loads():
 
 
 def test_mesh_that_does_not_match_the_devices_says_how_many_there_are():
-  from embedlab.core import sharding
+  from embedlab.run import placement
   with pytest.raises(ValueError, match=r"does not match the 1 device\(s\) available .*"
                                        r"--set mesh.data=1 --set mesh.model=1"):
-    sharding.mesh_from_config(config_lib.MeshConfig(data=4, model=2))
-  assert sharding.mesh_from_config(config_lib.MeshConfig()) is None  # one device: unsharded
+    placement.mesh_from_config(config_lib.MeshConfig(data=4, model=2))
+  assert placement.mesh_from_config(config_lib.MeshConfig()) is None  # one device: unsharded

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from embedlab.core import sharding
+from embedlab.run import placement
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
 
@@ -24,6 +25,7 @@ import functools
 import jax, jax.numpy as jnp, numpy as np
 import embedlab as el
 from embedlab.core import sharding
+from embedlab.run import placement
 
 assert len(jax.devices()) == 8, jax.devices()
 V, D, PAD = 20, 3, 0  # 20 rows: even over 1, 2, 4 shards; padded to 24 over 8
@@ -207,13 +209,13 @@ def test_single_device_mesh_matches_lookup():
     ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "TPU_WORKER_HOSTNAMES"),
 ])
 def test_multi_process_launches_are_detected_from_the_environment(environ, expected):
-  assert sharding._cluster_detected(environ) == expected
+  assert placement.cluster_detected(environ) == expected
 
 
 def test_initialize_distributed_only_when_asked():
   from embedlab.config import MeshConfig
-  assert not sharding.initialize_distributed(MeshConfig(), environ={})
-  assert not sharding.initialize_distributed(MeshConfig(distributed="off"),
+  assert not placement.initialize_distributed(MeshConfig(), environ={})
+  assert not placement.initialize_distributed(MeshConfig(distributed="off"),
                                              environ={"SLURM_NTASKS": "8"})
 
 

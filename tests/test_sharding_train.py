@@ -49,6 +49,7 @@ import jax, numpy as np
 from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
+from embedlab.run import placement
 from embedlab.run import train
 
 out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -61,7 +62,7 @@ for name, extra in runs.items():
   data = train.data_lib.encode_splits(cfg.data, cfg.seed)
   setup = build_lib.build(cfg, data, 30)
   state = build_lib.init_state(cfg, setup)
-  mesh = sharding.mesh_from_config(cfg.mesh)
+  mesh = placement.mesh_from_config(cfg.mesh)
   placed = sharding.place(state, sharding.state_shardings(state, mesh, table=cfg.mesh.table))
   table = placed.params["embed"]["table"]
   shards = sorted({tuple(s.data.shape) for s in table.addressable_shards})
@@ -98,6 +99,7 @@ import jax, numpy as np
 from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
+from embedlab.run import placement
 from embedlab.run import train
 
 run, out, base, extra = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
@@ -105,7 +107,7 @@ run, out, base, extra = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
 cfg = config_lib.load_config("experiments/quickstart.py", base + extra)
 data = train.data_lib.encode_splits(cfg.data, cfg.seed)
 state = build_lib.init_state(cfg, build_lib.build(cfg, data, 30))
-mesh = sharding.mesh_from_config(cfg.mesh)
+mesh = placement.mesh_from_config(cfg.mesh)
 if mesh is not None:
   state = sharding.place(state, sharding.state_shardings(state, mesh))
 ckpt = ckpt_lib.Checkpoints(run, read_only=True)
@@ -125,12 +127,13 @@ import faulthandler, json, pathlib, sys
 faulthandler.dump_traceback_later(int(sys.argv[5]), exit=True)  # a hang shows where, then ends
 from embedlab import config as config_lib
 from embedlab.core import sharding
+from embedlab.run import placement
 
 port, index, workdir = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
 overrides = json.loads(sys.argv[4]) + [f"mesh.coordinator_address=localhost:{port}",
                                        "mesh.num_processes=2", f"mesh.process_id={index}"]
 cfg = config_lib.load_config("experiments/quickstart.py", overrides)
-assert sharding.initialize_distributed(cfg.mesh)  # before any other JAX call
+assert placement.initialize_distributed(cfg.mesh)  # before any other JAX call
 import jax
 from embedlab.run import train
 assert jax.process_count() == 2 and len(jax.devices()) == 4, jax.devices()

@@ -6,10 +6,11 @@ import json
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
-import numpy as np
-from embedlab.data import vectors as pretrained_lib
-from embedlab.analysis.neighbours import skip_mask
 
+import numpy as np
+
+from embedlab.analysis.neighbours import skip_mask
+from embedlab.data import vectors as pretrained_lib
 
 EXPORT_FORMATS = ("word2vec", "projector", "npy")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping, Sequence
+
 import numpy as np
-from embedlab.core import tables
+
 from embedlab.analysis.neighbours import SKIP_TOKENS, nearest_neighbours, skip_mask
+from embedlab.core import tables
 
 _PADDING_ID = 0
 
@@ -228,7 +230,7 @@ def topic_neighbour_accuracy(table: Any, tokens: Sequence[str], word_topics: Map
   found, _ = nearest_neighbours(table, np.asarray(table)[queries], k=k, skip=skipped,
                                 exclude_ids=queries[:, None])
   accuracy = float((topic[found] == topic[queries][:, None]).mean())
-  candidates = int((~skip_mask).sum())
+  candidates = int((~skipped).sum())
   per_topic = np.bincount(topic[queries])
   chance = float(np.mean((per_topic[topic[queries]] - 1) / max(candidates - 1, 1)))
   return TopicCheck(accuracy, chance, found.shape[1], len(queries))

@@ -5,15 +5,15 @@ Example:
   >>> import numpy as np
   >>> from embedlab.analysis.neighbours import neighbours
   >>> table = np.array([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-  >>> [w for w, _ in neighbours(table, ["<pad>", "a", "b", "c"], ["a"], k=1)["a"]]
-  ['b']"""
+  >>> neighbours(table, ["<pad>", "a", "b", "c"], ["a"], k=1)
+  [[('b', 0.9939)]]"""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any, Sequence
-import numpy as np
 
+import numpy as np
 
 SKIP_TOKENS = ("<pad>", "<unk>")  # rows that are never a neighbour: padding, unknown word
 

@@ -17,15 +17,26 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab.core import tables
 from embedlab.analysis import plots
-from embedlab.analysis.exports import EXPORT_FORMATS, export_npy, export_projector, export_word2vec
+from embedlab.analysis.exports import (
+  EXPORT_FORMATS,
+  export_npy,
+  export_projector,
+  export_word2vec,
+)
 from embedlab.analysis.geometry import (
-    EmbeddingSummary, TopicCheck, class_association, pca, row_norms, spread_out,
-    summarize_table, topic_neighbour_accuracy)
+  EmbeddingSummary,
+  TopicCheck,
+  class_association,
+  pca,
+  row_norms,
+  spread_out,
+  summarize_table,
+  topic_neighbour_accuracy,
+)
 from embedlab.analysis.neighbours import SKIP_TOKENS, ids_of, skip_mask
+from embedlab.core import tables
 from embedlab.run import report
-
 
 CHECKPOINTS = ("best", "latest")
 

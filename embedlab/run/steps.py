@@ -77,108 +77,141 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   """
   by_shard = mesh is not None and lookup == "shard_map"
   gather = functools.partial(sharding.sharded_take, mesh=mesh) if by_shard else None
+  parts = StepParts(model, optimizer, table_optimizer, row_mask, oob, mesh if by_shard else None,
+                    gather)
+  if table_optimizer is None:
+    inner = dense_step
+  elif scatter_adds(model, table_optimizer, mesh):
+    inner = scatter_step
+  else:
+    inner = sparse_step
+  return functools.partial(_counted_step, parts, inner)
 
-  def loss_fn(params, ids, labels, rng):
-    logits = apply_model(model, params, ids, labels.shape[0], train=True, rng=rng)
-    sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
-    return sums["loss"] / labels.shape[0], sums
 
-  def dense_step(state, ids, labels, rng):
-    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, ids, labels, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # finite gradients can still overflow into non-finite parameters (a huge learning rate):
-    # such an update is not applied either
-    ok = jnp.isfinite(sums["loss"]) & _all_finite(grads) & _all_finite(params)
-    return _select(ok, params, state.params), _select(ok, opt_state, state.opt_state), ok, sums
+class StepParts(NamedTuple):
+  """What a train step is made of (``make_train_step``'s arguments, resolved)."""
 
-  def update_dense(state, dense, g_dense, ok):
-    """The dense optimizer's step on the non-table params; a bad batch (``ok`` False), or an
-    update that would make them non-finite, keeps them and their optimizer state. Returns
-    ``(dense, dense_opt, ok)``."""
-    updates, dense_opt = optimizer.update(g_dense, state.opt_state["dense"], dense)
-    new = optax.apply_updates(dense, updates)
-    ok = ok & _all_finite(new)
-    return _select(ok, new, dense), _select(ok, dense_opt, state.opt_state["dense"]), ok
+  model: models_lib.Model
+  optimizer: optax.GradientTransformation  # all params (dense step) or all but the table
+  table_optimizer: Any  # a row-sparse optimizer, or None
+  row_mask: Any  # bool [rows], True = trainable, or None
+  oob: str  # id policy of the row-sparse gather
+  shard_mesh: Any  # the mesh when each "model" shard updates its own rows, else None
+  gather: Callable | None  # the row gather of that mesh, else None (jnp.take)
 
-  def joined(state, ok, dense, dense_opt, table, table_opt):
-    """``(params, opt_state)`` of a sparse step; a bad batch keeps the table's update count."""
-    table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
-                                                   state.opt_state["table"].count))
-    return join_table(dense, table), {"dense": dense_opt, "table": table_opt}
 
-  def sparse_step(state, ids, labels, rng):
-    from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
-    table, dense = split_table(state.params)
-    # the table's rows of the batch (the hashing trick maps ids to shared rows first)
-    ragged = isinstance(ids, data_lib.RaggedBatch)
-    local = sparse_lib.localize(table, model.embedder.rows(ids.ids if ragged else ids),
-                                padding_id=models_lib.PADDING_ID, oob=oob, gather=gather)
-    local_ids = data_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
+def _counted_step(parts: StepParts, inner: Callable, state: TrainState, ids, labels):
+  """``inner`` with the step's key, then the step counted and a bad batch recorded."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  params, opt_state, ok, sums = inner(parts, state, ids, labels, rng)
+  sums = {**sums, "nonfinite": 1 - ok.astype(jnp.float32),
+          "first_nonfinite": jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step)}
+  return TrainState(state.step + 1, params, opt_state, state.rng), sums
 
-    def split_loss(dense, local_table):
-      logits = apply_model(model, join_table(dense, local_table), local_ids, labels.shape[0],
-                      train=True, rng=rng, rows=True)
-      sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
-      return sums["loss"] / labels.shape[0], sums
 
-    (_, sums), (g_dense, row_grads) = jax.value_and_grad(
-        split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
-    ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
-    dense, dense_opt, ok = update_dense(state, dense, g_dense, ok)
-    # a bad batch touches no row: its row ids become out of range, which update ignores
-    row_ids = jnp.where(ok, local.row_ids, table.shape[0])
-    if by_shard:
-      table, table_opt = sharding.sharded_sparse_update(
-          table_optimizer, table, state.opt_state["table"], row_ids,
-          jnp.where(ok, row_grads, 0), mesh, row_mask=row_mask,
-          skip_ids=(models_lib.PADDING_ID,))
-    else:
-      table, table_opt = table_optimizer.update(
-          table, state.opt_state["table"], row_ids, jnp.where(ok, row_grads, 0), unique=True,
-          row_mask=row_mask, skip_ids=(models_lib.PADDING_ID,))
-    return (*joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
+def _mean_loss(logits, labels):
+  sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  return sums["loss"] / labels.shape[0], sums
 
-  def scatter_step(state, ids, labels, rng):
-    # the table's rows read per occurrence and each occurrence's gradient added straight into
-    # its row (table_optimizer.add): no dedup sort and no second gather, as fastText updates
-    table, dense = split_table(state.params)
-    ragged = isinstance(ids, data_lib.RaggedBatch)
-    raw = ids.ids if ragged else ids
-    rows = model.embedder.rows(raw)
-    if oob == "error":
-      rows = ids_lib.check_ids(rows, table.shape[0], where="train step")
-    vectors = jnp.take(table, rows, axis=0, mode="clip")
-    extra = dict(segment_ids=ids.segment_ids, num_bags=labels.shape[0]) if ragged else {}
 
-    def split_loss(dense, vectors):
-      logits = model.apply_gathered(dense, vectors, raw, train=True, rng=rng, **extra)
-      sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
-      return sums["loss"] / labels.shape[0], sums
+def dense_step(parts: StepParts, state: TrainState, ids, labels, rng):
+  """One optax step on every parameter. Returns ``(params, opt_state, ok, metric sums)``; a
+  batch whose loss, gradients or new parameters are not finite changes nothing (``ok`` False)."""
 
-    (_, sums), (g_dense, g_vectors) = jax.value_and_grad(
-        split_loss, argnums=(0, 1), has_aux=True)(dense, vectors)
-    ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_vectors)
-    dense, dense_opt, ok = update_dense(state, dense, g_dense, ok)
-    # padding and a bad batch touch no row: their ids become out of range, which add drops
-    row_ids = jnp.where(ok & (raw != models_lib.PADDING_ID), rows, table.shape[0]).reshape(-1)
-    table, table_opt = table_optimizer.add(table, state.opt_state["table"], row_ids,
-                                           g_vectors.reshape(row_ids.shape[0], -1),
-                                           row_mask=row_mask)
-    return (*joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
+  def loss_fn(params):
+    return _mean_loss(apply_model(parts.model, params, ids, labels.shape[0], train=True,
+                                  rng=rng), labels)
 
-  scatter = scatter_adds(model, table_optimizer, mesh)
+  (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = parts.optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # finite gradients can still overflow into non-finite parameters (a huge learning rate):
+  # such an update is not applied either
+  ok = jnp.isfinite(sums["loss"]) & _all_finite(grads) & _all_finite(params)
+  return _select(ok, params, state.params), _select(ok, opt_state, state.opt_state), ok, sums
 
-  def step(state, ids, labels):
-    rng = jax.random.fold_in(state.rng, state.step)
-    inner = (dense_step if table_optimizer is None else scatter_step if scatter else
-             sparse_step)
-    params, opt_state, ok, sums = inner(state, ids, labels, rng)
-    sums = {**sums, "nonfinite": 1 - ok.astype(jnp.float32),
-            "first_nonfinite": jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step)}
-    return TrainState(state.step + 1, params, opt_state, state.rng), sums
 
-  return step
+def sparse_step(parts: StepParts, state: TrainState, ids, labels, rng):
+  """One row-sparse step: the gradient taken with respect to the batch's distinct table rows
+  only (``sparse.localize``), the table optimizer updating those rows and their slots, the dense
+  optimizer the other parameters. Returns as ``dense_step``."""
+  from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+  model = parts.model
+  table, dense = split_table(state.params)
+  # the table's rows of the batch (the hashing trick maps ids to shared rows first)
+  ragged = isinstance(ids, data_lib.RaggedBatch)
+  local = sparse_lib.localize(table, model.embedder.rows(ids.ids if ragged else ids),
+                              padding_id=models_lib.PADDING_ID, oob=parts.oob,
+                              gather=parts.gather)
+  local_ids = data_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
+
+  def split_loss(dense, local_table):
+    return _mean_loss(apply_model(model, join_table(dense, local_table), local_ids,
+                                  labels.shape[0], train=True, rng=rng, rows=True), labels)
+
+  (_, sums), (g_dense, row_grads) = jax.value_and_grad(
+      split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
+  ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
+  dense, dense_opt, ok = _update_dense(parts, state, dense, g_dense, ok)
+  # a bad batch touches no row: its row ids become out of range, which update ignores
+  row_ids = jnp.where(ok, local.row_ids, table.shape[0])
+  row_grads = jnp.where(ok, row_grads, 0)
+  if parts.shard_mesh is not None:
+    table, table_opt = sharding.sharded_sparse_update(
+        parts.table_optimizer, table, state.opt_state["table"], row_ids, row_grads,
+        parts.shard_mesh, row_mask=parts.row_mask, skip_ids=(models_lib.PADDING_ID,))
+  else:
+    table, table_opt = parts.table_optimizer.update(
+        table, state.opt_state["table"], row_ids, row_grads, unique=True,
+        row_mask=parts.row_mask, skip_ids=(models_lib.PADDING_ID,))
+  return (*_joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
+
+
+def scatter_step(parts: StepParts, state: TrainState, ids, labels, rng):
+  """The row-sparse step as fastText updates: the table's rows read per occurrence and each
+  occurrence's gradient added straight into its row (``table_optimizer.add``), with no dedup
+  sort and no second gather. Returns as ``dense_step``."""
+  model = parts.model
+  table, dense = split_table(state.params)
+  ragged = isinstance(ids, data_lib.RaggedBatch)
+  raw = ids.ids if ragged else ids
+  rows = model.embedder.rows(raw)
+  if parts.oob == "error":
+    rows = ids_lib.check_ids(rows, table.shape[0], where="train step")
+  vectors = jnp.take(table, rows, axis=0, mode="clip")
+  extra = dict(segment_ids=ids.segment_ids, num_bags=labels.shape[0]) if ragged else {}
+
+  def split_loss(dense, vectors):
+    return _mean_loss(model.apply_gathered(dense, vectors, raw, train=True, rng=rng, **extra),
+                      labels)
+
+  (_, sums), (g_dense, g_vectors) = jax.value_and_grad(
+      split_loss, argnums=(0, 1), has_aux=True)(dense, vectors)
+  ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_vectors)
+  dense, dense_opt, ok = _update_dense(parts, state, dense, g_dense, ok)
+  # padding and a bad batch touch no row: their ids become out of range, which add drops
+  row_ids = jnp.where(ok & (raw != models_lib.PADDING_ID), rows, table.shape[0]).reshape(-1)
+  table, table_opt = parts.table_optimizer.add(table, state.opt_state["table"], row_ids,
+                                               g_vectors.reshape(row_ids.shape[0], -1),
+                                               row_mask=parts.row_mask)
+  return (*_joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
+
+
+def _update_dense(parts: StepParts, state: TrainState, dense, g_dense, ok):
+  """The dense optimizer's step on the non-table params; a bad batch (``ok`` False), or an
+  update that would make them non-finite, keeps them and their optimizer state. Returns
+  ``(dense, dense_opt, ok)``."""
+  updates, dense_opt = parts.optimizer.update(g_dense, state.opt_state["dense"], dense)
+  new = optax.apply_updates(dense, updates)
+  ok = ok & _all_finite(new)
+  return _select(ok, new, dense), _select(ok, dense_opt, state.opt_state["dense"]), ok
+
+
+def _joined(state: TrainState, ok, dense, dense_opt, table, table_opt):
+  """``(params, opt_state)`` of a row-sparse step; a bad batch keeps the table's update count."""
+  table_opt = table_opt._replace(count=jnp.where(ok, table_opt.count,
+                                                 state.opt_state["table"].count))
+  return join_table(dense, table), {"dense": dense_opt, "table": table_opt}
 
 
 def scatter_adds(model: models_lib.Model, table_optimizer, mesh=None) -> bool:

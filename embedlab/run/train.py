@@ -1,4 +1,4 @@
-"""Training: ``TrainState``, a jitted ``train_step``, evaluation, and ``train(config, workdir)``.
+"""``train(config, workdir)``: one experiment trained, evaluated and saved, top to bottom.
 
 The train state holds data only, ``TrainState(step, params, opt_state, rng)``; the step is a
 pure function jitted once with donated buffers. Metrics come back as sums plus a count so
@@ -13,6 +13,7 @@ that batch and counts it; the run then stops naming the step (or, with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -33,123 +34,167 @@ from embedlab.core import sharding, tables
 from embedlab.data import datasets as data_lib
 from embedlab.run import build as build_lib
 from embedlab.run import checkpoint as ckpt_lib
-from embedlab.run import preflight, report
+from embedlab.run import placement, preflight, report
 from embedlab.run import steps as steps_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What one training run works with, fixed before its first step."""
+
+  cfg: config_lib.Config
+  data: data_lib.EncodedData
+  setup: build_lib.Setup
+  mesh: Any  # a jax.sharding.Mesh, or None (one device)
+  per_epoch: int
+  steps: int
+  echo: Callable[[str], None]
+  clock: report.PhaseClock
+
+
+@dataclasses.dataclass
+class Progress:
+  """What the run has done so far; saved with each checkpoint (its ``meta``) and restored."""
+
+  best_dev_accuracy: float = -1.0
+  best_step: int = -1
+  skipped_nonfinite: int = 0
+  train_seconds: float = 0.0
+  best_dev_loss: float = math.inf
+  pending_sums: dict | None = None  # the running sums of a log period a stop cut short
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> Progress:
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in meta.items() if k in known})
+
+  def to_meta(self) -> dict:
+    meta = dataclasses.asdict(self)
+    if not math.isfinite(meta["best_dev_loss"]):
+      del meta["best_dev_loss"]
+    if meta["pending_sums"] is None:
+      del meta["pending_sums"]
+    return meta
 
 
 def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool = False,
           progress: bool | None = None, echo: Callable[[str], None] = print) -> dict:
   """Trains, evaluates and saves one experiment in ``workdir``; resumes if it holds a run.
 
+  Top to bottom: encode the data; stop if ``workdir`` holds this run finished; check everything
+  that can refuse the run (its data against the run directory's, the mesh, memory); build the
+  model and optimizers; then, in the run directory, restore the latest checkpoint, train to the
+  last step (evaluating on dev and saving checkpoints on the way), and evaluate the best
+  parameters on test.
+
   Returns the results dict also written to ``workdir/results.json``.
   """
+  workdir = pathlib.Path(workdir)
   clock = report.PhaseClock()
   try:
-    return _train(cfg, workdir, restart, progress, echo, clock)
+    # the data first: its tokenizing processes fork before JAX's backends start their threads
+    data = data_lib.encode_splits(cfg.data, cfg.seed)
+    clock.lap("data")
+    if preflight.finished(workdir, cfg, restart):
+      results = json.loads((workdir / "results.json").read_text())
+      echo(f"{workdir} holds this run, finished at step {results.get('steps')}: nothing to "
+           f"train (its results follow). To train it again, pass --restart (deletes that run) "
+           f"or choose another --workdir.")
+      return results
+    # everything that can refuse the run comes before its directory is written
+    fingerprint = preflight.fingerprint(cfg, data)  # reads and hashes the data files: once
+    preflight.check_same_data(preflight.own_dir(workdir), data, fingerprint, echo)
+    mesh = placement.mesh_from_config(cfg.mesh)
+    if mesh is not None:
+      build_lib.check_batch_splits(cfg, mesh)
+    per_epoch, steps = build_lib.total_steps(cfg, len(data.train_labels))
+    setup = build_lib.build(cfg, data, steps)
+    if mesh is None:
+      preflight.check_compiled_step_fits(cfg, data, setup, per_epoch, steps)
+    job = Job(cfg, data, setup, mesh, per_epoch, steps, echo, clock)
+    run = preflight.open_run_dir(workdir, cfg, restart, echo)
+    try:
+      run.save_vocab(data.vocab, data.label_names, data.kept_buckets, fingerprint)
+      return _train_and_evaluate(job, run, workdir, progress)
+    finally:
+      run.close()
   finally:
     clock.close()
 
 
-def _train(cfg, workdir, restart, progress, echo, clock) -> dict:
-  workdir = pathlib.Path(workdir)
-  # the data first: its tokenizing processes fork before JAX's backends start their threads
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
-  clock.lap("data")
-  if preflight.finished(workdir, cfg, restart):
-    results = json.loads((workdir / "results.json").read_text())
-    echo(f"{workdir} holds this run, preflight.finished at step {results.get('steps')}: nothing to train "
-         f"(its results follow). To train it again, pass --restart (deletes that run) or "
-         f"choose another --workdir.")
-    return results
-  # everything that can refuse the run comes before its directory is written
-  preflight.fingerprint = preflight.fingerprint(cfg, data)  # reads and hashes the data files: once a run
-  preflight.check_same_data(preflight.own_dir(workdir), data, preflight.fingerprint, echo)
-  mesh = sharding.mesh_from_config(cfg.mesh)
-  if mesh is not None:
-    build_lib.check_batch_splits(cfg, mesh)
-  per_epoch, steps = build_lib.total_steps(cfg, len(data.train_labels))
-  setup = build_lib.build(cfg, data, steps)
-  if mesh is None:
-    preflight.check_compiled_step_fits(cfg, data, setup, per_epoch, steps)
-  run = preflight.open_run_dir(workdir, cfg, restart, echo)
-  try:
-    run.save_vocab(data.vocab, data.label_names, data.kept_buckets, preflight.fingerprint)
-    return _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock)
-  finally:
-    run.close()
-
-
-def _loop(run, workdir, cfg, data, mesh, setup, per_epoch, steps, progress, echo, clock) -> dict:
-  """Restores the latest checkpoint if there is one, trains to ``steps``, evaluates, saves."""
+def _train_and_evaluate(job: Job, run: report.RunDir, workdir: pathlib.Path,
+                        progress: bool | None) -> dict:
+  """Restores the latest checkpoint if there is one, trains to ``job.steps``, evaluates, saves."""
+  cfg, data = job.cfg, job.data
   checkpoints = ckpt_lib.Checkpoints(workdir, cfg.train.keep_checkpoints)
-  state, meta = build_lib.init_state(cfg, setup), {"best_dev_accuracy": -1.0, "best_step": -1,
-                                         "skipped_nonfinite": 0, "train_seconds": 0.0}
+  # restore
+  state, done = build_lib.init_state(cfg, job.setup), Progress()
   shardings = None
-  if mesh is not None:
-    shardings = sharding.state_shardings(state, mesh, table=cfg.mesh.table,
+  if job.mesh is not None:
+    shardings = sharding.state_shardings(state, job.mesh, table=cfg.mesh.table,
                                          dense=cfg.mesh.dense)
     state = sharding.place(state, shardings)
   restored = checkpoints.restore_latest(state)
-  pending = None
   if restored is not None:
     _, state, meta = restored
-    pending = meta.pop("pending_sums", None)
-    echo(f"resuming {run.path} from step {int(state.step)}")
+    done = Progress.from_meta(meta)
+    job.echo(f"resuming {run.path} from step {int(state.step)}")
   run.truncate_metrics(int(state.step))
-  echo(report.summary_text(cfg, data, setup, mesh))
-  step = int(state.step)
-  clock.lap("setup")
-  single_fn, multi_fn, eval_step, put = steps_lib.compile_steps(cfg, setup, mesh, shardings)
+  job.echo(report.summary_text(cfg, data, job.setup, job.mesh))
+  job.clock.lap("setup")
+  # compile
+  single_fn, multi_fn, eval_step, put = steps_lib.compile_steps(cfg, job.setup, job.mesh,
+                                                                shardings)
   every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
-  bar = report.progress_bar(steps, step, cfg.train.progress if progress is None else progress)
+  step = int(state.step)
+  bar = report.progress_bar(job.steps, step, cfg.train.progress if progress is None else progress)
   acc, best = steps_lib.zero_sums(), None
-  if pending is not None:  # the running sums of a log period a stop cut short
-    acc = {k: np.asarray(pending[k], dtype=v.dtype) for k, v in acc.items()}
-  prior_seconds, loop_start = meta["train_seconds"], time.perf_counter()
-  boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
-  lengths = data.train_lengths if cfg.data.bucket_by_length else None
-  pack = build_lib.ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo)
-  blocks = _host_blocks(cfg, data, step, steps, per_epoch, boundaries, lengths, pack)
+  if done.pending_sums is not None:
+    acc = {k: np.asarray(done.pending_sums[k], dtype=v.dtype) for k, v in acc.items()}
+  prior_seconds, loop_start = done.train_seconds, time.perf_counter()
   stop = StopSignals()
   try:
+    # train
     with stop:
-      for block, ids, labels in blocks:
+      for block, ids, labels in _host_blocks(job, step, every_ckpt):
         step_fn = single_fn if block == 1 else multi_fn
         state, acc = step_fn(state, acc, put(ids, batch_axis=1), put(labels, batch_axis=1))
-        if "first_dispatch" not in clock.seconds:  # compilation + one block of steps
-          clock.lap("first_dispatch", wait_for=acc)
+        if "first_dispatch" not in job.clock.seconds:  # compilation + one block of steps
+          job.clock.lap("first_dispatch", wait_for=acc)
         bar.update(block)
         step += block
-        save = step % every_ckpt == 0 or step == steps
+        save = step % every_ckpt == 0 or step == job.steps
         if step % cfg.train.log_every == 0 or save:
-          meta["skipped_nonfinite"] += _check_finite(acc, cfg, step)
+          done.skipped_nonfinite += _check_finite(acc, cfg, step)
           run.log_train(step, acc, bar)
           acc = steps_lib.zero_sums()
-        if step % cfg.train.eval_every == 0 or step == steps:
-          best = _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) or best
+        # evaluate
+        if step % cfg.train.eval_every == 0 or step == job.steps:
+          best = _evaluate_dev(job, run, eval_step, state, done, step) or best
+        # checkpoint
         if save or stop.signal is not None:
-          meta["train_seconds"] = prior_seconds + time.perf_counter() - loop_start
+          done.train_seconds = prior_seconds + time.perf_counter() - loop_start
           # a stop between logs keeps the log period's running sums, so the resumed run logs
           # what an uninterrupted one would
-          meta["pending_sums"] = {k: float(v) for k, v in jax.device_get(acc).items()}
-          best = _save_checkpoints(checkpoints, step, state, meta, best)
+          done.pending_sums = {k: float(v) for k, v in jax.device_get(acc).items()}
+          best = _save_checkpoints(checkpoints, step, state, done, best)
         if stop.signal is not None:
           raise Stopped(stop.signal, step, run.path)
-    clock.lap("train_loop", wait_for=state)
-    results = _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
-                      mesh, best)
+    job.clock.lap("train_loop", wait_for=state)
+    # finish
+    results = _finish(job, run, eval_step, state, checkpoints, done, best)
   finally:  # also when the run stops on an error: the last checkpoint is kept
     bar.close()
     checkpoints.close()
   return results
 
 
-def _save_checkpoints(checkpoints, step, state, meta, best):
+def _save_checkpoints(checkpoints, step, state, done: Progress, best):
   """Saves the best params found since the last save (if any), then the latest state."""
   if best is not None and not best.saved:
     checkpoints.save_best(best.step, best.params, {"dev_accuracy": best.dev_accuracy})
     best = best._replace(saved=True)
-  checkpoints.save_latest(step, state, meta)
+  checkpoints.save_latest(step, state, done.to_meta())
   return best
 
 
@@ -202,10 +247,14 @@ class StopSignals:
     return False
 
 
-def _host_blocks(cfg, data, step, steps, per_epoch, boundaries, lengths, pack) -> Iterator:
+def _host_blocks(job: Job, step: int, every_ckpt: int) -> Iterator:
   """``(block, ids, labels)``: the host arrays of each block of ``block`` batches from ``step``
-  on, ids packed by ``pack``. A block never crosses a log / eval / checkpoint / epoch boundary,
-  so there are a few block sizes only."""
+  on, ids packed for the step (ragged when ``train.ragged_batches``). A block never crosses a
+  log / eval / checkpoint / epoch boundary, so there are a few block sizes only."""
+  cfg, data, per_epoch, steps = job.cfg, job.data, job.per_epoch, job.steps
+  boundaries = (cfg.train.log_every, cfg.train.eval_every, every_ckpt, per_epoch)
+  lengths = data.train_lengths if cfg.data.bucket_by_length else None
+  pack = build_lib.ragged_packer(cfg, data, per_epoch, steps, lengths, job.mesh, job.echo)
   order_epoch, order = -1, None
   while step < steps:
     epoch, index = divmod(step, per_epoch)
@@ -218,8 +267,6 @@ def _host_blocks(cfg, data, step, steps, per_epoch, boundaries, lengths, pack) -
     rows = order[index:index + block]
     yield block, pack(data.train_ids[rows]), data.train_labels[rows]
     step += block
-
-
 
 
 def _check_finite(acc, cfg, step) -> int:
@@ -243,7 +290,7 @@ class _Best(NamedTuple):
   saved: bool
 
 
-def _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) -> _Best | None:
+def _evaluate_dev(job: Job, run, eval_step, state, done: Progress, step: int) -> _Best | None:
   """Evaluates on dev; returns a new ``_Best`` when the parameters improve on the best so far.
 
   The best parameters are written with the next resumable checkpoint (right after this
@@ -252,35 +299,36 @@ def _evaluate_dev(run, eval_step, state, data, cfg, meta, step, mesh) -> _Best |
   that saves rarely (the fastText experiments: once, at the end) holds them on the host instead
   of writing each improvement (35 MB and ~0.2 s a write on SST-2).
   """
-  dev = steps_lib.evaluate(eval_step, state.params, data.dev_ids, data.dev_labels,
-                 cfg.train.eval_batch_size)
+  dev = steps_lib.evaluate(eval_step, state.params, job.data.dev_ids, job.data.dev_labels,
+                           job.cfg.train.eval_batch_size)
   run.log_eval(step, "dev", dev)
-  best = (meta["best_dev_accuracy"], -meta.get("best_dev_loss", math.inf))
-  if (dev["accuracy"], -dev["loss"]) > best:  # ties in accuracy go to the lower loss
-    meta["best_dev_accuracy"], meta["best_step"] = dev["accuracy"], step
-    meta["best_dev_loss"] = dev["loss"]
+  # ties in accuracy go to the lower loss
+  if (dev["accuracy"], -dev["loss"]) > (done.best_dev_accuracy, -done.best_dev_loss):
+    done.best_dev_accuracy, done.best_step = dev["accuracy"], step
+    done.best_dev_loss = dev["loss"]
     # the state's buffers are donated to the next step: keep a copy, on the host when there is
     # no mesh (no device memory held), else on the devices, sharded as the state
-    copy = jax.device_get if mesh is None else functools.partial(jax.tree.map, jnp.copy)
+    copy = jax.device_get if job.mesh is None else functools.partial(jax.tree.map, jnp.copy)
     return _Best(step, copy(state.params), dev["accuracy"], saved=False)
   return None
 
 
-def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, clock,
-            mesh=None, best=None):
+def _finish(job: Job, run, eval_step, state, checkpoints, done: Progress, best) -> dict:
+  """The best parameters evaluated on test; the results written and returned."""
+  cfg, data, setup, mesh, steps = job.cfg, job.data, job.setup, job.mesh, job.steps
   if best is not None:  # found in this process (and saved with the last checkpoint)
     params = best.params if mesh is not None else jax.device_put(best.params)
   else:  # found before a resume, or never (no dev improvement): the saved one, or the last
     restored = checkpoints.restore_best(state.params)
     params = restored[1] if restored is not None else state.params
-  results = {"experiment": cfg.name, "steps": steps, "best_step": meta["best_step"],
-             "dev_accuracy": meta["best_dev_accuracy"],
-             "train_seconds": round(meta["train_seconds"], 3),
+  results = {"experiment": cfg.name, "steps": steps, "best_step": done.best_step,
+             "dev_accuracy": done.best_dev_accuracy,
+             "train_seconds": round(done.train_seconds, 3),
              "num_params": tables.num_params(state.params),
              "num_embeddings": int(data.num_embeddings), "features": cfg.model.features,
              "table": cfg.model.table,
              "embedding_bytes": compress_lib.table_bytes(state.params["embed"]),
-             "skipped_nonfinite": meta["skipped_nonfinite"],
+             "skipped_nonfinite": done.skipped_nonfinite,
              "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
              "pretrained_rows_found": setup.pretrained_found,
              "checkpoint_recoveries": list(checkpoints.recovered),
@@ -288,7 +336,8 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
              "table_update_path": build_lib.update_path(setup, mesh)}
   if mesh is not None:
     results["mesh"] = {"data": mesh.shape["data"], "model": mesh.shape["model"],
-                       "processes": jax.process_count(), "lookup": steps_lib.lookup_path(cfg.mesh),
+                       "processes": jax.process_count(),
+                       "lookup": steps_lib.lookup_path(cfg.mesh),
                        "table_rows": int(state.params["embed"]["table"].shape[0])
                        if "table" in state.params["embed"] else None}
     started = json.loads((run.path / "config.json").read_text()).get("mesh", {})
@@ -296,11 +345,12 @@ def _finish(run, cfg, setup, data, eval_step, state, checkpoints, meta, steps, c
       # resumed on another mesh: say where the run started
       results["mesh"]["started_on"] = {"data": started.get("data"), "model": started.get("model")}
   if data.test_ids is not None:
-    test = steps_lib.evaluate(eval_step, params, data.test_ids, data.test_labels, cfg.train.eval_batch_size)
+    test = steps_lib.evaluate(eval_step, params, data.test_ids, data.test_labels,
+                              cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)
     results["test_accuracy"] = test["accuracy"]
     results["test_loss"] = test["loss"]
-  clock.lap("test")
-  results["timings"] = clock.rounded()
+  job.clock.lap("test")
+  results["timings"] = job.clock.rounded()
   run.write_results(results)
   return results
