@@ -345,11 +345,11 @@ def test_memory_estimate_matches_the_real_parameters_and_slots(model, optim, tab
   from embedlab.core import optim as optim_lib
   from embedlab.core import sparse
   if tables == "dense":
-    state = optim_lib.make_optimizer(cfg.optim, params, 10).init(params)
+    state = optim_lib.make_optimizer(cfg.optim.name, params, 10, **build_lib.dense_optimizer_options(cfg)).init(params)
     assert est["gradients"] == nbytes(params)
   else:
     dense = {k: v for k, v in params.items() if k != "embed"}
-    state = (optim_lib.make_optimizer(cfg.optim, dense, 10).init(dense),
+    state = (optim_lib.make_optimizer(cfg.optim.name, dense, 10, **build_lib.dense_optimizer_options(cfg)).init(dense),
              sparse.get_sparse_optimizer(tables, 0.1).init(params["embed"]["table"]))
     assert est["gradients"] < nbytes(params)  # only the rows of one batch
   # the estimate counts the slots, not the few scalar counters beside them

@@ -12,6 +12,7 @@ import pytest
 from embedlab import config as config_lib
 from embedlab.models import classifiers as models
 from embedlab.core import optim as optim_lib
+from embedlab.run import build as build_lib
 from embedlab.run import resources
 from embedlab.core import sparse
 from embedlab.run import steps as steps_lib
@@ -42,12 +43,12 @@ def _compiled_step(cfg):
   params = jax.eval_shape(model.init, key)
   table_opt = None
   if cfg.optim.tables == "dense":
-    opt = optim_lib.make_optimizer(cfg.optim, params, 100)
+    opt = optim_lib.make_optimizer(cfg.optim.name, params, 100, **build_lib.dense_optimizer_options(cfg))
     opt_state = jax.eval_shape(opt.init, params)
   else:
     table_opt = sparse.get_sparse_optimizer(cfg.optim.tables, 0.1)
     table, dense = steps_lib.split_table(params)
-    opt = optim_lib.make_optimizer(cfg.optim, dense, 100)
+    opt = optim_lib.make_optimizer(cfg.optim.name, dense, 100, **build_lib.dense_optimizer_options(cfg))
     opt_state = {"dense": jax.eval_shape(opt.init, dense),
                  "table": jax.eval_shape(table_opt.init, table)}
   state = steps_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state, key)
@@ -92,7 +93,7 @@ def test_check_step_fits_refuses_with_xla_numbers_and_returns_the_same_program()
   cfg = _config("bilstm", "plain", "adam")
   model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
   params = model.init(jax.random.key(0))
-  opt = optim_lib.make_optimizer(cfg.optim, params, 100)
+  opt = optim_lib.make_optimizer(cfg.optim.name, params, 100, **build_lib.dense_optimizer_options(cfg))
   state = steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt.init(params),
                            jax.random.PRNGKey(0))
   step = jax.jit(steps_lib.make_train_step(model, opt, oob="clip"))

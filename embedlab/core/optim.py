@@ -141,35 +141,53 @@ def make_schedule(name: str, learning_rate: float, total_steps: int,
   return base
 
 
-def make_optimizer(cfg, params: Any, total_steps: int, *, frozen: Iterable[str] = (),
+# The dense optimizers by name: each the optax transformation that scales the gradient
+# (the learning rate and weight decay are chained around it by ``make_optimizer``).
+DENSE_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": lambda momentum: optax.identity(),
+    "momentum": lambda momentum: optax.trace(decay=momentum),
+    "adam": lambda momentum: optax.scale_by_adam(),
+    "adamw": lambda momentum: optax.scale_by_adam(),
+    "adagrad": lambda momentum: optax.scale_by_rss(initial_accumulator_value=0.1),
+}
+
+
+def make_optimizer(name: str, params: Any, total_steps: int, *, learning_rate: float,
+                   schedule: str = "constant", warmup_steps: int = 0, clip_norm: float = 0.0,
+                   weight_decay: float = 0.0, momentum: float = 0.9,
+                   frozen: Iterable[str] = (),
                    row_masks: dict[str, Any] | None = None) -> optax.GradientTransformation:
-  """Builds the dense optax optimizer of an ``OptimConfig``.
+  """Builds a dense optax optimizer: ``name`` one of ``DENSE_OPTIMIZERS``.
 
   Order: clip -> [L2 decay, masked] -> scale (sgd / momentum / adam / adagrad) -> [decoupled
   decay for adamw, masked] -> learning rate -> frozen rows zeroed; frozen tables through
   ``freeze``. Weight decay always precedes the learning-rate scaling, so it is scaled by it.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones((2, 2))}
+    >>> tx = make_optimizer("adamw", params, 100, learning_rate=1e-3, weight_decay=0.01)
+    >>> updates, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+    >>> updates["w"].shape
+    (2, 2)
   """
+  if name not in DENSE_OPTIMIZERS:
+    raise ValueError(f"make_optimizer: unknown optimizer {name!r}; use one of "
+                     f"{', '.join(DENSE_OPTIMIZERS)}.")
   frozen = list(frozen)
   frozen_mask = path_mask(params, frozen) if frozen else None
   wd_mask = decay_mask(params, frozen_mask)
-  schedule = make_schedule(cfg.schedule, cfg.learning_rate, total_steps, cfg.warmup_steps)
   parts = []
-  if cfg.clip_norm:
-    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  decay = optax.masked(optax.add_decayed_weights(cfg.weight_decay), wd_mask)
-  if cfg.weight_decay and cfg.name != "adamw":
+  if clip_norm:
+    parts.append(optax.clip_by_global_norm(clip_norm))
+  decay = optax.masked(optax.add_decayed_weights(weight_decay), wd_mask)
+  if weight_decay and name != "adamw":
     parts.append(decay)
-  scalers = {
-      "sgd": optax.identity,
-      "momentum": lambda: optax.trace(decay=cfg.momentum),
-      "adam": optax.scale_by_adam,
-      "adamw": optax.scale_by_adam,
-      "adagrad": lambda: optax.scale_by_rss(initial_accumulator_value=0.1),
-  }
-  parts.append(scalers[cfg.name]())
-  if cfg.weight_decay and cfg.name == "adamw":
+  parts.append(DENSE_OPTIMIZERS[name](momentum))
+  if weight_decay and name == "adamw":
     parts.append(decay)
-  parts.append(optax.scale_by_learning_rate(schedule))
+  parts.append(optax.scale_by_learning_rate(
+      make_schedule(schedule, learning_rate, total_steps, warmup_steps)))
   if row_masks:
     parts.append(freeze_rows(row_masks))
   tx = optax.chain(*parts)

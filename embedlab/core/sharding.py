@@ -22,7 +22,7 @@ Rows must divide evenly by the "model" size. ``shard_table`` raises when they do
 vocabulary size as ``num_embeddings`` to the lookups so ids in the padding still raise.
 
 Training (``embedlab train`` with a ``mesh`` config section) uses the second half of this
-module: ``mesh_from_config`` builds the mesh, ``state_shardings`` / ``place`` put the train
+module: ``embedlab.run.placement.mesh_from_config`` builds the mesh, ``state_shardings`` / ``place`` put the train
 state on it (tables and their optimizer slots by rows over "model", the rest replicated),
 ``global_batch`` splits each batch over "data" (each process handing over only its own rows),
 and the row-sparse step reads and updates rows with ``sharded_take`` /
@@ -30,8 +30,8 @@ and the row-sparse step reads and updates rows with ``sharded_take`` /
 
 Process-wide settings (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to simulate 8 CPU
 devices, ``jax.distributed.initialize()``) belong to the program's entry point, never here:
-``initialize_distributed(cfg.mesh)`` is the helper such an entry point (``embedlab train``)
-calls first.
+``embedlab.run.placement.initialize_distributed`` is the helper such an entry point
+(``embedlab train``) calls first.
 """
 
 from __future__ import annotations

@@ -88,9 +88,11 @@ def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Set
                                        cfg.optim.warmup_steps)
     table_optimizer = sparse_lib.get_sparse_optimizer(cfg.optim.tables, schedule,
                                                        weight_decay=cfg.optim.weight_decay)
-    optimizer = optim_lib.make_optimizer(cfg.optim, steps_lib.split_table(params)[1], steps)
+    optimizer = optim_lib.make_optimizer(
+        cfg.optim.name, steps_lib.split_table(params)[1], steps, **dense_optimizer_options(cfg))
   else:
-    optimizer = optim_lib.make_optimizer(cfg.optim, params, steps, frozen=frozen,
+    optimizer = optim_lib.make_optimizer(cfg.optim.name, params, steps, frozen=frozen,
+                                         **dense_optimizer_options(cfg),
                                          row_masks=row_masks)
   return Setup(model, optimizer, table_optimizer, row_mask, params,
                0 if found is None else int(found.sum()), tuple(frozen), rng, estimate)
@@ -208,3 +210,10 @@ def ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable:
       counts, (data_lib.batch_indices(len(counts), cfg.train.batch_size, seed=cfg.seed, epoch=e,
                                       lengths=lengths) for e in epochs))
   return functools.partial(data_lib.ragged_batches, length=length)
+
+
+def dense_optimizer_options(cfg: config_lib.Config) -> dict[str, Any]:
+  """``core.optim.make_optimizer``'s options from ``cfg.optim``."""
+  o = cfg.optim
+  return dict(learning_rate=o.learning_rate, schedule=o.schedule, warmup_steps=o.warmup_steps,
+              clip_norm=o.clip_norm, weight_decay=o.weight_decay, momentum=o.momentum)
