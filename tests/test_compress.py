@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import embedlab as el
+from embedlab.core import tables
 from embedlab.core import compress as ec
 
 M32 = 0xFFFFFFFF
@@ -340,7 +341,7 @@ def np_pool(vecs, ids, mode, weights, padding_id):
   return out
 
 
-@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", tables.BAG_MODES)
 def test_bag_lookup_matches_numpy_for_every_variant(mode):
   rng = np.random.default_rng(5)
   for v in VARIANTS:
@@ -355,7 +356,7 @@ def test_bag_lookup_matches_numpy_for_every_variant(mode):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5, err_msg=v.name)
 
 
-@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", tables.BAG_MODES)
 def test_bag_factorized_equals_pooling_the_full_vectors(mode):
   v = next(v for v in VARIANTS if v.name == "factorized")
   ids = np.array([[1, 2, 0, 0], [0, 0, 0, 0], [5, 5, 29, 3]], np.int32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import embedlab as el
+from embedlab.core import tables
 
 RNG = np.random.default_rng(0)
 
@@ -282,7 +283,7 @@ def test_empty_batch_gives_empty_output():
 
 # ---------------------------------------------------------------- bag
 
-@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", tables.BAG_MODES)
 @pytest.mark.parametrize("trial", range(4))
 def test_bag_padded_values_and_gradients_match_numpy(mode, trial):
   rng = np.random.default_rng(100 + trial)
@@ -311,7 +312,7 @@ def test_bag_padded_values_and_gradients_match_numpy(mode, trial):
     assert np.all(np.asarray(grad)[0] == 0.0)
 
 
-@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", tables.BAG_MODES)
 def test_all_padding_bag_is_zero_with_finite_gradient(mode):
   params = {"table": jnp.asarray(random_table(6, 3, seed=1))}
   ids = jnp.zeros((2, 4), jnp.int32)
@@ -320,7 +321,7 @@ def test_all_padding_bag_is_zero_with_finite_gradient(mode):
   assert np.all(np.asarray(grad["table"]) == 0.0)
 
 
-@pytest.mark.parametrize("mode", el.core.tables.BAG_MODES)
+@pytest.mark.parametrize("mode", tables.BAG_MODES)
 def test_bag_ragged_matches_padded(mode):
   rng = np.random.default_rng(7)
   table = random_table(30, 5, seed=7)

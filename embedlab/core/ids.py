@@ -65,8 +65,7 @@ def id_dtype() -> np.dtype:
   dtype, where a table size or a padding id would wrap around.
 
   Example:
-    >>> import embedlab as el
-    >>> el.core.ids.id_dtype()
+    >>> id_dtype()
     dtype('int32')
   """
   return np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
@@ -98,8 +97,8 @@ def normalize_ids(ids: Any, num_embeddings: int, *, oob: str = "error",
     ``CheckedIds(ids, keep)``.
 
   Example:
-    >>> import numpy as np, embedlab as el
-    >>> checked = el.core.ids.normalize_ids(np.array([1, 255], np.uint8), 1000, padding_id=1)
+    >>> import numpy as np
+    >>> checked = normalize_ids(np.array([1, 255], np.uint8), 1000, padding_id=1)
     >>> checked.ids.tolist(), checked.ids.dtype, checked.keep.tolist()
     ([1, 255], dtype('int32'), [False, True])
   """
@@ -134,8 +133,7 @@ def normalize_segments(segment_ids: Any, num_bags: Any, *, check_traced: bool = 
     ``(segment_ids as id_dtype(), num_bags)``.
 
   Example:
-    >>> import embedlab as el
-    >>> el.core.ids.normalize_segments([0, 0, 2], 2)
+    >>> normalize_segments([0, 0, 2], 2)
     Traceback (most recent call last):
     ...
     ValueError: bag: segment id 2 at position (2,) is outside the bags (num_bags=2: valid ...
@@ -190,8 +188,8 @@ def padding_mask(ids: Any, padding_id: int | None) -> Array:
   ``padding_id`` the dtype cannot hold matches nothing; it never wraps around).
 
   Example:
-    >>> import numpy as np, embedlab as el
-    >>> el.core.ids.padding_mask(np.array([4, 5], np.int8), 260).tolist()
+    >>> import numpy as np
+    >>> padding_mask(np.array([4, 5], np.int8), 260).tolist()
     [True, True]
   """
   shape = np.shape(ids)
@@ -211,8 +209,8 @@ def mask_rows(vecs: Array, keep: Array | None) -> Array:
   or cotangent at such a position stays out of the result and out of the gradient).
 
   Example:
-    >>> import jax.numpy as jnp, embedlab as el
-    >>> el.core.ids.mask_rows(jnp.array([[1.0], [jnp.nan]]), jnp.array([True, False])).tolist()
+    >>> import jax.numpy as jnp
+    >>> mask_rows(jnp.array([[1.0], [jnp.nan]]), jnp.array([True, False])).tolist()
     [[1.0], [0.0]]
   """
   if keep is None:
