@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
       sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd, sum_duplicates)
   from embedlab.flax_adapter import (  # noqa: F401
       Embed, LinenEmbed)
+  from embedlab.rowgrad import (  # noqa: F401
+      RowGrad, apply_updates, row_sparse, value_and_row_grad)
   from embedlab.loaded import (  # noqa: F401
       Run, UnknownWordsError, load_run)
 
@@ -98,6 +100,10 @@ _MODULES = {
     "sum_duplicates": "embedlab.sparse",
     "Embed": "embedlab.flax_adapter",  # flax: ~0.7 s to import
     "LinenEmbed": "embedlab.flax_adapter",
+    "RowGrad": "embedlab.rowgrad",
+    "apply_updates": "embedlab.rowgrad",
+    "row_sparse": "embedlab.rowgrad",
+    "value_and_row_grad": "embedlab.rowgrad",
 }
 
 __all__ = [
@@ -141,6 +147,10 @@ __all__ = [
     "sum_duplicates",
     "Embed",
     "LinenEmbed",
+    "RowGrad",
+    "apply_updates",
+    "row_sparse",
+    "value_and_row_grad",
     "Run",
     "UnknownWordsError",
     "load_run",
