@@ -85,7 +85,8 @@ def _optax_callers() -> str | None:
   """The optax functions on the call stack, innermost first (``update_moment <- ...``)."""
   names, frame = [], sys._getframe(1)  # pylint: disable=protected-access
   while frame is not None and len(names) < 3:
-    if frame.f_globals.get("__name__", "").startswith("optax"):
+    if frame.f_globals.get("__name__", "").startswith("optax") and \
+        "extra_args" not in frame.f_code.co_qualname:
       name = f"optax {frame.f_code.co_qualname.replace('.<locals>', '')}"
       if name not in names:
         names.append(name)
@@ -386,13 +387,22 @@ def row_sparse(optimizer: sparse.SparseOptimizer) -> optax.GradientTransformatio
                                        optimizer.weight_decay)
 
   def init(params):
+    # nnx.Optimizer initialises from the model's variables (nnx.Param) and updates with their
+    # values: the state is built on the values, so both see the same tree
+    nnx = sys.modules.get("flax.nnx")
+
+    def is_variable(x):
+      return nnx is not None and isinstance(x, nnx.Variable)
+
     def one(path, leaf):
+      if is_variable(leaf):
+        leaf = leaf.get_value()
       if getattr(leaf, "ndim", None) != 2:
         raise ValueError(f"row_sparse.init: parameter {path_of(path)} has shape "
                          f"{getattr(leaf, 'shape', None)}, not a table [V, D]. Give row_sparse "
                          f"the tables only, with optax.multi_transform or optax.masked.")
       return optimizer.init(leaf)
-    return jax.tree_util.tree_map_with_path(one, params)
+    return jax.tree_util.tree_map_with_path(one, params, is_leaf=is_variable)
 
   def update(updates, state, params=None):
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_grad)
@@ -401,8 +411,11 @@ def row_sparse(optimizer: sparse.SparseOptimizer) -> optax.GradientTransformatio
     new_updates, new_states = [], []
     for (path, g), s, t in zip(flat, states, tables):
       if not isinstance(g, RowGrad):
+        callers = _optax_callers()
+        met = (f" (it came through {callers}, which made it dense: {_WHAT_TO_DO})"
+               if callers else "")
         raise TypeError(f"row_sparse.update: the gradient of {path_of(path)} is a "
-                        f"{type(g).__name__}, not a RowGrad. Take gradients with "
+                        f"{type(g).__name__}, not a RowGrad{met}. Take the table's gradient with "
                         f"el.value_and_row_grad, and give dense parameters a dense optimizer "
                         f"through optax.multi_transform.")
       if weight_decay and t is None:
