@@ -22,7 +22,7 @@ def _reference_table(seed=0):
 
 def test_nnx_embed_matches_numpy_lookup_and_nnx_embed():
   table = _reference_table()
-  layer = Embed(V, D, init=table, rngs=nnx.Rngs(0))
+  layer = Embed(V, D, embedding_init=table, rngs=nnx.Rngs(0))
   out = layer(jnp.asarray(IDS))
   np.testing.assert_array_equal(np.asarray(out), table[IDS])
   np.testing.assert_array_equal(np.asarray(out), np.asarray(tables.lookup(layer.params, IDS)))
@@ -51,7 +51,7 @@ def test_nnx_embed_init_uses_rngs_and_padding_row_is_zero():
 
 def test_nnx_padding_gives_zero_vectors_and_zero_gradient():
   table = _reference_table()
-  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+  layer = Embed(V, D, embedding_init=table, padding_id=0, rngs=nnx.Rngs(0))
   out = np.asarray(layer(jnp.asarray(IDS)))
   expected = table[IDS] * (IDS != 0)[..., None]
   np.testing.assert_array_equal(out, expected)
@@ -105,7 +105,7 @@ def test_nnx_out_of_range_ids_raise_eagerly_and_under_jit():
 
 def test_nnx_attend_bag_max_norm_and_dtype():
   table = _reference_table()
-  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+  layer = Embed(V, D, embedding_init=table, padding_id=0, rngs=nnx.Rngs(0))
   padded = np.where(np.arange(V)[:, None] == 0, 0, table)  # init zeroes the padding row
   x = np.random.default_rng(1).normal(size=(3, 2, D)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(layer.attend(jnp.asarray(x))), x @ padded.T, rtol=1e-5,
@@ -116,19 +116,19 @@ def test_nnx_attend_bag_max_norm_and_dtype():
   means = np.asarray(layer.bag(jnp.asarray(IDS), mode="mean"))
   np.testing.assert_allclose(means, bags / (IDS != 0).sum(1, keepdims=True), rtol=1e-6)
 
-  capped = Embed(V, D, init=table, max_norm=1.0, rngs=nnx.Rngs(0))
+  capped = Embed(V, D, embedding_init=table, max_norm=1.0, rngs=nnx.Rngs(0))
   norms = np.linalg.norm(np.asarray(capped(jnp.asarray(IDS))), axis=-1)
   expected = np.minimum(np.linalg.norm(table[IDS], axis=-1), 1.0)
   np.testing.assert_allclose(norms, expected, rtol=1e-5)
 
-  half = Embed(V, D, init=table, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  half = Embed(V, D, embedding_init=table, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert half(jnp.asarray(IDS)).dtype == jnp.bfloat16
   assert half.embedding[...].dtype == jnp.float32
 
 
 def test_nnx_train_step_moves_only_looked_up_rows():
   table = _reference_table()
-  layer = Embed(V, D, init=table, padding_id=0, rngs=nnx.Rngs(0))
+  layer = Embed(V, D, embedding_init=table, padding_id=0, rngs=nnx.Rngs(0))
 
   @nnx.jit
   def step(model, ids):
@@ -201,7 +201,7 @@ def test_linen_embed_padding_gradient_bag_and_init():
 def test_nnx_and_linen_read_narrow_ids_exactly_and_ignore_nan_weights_at_padding():
   table = np.random.default_rng(2).normal(size=(300, 3)).astype(np.float32)
   table[260] = 0
-  nnx_layer = Embed(300, 3, init=table, padding_id=260, rngs=nnx.Rngs(0))
+  nnx_layer = Embed(300, 3, embedding_init=table, padding_id=260, rngs=nnx.Rngs(0))
   linen_layer = LinenEmbed(300, 3, padding_id=260, oob="clip")
   variables = {"params": {"embedding": jnp.asarray(table)}}
   ids = np.array([[255, 4, 4], [1, 2, 3]], np.uint8)  # 255 is row 255; 4 is not padding 260
