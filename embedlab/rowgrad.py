@@ -63,7 +63,6 @@ A jitted step on plain params (``table`` and the optimizer state donated):
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 from typing import Any, Callable
 
@@ -72,7 +71,7 @@ import jax.numpy as jnp
 import optax
 
 from embedlab import sparse
-from embedlab.optim import path_of
+from embedlab.optim import path_matches, path_of
 
 Array = jax.Array
 
@@ -244,12 +243,6 @@ def apply_updates(params: Any, updates: Any) -> Any:
 # ------------------------------------------------------------------------------ gradients
 
 
-def _matches(path: str, pattern: str) -> bool:
-  """A pattern names a leaf by its path, with or without Flax's trailing ``/value``."""
-  return fnmatch.fnmatchcase(path, pattern) or (
-      path.endswith("/value") and fnmatch.fnmatchcase(path[:-len("/value")], pattern))
-
-
 def _find_table(flat, table: str | None, where: str) -> int:
   paths = [path_of(p) for p, _ in flat]
   if table is None:
@@ -257,7 +250,7 @@ def _find_table(flat, table: str | None, where: str) -> int:
     hits = [i for i, p in enumerate(bare) if p.split("/")[-1] in ("table", "embedding")]
     hint = "name it with table='path/to/table'"
   else:
-    hits = [i for i, p in enumerate(paths) if _matches(p, table)]
+    hits = [i for i, p in enumerate(paths) if path_matches(p, table)]
     hint = "give a pattern that matches exactly one"
   if len(hits) != 1:
     found = ", ".join(paths[i] for i in hits) or "none"
