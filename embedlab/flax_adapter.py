@@ -8,8 +8,8 @@ API. The parameter is named ``embedding`` as in Flax's own ``Embed``, so checkpo
 (``el.lookup(params["embed"], ids)`` on ``{"embed": {"embedding": ...}}``); ``el.freeze`` takes
 the path Flax gives it (``"embed/embedding"``). For row-sparse training of the table inside an
 ``nnx.Optimizer``, see ``embedlab.rowgrad`` (``value_and_row_grad`` on the model, and
-``row_sparse`` for the table in an ``optax.multi_transform``); ``Embed``'s docstring has the
-step.
+``row_sparse`` for the table in an ``optax.multi_transform``); the README's "Use it from
+Python" has the step.
 
   >>> import jax.numpy as jnp
   >>> from flax import nnx

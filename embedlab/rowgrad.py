@@ -86,7 +86,7 @@ def _optax_callers() -> str | None:
   while frame is not None and len(names) < 3:
     if frame.f_globals.get("__name__", "").startswith("optax") and \
         "extra_args" not in frame.f_code.co_qualname:
-      name = f"optax {frame.f_code.co_qualname.replace('.<locals>', '')}"
+      name = f"optax {frame.f_code.co_qualname.replace('.<locals>', '')}"  # Python >= 3.11
       if name not in names:
         names.append(name)
     frame = frame.f_back
@@ -304,6 +304,17 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
     >>> g = grads["embed"]["table"]
     >>> float(loss), g.ids.tolist(), g.rows[:, 0].tolist(), grads["w"].tolist()
     (6.0, [10, 4, 10, 7, 10], [0.0, 2.0, 0.0, 1.0, 0.0], [3.0, 3.0])
+
+    On an ``nnx`` model (``nnx.Optimizer.update(model, grads)`` takes the result; the README's
+    "Use it from Python" has the whole step):
+
+    >>> from flax import nnx
+    >>> model = nnx.Sequential(el.Embed(10, 2, padding_id=0, rngs=nnx.Rngs(0)))
+    >>> _, grads = el.value_and_row_grad(lambda m, ids: m(ids).sum(), model,
+    ...                                  jnp.array([[3, 3, 0]]), strategy="rows")
+    >>> g = grads["layers"][0]["embedding"].get_value()
+    >>> g.ids.tolist(), g.rows[:, 0].tolist()
+    ([10, 3, 10, 10], [0.0, 2.0, 0.0, 0.0])
   """
   where = "value_and_row_grad"
   nnx = sys.modules.get("flax.nnx")
