@@ -56,7 +56,8 @@ def path_matches(path: str, pattern: str) -> bool:
   """
   def bare(p):
     return p[:-len("/value")] if p.endswith("/value") else p
-  return any(fnmatch.fnmatchcase(p, q) for p in {path, bare(path)} for q in {pattern, bare(pattern)})
+  return any(fnmatch.fnmatchcase(p, q)
+             for p in {path, bare(path)} for q in {pattern, bare(pattern)})
 
 
 def param_paths(params: Any) -> list[str]:

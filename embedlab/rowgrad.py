@@ -35,11 +35,14 @@ Consequences, stated plainly:
     optimizer's state (its ids are static data, so they would leak out of the trace).
   * Transformations that combine the gradient with dense state of the table's shape cannot take
     it: ``optax.MultiSteps`` (its accumulator), ``optax.trace`` / ``ema`` and the dense
-    optimizers (``optax.adam`` given the table). They fail on a tree-structure mismatch or an
-    arithmetic operation whose message names ``RowGrad``, the optax function that met it and
-    what to do: route the table to ``row_sparse`` with ``optax.multi_transform`` /
-    ``optax.masked``; for gradient accumulation, use a larger batch (or sum micro-batch losses
-    in one step) instead of ``MultiSteps``.
+    optimizers (``optax.adam`` given the table). They raise (a tree-structure mismatch, an
+    arithmetic operation on a ``RowGrad``, or ``row_sparse`` handed the dense sum ``MultiSteps``
+    made) with a message that names the optax function and what to do: route the table to
+    ``row_sparse`` with ``optax.multi_transform`` / ``optax.masked``; for gradient
+    accumulation, use a larger batch (or sum micro-batch losses in one step) instead of
+    ``MultiSteps``.
+  * ``embedlab.freeze_rows`` masks a ``RowGrad``'s rows; ``nnx.Optimizer.update`` takes the
+    gradients of ``value_and_row_grad(loss_fn, model, ids)`` on an ``nnx`` model.
 
 A jitted step on plain params (``table`` and the optimizer state donated):
 
@@ -181,12 +184,20 @@ class RowGrad(metaclass=_RowGradType):
   __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _unsupported
   __neg__ = __pow__ = __matmul__ = __rmatmul__ = __array__ = _unsupported
 
+  # the pytree protocol: one child, the rows; the ids (by identity), size and layout as aux data
+  def tree_flatten(self):
+    return (self.rows,), (self._ids, self.num_rows, self.dense)
 
-jax.tree_util.register_pytree_with_keys(
-    RowGrad,
-    lambda g: (((jax.tree_util.GetAttrKey("rows"), g.rows),), (g._ids, g.num_rows, g.dense)),  # pylint: disable=protected-access
-    lambda aux, children: RowGrad(aux[0], children[0], aux[1], aux[2]),
-    lambda g: ((g.rows,), (g._ids, g.num_rows, g.dense)))  # pylint: disable=protected-access
+  def tree_flatten_with_keys(self):
+    return ((jax.tree_util.GetAttrKey("rows"), self.rows),), (self._ids, self.num_rows, self.dense)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(aux[0], children[0], aux[1], aux[2])
+
+
+jax.tree_util.register_pytree_with_keys(RowGrad, RowGrad.tree_flatten_with_keys,
+                                        RowGrad.tree_unflatten, RowGrad.tree_flatten)
 
 
 def _is_row_grad(x) -> bool:
@@ -280,8 +291,9 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
     fn: ``fn(params, ids, *args) -> loss`` (or ``(loss, aux)`` with ``has_aux``).
     params: a params pytree (``{"embed": {"table": ...}, ...}``, an ``nnx.State``), or an
       ``nnx.Module``: then ``fn`` gets the module with the local table in place (only its
-      ``nnx.Param`` variables are differentiated) and the gradients are an ``nnx.State`` of its
-      params, ready for ``nnx.Optimizer.update``.
+      ``nnx.Param`` variables are differentiated; what ``fn`` changes in its other state, such
+      as rng counts, is written back to it, as ``nnx.value_and_grad`` does) and the gradients
+      are an ``nnx.State`` of its params, ready for ``nnx.Optimizer.update``.
     ids: int ids of any shape, all looked up in the table; checked as ``lookup`` does.
     *args: passed on to ``fn``.
     table: the table's path, a glob (``"embed/table"``, ``"embed/embedding"``); default: the
@@ -337,11 +349,20 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
   leaves[i] = local.params["table"]
   local_state = jax.tree_util.tree_unflatten(treedef, leaves)
 
-  def loss(s):
-    first = nnx.merge(graphdef, s, rest) if module else s
-    return fn(first, local.ids, *args)
+  def loss(s, rest):  # rest goes in as an argument, so fn may update it inside the trace
+    first = nnx.merge(graphdef, s, rest, copy=True) if module else s
+    out = fn(first, local.ids, *args)
+    value, aux = out if has_aux else (out, None)
+    # what fn changed in the module besides its params (rng counts, batch statistics, ...)
+    new_rest = nnx.split(first, nnx.Param, ...)[2] if module else None
+    return value, (aux, new_rest)
 
-  value, grads = jax.value_and_grad(loss, has_aux=has_aux)(local_state)
+  (value, (aux, new_rest)), grads = jax.value_and_grad(loss, has_aux=True)(
+      local_state, rest if module else None)
+  if module:
+    nnx.update(params, new_rest)
+  if has_aux:
+    value = (value, aux)
   grad_leaves, grad_def = jax.tree_util.tree_flatten(grads)
   grad_leaves[i] = RowGrad(local.row_ids, grad_leaves[i], rows, dense=strategy == "table")
   return value, jax.tree_util.tree_unflatten(grad_def, grad_leaves)

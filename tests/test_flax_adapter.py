@@ -372,3 +372,27 @@ def test_functional_api_reads_flax_params_and_old_init_name_warns():
   with pytest.raises(TypeError, match=r"embedding_init only"):
     Embed(V, D, init=table, embedding_init="uniform", rngs=nnx.Rngs(0))
   assert Embed(V, D, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))(ids).dtype == jnp.bfloat16
+
+
+def test_value_and_row_grad_on_a_module_writes_back_its_other_state():
+  """Non-param state the loss changes (here a call counter; rng counts of dropout alike) is
+  kept, as nnx.value_and_grad keeps it, eagerly and under nnx.jit."""
+
+  class Counting(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = Embed(V, D, padding_id=0, rngs=rngs)
+      self.calls = nnx.Variable(jnp.array(0))
+
+    def __call__(self, ids):
+      self.calls[...] += 1
+      return self.embed.bag(ids).sum()
+
+  model = Counting(nnx.Rngs(0))
+  ids = jnp.asarray(IDS)
+  loss, _ = el.value_and_row_grad(lambda m, i: m(i), model, ids)
+  np.testing.assert_allclose(float(loss), float(model.embed.bag(ids).sum()), rtol=1e-6)
+  assert int(model.calls[...]) == 1
+  step = nnx.jit(lambda m, i: el.value_and_row_grad(lambda m, i: (m(i), 5), m, i,
+                                                    has_aux=True)[0])
+  loss, aux = step(model, ids)
+  assert int(aux) == 5 and int(model.calls[...]) == 2
