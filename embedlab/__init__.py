@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
       sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd, sum_duplicates)
   from embedlab.models.flax_embed import (  # noqa: F401
       Embed, LinenEmbed)
+  from embedlab.core.rowgrad import (  # noqa: F401
+      RowGrad, apply_updates, row_sparse, value_and_row_grad)
   from embedlab.run.loaded import (  # noqa: F401
       Run, UnknownWordsError, load_run)
 
@@ -43,6 +45,10 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _MODULES = {
+    "RowGrad": "embedlab.core.rowgrad",
+    "apply_updates": "embedlab.core.rowgrad",
+    "row_sparse": "embedlab.core.rowgrad",
+    "value_and_row_grad": "embedlab.core.rowgrad",
     "INIT_NAMES": "embedlab.core.tables",
     "Run": "embedlab.run.loaded",
     "UnknownWordsError": "embedlab.run.loaded",
@@ -146,6 +152,10 @@ __all__ = [
     "sum_duplicates",
     "Embed",
     "LinenEmbed",
+    "RowGrad",
+    "apply_updates",
+    "row_sparse",
+    "value_and_row_grad",
     "Run",
     "UnknownWordsError",
     "load_run",

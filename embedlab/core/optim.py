@@ -16,25 +16,14 @@ learning-rate scaling.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
-def path_of(key_path) -> str:
-  """``"embed/table"`` for a pytree key path like ``(DictKey('embed'), DictKey('table'))``."""
-  parts = []
-  for k in key_path:
-    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-  return "/".join(parts)
-
-
-def param_paths(params: Any) -> list[str]:
-  """All leaf paths of a params pytree, e.g. ``["embed/table", "out/b", "out/w"]``."""
-  return [path_of(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+from embedlab.core.paths import param_paths, path_matches, path_of, values_of
+from embedlab.core.rowgrad import RowGrad
 
 
 def path_mask(params: Any, patterns: Iterable[str] | Callable[[str, Any], bool]) -> Any:
@@ -42,22 +31,25 @@ def path_mask(params: Any, patterns: Iterable[str] | Callable[[str, Any], bool])
   (``"embed/*"``) or where ``patterns(path, leaf)`` is true.
 
   Raises ``ValueError`` for a pattern that matches no parameter (a typo freezes nothing).
+  Flax ``nnx`` params (an ``nnx.State``) are read by value: the mask has the values' tree and
+  the paths Flax gives them (``"embed/embedding"``; ``".../value"`` matches too).
 
   Example:
     >>> import jax.numpy as jnp
     >>> path_mask({"embed": {"table": jnp.ones(2)}, "b": jnp.ones(1)}, ["embed/*"])
     {'b': False, 'embed': {'table': True}}
   """
+  params = values_of(params)
   if callable(patterns):
     return jax.tree_util.tree_map_with_path(lambda p, x: bool(patterns(path_of(p), x)), params)
   patterns = list(patterns)
   paths = param_paths(params)
   for pattern in patterns:
-    if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
+    if not any(path_matches(p, pattern) for p in paths):
       raise ValueError(f"path_mask: pattern {pattern!r} matches no parameter; the parameters "
                        f"are {', '.join(paths)}.")
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: any(fnmatch.fnmatchcase(path_of(p), pat) for pat in patterns), params)
+      lambda p, _: any(path_matches(path_of(p), pat) for pat in patterns), params)
 
 
 def freeze(optimizer: optax.GradientTransformation, params: Any,
@@ -65,7 +57,21 @@ def freeze(optimizer: optax.GradientTransformation, params: Any,
   """Wraps ``optimizer`` so that the parameters matching ``frozen`` never change.
 
   Uses ``optax.multi_transform`` with ``optax.set_to_zero`` for the frozen labels, so the
-  frozen parameters carry no optimizer state either.
+  frozen parameters carry no optimizer state either. ``params`` may be an ``nnx.State`` (e.g.
+  ``nnx.state(model, nnx.Param)``, for ``nnx.Optimizer``), named by Flax's paths.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> import embedlab as el
+    >>> model = nnx.Sequential(el.Embed(5, 2, rngs=nnx.Rngs(0)), nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+    >>> tx = el.freeze(optax.sgd(0.1), nnx.state(model, nnx.Param), ["layers/0/embedding"])
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> table = model.layers[0].embedding[...]
+    >>> grads = nnx.grad(lambda m: m(jnp.array([1, 2])).sum())(model)
+    >>> _ = optimizer.update(model, grads)
+    >>> bool((model.layers[0].embedding[...] == table).all())
+    True
   """
   mask = path_mask(params, frozen)
   labels = jax.tree.map(lambda m: "frozen" if m else "trained", mask)
@@ -91,22 +97,27 @@ def freeze_rows(row_masks: dict[str, Any]) -> optax.GradientTransformation:
   row_masks = {k: jnp.asarray(v, bool) for k, v in row_masks.items()}
 
   def init(params):
-    missing = set(row_masks) - set(param_paths(params))
+    paths = param_paths(params)
+    missing = [k for k in row_masks if not any(path_matches(p, k) for p in paths)]
     if missing:
       raise ValueError(f"freeze_rows: no parameter at {sorted(missing)}; the parameters are "
-                       f"{', '.join(param_paths(params))}.")
+                       f"{', '.join(paths)}.")
     return FreezeRowsState()
 
   def update(updates, state, params=None):
     del params
 
     def apply(path, u):
-      mask = row_masks.get(path_of(path))
+      mask = next((m for k, m in row_masks.items() if path_matches(path_of(path), k)), None)
       if mask is None:
         return u
+      if isinstance(u, RowGrad):  # the rows of its ids (ids out of range: no row)
+        keep = jnp.take(mask, u.ids, mode="fill", fill_value=False)
+        return u.with_rows(u.rows * keep[:, None].astype(u.rows.dtype))
       return u * mask.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
 
-    return jax.tree_util.tree_map_with_path(apply, updates), state
+    return jax.tree_util.tree_map_with_path(apply, updates,
+                                            is_leaf=lambda x: isinstance(x, RowGrad)), state
 
   return optax.GradientTransformation(init, update)
 

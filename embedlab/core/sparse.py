@@ -94,6 +94,10 @@ class SparseOptimizer(NamedTuple):
   init: Callable[[Array], Any]
   update: Callable[..., tuple[Array, Any]]
   add: Callable[..., tuple[Array, Any]] | None = None
+  # the per-row arithmetic, for other drivers of it (``embedlab.core.rowgrad.row_sparse``)
+  rule: Rule | None = None
+  learning_rate: ScalarOrSchedule | None = None
+  weight_decay: float = 0.0
 
 
 class SparseSgdState(NamedTuple):
@@ -367,7 +371,8 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
     slots = tuple(s.at[ids].set(r, mode="drop") for s, r in zip(slots, new_slot_rows))
     return table, state_type(count, *slots)
 
-  return SparseOptimizer(init, update)
+  return SparseOptimizer(init, update, rule=rule, learning_rate=learning_rate,
+                         weight_decay=weight_decay)
 
 
 def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -138,12 +139,17 @@ def check_size(num_embeddings, features):
 
 
 def table_of(params: Params, where: str) -> Array:
-  if not isinstance(params, dict) or "table" not in params:
-    raise TypeError(f"{where}: params must be a dict with a 'table' entry "
-                    f"(as returned by init_table), got {type(params).__name__}.")
-  table = params["table"]
+  # "embedding" is the name Flax's Embed layers (and embedlab.Embed / LinenEmbed) give the table
+  key = next((k for k in ("table", "embedding") if k in params), None) \
+      if isinstance(params, Mapping) else None
+  if key is None:
+    keys = f" with keys {', '.join(map(repr, params))}" if isinstance(params, Mapping) else ""
+    raise TypeError(f"{where}: params must be a dict with a 'table' entry (as returned by "
+                    f"init_table) or Flax's 'embedding' entry, got {type(params).__name__}"
+                    f"{keys}.")
+  table = params[key]
   if table.ndim != 2:
-    raise ValueError(f"{where}: params['table'] must be 2-D [num_embeddings, features], "
+    raise ValueError(f"{where}: params[{key!r}] must be 2-D [num_embeddings, features], "
                      f"got shape {table.shape}.")
   return table
 
