@@ -60,11 +60,13 @@ def _job(argv: list[str]) -> None:
   """The profiled process: ``embedlab train`` with its marks."""
   _mark("start")
   from embedlab import cli  # pylint: disable=import-outside-toplevel
-  from embedlab.data import datasets as data  # pylint: disable=import-outside-toplevel
+  from embedlab.data import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  from embedlab.data import files as files_lib  # pylint: disable=import-outside-toplevel
 
-  for name in ("encode_splits", "_load_file_dataset", "_scan_text_file"):
-    _wrap(data, name)
-  read_file = data._read_file  # pylint: disable=protected-access
+  _wrap(cache_lib, "encode_splits")
+  for name in ("_load_file_dataset", "_scan_text_file"):
+    _wrap(files_lib, name)
+  read_file = files_lib.read_file
 
   def import_then_read(*args, **kwargs):
     # the library imports datasets in its first _load_file_dataset call; importing it here,
@@ -75,7 +77,7 @@ def _job(argv: list[str]) -> None:
       _mark("import_datasets<")
     return read_file(*args, **kwargs)
 
-  data._read_file = import_then_read  # pylint: disable=protected-access
+  files_lib.read_file = import_then_read
   from embedlab.data import text  # pylint: disable=import-outside-toplevel
 
   _wrap(text, "encode_corpus")
