@@ -196,8 +196,8 @@ def _check_run_dirs(args, runs, configs) -> None:
 
 def _encode_ahead(cfg) -> int | None:
   """Forks a process that encodes ``cfg``'s data into the cache (``cache.encode_splits``) while
-  this one imports JAX, so the two overlap on a cold start (SST-2: the ``datasets`` import and
-  tokenizing, ~1.4 s, against ~0.9 s of imports); ``train`` then reads the cache. Returns its
+  this one imports JAX, so the two overlap on a cold start (SST-2: reading and tokenizing, ~1 CPU
+  second, against ~0.9 s of imports); ``train`` then reads the cache. Returns its
   pid, or None where the data is cached already or forking is not safe (JAX already started, a
   multi-process run, not Linux). Should it fail, ``train`` encodes again and reports the error.
   """

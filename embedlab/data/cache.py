@@ -283,8 +283,7 @@ def _encode_by_file(cfg: DataConfig, seed: int, workers: int):
   """``encode_splits``' work with one forked process per file reading and tokenizing it; here,
   the labels, the dev carve-out and ``max_examples`` pick rows, then ``text.encode_shards``."""
   names = files.split_names(cfg)
-  import datasets  # noqa: F401, PLC0415  pylint: disable=import-outside-toplevel,unused-import
-  # (imported once, here: the forked processes inherit it, a second each)
+  files.import_readers(cfg)  # once, here: the forked processes inherit it
   done = fork_lib.fork_map(functools.partial(_read_and_tokenize, cfg), names, workers)
   raw, bases, base = {}, [], 0
   for name, (split, (_, parts)) in zip(names, done):

@@ -1,13 +1,20 @@
 r"""Local data files: csv, tsv, JSON lines and parquet (each optionally gzipped), one example a
 row, checked line by line.
 
+Text files are read here with the standard library, in the pass that checks them: Python's
+``csv`` module for csv (a quoted field may hold commas, newlines and doubled quotes), a split at
+tabs for tsv (quotes are text), ``json.loads`` per line for JSON lines. Fields are kept as the
+file spells them: ``NA`` is the text "NA", a label ``01`` the string "01". Parquet files are read
+with ``pyarrow.parquet``, imported only then; Hugging Face ``datasets`` is never imported here.
+
 Rows of csv / tsv / jsonl files. A row ends at ``\n`` or ``\r\n``, and nowhere else: a bare
 ``\r`` (one not followed by ``\n``) in a tsv line, or in a csv line outside quotes, is a bad
-row named by file and line (skipped and counted with ``skip_bad_rows``), since the csv reader
+row named by file and line (skipped and counted with ``skip_bad_rows``), since most csv readers
 would split the row there. Inside a quoted csv field ``\r`` and ``\n`` are text; in a JSON
 line ``\r`` is whitespace between values and must be escaped in strings. Bytes that are not
-UTF-8, a row whose field count differs from the header's and a quote never closed are bad rows
-too; the rows themselves are then checked by ``embedlab.data.rows.check_rows``.
+UTF-8, a row whose field count differs from the header's, a quote never closed and a line that
+is not a JSON object are bad rows too; the rows themselves are then checked by
+``embedlab.data.rows.check_rows``.
 
 Example:
   >>> import pathlib, tempfile
@@ -22,22 +29,17 @@ Example:
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import pathlib
-import re
-import tempfile
-import warnings
-from typing import Any
 
 from embedlab.data import paths
-from embedlab.data import sources
 from embedlab.data.options import DataConfig
-from embedlab.data.rows import DataError, RawSplit
+from embedlab.data.rows import DataError, RawSplit, check_columns, check_rows
 
 _SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json",
                    ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
-_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "parquet": "parquet"}
 
 log = logging.getLogger("embedlab")
 
@@ -72,21 +74,12 @@ def _file_format(path: pathlib.Path, fmt: str) -> str:
   return found
 
 
-def _is_empty(path: pathlib.Path) -> bool:
-  if path.stat().st_size == 0:
-    return True
-  if path.suffix.lower() == ".gz":
-    import gzip  # pylint: disable=import-outside-toplevel
-    try:
-      with gzip.open(path, "rb") as f:
-        return not f.read(4096).strip()
-    except (OSError, EOFError):
-      return False  # a broken gzip file: reading it reports that
-  return False
-
-
 def read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> RawSplit:
   """Reads one csv / tsv / json / parquet file, checked as the module docstring says.
+
+  Text files are parsed here, by the same pass that checks them (Python's ``csv`` module for
+  csv, a split at tabs for tsv, ``json.loads`` for JSON lines); parquet files through
+  ``pyarrow.parquet``, imported then.
 
   Args:
     path: the file.
@@ -102,48 +95,95 @@ def read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> RawSplit:
              if not pathlib.Path(given).expanduser().is_absolute() else "the path is absolute")
     raise DataError(f"data: data.{split} = {given!r}: file {path} not found ({where}).")
   fmt = _file_format(path, cfg.format)
-  if fmt != "parquet" and _is_empty(path):
-    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
-                    f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
-  lines, source = None, path
-  if fmt != "parquet":
-    path, lines, skipped_lines, cleanup = _scan_text_file(path, fmt, cfg, split)
+  if fmt == "parquet":
+    return _read_parquet(path, cfg)
+  columns, records, lines, skipped = _read_text_rows(path, fmt, cfg)
+  check_columns(columns, cfg, str(path))
+  if fmt == "json":
+    texts = [r.get(cfg.text_column) for r in records]
+    labels = [r.get(cfg.label_column) for r in records]
   else:
-    skipped_lines, cleanup = 0, None
-  kwargs: dict[str, Any] = {}
-  if fmt in ("csv", "tsv"):
-    # Strings as they are: no "NA" -> NaN, no 1 -> 1.0 when a label is missing.
-    kwargs = dict(na_filter=False, converters={cfg.text_column: str, cfg.label_column: str})
-    if fmt == "tsv":
-      kwargs.update(delimiter="\t", quoting=3)  # csv.QUOTE_NONE
+    text_at, label_at = columns.index(cfg.text_column), columns.index(cfg.label_column)
+    texts = [r[text_at] for r in records]
+    labels = [r[label_at] for r in records]
+  return check_rows(texts, labels, cfg, str(path), skipped=skipped, lines=lines)
+
+
+def import_readers(cfg: DataConfig) -> None:
+  """Imports what reading ``cfg``'s files needs beyond the standard library (``pyarrow.parquet``
+  for parquet files), so processes forked afterwards share it instead of each importing it."""
+  for split in split_names(cfg):
+    try:
+      fmt = _file_format(paths.resolve(getattr(cfg, split)), cfg.format)
+    except DataError:
+      continue  # reading the file reports it
+    if fmt == "parquet":
+      import pyarrow.parquet  # noqa: F401, PLC0415  pylint: disable=import-outside-toplevel
+      return
+
+
+def _read_parquet(path: pathlib.Path, cfg: DataConfig) -> RawSplit:
+  """The text and label columns of a parquet file (optionally gzipped); a label column that
+  ``datasets`` wrote as a ``ClassLabel`` keeps its class names."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  source = pa.BufferReader(_read_bytes(path)) if path.suffix.lower() == ".gz" else path
   try:
-    ds, skipped = _load_file_dataset(path, fmt, kwargs, cfg.skip_bad_rows)
-    raw = sources.raw_from_dataset(ds, cfg, str(source), skipped + skipped_lines,
-                            allow_unlabelled=False, lines=lines if not skipped else None)
-  finally:
-    if cleanup is not None:
-      cleanup.cleanup()
-  return raw
+    parquet = pq.ParquetFile(source)
+    check_columns(parquet.schema_arrow.names, cfg, str(path))
+    table = parquet.read(columns=[cfg.text_column, cfg.label_column])
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"data: could not read {path} as parquet ({type(e).__name__}: {e}). Check "
+                    "the file, or set data.format to the right one of csv, tsv, json, "
+                    "parquet.") from e
+  return check_rows(table.column(cfg.text_column).to_pylist(),
+                    table.column(cfg.label_column).to_pylist(), cfg, str(path),
+                    label_names=_class_names(parquet.schema_arrow.metadata, cfg.label_column))
 
 
-def _scan_text_file(path: pathlib.Path, fmt: str, cfg: DataConfig, split: str):
-  """Checks a csv / tsv / jsonl file line by line before ``datasets`` reads it: bytes that are
-  not UTF-8, rows whose field count differs from the header's, quotes never closed.
+def _class_names(metadata: dict[bytes, bytes] | None, column: str) -> tuple[str, ...] | None:
+  """The class names of ``column`` when ``datasets`` wrote it as a ``ClassLabel`` (its features
+  travel in the parquet metadata under ``huggingface``)."""
+  try:
+    features = json.loads(metadata[b"huggingface"])["info"]["features"]
+    feature = features[column]
+    if feature.get("_type") == "ClassLabel":
+      return tuple(feature["names"])
+  except (TypeError, KeyError, ValueError, AttributeError):
+    pass
+  return None
 
-  Returns ``(path to read, start line of each data row, bad rows skipped, temporary directory
-  or None)``; with bad rows and ``cfg.skip_bad_rows`` the path is a cleaned copy without them.
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+  """The file's bytes, decompressed when its name ends in ``.gz``."""
+  raw = path.read_bytes()
+  if path.suffix.lower() != ".gz":
+    return raw
+  try:
+    return gzip.decompress(raw)
+  except (OSError, EOFError) as e:
+    raise DataError(f"data: {path} is not a readable gzip file ({e}); it may be truncated. "
+                    "Download or compress it again.") from e
+
+
+def _read_text_rows(path: pathlib.Path, fmt: str, cfg: DataConfig):
+  """Reads and checks a csv / tsv / jsonl file line by line: bytes that are not UTF-8, rows
+  whose field count differs from the header's, quotes never closed, bare carriage returns,
+  lines that are not JSON objects.
+
+  Returns ``(columns, records, start line of each record, bad rows skipped)``: a record is a
+  list of fields (csv, tsv) or a dict (JSON lines); bad rows are skipped only with
+  ``cfg.skip_bad_rows``.
 
   Raises:
     DataError: naming the file, the first bad line, what is wrong and the fix.
   """
-  raw = path.read_bytes()
-  if path.suffix.lower() == ".gz":
-    import gzip  # pylint: disable=import-outside-toplevel
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-      raise DataError(f"data: {path} is not a readable gzip file ({e}); it may be truncated. "
-                      "Download or compress it again.") from e
+  raw = _read_bytes(path)
+  if not raw.strip():
+    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
+                    f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
   texts, bad = [], {}  # bad: 1-based line -> reason
   try:  # the whole file at once (one C call); line by line only to find the bad lines
     texts = raw.decode("utf-8").split("\n")
@@ -155,22 +195,16 @@ def _scan_text_file(path: pathlib.Path, fmt: str, cfg: DataConfig, split: str):
         bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of "
                   "the line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
         texts.append("")
+  if texts[0].startswith("\ufeff"):  # a byte order mark, as some editors write
+    texts[0] = texts[0][1:]
   if fmt == "json":
-    rows = []
-    for i, t in enumerate(texts, 1):
-      if not t.strip() or i in bad:
-        continue
-      try:
-        ok = isinstance(json.loads(t), dict)
-      except ValueError:
-        ok = False
-      if ok:
-        rows.append(i)
-      else:
-        bad[i] = "each line must hold one JSON object"
+    columns, records, rows = _json_rows(texts, bad)
     bad_lines = {i: {i} for i in bad}
+  elif fmt == "tsv":
+    columns, records, rows, bad_lines = _tsv_rows(texts, bad)
   else:
-    rows, bad_lines = _delimited_rows(texts, fmt, bad)
+    columns, records, rows, bad_lines = _csv_rows(texts, bad)
+  skipped = 0
   if bad_lines:
     first = min(bad_lines)
     reason = bad.get(first) or next(bad[i] for i in sorted(bad_lines[first]) if i in bad)
@@ -184,45 +218,78 @@ def _scan_text_file(path: pathlib.Path, fmt: str, cfg: DataConfig, split: str):
     log.warning("data: %s: skipped %d bad row(s) (lines %s; first: %s) because "
                 "data.skip_bad_rows=true.", path, len(numbers), listed, reason)
     drop = set().union(*bad_lines.values())
-    tmp = tempfile.TemporaryDirectory()
-    clean = pathlib.Path(tmp.name) / path.name.removesuffix(".gz").removesuffix(".GZ")
-    clean.write_text("\n".join(t for i, t in enumerate(texts, 1) if i not in drop),
-                     encoding="utf-8")
-    kept = [r for r in rows if r not in drop]
-    return clean, kept, len(numbers), tmp
-  return path, rows, 0, None
+    keep = [k for k, line in enumerate(rows) if line not in drop]
+    records, rows, skipped = [records[k] for k in keep], [rows[k] for k in keep], len(numbers)
+  if columns is None and fmt == "json":
+    raise DataError(f"data: {path} has no data rows (no line holds a JSON object).")
+  if columns is None:
+    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row.")
+  if not records:
+    raise DataError(f"data: {path} has no data rows (only a header?).")
+  return columns, records, rows, skipped
 
 
-def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
-  """``(start line of each good data row, {start line of a bad row: its lines})`` of a csv /
-  tsv file split into lines; fills ``bad`` with the reasons."""
-  bad_lines = {i: {i} for i in bad}
-  header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
-  if header_at is None:
-    return [], bad_lines
-  if fmt == "tsv":
+def _json_rows(texts: list[str], bad: dict[int, str]):
+  """``(columns, records, start line of each)`` of a JSON-lines file split into lines; fills
+  ``bad`` with the lines that are not JSON objects. The columns are every key, in the order
+  first met; ``None`` when there is no record."""
+  records, rows = [], []
+  for i, t in enumerate(texts, 1):
+    if not t.strip() or i in bad:
+      continue
+    try:
+      record = json.loads(t)
+    except ValueError:
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+      rows.append(i)
+    else:
+      bad[i] = "each line must hold one JSON object"
+  columns = list(dict.fromkeys(key for record in records for key in record)) if records else None
+  return columns, records, rows
+
+
+def _tsv_rows(texts: list[str], bad: dict[int, str]):
+  """``(header fields, records, start line of each good data row, {start line of a bad row:
+  its lines})`` of a tsv file split into lines (``None`` for the header when there is none);
+  fills ``bad`` with the reasons. Fields are the text between tabs, quotes included."""
+  if any("\r" in t for t in texts):
     for i, t in enumerate(texts, 1):
       at = _bare_cr(t)
       if at is not None and i not in bad:
         bad[i] = _BARE_CR_REASON.format(at=at)
-        bad_lines[i] = {i}
-    header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
-    if header_at is None:
-      return [], bad_lines
-    width = texts[header_at - 1].rstrip("\r").count("\t") + 1
-    rows = []
-    for i, t in enumerate(texts, 1):
-      if i <= header_at or i in bad or not t.strip():
-        continue
-      n = t.rstrip("\r").count("\t") + 1
-      if n != width:
-        bad[i] = (f"{n} tab-separated fields, the header has {width} "
-                  f"({texts[header_at - 1].strip()!r})")
-        bad_lines[i] = {i}
-      else:
-        rows.append(i)
-    return rows, bad_lines
-  rows, width, start = [], None, header_at
+  bad_lines = {i: {i} for i in bad}
+  header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
+  if header_at is None:
+    return None, [], [], bad_lines
+  header = texts[header_at - 1].removesuffix("\r").split("\t")
+  width = len(header)
+  records, rows = [], []
+  for i in range(header_at + 1, len(texts) + 1):
+    t = texts[i - 1]
+    if i in bad or not t.strip():
+      continue
+    fields = t.removesuffix("\r").split("\t")
+    if len(fields) != width:
+      bad[i] = (f"{len(fields)} tab-separated fields, the header has {width} "
+                f"({texts[header_at - 1].strip()!r})")
+      bad_lines[i] = {i}
+    else:
+      records.append(fields)
+      rows.append(i)
+  return header, records, rows, bad_lines
+
+
+def _csv_rows(texts: list[str], bad: dict[int, str]):
+  """``(header fields, records, start line of each good data row, {start line of a bad row:
+  its lines})`` of a csv file split into lines (``None`` for the header when there is none);
+  fills ``bad`` with the reasons. A quoted field may hold commas, newlines and ``""``."""
+  bad_lines = {i: {i} for i in bad}
+  header_at = next((i for i, t in enumerate(texts, 1) if t.strip() and i not in bad), None)
+  if header_at is None:
+    return None, [], [], bad_lines
+  header, records, rows, start = None, [], [], header_at
   while start <= len(texts):
     chunk = [t + "\n" for t in texts[start - 1:]]
     reader = csv.reader(chunk, strict=True)
@@ -233,15 +300,16 @@ def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
         line = start - 1 + reader.line_num
         if not record or first in bad:
           continue
-        if width is None:
-          width = len(record)
+        if header is None:
+          header = record
           continue
-        if len(record) != width:
-          bad[first] = f"{len(record)} comma-separated fields, the header has {width}"
+        if len(record) != len(header):
+          bad[first] = f"{len(record)} comma-separated fields, the header has {len(header)}"
           bad_lines[first] = set(range(first, line + 1))
         elif any(i in bad for i in range(first, line + 1)):
           bad_lines.setdefault(first, set()).update(range(first, line + 1))
         else:
+          records.append(record)
           rows.append(first)
       break
     except csv.Error as e:
@@ -254,12 +322,12 @@ def _delimited_rows(texts: list[str], fmt: str, bad: dict[int, str]):
                       "a closing quote); quote the whole field and double inner quotes (\"\")")
       bad_lines[first] = {first}
       start = first + 1
-  return rows, bad_lines
+  return header, records, rows, bad_lines
 
 
 # A row ends at "\n" (a "\r" just before it is part of the line end). A bare "\r" anywhere else
-# would end the row for datasets' csv reader (pandas) but not for the line checks: outside the
-# quotes of a csv field it is a bad row.
+# would end the row for most csv readers (pandas, pyarrow, a spreadsheet) but not for the line
+# checks: outside the quotes of a csv field it is a bad row.
 _BARE_CR_REASON = ("a bare carriage return (\\r) at character {at} of the line, which the csv / "
                    "tsv reader would take for the end of the row; remove it or replace it with a "
                    "space (a file with old Mac line ends: tr '\\r' '\\n' < FILE > NEW)")
@@ -269,91 +337,3 @@ def _bare_cr(line: str) -> int | None:
   """The 1-based position of the first carriage return of ``line`` that does not end it."""
   at = line.find("\r")
   return None if at < 0 or at == len(line) - 1 else at + 1
-
-
-def _load_file_dataset(path: pathlib.Path, fmt: str, kwargs: dict[str, Any],
-                       skip_bad_rows: bool):
-  """``(dataset, rows skipped)``; malformed rows raise or, with ``skip_bad_rows``, are counted."""
-  import datasets  # pylint: disable=import-outside-toplevel
-  datasets.disable_progress_bars()
-
-  def load(file, cache_dir=None, **extra):
-    return datasets.load_dataset(_BUILDERS[fmt], data_files={"train": str(file)}, split="train",
-                                 cache_dir=cache_dir, **kwargs, **extra)
-
-  try:
-    return load(path), 0
-  except Exception as e:  # pylint: disable=broad-except
-    error = e
-  parser_error = _find_cause(error, "ParserError")
-  if parser_error is not None:
-    line = _line_of(str(parser_error))
-    if skip_bad_rows and "Expected" in str(parser_error):
-      # A fresh cache directory, so pandas parses again and reports every skipped line.
-      with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = load(path, cache_dir=tmp, on_bad_lines="warn", keep_in_memory=True)
-      skipped = sum(str(w.message).count("Skipping line") for w in caught)
-      return ds, skipped
-    raise DataError(f"data: {path}, line {line}: malformed row ({str(parser_error).strip()}). "
-                    "Fix the row, or set data.skip_bad_rows=true to skip such rows (they are "
-                    "counted).") from error
-  if fmt == "json":
-    bad = _bad_json_lines(path)
-    if bad and skip_bad_rows:
-      with tempfile.TemporaryDirectory() as tmp:
-        good = pathlib.Path(tmp, "good.jsonl")
-        lines = _read_text(path).split("\n")
-        skip = set(bad)
-        good.write_text("\n".join(l for i, l in enumerate(lines, 1) if i not in skip),
-                        encoding="utf-8")
-        return load(good, cache_dir=tmp, keep_in_memory=True), len(bad)
-    if bad:
-      raise DataError(f"data: {path}, line {bad[0]}: malformed JSON row ({len(bad)} bad lines in "
-                      "all). Fix the row, or set data.skip_bad_rows=true to skip such rows (they "
-                      "are counted).") from error
-  if "corresponds to no data" in str(error):
-    raise DataError(f"data: {path} has no data rows (only a header?).") from error
-  if _find_cause(error, "EmptyDataError") is not None:
-    raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row.") from error
-  raise DataError(f"data: could not read {path} as {fmt} through datasets.load_dataset "
-                  f"({type(error).__name__}: {error}). Check the file, or set data.format to "
-                  "the right one of csv, tsv, json, parquet.") from error
-
-
-def _find_cause(error: BaseException, type_name: str) -> BaseException | None:
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if any(t.__name__ == type_name for t in type(error).__mro__):
-      return error
-    error = error.__cause__ or error.__context__
-  return None
-
-
-def _line_of(message: str) -> str:
-  m = re.search(r"(?:line|row) (\d+)", message)
-  return m.group(1) if m else "?"
-
-
-def _read_text(path: pathlib.Path) -> str:
-  if path.suffix.lower() == ".gz":
-    import gzip  # pylint: disable=import-outside-toplevel
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-      return f.read()
-  return path.read_text(encoding="utf-8")
-
-
-def _bad_json_lines(path: pathlib.Path) -> list[int]:
-  """1-based numbers of the lines of a JSON-lines file that are not JSON objects."""
-  bad = []
-  for i, line in enumerate(_read_text(path).split("\n"), 1):
-    if not line.strip():
-      continue
-    try:
-      ok = isinstance(json.loads(line), dict)
-    except ValueError:
-      ok = False
-    if not ok:
-      bad.append(i)
-  return bad

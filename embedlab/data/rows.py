@@ -106,11 +106,12 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
   Args:
     texts: ``[N]`` texts (``None`` for a missing one; other values are made strings).
     labels: ``[N]`` labels as read (``None`` for a missing one); each is made a string with its
-      surrounding spaces stripped, unless ``label_names`` is given: then they are class names.
+      surrounding spaces stripped, unless ``label_names`` is given: then they are class ids,
+      indices into it (``None`` or -1 for an unlabelled row).
     cfg: ``text_column``, ``label_column`` (for messages) and ``skip_bad_rows``.
     source: where the rows come from, for messages.
     skipped: rows already skipped while reading, added to the count.
-    label_names: the data set's own class names (a ``ClassLabel`` feature).
+    label_names: the data set's own class names (a ``datasets.ClassLabel`` feature).
     allow_unlabelled: a split whose labels are all missing (GLUE's test) comes back empty, its
       source marked "(unlabelled)", instead of being an error.
     lines: ``[N]`` the file line each row starts on, for messages.
@@ -125,7 +126,7 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
     labels = [None if l is None else str(l).strip() for l in labels]
     labels = [l if l else None for l in labels]
   else:
-    labels = list(labels)
+    labels = [names[l] if l is not None and 0 <= l < len(names) else None for l in labels]
   texts = list(texts)
   at = RawSplit([], [], source, lines=lines).where
   bad = [i for i, (t, l) in enumerate(zip(texts, labels))

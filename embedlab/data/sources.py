@@ -26,10 +26,8 @@ def _column(ds, name: str) -> list[Any]:
   return list(ds[name])
 
 
-
-
-def raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int, allow_unlabelled: bool,
-                     lines: list[int] | None = None) -> rows.RawSplit:
+def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int, allow_unlabelled: bool,
+                      lines: list[int] | None = None) -> rows.RawSplit:
   """Texts and string labels of a ``datasets.Dataset``, checked by ``rows.check_rows``.
 
   Raises:
@@ -42,10 +40,7 @@ def raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int, allow_unlab
   texts = _column(ds, cfg.text_column)
   labels = _column(ds, cfg.label_column)
   feature = ds.features[cfg.label_column]
-  names = None
-  if isinstance(feature, datasets.ClassLabel):
-    names = tuple(feature.names)
-    labels = [names[l] if l is not None and 0 <= l < len(names) else None for l in labels]
+  names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
   return rows.check_rows(texts, labels, cfg, source, skipped=skipped, label_names=names,
                          allow_unlabelled=allow_unlabelled, lines=lines)
 
@@ -53,15 +48,15 @@ def raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int, allow_unlab
 def _splits_of(obj, cfg: DataConfig, where: str) -> dict[str, rows.RawSplit]:
   import datasets  # pylint: disable=import-outside-toplevel
   if isinstance(obj, datasets.Dataset):
-    return {"train": raw_from_dataset(obj, cfg, where, 0, allow_unlabelled=False)}
+    return {"train": _raw_from_dataset(obj, cfg, where, 0, allow_unlabelled=False)}
   keys = list(obj.keys())
   if "train" not in keys:
     raise rows.DataError(f"data: {where} has splits {keys} but no 'train' split.")
-  out = {"train": raw_from_dataset(obj["train"], cfg, f"{where}[train]", 0, False)}
+  out = {"train": _raw_from_dataset(obj["train"], cfg, f"{where}[train]", 0, False)}
   dev_key = next((k for k in _DEV_NAMES if k in keys), None)
   for name, key in (("dev", dev_key), ("test", "test" if "test" in keys else None)):
     if key is not None:
-      raw = raw_from_dataset(obj[key], cfg, f"{where}[{key}]", 0, allow_unlabelled=True)
+      raw = _raw_from_dataset(obj[key], cfg, f"{where}[{key}]", 0, allow_unlabelled=True)
       if raw.texts:  # an all-unlabelled split (GLUE test: label -1) is left out
         out[name] = raw
   return out
