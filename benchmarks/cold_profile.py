@@ -4,19 +4,20 @@
 
 Runs the experiment as ``vs_fasttext.py`` does (a fresh process, every cache empty: encoded
 data, Hugging Face, JAX compilation; 2 threads), with marks around library functions: the
-command's wait for its forked data encoder (``cli._wait``), the encoder's ``import datasets``,
-file reading and tokenizing, ``build.build`` (the init program), the dev evaluation and the end
-of the run. The marks are timed with ``time.perf_counter`` (one monotonic clock for every
-process) and each process's CPU time; nothing in the library changes. Prints one table per
-repeat: the main process's segments, and beside them the encoder's (its CPU includes its
-tokenizing workers).
+command's wait for its forked data encoder (``cli._wait``), the encoder's file reading
+(``files.read_file``: decompressing, decoding, checking and splitting the rows) and tokenizing,
+``build.build`` (the init program), the dev evaluation and the end of the run. The marks are
+timed with ``time.perf_counter`` (one monotonic clock for every process) and each process's CPU
+time; nothing in the library changes. Prints one table per repeat: the main process's segments,
+and beside them the encoder's (its CPU includes its tokenizing workers), and which of the heavy
+readers (Hugging Face ``datasets``, ``pyarrow``, ``pandas``) the encoder had imported when it
+finished.
 Ends with one JSON line of all figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import pathlib
 import resource
@@ -28,6 +29,7 @@ import time
 import harness  # standard library only: the profiled job imports no more than embedlab
 
 MARKS = "EMBEDLAB_PROFILE_MARKS"
+HEAVY_READERS = ("datasets", "pyarrow", "pandas")
 
 
 def _cpu(who) -> float:
@@ -60,22 +62,22 @@ def _job(argv: list[str]) -> None:
   """The profiled process: ``embedlab train`` with its marks."""
   _mark("start")
   from embedlab import cli  # pylint: disable=import-outside-toplevel
-  from embedlab.data import datasets as data  # pylint: disable=import-outside-toplevel
+  from embedlab.data import cache as cache_lib  # pylint: disable=import-outside-toplevel
+  from embedlab.data import files as files_lib  # pylint: disable=import-outside-toplevel
 
-  for name in ("encode_splits", "_load_file_dataset", "_scan_text_file"):
-    _wrap(data, name)
-  read_file = data._read_file  # pylint: disable=protected-access
+  _wrap(cache_lib, "encode_splits")
+  _wrap(files_lib, "read_file")
+  encode = cache_lib.encode_splits
 
-  def import_then_read(*args, **kwargs):
-    # the library imports datasets in its first _load_file_dataset call; importing it here,
-    # a moment earlier in the same process, times the import apart from the reading
-    if "datasets" not in sys.modules:
-      _mark("import_datasets>")
-      importlib.import_module("datasets")
-      _mark("import_datasets<")
-    return read_file(*args, **kwargs)
+  def encode_then_list_imports(*args, **kwargs):
+    try:
+      return encode(*args, **kwargs)
+    finally:
+      for module in HEAVY_READERS:
+        if module in sys.modules:
+          _mark(f"imported:{module}")
 
-  data._read_file = import_then_read  # pylint: disable=protected-access
+  cache_lib.encode_splits = encode_then_list_imports
   from embedlab.data import text  # pylint: disable=import-outside-toplevel
 
   _wrap(text, "encode_corpus")
@@ -148,27 +150,25 @@ def _segments(marks, begun: float, ended: float) -> tuple[list, list]:
   rows.append(("checkpoints, test, results", main["_evaluate_dev"][-1][1], first("end", 1),
                main_cpu("_evaluate_dev<", -1), main_cpu("end", 0)))
   rows.append(("process exit", first("end", 1), ended, main_cpu("end", 0), main_cpu("end", 0)))
-  encoder_rows = []
+  encoder_rows, imported = [], []
   for pid in sorted(encoders):
     spans = _spans(marks, pid)
     if "encode_splits" not in spans:
       continue
     (w0, w1, c0, c1), = spans["encode_splits"]
-    reading = [s for name in ("_load_file_dataset", "_scan_text_file") for s in spans.get(name, [])]
-    imports = spans.get("import_datasets", [])
-    imported = (sum(s[1] - s[0] for s in imports), sum(s[3] - s[2] for s in imports))
+    reading = spans.get("read_file", [])
+    imported = [name.split(":", 1)[1] for name in spans if name.startswith("imported:")]
     encoding = spans.get("encode_corpus", [])
     read = (sum(s[1] - s[0] for s in reading), sum(s[3] - s[2] for s in reading))
     enc = (sum(s[1] - s[0] for s in encoding), sum(s[3] - s[2] for s in encoding))
     encoder_rows = [
-        ("encoder: import datasets", *imported),
-        ("encoder: reading the files through datasets", *read),
+        ("encoder: reading the files (files.read_file)", *read),
         ("encoder: tokenizing and encoding (its workers' CPU included)", *enc),
-        ("encoder: the rest (bucket pruning, cache write)",
-         (w1 - w0) - imported[0] - read[0] - enc[0], (c1 - c0) - imported[1] - read[1] - enc[1]),
+        ("encoder: the rest (labels, bucket pruning, cache write)",
+         (w1 - w0) - read[0] - enc[0], (c1 - c0) - read[1] - enc[1]),
         ("encoder: whole, from its fork", w1 - w0, c1 - c0)]
   return ([(label, end - start, cpu1 - cpu0) for label, start, end, cpu0, cpu1 in rows],
-          encoder_rows)
+          encoder_rows, imported)
 
 
 def profile(experiment: str, threads: int) -> dict:
@@ -187,12 +187,13 @@ def profile(experiment: str, threads: int) -> dict:
     for line in marks_file.read_text().splitlines():
       pid, name, *numbers = line.split()
       marks.append((int(pid), name, *map(float, numbers)))
-  main_rows, encoder_rows = _segments(marks, begun, ended)
+  main_rows, encoder_rows, imported = _segments(marks, begun, ended)
   return {"seconds": ended - begun, "cpu_seconds": cpu,
           "main": [{"segment": s, "seconds": round(w, 3), "cpu_seconds": round(c, 3)}
                    for s, w, c in main_rows],
           "encoder": [{"segment": s, "seconds": round(w, 3), "cpu_seconds": round(c, 3)}
-                      for s, w, c in encoder_rows]}
+                      for s, w, c in encoder_rows],
+          "encoder_imported": imported}
 
 
 def main() -> None:
@@ -213,6 +214,8 @@ def main() -> None:
     print(table.header())
     for row in run["main"] + run["encoder"]:
       print(table.row(row["segment"], row["seconds"], row["cpu_seconds"]))
+    print(f"the encoder had imported: {', '.join(run['encoder_imported']) or 'none'} of "
+          f"{', '.join(HEAVY_READERS)}")
   harness.emit({"experiment": args.experiment, "threads": args.threads, "runs": runs})
 
 

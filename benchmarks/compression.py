@@ -64,7 +64,7 @@ def main() -> None:
   logging.getLogger("absl").setLevel(logging.ERROR)
   import jax  # noqa: PLC0415
   from embedlab import config as config_lib  # noqa: PLC0415
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
   from embedlab.run import loaded, train  # noqa: PLC0415
 
   out = pathlib.Path(args.out)
@@ -72,7 +72,7 @@ def main() -> None:
   for dataset in args.datasets:
     experiment = REPO / "experiments" / f"{dataset}_bag.py"
     base = config_lib.load_config(experiment, [])
-    data = data_lib.encode_splits(base.data, base.seed)
+    data = cache_lib.encode_splits(base.data, base.seed)
     plain_bytes = data.num_embeddings * base.model.features * 4
     rows = []
     for label, overrides in variants(data.num_embeddings):

@@ -36,7 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from embedlab import config as config_lib  # noqa: E402
-from embedlab.data import datasets as data_lib  # noqa: E402
+from embedlab.data import batches as batch_lib  # noqa: E402
+from embedlab.data import cache as cache_lib  # noqa: E402
 from embedlab.run import build as build_lib
 from embedlab.run import steps as steps_lib
 from embedlab.run import train as train_lib  # noqa: E402
@@ -50,8 +51,8 @@ def batches(cfg, data, per_epoch: int, steps: int,
   """``(ids [K, T], segment_ids [K, T], labels [K, B])``: the first ``blocks`` ragged batches
   of the experiment's first epoch, as its train loop packs them."""
   pack = build_lib.ragged_packer(cfg, data, per_epoch, steps, None, None, print)  # pylint: disable=protected-access
-  order = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
-                                 epoch=0)
+  order = batch_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
+                                  epoch=0)
   ragged = pack(data.train_ids[order[:blocks]])  # [K, T]: the run's ragged length
   return (np.asarray(ragged.ids), np.asarray(ragged.segment_ids),
           data.train_labels[order[:blocks]])
@@ -124,7 +125,7 @@ def step_cost(cfg, data, steps: int, ids, segment_ids, labels) -> float:
   step = steps_lib.make_train_step(setup.model, setup.optimizer,
                                    table_optimizer=setup.table_optimizer, oob="clip")
   multi = jax.jit(steps_lib.make_multi_step(step), donate_argnums=0)
-  batch = data_lib.RaggedBatch(jnp.asarray(ids), jnp.asarray(segment_ids))
+  batch = batch_lib.RaggedBatch(jnp.asarray(ids), jnp.asarray(segment_ids))
   holder = {"state": build_lib.init_state(cfg, setup)}
   labels = jnp.asarray(labels)
 
@@ -141,7 +142,7 @@ def main() -> None:
   parser.add_argument("--blocks", type=int, default=100, help="batches timed per run")
   args = parser.parse_args()
   cfg = config_lib.load_config(args.experiment)
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   per_epoch, steps = build_lib.total_steps(cfg, len(data.train_labels))
   rows, features = data.num_embeddings, cfg.model.features
   ids, segment_ids, labels = batches(cfg, data, per_epoch, steps, args.blocks)

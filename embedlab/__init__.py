@@ -1,7 +1,7 @@
 """embedlab: the embedding table as a first-class, fast, honest tool in JAX.
 
 The public API is the names in ``__all__``; tests and users import them from here. Each loads
-its module on first use (PEP 562), so ``import embedlab.config`` or ``embedlab.data.datasets`` does not
+its module on first use (PEP 562), so ``import embedlab.config`` or ``embedlab.data.cache`` does not
 start JAX: ``embedlab train`` encodes its data on a forked process while JAX loads.
 """
 

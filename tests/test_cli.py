@@ -95,24 +95,24 @@ def test_train_encodes_its_data_on_a_forked_process_while_jax_loads(tmp_path):
   script.write_text(f"""
 import os, sys
 from embedlab import cli, config
-from embedlab.data import datasets as data
+from embedlab.data import cache as cache_lib
 assert "jax" not in sys.modules
 cfg = config.load_config({QUICK!r}, ["data.source=files", "data.train=train.tsv",
                                       "data.dev_fraction=0.2"])
-assert not data.is_cached(cfg.data, cfg.seed)
+assert not cache_lib.is_cached(cfg.data, cfg.seed)
 pid = cli._encode_ahead(cfg)
 assert pid is not None and "jax" not in sys.modules
 cli._wait(pid)
-assert data.is_cached(cfg.data, cfg.seed)
+assert cache_lib.is_cached(cfg.data, cfg.seed)
 assert cli._encode_ahead(cfg) is None  # cached: nothing to do
 bad = config.load_config({QUICK!r}, ["data.source=files", "data.train=bad.tsv"])
 pid = cli._encode_ahead(bad)
 assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1  # the error is left to train
-assert not data.is_cached(bad.data, bad.seed)
+assert not cache_lib.is_cached(bad.data, bad.seed)
 import jax
 jax.devices()  # JAX's backends run: no fork any more
 other = config.load_config({QUICK!r}, ["data.source=files", "data.train=train.tsv", "seed=5"])
-assert cli._encode_ahead(other) is None and not data.is_cached(other.data, other.seed)
+assert cli._encode_ahead(other) is None and not cache_lib.is_cached(other.data, other.seed)
 print("ahead ok")
 """)
   env = dict(os.environ, EMBEDLAB_DATA=str(tmp_path), EMBEDLAB_CACHE=str(tmp_path / "cache"),

@@ -12,6 +12,7 @@ import pytest
 import embedlab as el
 from embedlab import config as config_lib
 from embedlab.core import compress
+from embedlab.data import cache as cache_lib
 from embedlab.run import inspection
 from embedlab.models import classifiers as models
 from embedlab.run import report
@@ -146,7 +147,7 @@ def test_sparse_sgd_on_a_smaller_table_equals_dense_sgd_end_to_end(tmp_path, tab
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
   assert ra["test_accuracy"] == rb["test_accuracy"]
-  data = train.data_lib.encode_splits(sparse.data, sparse.seed)
+  data = cache_lib.encode_splits(sparse.data, sparse.seed)
   initial = build_lib.build(sparse, data, 10).params["embed"]["table"]
   moved = np.any(np.asarray(initial) != b["embed"]["table"], axis=1)
   assert 0 < moved[1:].sum() < len(moved) and not moved[0]  # rows of seen ids; never padding
@@ -159,7 +160,7 @@ def test_shared_weight_tables_train_summarize_inspect_and_quantize(tmp_path, tab
   cfg = tiny(f"model.table={table}", size, "train.num_epochs=4", "optim.learning_rate=0.1")
   results = train.train(cfg, tmp_path / "run", echo=quiet)
   assert results["test_accuracy"] > 0.6, results  # 4 planted topics: chance is 0.25
-  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   setup = build_lib.build(cfg, data, 10)
   text = report.summary_text(cfg, data, setup)
   want = models.table_summary(cfg.model, setup.params["embed"], data.num_embeddings)

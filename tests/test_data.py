@@ -1,4 +1,5 @@
-"""Tests for embedlab.data.datasets: sources, splits, errors, synthetic data, cache, batches."""
+"""Tests for embedlab.data: paths, files and hub sources, splits, errors, synthetic data, cache,
+batches."""
 
 import collections
 import dataclasses
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 
 from embedlab import config as config_lib
-from embedlab.data import datasets as data
+from embedlab.data import atomic
+from embedlab.data import batches as batch_lib
+from embedlab.data import cache as cache_lib
+from embedlab.data import paths as paths_lib
+from embedlab.data.rows import DataError
+from embedlab.data import splits as splits_lib
+from embedlab.data import synthetic as synthetic_lib
 from embedlab.data import text
 from embedlab.config import DataConfig
 
@@ -52,31 +59,33 @@ def _isolated(tmp_path, monkeypatch):
 
 
 def test_data_dir_env_then_shared_then_beside_the_checkout_then_home(tmp_path, monkeypatch):
-  assert data.data_dir() == tmp_path
+  assert paths_lib.data_dir() == tmp_path
   monkeypatch.delenv("EMBEDLAB_DATA")
   work = tmp_path / "repo"
   (tmp_path / "shared" / "data").mkdir(parents=True)
   work.mkdir()
   monkeypatch.chdir(work)
-  assert data.data_dir() == tmp_path / "shared" / "data"
+  assert paths_lib.data_dir() == tmp_path / "shared" / "data"
   # elsewhere: shared/data beside the checkout embedlab runs from (an editable install)
   checkout = tmp_path / "elsewhere" / "embedlab-checkout"
   (checkout.parent / "shared" / "data").mkdir(parents=True)
-  monkeypatch.setattr(data, "__file__", str(checkout / "embedlab" / "data.py"))
+  monkeypatch.setattr(paths_lib, "__file__", str(checkout / "embedlab" / "data" / "paths.py"))
   monkeypatch.chdir(tmp_path)
-  assert data.data_dir() == checkout.parent / "shared" / "data"
-  monkeypatch.setattr(data, "__file__", str(tmp_path / "venv" / "site-packages" / "embedlab" / "data.py"))
+  assert paths_lib.data_dir() == checkout.parent / "shared" / "data"
+  installed = tmp_path / "venv" / "site-packages" / "embedlab" / "data" / "paths.py"
+  monkeypatch.setattr(paths_lib, "__file__", str(installed))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  assert data.data_dir() == tmp_path / "home" / ".cache" / "embedlab" / "data"
+  assert paths_lib.data_dir() == tmp_path / "home" / ".cache" / "embedlab" / "data"
 
 
 def test_a_missing_data_file_names_every_place_looked_in(tmp_path, monkeypatch):
   monkeypatch.delenv("EMBEDLAB_DATA")
   monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(data, "__file__", str(tmp_path / "venv" / "site-packages" / "embedlab" / "data.py"))
+  installed = tmp_path / "venv" / "site-packages" / "embedlab" / "data" / "paths.py"
+  monkeypatch.setattr(paths_lib, "__file__", str(installed))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  with pytest.raises(data.DataError) as e:
-    data.load_splits(_files(tmp_path, train="sst2/train.tsv.gz"), seed=0)
+  with pytest.raises(DataError) as e:
+    splits_lib.load_splits(_files(tmp_path, train="sst2/train.tsv.gz"), seed=0)
   message = str(e.value)
   for place in (tmp_path.parent / "shared" / "data", tmp_path / "home" / ".cache" / "embedlab"):
     assert str(place / "") in message or str(place) in message, message
@@ -84,153 +93,8 @@ def test_a_missing_data_file_names_every_place_looked_in(tmp_path, monkeypatch):
 
 
 def test_resolve(tmp_path):
-  assert data.resolve("sst2/train.tsv.gz") == tmp_path / "sst2" / "train.tsv.gz"
-  assert data.resolve("/abs/x.csv") == pathlib.Path("/abs/x.csv")
-
-
-# ----------------------------------------------------------------------------- files source
-
-_ROWS = [("1", "a good film"), ("0", 'bad, "really" bad'), ("1", "NA"), ("0", "")]
-
-
-@pytest.mark.parametrize("name", ["d.csv", "d.csv.gz", "d.tsv", "d.tsv.gz", "d.jsonl",
-                                  "d.jsonl.gz", "d.parquet"])
-def test_files_formats_read_exact_texts_and_labels(tmp_path, name):
-  path = tmp_path / name
-  if ".csv" in name:
-    body = "label,text\n" + "".join(
-        f'{l},"{t.replace(chr(34), chr(34) * 2)}"\n' if ("," in t or '"' in t) else f"{l},{t}\n"
-        for l, t in _ROWS)
-    _write(path, body)
-  elif ".tsv" in name:
-    _write(path, "label\ttext\n" + "".join(f"{l}\t{t}\n" for l, t in _ROWS))
-  elif ".jsonl" in name:
-    _write(path, "".join(json.dumps({"text": t, "label": int(l)}) + "\n" for l, t in _ROWS))
-  else:
-    import pandas as pd  # pylint: disable=import-outside-toplevel
-    pd.DataFrame({"text": [t for _, t in _ROWS],
-                  "label": [int(l) for l, _ in _ROWS]}).to_parquet(path)
-  splits, names = data.load_splits(_files(tmp_path, train=name), seed=0)
-  assert list(splits) == ["train"] and names == ("0", "1")
-  assert splits["train"].texts == tuple(t for _, t in _ROWS)
-  assert splits["train"].labels.tolist() == [1, 0, 1, 0]
-  assert splits["train"].labels.dtype == np.int32
-
-
-def test_files_format_override_and_unknown_suffix(tmp_path):
-  _write(tmp_path / "d.txt", "label\ttext\nx\ta, b\n")
-  splits, names = data.load_splits(_files(tmp_path, train="d.txt", format="tsv"), seed=0)
-  assert splits["train"].texts == ("a, b",) and names == ("x",)
-  with pytest.raises(data.DataError, match=r"cannot tell the format of .*d\.txt.*data\.format"):
-    data.load_splits(_files(tmp_path, train="d.txt"), seed=0)
-
-
-def test_labels_sorted_numerically_or_as_strings(tmp_path):
-  _write(tmp_path / "n.tsv", "label\ttext\n10\ta\n2\tb\n-1\tc\n2\td\n")
-  splits, names = data.load_splits(_files(tmp_path, train="n.tsv"), seed=0)
-  assert names == ("-1", "2", "10") and splits["train"].labels.tolist() == [2, 1, 0, 1]
-  _write(tmp_path / "s.tsv", "label\ttext\nLOC\ta\nABBR\tb\nHUM\tc\n")
-  splits, names = data.load_splits(_files(tmp_path, train="s.tsv"), seed=0)
-  assert names == ("ABBR", "HUM", "LOC") and splits["train"].labels.tolist() == [2, 0, 1]
-
-
-def test_integer_labels_in_any_spelling_are_one_class_and_reported(tmp_path, caplog):
-  _write(tmp_path / "t.tsv", "label\ttext\n1\ta\n01\tb\n0\tc\n1.0\td\n+1\te\n00\tf\n10\tg\n")
-  _write(tmp_path / "d.tsv", "label\ttext\n1.0\ta\n0.00\tb\n10\tc\n")
-  with caplog.at_level("WARNING", logger="embedlab"):
-    splits, names = data.load_splits(_files(tmp_path, train="t.tsv", dev="d.tsv"), seed=0)
-  assert names == ("0", "1", "10")
-  assert splits["train"].labels.tolist() == [1, 1, 0, 1, 1, 0, 2]
-  assert splits["dev"].labels.tolist() == [1, 0, 2]  # dev's 1.0 is train's 1
-  note = caplog.text
-  assert "compared as integers" in note and "'01' (" in note and "t.tsv, row 2 (line 3)" in note
-  assert "'1.0'" in note and "'00'" in note and "is the class 0" in note
-  # numbers in JSON: 1 and 1.0 are one class too
-  _write(tmp_path / "n.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n'
-         '{"text": "c", "label": 0}\n')
-  splits, names = data.load_splits(_files(tmp_path, train="n.jsonl"), seed=0)
-  assert names == ("0", "1") and splits["train"].labels.tolist() == [1, 1, 0]
-
-
-def test_names_are_exact_and_integer_spellings_among_names_are_an_error(tmp_path):
-  _write(tmp_path / "ok.tsv", "label\ttext\npos\ta\n1\tb\nPos\tc\n1.5\td\n")
-  splits, names = data.load_splits(_files(tmp_path, train="ok.tsv"), seed=0)
-  assert names == ("1", "1.5", "Pos", "pos") and splits["train"].labels.tolist() == [3, 0, 2, 1]
-  _write(tmp_path / "mix.tsv", "label\ttext\npos\ta\n1\tb\nneg\tc\n01\td\n")
-  with pytest.raises(data.DataError, match=r"mix\.tsv, row 4 \(line 5\): label '01' and label "
-                                           r"'1' \(.*mix\.tsv, row 2 \(line 3\)\) are the same "
-                                           r"integer.*not all integers \(e\.g\. '(pos|neg)'\).*"
-                                           r"Write each class one way"):
-    data.load_splits(_files(tmp_path, train="mix.tsv"), seed=0)
-
-
-@pytest.mark.parametrize("name,content,line", [
-    ("nan.tsv", "label\ttext\n1\ta\nNaN\tb\n0\tc\n", 3),
-    ("nan.csv", "label,text\n1,a\n0,b\nnan,c\n", 4),
-    ("inf.tsv", "label\ttext\n1\ta\n-inf\tb\n0\tc\n", 3),
-    ("nan.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": NaN}\n'
-                  '{"text": "c", "label": 0}\n', 2),
-])
-def test_nan_labels_are_bad_rows_naming_the_line(tmp_path, name, content, line):
-  _write(tmp_path / name, content)
-  with pytest.raises(data.DataError, match=rf"{name.replace('.', '[.]')}, row \d+: a label that "
-                                           rf"is not a number.* \(line {line}\).*skip_bad_rows"):
-    data.load_splits(_files(tmp_path, train=name), seed=0)
-  splits, names = data.load_splits(_files(tmp_path, train=name, skip_bad_rows=True), seed=0)
-  assert names == ("0", "1") and len(splits["train"]) == 2 and splits["train"].skipped == 1
-
-
-def test_line_ends_crlf_and_quoted_carriage_returns_read_as_the_checker_counts(tmp_path):
-  _write(tmp_path / "crlf.tsv", "label\ttext\r\n1\ta b\r\n0\tc\r\n")
-  splits, names = data.load_splits(_files(tmp_path, train="crlf.tsv"), seed=0)
-  assert splits["train"].texts == ("a b", "c") and names == ("0", "1")
-  _write(tmp_path / "q.csv", 'label,text\r\n1,"a\rb"\r\n0,"c\nd"\n1,e\n')
-  splits, names = data.load_splits(_files(tmp_path, train="q.csv"), seed=0)
-  assert splits["train"].texts == ("a\rb", "c\nd", "e") and names == ("0", "1")
-  assert splits["train"].labels.tolist() == [1, 0, 1]
-
-
-def test_bare_carriage_returns_never_make_rows_or_classes(tmp_path):
-  # datasets' reader would end a row at each bare \r: two such texts made four classes
-  _write(tmp_path / "cr.tsv", "label\ttext\n1\tgood\r0 film\n0\tbad\rmovie\n1\tfine\n0\tdull\n")
-  with pytest.raises(data.DataError, match=r"cr\.tsv, line 2: malformed row \(2 bad row\(s\) in "
-                                           r"all: lines 2, 3; a bare carriage return \(\\r\) at "
-                                           r"character 7"):
-    data.load_splits(_files(tmp_path, train="cr.tsv"), seed=0)
-  splits, names = data.load_splits(_files(tmp_path, train="cr.tsv", skip_bad_rows=True), seed=0)
-  assert names == ("0", "1") and splits["train"].texts == ("fine", "dull")
-  assert splits["train"].skipped == 2
-  _write(tmp_path / "cr.csv", 'label,text\n1,good\r0 film\n0,"bad\rmovie"\n')
-  with pytest.raises(data.DataError, match=r"cr\.csv, line 2: malformed row.*bare carriage"):
-    data.load_splits(_files(tmp_path, train="cr.csv"), seed=0)
-  splits, names = data.load_splits(_files(tmp_path, train="cr.csv", skip_bad_rows=True), seed=0)
-  assert names == ("0",) and splits["train"].texts == ("bad\rmovie",)
-
-
-def test_custom_columns(tmp_path):
-  _write(tmp_path / "d.csv", "sentence,y,extra\nhello,pos,1\nbye,neg,2\n")
-  cfg = _files(tmp_path, train="d.csv", text_column="sentence", label_column="y")
-  splits, names = data.load_splits(cfg, seed=0)
-  assert splits["train"].texts == ("hello", "bye") and names == ("neg", "pos")
-
-
-# ----------------------------------------------------------------------------- real data
-
-
-def test_sst2_row_and_label_counts(monkeypatch):
-  root = _REAL_DATA
-  if not (root / "sst2" / "train.tsv.gz").is_file():
-    pytest.skip(f"SST-2 not found under {root} (set EMBEDLAB_DATA)")
-  monkeypatch.setenv("EMBEDLAB_DATA", str(root))
-  cfg = DataConfig(source="files", train="sst2/train.tsv.gz", dev="sst2/dev.tsv.gz",
-                   test="sst2/test.tsv.gz")
-  splits, names = data.load_splits(cfg, seed=0)
-  assert names == ("0", "1")
-  counts = {k: np.bincount(s.labels, minlength=2).tolist() for k, s in splits.items()}
-  assert counts == {"train": [29780, 37569], "dev": [428, 444], "test": [912, 909]}
-  assert {k: len(s) for k, s in splits.items()} == {"train": 67349, "dev": 872, "test": 1821}
-  assert sum(any(ord(c) > 127 for c in t) for t in splits["train"].texts) == 438
-  assert "does n't" in " ".join(splits["train"].texts[:2000])
+  assert paths_lib.resolve("sst2/train.tsv.gz") == tmp_path / "sst2" / "train.tsv.gz"
+  assert paths_lib.resolve("/abs/x.csv") == pathlib.Path("/abs/x.csv")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -245,9 +109,9 @@ def test_dev_carve_out_is_seeded_and_disjoint(tmp_path):
   _numbered(tmp_path, "train.tsv", 50)
   _numbered(tmp_path, "test.tsv", 6)
   cfg = _files(tmp_path, train="train.tsv", test="test.tsv", dev_fraction=0.2)
-  a, names = data.load_splits(cfg, seed=3)
-  b, _ = data.load_splits(cfg, seed=3)
-  c, _ = data.load_splits(cfg, seed=4)
+  a, names = splits_lib.load_splits(cfg, seed=3)
+  b, _ = splits_lib.load_splits(cfg, seed=3)
+  c, _ = splits_lib.load_splits(cfg, seed=4)
   assert len(a["dev"]) == 10 and len(a["train"]) == 40 and len(a["test"]) == 6
   assert a["dev"].texts == b["dev"].texts and a["train"].texts == b["train"].texts
   assert a["dev"].texts != c["dev"].texts
@@ -261,20 +125,20 @@ def test_dev_carve_out_is_seeded_and_disjoint(tmp_path):
 def test_dev_rules(tmp_path):
   _numbered(tmp_path, "train.tsv", 20)
   _numbered(tmp_path, "test.tsv", 5)
-  with pytest.raises(data.DataError, match=r"no dev split.*data\.dev_fraction=0\.1"):
-    data.load_splits(_files(tmp_path, train="train.tsv", test="test.tsv"), seed=0)
+  with pytest.raises(DataError, match=r"no dev split.*data\.dev_fraction=0\.1"):
+    splits_lib.load_splits(_files(tmp_path, train="train.tsv", test="test.tsv"), seed=0)
   _numbered(tmp_path, "dev.tsv", 5)
-  with pytest.raises(data.DataError, match=r"dev_fraction = 0\.5 but .*dev\.tsv"):
-    data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv", dev_fraction=0.5), 0)
-  only_train, _ = data.load_splits(_files(tmp_path, train="train.tsv"), seed=0)
+  with pytest.raises(DataError, match=r"dev_fraction = 0\.5 but .*dev\.tsv"):
+    splits_lib.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv", dev_fraction=0.5), 0)
+  only_train, _ = splits_lib.load_splits(_files(tmp_path, train="train.tsv"), seed=0)
   assert list(only_train) == ["train"]
 
 
 def test_max_examples_keeps_first_rows(tmp_path):
   _numbered(tmp_path, "train.tsv", 30)
   _numbered(tmp_path, "dev.tsv", 30)
-  splits, _ = data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv",
-                                      max_examples=4), seed=0)
+  splits, _ = splits_lib.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv",
+                                            max_examples=4), seed=0)
   assert splits["train"].texts == ("doc 0", "doc 1", "doc 2", "doc 3")
   assert splits["dev"].labels.tolist() == [0, 1, 2, 0]
 
@@ -284,8 +148,8 @@ def test_max_examples_keeps_first_rows(tmp_path):
 
 def test_missing_column_names_file_column_and_present_columns(tmp_path):
   _write(tmp_path / "d.csv", "sentence,label\nhi,1\n")
-  with pytest.raises(data.DataError) as e:
-    data.load_splits(_files(tmp_path, train="d.csv"), seed=0)
+  with pytest.raises(DataError) as e:
+    splits_lib.load_splits(_files(tmp_path, train="d.csv"), seed=0)
   msg = str(e.value)
   assert "d.csv" in msg and "'text'" in msg and "sentence, label" in msg
 
@@ -293,57 +157,57 @@ def test_missing_column_names_file_column_and_present_columns(tmp_path):
 def test_unknown_dev_label_names_file_label_and_known(tmp_path):
   _write(tmp_path / "train.tsv", "label\ttext\n0\ta\n1\tb\n")
   _write(tmp_path / "dev.tsv", "label\ttext\n1\ta\n7\tb\n")
-  with pytest.raises(data.DataError) as e:
-    data.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv"), seed=0)
+  with pytest.raises(DataError) as e:
+    splits_lib.load_splits(_files(tmp_path, train="train.tsv", dev="dev.tsv"), seed=0)
   msg = str(e.value)
   assert "dev.tsv" in msg and "row 2" in msg and "'7'" in msg and "known labels: 0, 1" in msg
 
 
 def test_malformed_tsv_row_strict_and_skipped(tmp_path):
   _write(tmp_path / "bad.tsv", "label\ttext\n1\tok\n0\tone\ttab too many\n1\tfine\n")
-  with pytest.raises(data.DataError, match=r"bad\.tsv, line 3: malformed row.*skip_bad_rows"):
-    data.load_splits(_files(tmp_path, train="bad.tsv"), seed=0)
-  splits, _ = data.load_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), seed=0)
+  with pytest.raises(DataError, match=r"bad\.tsv, line 3: malformed row.*skip_bad_rows"):
+    splits_lib.load_splits(_files(tmp_path, train="bad.tsv"), seed=0)
+  splits, _ = splits_lib.load_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), seed=0)
   assert splits["train"].texts == ("ok", "fine") and splits["train"].skipped == 1
-  d = data.encode_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), 0)
+  d = cache_lib.encode_splits(_files(tmp_path, train="bad.tsv", skip_bad_rows=True), 0)
   assert d.skipped == {"train": 1}
 
 
 def test_malformed_json_line_strict_and_skipped(tmp_path):
   _write(tmp_path / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label"\n'
          '{"text": "c", "label": 0}\n[1, 2]\n')
-  with pytest.raises(data.DataError, match=r"bad\.jsonl, line 2: malformed JSON row \(2 bad"):
-    data.load_splits(_files(tmp_path, train="bad.jsonl"), seed=0)
-  splits, _ = data.load_splits(_files(tmp_path, train="bad.jsonl", skip_bad_rows=True), 0)
+  with pytest.raises(DataError, match=r"bad\.jsonl, line 2: malformed JSON row \(2 bad"):
+    splits_lib.load_splits(_files(tmp_path, train="bad.jsonl"), seed=0)
+  splits, _ = splits_lib.load_splits(_files(tmp_path, train="bad.jsonl", skip_bad_rows=True), 0)
   assert splits["train"].texts == ("a", "c") and splits["train"].skipped == 2
 
 
 def test_missing_label_strict_and_skipped(tmp_path):
   _write(tmp_path / "d.tsv", "label\ttext\n1\ta\n\tno label\n0\tc\n")
-  with pytest.raises(data.DataError, match=r"d\.tsv, row 2: missing label"):
-    data.load_splits(_files(tmp_path, train="d.tsv"), seed=0)
-  splits, _ = data.load_splits(_files(tmp_path, train="d.tsv", skip_bad_rows=True), seed=0)
+  with pytest.raises(DataError, match=r"d\.tsv, row 2: missing label"):
+    splits_lib.load_splits(_files(tmp_path, train="d.tsv"), seed=0)
+  splits, _ = splits_lib.load_splits(_files(tmp_path, train="d.tsv", skip_bad_rows=True), seed=0)
   assert splits["train"].texts == ("a", "c") and splits["train"].skipped == 1
   _write(tmp_path / "n.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n')
-  with pytest.raises(data.DataError, match=r"n\.jsonl, row 2: missing label"):
-    data.load_splits(_files(tmp_path, train="n.jsonl"), seed=0)
+  with pytest.raises(DataError, match=r"n\.jsonl, row 2: missing label"):
+    splits_lib.load_splits(_files(tmp_path, train="n.jsonl"), seed=0)
 
 
 def test_empty_and_header_only_files(tmp_path):
   for name in ("e.tsv", "e.jsonl", "e.csv.gz"):
     _write(tmp_path / name, "")
-    with pytest.raises(data.DataError, match=rf"{name.replace('.', '[.]')} is empty"):
-      data.load_splits(_files(tmp_path, train=name), seed=0)
+    with pytest.raises(DataError, match=rf"{name.replace('.', '[.]')} is empty"):
+      splits_lib.load_splits(_files(tmp_path, train=name), seed=0)
   _write(tmp_path / "h.tsv", "label\ttext\n")
-  with pytest.raises(data.DataError, match=r"h\.tsv has no data rows"):
-    data.load_splits(_files(tmp_path, train="h.tsv"), seed=0)
-  with pytest.raises(data.DataError, match=r"missing\.tsv not found.*EMBEDLAB_DATA"):
-    data.load_splits(_files(tmp_path, train="missing.tsv"), seed=0)
+  with pytest.raises(DataError, match=r"h\.tsv has no data rows"):
+    splits_lib.load_splits(_files(tmp_path, train="h.tsv"), seed=0)
+  with pytest.raises(DataError, match=r"missing\.tsv not found.*EMBEDLAB_DATA"):
+    splits_lib.load_splits(_files(tmp_path, train="missing.tsv"), seed=0)
 
 
 def test_empty_texts_encode_to_padding(tmp_path):
   _write(tmp_path / "d.tsv", "label\ttext\n1\t\n0\tx y\n")
-  d = data.encode_splits(_files(tmp_path, train="d.tsv", max_len=3), 0, cache=False)
+  d = cache_lib.encode_splits(_files(tmp_path, train="d.tsv", max_len=3), 0, cache=False)
   np.testing.assert_array_equal(d.train_ids, [[0, 0, 0], [2, 3, 0]])
 
 
@@ -358,8 +222,8 @@ def test_hub_offline_error_is_clear(monkeypatch):
 
   monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  with pytest.raises(data.DataError) as e:
-    data.load_splits(DataConfig(source="hub", path="glue"), seed=0)
+  with pytest.raises(DataError) as e:
+    splits_lib.load_splits(DataConfig(source="hub", path="glue"), seed=0)
   assert str(e.value).startswith("data: could not load 'glue' from the Hugging Face hub (offline?)")
   assert "Dataset.save_to_disk" in str(e.value) and "data.source=files" in str(e.value)
 
@@ -369,8 +233,8 @@ def test_hub_offline_error_is_clear(monkeypatch):
   monkeypatch.delenv("HF_HUB_OFFLINE")
   monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
   monkeypatch.setattr(datasets, "load_dataset", no_network)
-  with pytest.raises(data.DataError, match="could not load 'glue:sst2' from the Hugging Face"):
-    data.load_splits(DataConfig(source="hub", path="glue:sst2"), seed=0)
+  with pytest.raises(DataError, match="could not load 'glue:sst2' from the Hugging Face"):
+    splits_lib.load_splits(DataConfig(source="hub", path="glue:sst2"), seed=0)
 
 
 def test_disk_source_with_class_labels_and_unlabelled_test(tmp_path):
@@ -386,12 +250,12 @@ def test_disk_source_with_class_labels_and_unlabelled_test(tmp_path):
                                          features=features)})
   dd.save_to_disk(str(tmp_path / "saved"))
   cfg = DataConfig(source="disk", path="saved", text_column="sentence")
-  splits, names = data.load_splits(cfg, seed=0)
+  splits, names = splits_lib.load_splits(cfg, seed=0)
   assert names == ("neg", "pos") and sorted(splits) == ["dev", "train"]  # test is unlabelled
   assert splits["train"].texts == ("a", "b", "c") and splits["train"].labels.tolist() == [1, 0, 1]
   assert splits["dev"].labels.tolist() == [0]
-  with pytest.raises(data.DataError, match="not found"):
-    data.load_splits(DataConfig(source="disk", path="nowhere"), seed=0)
+  with pytest.raises(DataError, match="not found"):
+    splits_lib.load_splits(DataConfig(source="disk", path="nowhere"), seed=0)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -399,7 +263,7 @@ def test_disk_source_with_class_labels_and_unlabelled_test(tmp_path):
 
 def test_synthetic_is_deterministic_by_seed():
   cfg = DataConfig(synthetic_train_size=200, synthetic_eval_size=50)
-  a, b, c = (data.synthetic_splits(cfg, s) for s in (0, 0, 1))
+  a, b, c = (synthetic_lib.synthetic_splits(cfg, s) for s in (0, 0, 1))
   assert a["train"].texts == b["train"].texts and a["test"].texts == b["test"].texts
   np.testing.assert_array_equal(a["dev"].labels, b["dev"].labels)
   assert a["train"].texts != c["train"].texts
@@ -410,9 +274,9 @@ def test_synthetic_is_deterministic_by_seed():
 def test_synthetic_planted_structure():
   cfg = DataConfig(synthetic_topics=4, synthetic_words_per_topic=20, synthetic_shared_words=100,
                    synthetic_train_size=2000, synthetic_length=24)
-  truth = data.synthetic_word_topics(cfg)
+  truth = synthetic_lib.synthetic_word_topics(cfg)
   assert len(truth) == 4 * 20 + 100 and truth["t2_w17"] == 2 and truth["s5"] == -1
-  split = data.synthetic_splits(cfg, seed=0)["train"]
+  split = synthetic_lib.synthetic_splits(cfg, seed=0)["train"]
   assert set(np.unique(split.labels)) == {0, 1, 2, 3}
   by_word = collections.defaultdict(lambda: np.zeros(4))
   own = total = 0
@@ -437,7 +301,7 @@ def test_synthetic_planted_structure():
 def test_synthetic_is_learnable_by_a_bag_of_words():
   """A nearest-centroid bag of words (numpy) separates the classes: the structure is real."""
   cfg = DataConfig(synthetic_train_size=2000, synthetic_eval_size=500)
-  d = data.encode_splits(cfg, seed=0, cache=False)
+  d = cache_lib.encode_splits(cfg, seed=0, cache=False)
   def bags(ids):
     out = np.zeros((len(ids), len(d.vocab)))
     np.add.at(out, (np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()), 1.0)
@@ -449,6 +313,39 @@ def test_synthetic_is_learnable_by_a_bag_of_words():
   assert accuracy > 0.9
 
 
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+  path = tmp_path / "results.json"
+  atomic.atomic_write(path, "old\n")
+  atomic.atomic_write(path, b"new \xc3\xa9\n")
+  assert path.read_bytes() == "new é\n".encode("utf-8")
+  atomic.atomic_write(path, lambda p: pathlib.Path(p).write_text("from a writer"))
+  assert path.read_text() == "from a writer"
+
+  def half_then_fail(p):
+    pathlib.Path(p).write_text("half")
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    atomic.atomic_write(path, half_then_fail)
+  assert path.read_text() == "from a writer"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
+  old = os.umask(0o027)
+  try:
+    atomic.atomic_write(tmp_path / "a.txt", "x")
+    with open(tmp_path / "b.txt", "w") as f:
+      f.write("x")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode
+  assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
 # ----------------------------------------------------------------------------- encode + cache
 
 
@@ -456,7 +353,7 @@ def test_encode_splits_vocab_from_train_only(tmp_path):
   _write(tmp_path / "train.tsv", "label\ttext\n0\tthe cat\n1\tthe dog the\n")
   _write(tmp_path / "dev.tsv", "label\ttext\n1\tthe zebra\n")
   cfg = _files(tmp_path, train="train.tsv", dev="dev.tsv", max_len=4, ngrams=2, num_buckets=10)
-  d = data.encode_splits(cfg, seed=0, cache=False)
+  d = cache_lib.encode_splits(cfg, seed=0, cache=False)
   assert d.vocab.tokens == ("<pad>", "<unk>", "the", "cat", "dog")
   assert d.num_embeddings == 5 + 10 and d.label_names == ("0", "1") and d.test_ids is None
   assert d.train_ids.shape == (2, 8)
@@ -473,17 +370,17 @@ def test_encode_splits_vocab_from_train_only(tmp_path):
 def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch, grams):
   path = _numbered(tmp_path, "train.tsv", 40)
   cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.25, min_freq=1, **grams)
-  first = data.encode_splits(cfg, seed=1)
+  first = cache_lib.encode_splits(cfg, seed=1)
   files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-  key = data.cache_key(cfg, 1)
+  key = cache_lib.cache_key(cfg, 1)
   assert files == [f"{key}.npz", f"{key}.vocab.txt"]  # no tmp files left behind
 
   def no_tokenizing(*args, **kwargs):
     raise AssertionError("tokenized although cached")
 
   monkeypatch.setattr(text, "tokenize_many", no_tokenizing)
-  second = data.encode_splits(cfg, seed=1)
-  for f in dataclasses.fields(data.EncodedData):
+  second = cache_lib.encode_splits(cfg, seed=1)
+  for f in dataclasses.fields(cache_lib.EncodedData):
     a, b = getattr(first, f.name), getattr(second, f.name)
     if isinstance(a, np.ndarray):
       np.testing.assert_array_equal(a, b)
@@ -493,11 +390,11 @@ def test_encode_splits_cache_hit_skips_tokenizing(tmp_path, monkeypatch, grams):
   # A different seed, config or changed file is a different key: it must tokenize again.
   for other_cfg, seed in ((cfg, 2), (dataclasses.replace(cfg, max_len=5), 1)):
     with pytest.raises(AssertionError, match="tokenized although cached"):
-      data.encode_splits(other_cfg, seed=seed)
+      cache_lib.encode_splits(other_cfg, seed=seed)
   _numbered(tmp_path, "train.tsv", 41)
-  assert data.cache_key(cfg, 1) != key
+  assert cache_lib.cache_key(cfg, 1) != key
   with pytest.raises(AssertionError, match="tokenized although cached"):
-    data.encode_splits(cfg, seed=1)
+    cache_lib.encode_splits(cfg, seed=1)
   assert path.exists()
 
 
@@ -508,8 +405,8 @@ def test_prune_buckets_renumbers_the_buckets_train_uses(tmp_path):
   full = _files(tmp_path, train="train.tsv", dev="dev.tsv", max_len=6, ngrams=3,
                 num_buckets=4096)
   pruned = dataclasses.replace(full, prune_buckets=True)
-  a = data.encode_splits(full, seed=0, cache=False)
-  b = data.encode_splits(pruned, seed=0, cache=False)
+  a = cache_lib.encode_splits(full, seed=0, cache=False)
+  b = cache_lib.encode_splits(pruned, seed=0, cache=False)
   v = len(a.vocab)
   assert a.vocab == b.vocab and a.kept_buckets is None
   train_grams = a.train_ids[:, 6:]
@@ -537,14 +434,14 @@ def test_prune_buckets_needs_ngrams():
 def test_cache_keeps_ids_that_are_not_right_padded(tmp_path):
   # the cache packs right-padded word ids (flat + lengths); any other matrix is kept as it is
   cfg = DataConfig(synthetic_train_size=20, synthetic_eval_size=5, max_len=4)
-  d = data.encode_splits(cfg, 0, cache=False)
+  d = cache_lib.encode_splits(cfg, 0, cache=False)
   holes = d.train_ids.copy()
   holes[0, :2] = [0, 7]  # a padding slot before a word
   odd = dataclasses.replace(d, train_ids=holes)
-  data._write_cache(tmp_path, "k", odd, cfg)
+  cache_lib.write_cache(tmp_path, "k", odd, cfg)
   with np.load(tmp_path / "k.npz") as f:
     assert "train_ids" in f.files and "dev_words" in f.files  # dev is packed
-  back = data._read_cache(tmp_path, "k")
+  back = cache_lib.read_cache(tmp_path, "k")
   for name in ("train", "dev", "test"):
     np.testing.assert_array_equal(back.split(name)[0], odd.split(name)[0])
     assert back.split(name)[0].dtype == np.int32
@@ -552,11 +449,11 @@ def test_cache_keeps_ids_that_are_not_right_padded(tmp_path):
 
 def test_corrupt_cache_is_ignored(tmp_path, caplog):
   cfg = DataConfig(synthetic_train_size=20, synthetic_eval_size=5)
-  key = data.cache_key(cfg, 0)
-  first = data.encode_splits(cfg, 0)
+  key = cache_lib.cache_key(cfg, 0)
+  first = cache_lib.encode_splits(cfg, 0)
   (tmp_path / "cache" / f"{key}.npz").write_bytes(b"garbage")
   with caplog.at_level("WARNING", logger="embedlab"):
-    again = data.encode_splits(cfg, 0)
+    again = cache_lib.encode_splits(cfg, 0)
   assert "is unreadable" in caplog.text and "encoding the data again" in caplog.text
   np.testing.assert_array_equal(first.train_ids, again.train_ids)
 
@@ -574,8 +471,8 @@ def _rewrite_npz(path, change):
 def test_a_cache_that_fails_its_checksum_is_encoded_again(tmp_path, caplog, monkeypatch, damage):
   _numbered(tmp_path, "train.tsv", 30)
   cfg = _files(tmp_path, train="train.tsv", dev_fraction=0.2)
-  key = data.cache_key(cfg, 0)
-  first = data.encode_splits(cfg, 0)
+  key = cache_lib.cache_key(cfg, 0)
+  first = cache_lib.encode_splits(cfg, 0)
   npz, vocab = tmp_path / "cache" / f"{key}.npz", tmp_path / "cache" / f"{key}.vocab.txt"
 
   def flip_label(arrays):
@@ -600,7 +497,7 @@ def test_a_cache_that_fails_its_checksum_is_encoded_again(tmp_path, caplog, monk
   real = text.tokenize_many
   monkeypatch.setattr(text, "tokenize_many", lambda *a, **k: calls.append(1) or real(*a, **k))
   with caplog.at_level("WARNING", logger="embedlab"):
-    again = data.encode_splits(cfg, 0)
+    again = cache_lib.encode_splits(cfg, 0)
   assert calls  # encoded again, not read
   notes = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
   assert len(notes) == 1 and "does not match its checksum" in notes[0] and str(npz) in notes[0]
@@ -611,7 +508,7 @@ def test_a_cache_that_fails_its_checksum_is_encoded_again(tmp_path, caplog, monk
   caplog.clear()
   calls.clear()
   with caplog.at_level("WARNING", logger="embedlab"):
-    data.encode_splits(cfg, 0)  # the rebuilt cache is sound: read, no note
+    cache_lib.encode_splits(cfg, 0)  # the rebuilt cache is sound: read, no note
   assert not calls and "cache" not in caplog.text
 
 
@@ -619,17 +516,17 @@ def test_a_cache_that_fails_its_checksum_is_encoded_again(tmp_path, caplog, monk
 
 
 def test_batch_indices_deterministic_and_cover_the_epoch():
-  a = data.batch_indices(103, 10, seed=5, epoch=2)
-  np.testing.assert_array_equal(a, data.batch_indices(103, 10, seed=5, epoch=2))
-  assert a.shape == (10, 10) and data.num_batches(103, 10) == 10
+  a = batch_lib.batch_indices(103, 10, seed=5, epoch=2)
+  np.testing.assert_array_equal(a, batch_lib.batch_indices(103, 10, seed=5, epoch=2))
+  assert a.shape == (10, 10) and batch_lib.num_batches(103, 10) == 10
   assert len(np.unique(a)) == 100 and a.min() >= 0 and a.max() < 103
   np.testing.assert_array_equal(a.ravel(), np.random.default_rng([5, 2]).permutation(103)[:100])
-  assert not np.array_equal(a, data.batch_indices(103, 10, seed=5, epoch=3))
-  assert not np.array_equal(a, data.batch_indices(103, 10, seed=6, epoch=2))
-  full = data.batch_indices(103, 10, seed=5, epoch=2, drop_last=False)
-  assert full.shape == (11, 10) and data.num_batches(103, 10, drop_last=False) == 11
+  assert not np.array_equal(a, batch_lib.batch_indices(103, 10, seed=5, epoch=3))
+  assert not np.array_equal(a, batch_lib.batch_indices(103, 10, seed=6, epoch=2))
+  full = batch_lib.batch_indices(103, 10, seed=5, epoch=2, drop_last=False)
+  assert full.shape == (11, 10) and batch_lib.num_batches(103, 10, drop_last=False) == 11
   assert sorted(full[full >= 0].tolist()) == list(range(103)) and (full < 0).sum() == 7
-  ordered = data.batch_indices(6, 3, seed=0, epoch=0, shuffle=False)
+  ordered = batch_lib.batch_indices(6, 3, seed=0, epoch=0, shuffle=False)
   np.testing.assert_array_equal(ordered, [[0, 1, 2], [3, 4, 5]])
 
 
@@ -637,21 +534,21 @@ def test_batch_indices_bucketed_by_length():
   rng = np.random.default_rng(0)
   lengths = rng.integers(1, 400, size=5000)
   kw = dict(seed=1, epoch=0, lengths=lengths)
-  a = data.batch_indices(5000, 16, **kw)
-  np.testing.assert_array_equal(a, data.batch_indices(5000, 16, **kw))
+  a = batch_lib.batch_indices(5000, 16, **kw)
+  np.testing.assert_array_equal(a, batch_lib.batch_indices(5000, 16, **kw))
   assert a.shape == (312, 16) and len(np.unique(a)) == 312 * 16
-  plain = data.batch_indices(5000, 16, seed=1, epoch=0)
+  plain = batch_lib.batch_indices(5000, 16, seed=1, epoch=0)
   spread = lambda b: np.mean(np.ptp(lengths[b], axis=1))
   assert spread(a) < spread(plain) / 5
-  assert not np.array_equal(a, data.batch_indices(5000, 16, seed=1, epoch=1, lengths=lengths))
-  assert sorted(data.batch_indices(50, 16, seed=0, epoch=0, drop_last=False,
-                                   lengths=lengths[:50]).ravel().tolist())[14:] == list(range(50))
+  assert not np.array_equal(a, batch_lib.batch_indices(5000, 16, seed=1, epoch=1, lengths=lengths))
+  last = batch_lib.batch_indices(50, 16, seed=0, epoch=0, drop_last=False, lengths=lengths[:50])
+  assert sorted(last.ravel().tolist())[14:] == list(range(50))
 
 
 def test_eval_batches_fixed_size_with_mask():
   ids = np.arange(14, dtype=np.int32).reshape(7, 2) + 1
   labels = np.arange(7, dtype=np.int32)
-  batches = list(data.eval_batches(ids, labels, 3))
+  batches = list(batch_lib.eval_batches(ids, labels, 3))
   assert [b[0].shape for b in batches] == [(3, 2)] * 3
   assert all(b[0].dtype == np.int32 and b[1].dtype == np.int32 for b in batches)
   mask = np.concatenate([b[2] for b in batches])
@@ -659,15 +556,15 @@ def test_eval_batches_fixed_size_with_mask():
   np.testing.assert_array_equal(np.concatenate([b[0] for b in batches])[:7], ids)
   np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[:7], labels)
   np.testing.assert_array_equal(batches[-1][0][1:], 0)
-  assert len(list(data.eval_batches(ids[:6], labels[:6], 3))) == 2
+  assert len(list(batch_lib.eval_batches(ids[:6], labels[:6], 3))) == 2
 
 
 def test_ragged_batches_hold_each_bags_real_ids_in_order():
   rng = np.random.default_rng(3)
   ids = rng.integers(1, 100, (4, 5, 7)) * (rng.random((4, 5, 7)) < 0.4)
-  length = data.ragged_length((ids != 0).sum(-1).reshape(-1),
-                              [np.arange(20).reshape(4, 5)], multiple=8)
-  out = data.ragged_batches(ids, length)
+  length = batch_lib.ragged_length((ids != 0).sum(-1).reshape(-1),
+                                   [np.arange(20).reshape(4, 5)], multiple=8)
+  out = batch_lib.ragged_batches(ids, length)
   assert out.ids.shape == out.segment_ids.shape == (4, length) and length % 8 == 0
   for k in range(4):
     want_ids = [i for b in range(5) for i in ids[k, b] if i]
@@ -680,7 +577,7 @@ def test_ragged_batches_hold_each_bags_real_ids_in_order():
 
 def test_ragged_batches_refuse_a_batch_longer_than_the_length():
   with pytest.raises(ValueError, match="3 non-padding ids, more than the ragged length 2"):
-    data.ragged_batches(np.array([[1, 2], [3, 0]]), 2)
+    batch_lib.ragged_batches(np.array([[1, 2], [3, 0]]), 2)
 
 
 # ----------------------------------------------------------------------------- forked workers
@@ -697,10 +594,11 @@ def test_forked_file_reading_and_encoding_match_one_process(tmp_path):
   script = tmp_path / "forked.py"
   script.write_text("""
 import dataclasses, multiprocessing.pool, numpy as np
-from embedlab.data import datasets as data
+from embedlab.data import cache as cache_lib
+from embedlab.data.rows import DataError
 from embedlab.data import text
 from embedlab.config import DataConfig
-data._MIN_FILE_BYTES = text._MIN_FORK_CHARS = 0
+cache_lib._MIN_FILE_BYTES = text._MIN_FORK_CHARS = 0
 pools = []
 class Spy(multiprocessing.pool.Pool):
   def __init__(self, processes, *a, **k):
@@ -712,9 +610,9 @@ base = DataConfig(source="files", train="train.tsv", test="test.tsv", dev_fracti
 for cfg in (base, dataclasses.replace(base, max_examples=700, min_freq=2, eos=True),
             dataclasses.replace(base, test="test3.tsv", skip_bad_rows=True)):
   del pools[:]
-  forked = data.encode_splits(cfg, 0, cache=False)
+  forked = cache_lib.encode_splits(cfg, 0, cache=False)
   assert pools == [2], pools  # one pool: a process per file reads and tokenizes it
-  one = data.encode_splits(dataclasses.replace(cfg, workers=1), 0, cache=False)
+  one = cache_lib.encode_splits(dataclasses.replace(cfg, workers=1), 0, cache=False)
   assert pools == [2], pools
   assert forked.vocab == one.vocab and forked.label_names == one.label_names
   assert forked.skipped == one.skipped
@@ -723,8 +621,8 @@ for cfg in (base, dataclasses.replace(base, max_examples=700, min_freq=2, eos=Tr
       np.testing.assert_array_equal(a, b)
 assert one.skipped["test"] > 0
 try:
-  data.encode_splits(dataclasses.replace(base, test="bad.tsv"), 0, cache=False)
-except data.DataError as e:
+  cache_lib.encode_splits(dataclasses.replace(base, test="bad.tsv"), 0, cache=False)
+except DataError as e:
   assert "bad.tsv, line 3: malformed row" in str(e), e
 else:
   raise AssertionError("no DataError")

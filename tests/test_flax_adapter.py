@@ -1,4 +1,4 @@
-"""Tests for embedlab.models.classifiers.flax_embed: nnx and linen modules backed by embedlab.core.tables."""
+"""Tests for embedlab.models.flax_embed: nnx and linen modules backed by embedlab.core.tables."""
 
 import re
 

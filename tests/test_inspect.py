@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from embedlab import cli, config as config_lib
-from embedlab.data import datasets as data_lib
+from embedlab.data import cache as cache_lib
+from embedlab.data import synthetic as synthetic_lib
 from embedlab.analysis import geometry
 from embedlab.analysis import neighbours
 from embedlab.run import inspection
@@ -173,7 +174,7 @@ def test_summarize_table_against_numpy():
 def test_run_summary_counts_exactly_the_rows_training_touched(emb):
   initial = inspection.initial_table(emb.config)
   summary = inspection.summarize_run(emb, initial=initial)
-  data = data_lib.encode_splits(emb.config.data, emb.config.seed)
+  data = cache_lib.encode_splits(emb.config.data, emb.config.seed)
   seen = set(np.unique(data.train_ids).tolist()) - {0}  # dense Adam moves exactly these rows
   changed = set(np.nonzero(np.any(initial != emb.table, axis=1))[0].tolist())
   assert changed == seen
@@ -307,8 +308,8 @@ def test_projector_files_keep_vectors_and_metadata_aligned(run, emb, tmp_path):
   header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
   assert header == ["word", "id", "count", "topic"]
   assert len(rows) == len(vectors) == emb.num_words - 1
-  truth = data_lib.synthetic_word_topics(emb.config.data)
-  data = data_lib.encode_splits(emb.config.data, emb.config.seed)
+  truth = synthetic_lib.synthetic_word_topics(emb.config.data)
+  data = cache_lib.encode_splits(emb.config.data, emb.config.seed)
   counts = np.bincount(data.train_ids.ravel(), minlength=emb.num_words)
   for vector, (word, ident, count, topic) in zip(vectors, rows):
     np.testing.assert_array_equal(vector, emb.words[int(ident)])
@@ -331,7 +332,7 @@ def test_an_exported_table_initialises_another_experiment(run, emb, tmp_path):
   path = inspection.export_run(run[0], "word2vec", tmp_path / "from_run.txt.gz")[0]
   other = config_lib.load_config(QUICK, ["seed=1", "data.synthetic_train_size=256",
                                          f"model.pretrained={path.absolute()}"])
-  data = data_lib.encode_splits(other.data, other.seed)
+  data = cache_lib.encode_splits(other.data, other.seed)
   _, steps = build_lib.total_steps(other, len(data.train_labels))
   setup = build_lib.build(other, data, steps)
   table = np.asarray(setup.params["embed"]["table"])

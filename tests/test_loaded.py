@@ -11,6 +11,7 @@ import embedlab as el
 from embedlab import cli
 from embedlab.run import inspection
 from embedlab.run import train
+from embedlab.data import synthetic as synthetic_lib
 from test_train import quiet, tiny
 
 
@@ -23,7 +24,7 @@ def run_dir(tmp_path_factory):
 
 def test_predict_gives_the_top_k_labels_above_the_threshold(run_dir):
   run = el.load_run(run_dir)
-  words = train.data_lib.synthetic_word_topics(run.config.data)
+  words = synthetic_lib.synthetic_word_topics(run.config.data)
   texts = [" ".join([w for w, t in words.items() if t == topic][:8]) for topic in range(4)]
   probs = run.probabilities(texts)
   np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)

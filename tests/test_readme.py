@@ -21,7 +21,7 @@ import pytest
 
 from embedlab import cli
 from embedlab import config as config_lib
-from embedlab.data.datasets import datasets as data_lib
+from embedlab.data import paths as paths_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_every_readme_command_parses_resolves_and_uses_runs_trained_before_it(mo
         for name in _data_files(cfg):
           if name.startswith(str(REPO)):  # a file an earlier README command writes
             continue
-          assert data_lib.resolve(name).is_file(), f"{command}: {name} not found"
+          assert paths_lib.resolve(name).is_file(), f"{command}: {name} not found"
       if args.command == "train":
         run, snapshot = _run_dir_of(args), config_lib.to_dict(cfg)
         assert trained.setdefault(run, snapshot) == snapshot, (

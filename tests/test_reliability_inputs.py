@@ -20,7 +20,9 @@ import pytest
 
 import embedlab as el
 from embedlab import config as config_lib
-from embedlab.data import datasets as data
+from embedlab.data import cache as cache_lib
+from embedlab.data.rows import DataError
+from embedlab.data import splits as splits_lib
 from embedlab.models import classifiers as models
 from embedlab.run import resources
 from embedlab.run import build as build_lib
@@ -76,8 +78,8 @@ BAD_FILES = {
 def test_bad_rows_name_file_line_and_fix_or_are_skipped_and_counted(tmp_path, caplog, name):
   content, line, words, kept = BAD_FILES[name]
   _write(tmp_path / name, content)
-  with pytest.raises(data.DataError) as e:
-    data.load_splits(DataConfig(source="files", train=name), seed=0)
+  with pytest.raises(DataError) as e:
+    splits_lib.load_splits(DataConfig(source="files", train=name), seed=0)
   msg = str(e.value)
   assert name in msg and f"line {line}" in msg, msg
   for word in words:
@@ -86,7 +88,8 @@ def test_bad_rows_name_file_line_and_fix_or_are_skipped_and_counted(tmp_path, ca
   if kept is None:  # a bad header cannot be skipped: it names every column
     return
   with caplog.at_level(logging.WARNING, logger="embedlab"):
-    splits, _ = data.load_splits(DataConfig(source="files", train=name, skip_bad_rows=True), 0)
+    cfg = DataConfig(source="files", train=name, skip_bad_rows=True)
+    splits, _ = splits_lib.load_splits(cfg, 0)
   train_split = splits["train"]
   assert len(train_split) == kept and train_split.skipped >= 1
   assert "skipped" in caplog.text and name in caplog.text
@@ -108,28 +111,29 @@ def test_unusable_files_fail_with_the_file_and_the_fix(tmp_path, name, content, 
     (tmp_path / name).write_bytes(gzip.compress(GOOD_TSV.encode() * 50)[:40])
   else:
     _write(tmp_path / name, content)
-  with pytest.raises(data.DataError, match=match):
-    data.load_splits(DataConfig(source="files", train=name, skip_bad_rows=True), seed=0)
+  with pytest.raises(DataError, match=match):
+    splits_lib.load_splits(DataConfig(source="files", train=name, skip_bad_rows=True), seed=0)
 
 
 def test_unknown_dev_label_fails_or_is_skipped_and_counted(tmp_path):
   _write(tmp_path / "train.tsv", GOOD_TSV)
   _write(tmp_path / "dev.tsv", "label\ttext\n1\ta\n7\tb\n0\tc\n")
   cfg = DataConfig(source="files", train="train.tsv", dev="dev.tsv")
-  with pytest.raises(data.DataError, match=r"dev\.tsv, row 2 \(line 3\): label '7' does not "
-                                           r"occur in train.*skip_bad_rows=true"):
-    data.load_splits(cfg, seed=0)
-  splits, _ = data.load_splits(dataclasses.replace(cfg, skip_bad_rows=True), seed=0)
+  with pytest.raises(DataError, match=r"dev\.tsv, row 2 \(line 3\): label '7' does not "
+                                      r"occur in train.*skip_bad_rows=true"):
+    splits_lib.load_splits(cfg, seed=0)
+  splits, _ = splits_lib.load_splits(dataclasses.replace(cfg, skip_bad_rows=True), seed=0)
   assert splits["dev"].labels.tolist() == [1, 0] and splits["dev"].skipped == 1
 
 
 def test_empty_texts_are_reported_and_skipped_when_asked(tmp_path, caplog):
   _write(tmp_path / "d.tsv", "label\ttext\n1\tgood\n0\t  \n1\tfine\n")
   with caplog.at_level(logging.WARNING, logger="embedlab"):
-    splits, _ = data.load_splits(DataConfig(source="files", train="d.tsv"), seed=0)
+    splits, _ = splits_lib.load_splits(DataConfig(source="files", train="d.tsv"), seed=0)
   assert len(splits["train"]) == 3  # kept (an empty text is a valid, if useless, example) ...
   assert "1 row(s) have an empty text (first: row 2 (line 3))" in caplog.text  # ... but loud
-  splits, _ = data.load_splits(DataConfig(source="files", train="d.tsv", skip_bad_rows=True), 0)
+  cfg = DataConfig(source="files", train="d.tsv", skip_bad_rows=True)
+  splits, _ = splits_lib.load_splits(cfg, 0)
   assert splits["train"].texts == ("good", "fine") and splits["train"].skipped == 1
 
 
@@ -242,8 +246,8 @@ def test_train_step_refuses_out_of_range_ids_under_jit():
 
 
 def test_bad_ids_in_an_encoded_dataset_are_refused_before_training():
-  d = data.encode_splits(DataConfig(synthetic_train_size=16, synthetic_eval_size=8), 0,
-                         cache=False)
+  d = cache_lib.encode_splits(DataConfig(synthetic_train_size=16, synthetic_eval_size=8), 0,
+                              cache=False)
   ids = d.test_ids.copy()
   ids[2, 1] = -5
   with pytest.raises(ValueError, match=r"data \(test split\): id -5 at position \(2, 1\)"):

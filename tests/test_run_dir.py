@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from embedlab.run import report
+from embedlab.data import cache as cache_lib
 from embedlab.run import rundir
 from embedlab.run import build as build_lib
 from embedlab.run import loaded
@@ -216,7 +217,7 @@ def test_resuming_on_the_same_words_in_a_changed_file_says_so(tmp_path):
 def test_near_the_memory_budget_xla_s_count_of_the_step_is_checked_before_the_run_starts(
     tmp_path, monkeypatch):
   cfg = tiny()
-  estimate = build_lib.build(cfg, train.data_lib.encode_splits(cfg.data, cfg.seed), 1)
+  estimate = build_lib.build(cfg, cache_lib.encode_splits(cfg.data, cfg.seed), 1)
   total = estimate.memory_estimate["total"]
   # a budget the fast estimate passes, but only just: the compiled step is checked too
   monkeypatch.setattr(train.resources, "available_bytes",

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import embedlab as el
-from embedlab.data import datasets as data_lib
+from embedlab.data import batches as batch_lib
 from embedlab.models import classifiers as models
 from embedlab.core import sparse
 from embedlab.core import tables
@@ -74,7 +74,7 @@ def test_pool_vectors_equals_bag_padded_and_ragged(mode):
   want = el.bag(params, ids, mode=mode, padding_id=0)
   got = tables.pool_vectors(params["table"][ids], jnp.asarray(ids != 0), mode)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  ragged = data_lib.ragged_batches(ids[None], 48)
+  ragged = batch_lib.ragged_batches(ids[None], 48)
   got = tables.pool_vectors(params["table"][ragged.ids[0]], jnp.asarray(ragged.ids[0] != 0), mode,
                             segment_ids=ragged.segment_ids[0], num_bags=ids.shape[0])
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -147,7 +147,7 @@ def test_scatter_step_matches_numpy_and_the_dedup_path(ragged):
   other = state
   for _ in range(3):
     ids, labels = random_bags(rng), rng.integers(0, C, 6).astype(np.int32)
-    batch = data_lib.RaggedBatch(*map(jnp.asarray, data_lib.ragged_batches(ids[None], 48)))
+    batch = batch_lib.RaggedBatch(*map(jnp.asarray, batch_lib.ragged_batches(ids[None], 48)))
     batch = jax.tree.map(lambda x: x[0], batch) if ragged else ids
     table, w, b = numpy_sgd_step(table, w, b, ids, labels, np.float32(0.7))
     state, sums = step(state, batch, labels)

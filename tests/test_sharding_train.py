@@ -51,6 +51,7 @@ from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
 from embedlab.run import placement
 from embedlab.run import train
+from embedlab.data import cache as cache_lib
 
 out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 assert len(jax.devices()) == 8, jax.devices()
@@ -59,7 +60,7 @@ for name, extra in runs.items():
   cfg = config_lib.load_config("experiments/quickstart.py", base + extra)
   results = train.train(cfg, out / name, restart=True, echo=lambda s: None)
   # where train() put the state: each device holds 1/model of the table and of its slots
-  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   setup = build_lib.build(cfg, data, 30)
   state = build_lib.init_state(cfg, setup)
   mesh = placement.mesh_from_config(cfg.mesh)
@@ -101,11 +102,12 @@ from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
 from embedlab.run import placement
 from embedlab.run import train
+from embedlab.data import cache as cache_lib
 
 run, out, base, extra = (pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]),
                          json.loads(sys.argv[3]), json.loads(sys.argv[4]))
 cfg = config_lib.load_config("experiments/quickstart.py", base + extra)
-data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+data = cache_lib.encode_splits(cfg.data, cfg.seed)
 state = build_lib.init_state(cfg, build_lib.build(cfg, data, 30))
 mesh = placement.mesh_from_config(cfg.mesh)
 if mesh is not None:

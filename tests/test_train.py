@@ -16,6 +16,10 @@ from embedlab.run import build as build_lib
 from embedlab.run import loaded
 from embedlab.run import steps as steps_lib
 from embedlab.run import train
+from embedlab.data import batches as batch_lib
+from embedlab.data import cache as cache_lib
+from embedlab.data import splits as splits_lib
+from embedlab.data import synthetic as synthetic_lib
 from embedlab.data import text as text_lib
 from embedlab.config import Config
 
@@ -158,7 +162,7 @@ def test_different_config_in_existing_run_dir_is_refused(tmp_path):
 
 def poison(monkeypatch, bad_step_rows):
   """Makes the bag model's logits NaN for batches holding a marked training example."""
-  real_encode = train.data_lib.encode_splits
+  real_encode = cache_lib.encode_splits
 
   def encode(cfg, seed, **kw):
     data = real_encode(cfg, seed, **kw)
@@ -179,7 +183,7 @@ def poison(monkeypatch, bad_step_rows):
 
     return models.Model(model.init, apply, model.stages)
 
-  monkeypatch.setattr(train.data_lib, "encode_splits", encode)
+  monkeypatch.setattr(cache_lib, "encode_splits", encode)
   monkeypatch.setitem(models.MODELS, "bag", bag)
 
 
@@ -187,7 +191,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     tmp_path, monkeypatch):
   cfg = tiny()
   # batch order is a pure function of (seed, epoch): poison the first example of step 6
-  order = train.data_lib.batch_indices(320, 32, seed=cfg.seed, epoch=0)
+  order = batch_lib.batch_indices(320, 32, seed=cfg.seed, epoch=0)
   bad_step = 6
   poison(monkeypatch, [int(order[bad_step, 0])])
   with pytest.raises(steps_lib.NonFiniteError, match=rf"NaN/inf at step {bad_step} "):
@@ -223,7 +227,7 @@ def test_an_update_that_overflows_is_not_applied(tmp_path, tables):
 
 def test_train_step_compiles_once(tmp_path):
   cfg = tiny()
-  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   setup = build_lib.build(cfg, data, 10)
   traces = {"n": 0}
   inner = steps_lib.make_multi_step(steps_lib.make_train_step(setup.model, setup.optimizer))
@@ -245,7 +249,7 @@ def test_predict_and_eval_use_the_best_checkpoint(tmp_path):
   results = train.train(cfg, tmp_path / "run", echo=quiet)
   again = loaded.evaluate_run(tmp_path / "run", "test")
   assert again["accuracy"] == pytest.approx(results["test_accuracy"])
-  words = train.data_lib.synthetic_word_topics(cfg.data)
+  words = synthetic_lib.synthetic_word_topics(cfg.data)
   topic0 = [w for w, t in words.items() if t == 0][:8]
   rows = loaded.predict(tmp_path / "run", [" ".join(topic0)])
   assert rows[0]["label"] == json.loads((tmp_path / "run" / "labels.json").read_text())[0]
@@ -259,9 +263,9 @@ def test_predict_encodes_texts_as_training_did(tmp_path, prune):
   cfg = tiny("data.eos=true", "data.ngrams=2", "data.num_buckets=4096",
              f"data.prune_buckets={str(prune).lower()}")
   train.train(cfg, tmp_path / "run", echo=quiet)
-  data = train.data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   assert text_lib.EOS_TOKEN in data.vocab.tokens
-  texts = train.data_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
+  texts = splits_lib.load_splits(cfg.data, cfg.seed)[0]["test"].texts[:3]
   run_cfg, vocab, names = train.report.load_run(tmp_path / "run")
   kept = train.report.load_buckets(tmp_path / "run", run_cfg)
   model, params = loaded.restore_for_eval(tmp_path / "run", run_cfg, vocab, names, kept)
@@ -324,7 +328,7 @@ def test_sparse_sgd_table_updates_equal_dense_sgd_end_to_end(tmp_path):
 def test_pretrained_freeze_found_keeps_found_rows_and_trains_the_rest(tmp_path, tables):
   from embedlab.data import vectors as pretrained
   cfg0 = tiny()
-  data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
+  data = cache_lib.encode_splits(cfg0.data, cfg0.seed)
   words = list(data.vocab.tokens[2:12])  # 10 words with vectors, the rest without
   vectors = np.random.default_rng(0).standard_normal((len(words), 8)).astype(np.float32)
   path = tmp_path / "vectors.txt"
@@ -353,7 +357,7 @@ def test_several_steps_per_dispatch_train_like_one_at_a_time(tmp_path):
 
 
 def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
-  real_encode = train.data_lib.encode_splits
+  real_encode = cache_lib.encode_splits
 
   def encode(cfg, seed, **kw):
     import dataclasses
@@ -362,7 +366,7 @@ def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
     ids[3, 2] = data.num_embeddings + 5
     return dataclasses.replace(data, dev_ids=ids)
 
-  monkeypatch.setattr(train.data_lib, "encode_splits", encode)
+  monkeypatch.setattr(cache_lib, "encode_splits", encode)
   with pytest.raises(ValueError, match=r"data \(dev split\): id \d+ at position \(3, 2\) is "
                                        r"outside the table"):
     train.train(tiny(), tmp_path / "run", echo=quiet)
@@ -371,7 +375,7 @@ def test_bad_ids_in_the_data_are_refused_before_training(tmp_path, monkeypatch):
 def test_pretrained_vectors_fill_the_first_columns_of_a_wider_table(tmp_path):
   from embedlab.data import vectors as pretrained
   cfg0 = tiny()
-  data = train.data_lib.encode_splits(cfg0.data, cfg0.seed)
+  data = cache_lib.encode_splits(cfg0.data, cfg0.seed)
   words = list(data.vocab.tokens[2:7])
   vectors = np.random.default_rng(1).standard_normal((len(words), 3)).astype(np.float32)
   path = tmp_path / "vectors.txt"
@@ -396,8 +400,8 @@ def test_ragged_batches_train_like_padded_ones(tmp_path, monkeypatch, extra):
   padded = tiny(*extra)
   ragged = tiny(*extra, "train.ragged_batches=true")
   packed = []
-  real_pack = train.data_lib.ragged_batches
-  monkeypatch.setattr(train.data_lib, "ragged_batches",
+  real_pack = batch_lib.ragged_batches
+  monkeypatch.setattr(batch_lib, "ragged_batches",
                       lambda ids, length: (packed.append(length), real_pack(ids, length))[1])
   ra = train.train(padded, tmp_path / "padded", echo=quiet)
   assert not packed
@@ -432,7 +436,7 @@ def test_ragged_step_gradients_equal_padded_ones():
   ids = rng.integers(1, 50, (6, 9)) * (rng.random((6, 9)) < 0.5)
   ids[2] = 0  # an empty bag
   labels = jnp.asarray(rng.integers(0, 3, 6))
-  packed = train.data_lib.ragged_batches(ids, 64)
+  packed = batch_lib.ragged_batches(ids, 64)
 
   def loss(p, batch):
     logits = steps_lib.apply_model(model, p, batch, 6)

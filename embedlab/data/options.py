@@ -17,7 +17,7 @@ class DataConfig:
   csv / tsv / jsonl / parquet files, optionally .gz, named by ``train`` / ``dev`` / ``test``),
   ``disk`` (a directory written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict``, named by
   ``path``) or ``hub`` (a Hugging Face hub dataset named by ``path``). Relative paths are
-  resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.datasets.data_dir``).
+  resolved against the data directory (``EMBEDLAB_DATA``, see ``embedlab.data.paths.data_dir``).
   ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
   bigram), before ``max_len`` cuts the text. ``workers`` processes read, tokenize and encode
   (0 = one per CPU core, at most 8; 1 = the main process only); the ids do not depend on it
@@ -57,5 +57,5 @@ class DataConfig:
   @property
   def pruned(self) -> bool:
     """Whether the hashed n-gram buckets are pruned to those train uses (``prune_buckets`` with
-    ``ngrams > 1``): the table then has ``data.table_rows`` rows and the run a ``buckets.npy``."""
+    ``ngrams > 1``): the table then has ``cache.table_rows`` rows and the run a ``buckets.npy``."""
     return self.prune_buckets and self.ngrams > 1

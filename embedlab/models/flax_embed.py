@@ -13,7 +13,7 @@ Python" has the step.
 
   >>> import jax.numpy as jnp
   >>> from flax import nnx
-  >>> from embedlab.models.classifiers.flax_embed import Embed
+  >>> from embedlab.models.flax_embed import Embed
   >>> layer = Embed(100, 8, padding_id=0, rngs=nnx.Rngs(0))
   >>> layer(jnp.array([[5, 0]])).shape
   (1, 2, 8)
@@ -142,7 +142,7 @@ class Embed(nnx.Module):
 
     Example:
       >>> from flax import nnx
-      >>> from embedlab.models.classifiers.flax_embed import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(10, 3, rngs=nnx.Rngs(0)).params["table"].shape
       (10, 3)
     """
@@ -154,7 +154,7 @@ class Embed(nnx.Module):
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from embedlab.models.classifiers.flax_embed import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(10, 3, rngs=nnx.Rngs(0))(jnp.array([[1, 12]]))
       Traceback (most recent call last):
       ...
@@ -186,7 +186,7 @@ class Embed(nnx.Module):
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from embedlab.models.classifiers.flax_embed import Embed
+      >>> from embedlab.models.flax_embed import Embed
       >>> Embed(100, 8, rngs=nnx.Rngs(0)).attend(jnp.ones((2, 8))).shape
       (2, 100)
     """
@@ -216,7 +216,7 @@ class LinenEmbed(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from embedlab.models.classifiers.flax_embed import LinenEmbed
+    >>> from embedlab.models.flax_embed import LinenEmbed
     >>> layer = LinenEmbed(100, 8, padding_id=0)
     >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 5), "int32"))
     >>> variables["params"]["embedding"].shape

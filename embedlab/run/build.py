@@ -19,7 +19,9 @@ from embedlab import config as config_lib
 from embedlab.core import ids as ids_lib
 from embedlab.core import optim as optim_lib
 from embedlab.core import sharding, tables
-from embedlab.data import datasets as data_lib
+from embedlab.data import batches as batch_lib
+from embedlab.data import cache as cache_lib
+from embedlab.data import paths as paths_lib
 from embedlab.models import classifiers as models_lib
 from embedlab.run import resources
 from embedlab.run import steps as steps_lib
@@ -51,7 +53,7 @@ def total_steps(cfg: config_lib.Config, num_train: int) -> tuple[int, int]:
   return per_epoch, steps
 
 
-def build(cfg: config_lib.Config, data: data_lib.EncodedData, steps: int) -> Setup:
+def build(cfg: config_lib.Config, data: cache_lib.EncodedData, steps: int) -> Setup:
   """The model, its initial params and its optimizer(s) for a config and its data."""
   estimate = resources.check_fits(cfg, data.num_embeddings, len(data.label_names),
                                   data.train_ids.shape[1])
@@ -120,7 +122,7 @@ def _pad_for_mesh(cfg, params, row_masks):
   return {**params, "embed": {**params["embed"], "table": table}}, masks
 
 
-def validate_ids(data: data_lib.EncodedData) -> None:
+def validate_ids(data: cache_lib.EncodedData) -> None:
   """Checks every encoded id of every split against the table once, on the host, so the jitted
   steps can read the table unchecked (no host callback per step) and still nothing is silent."""
   for split in ("train", "dev", "test"):
@@ -133,10 +135,10 @@ def _load_pretrained(cfg, data, key):
   from embedlab.data import vectors as pretrained_lib  # noqa: PLC0415 - only when configured
   tokens = list(data.vocab.tokens) + [f"<bucket {i}>" for i in range(data.num_embeddings -
                                                                         len(data.vocab))]
-  path = data_lib.resolve(cfg.model.pretrained)
+  path = paths_lib.resolve(cfg.model.pretrained)
   if not path.is_file():
     where = ("the path is absolute" if pathlib.Path(cfg.model.pretrained).expanduser().is_absolute()
-             else data_lib.where_data_was_looked_for(cfg.model.pretrained))
+             else paths_lib.where_data_was_looked_for(cfg.model.pretrained))
     raise config_lib.ConfigError(f"model.pretrained = {cfg.model.pretrained!r}: file {path} not "
                                  f"found ({where}).")
   params, found = pretrained_lib.load_vectors(path, tokens,
@@ -206,10 +208,10 @@ def ragged_packer(cfg, data, per_epoch, steps, lengths, mesh, echo) -> Callable:
     return lambda ids: ids
   counts = data.train_lengths if lengths is None else lengths  # the same numbers
   epochs = range(-(-steps // per_epoch))
-  length = data_lib.ragged_length(
-      counts, (data_lib.batch_indices(len(counts), cfg.train.batch_size, seed=cfg.seed, epoch=e,
-                                      lengths=lengths) for e in epochs))
-  return functools.partial(data_lib.ragged_batches, length=length)
+  length = batch_lib.ragged_length(
+      counts, (batch_lib.batch_indices(len(counts), cfg.train.batch_size, seed=cfg.seed, epoch=e,
+                                       lengths=lengths) for e in epochs))
+  return functools.partial(batch_lib.ragged_batches, length=length)
 
 
 def dense_optimizer_options(cfg: config_lib.Config) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from embedlab.analysis.geometry import (
   topic_neighbour_accuracy,
 )
 from embedlab.analysis.neighbours import SKIP_TOKENS, ids_of, skip_mask
+from embedlab.data.atomic import atomic_write
 from embedlab.core import tables
 from embedlab.run import report
 
@@ -114,8 +115,8 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
   params = tree["params"] if checkpoint == "latest" else tree
   embed = {k: np.asarray(v) for k, v in params["embed"].items()}
   kept = report.load_buckets(run_dir, cfg)
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
-  table = _logical_table(cfg, embed, data_lib.table_rows(cfg.data, len(vocab), kept))
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
+  table = _logical_table(cfg, embed, cache_lib.table_rows(cfg.data, len(vocab), kept))
   num_words = len(vocab)
   if table.shape[0] < num_words:
     raise ValueError(f"{run_dir}: the table has {table.shape[0]} rows but vocab.txt holds "
@@ -156,9 +157,9 @@ def initial_table(cfg: config_lib.Config) -> np.ndarray:
     (402, 16)
   """
   # imported here: train may come to import this module to report on a finished run
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
   from embedlab.run import build as build_lib  # noqa: PLC0415
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   _, steps = build_lib.total_steps(cfg, len(data.train_labels))
   embed = build_lib.build(cfg, data, steps).params["embed"]
   return _logical_table(cfg, embed, data.num_embeddings)
@@ -212,16 +213,17 @@ def word_groups(emb: RunEmbedding, data: Any = None) -> tuple[np.ndarray, tuple[
     names
     ('topic 0', 'topic 1', 'topic 2', 'topic 3', 'shared word')
   """
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
+  from embedlab.data import synthetic as synthetic_lib  # noqa: PLC0415
   cfg = emb.config
   rows = emb.table.shape[0]
   if cfg.data.source == "synthetic":
-    truth = data_lib.synthetic_word_topics(cfg.data)
+    truth = synthetic_lib.synthetic_word_topics(cfg.data)
     groups = np.array([truth.get(t, -1) for t in emb.tokens], np.int64)
     names = tuple(f"topic {t}" for t in range(cfg.data.synthetic_topics)) + ("shared word",)
     return groups, names
   if data is None:
-    data = data_lib.encode_splits(cfg.data, cfg.seed)
+    data = cache_lib.encode_splits(cfg.data, cfg.seed)
   groups, _ = class_association(data.train_ids, data.train_labels, rows, len(emb.label_names))
   names = tuple(f"class {n}" for n in emb.label_names) + ("rare (< 5 uses)",)
   return groups, names
@@ -312,20 +314,20 @@ def record_planted_structure(run_dir: str | os.PathLike, *, k: int = 5,
     check.accuracy, round(check.chance, 3)
     (1.0, 0.123)
   """
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
+  from embedlab.data import synthetic as synthetic_lib  # noqa: PLC0415
   emb = load_embedding(run_dir, checkpoint)
   if emb.config.data.source != "synthetic":
     raise ValueError(f"record_planted_structure: {run_dir} trained on data.source = "
                      f"{emb.config.data.source!r}; only synthetic data has a planted structure.")
   check = topic_neighbour_accuracy(emb.words, emb.tokens[:emb.num_words],
-                                   data_lib.synthetic_word_topics(emb.config.data), k=k)
+                                   synthetic_lib.synthetic_word_topics(emb.config.data), k=k)
   picture = plot_embedding(emb, emb.run_dir / "plots" / "embedding.png").path
   results_file = emb.run_dir / "results.json"
   results = _read_results(emb.run_dir)
   results.update(planted_topic_neighbour_accuracy=check.accuracy,
                  planted_topic_neighbour_chance=round(check.chance, 6),
                  planted_topic_neighbour_k=check.k)
-  report.atomic_write(results_file, json.dumps(results, indent=2) + "\n")
+  atomic_write(results_file, json.dumps(results, indent=2) + "\n")
   return check, picture
 
 
@@ -359,12 +361,12 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
     return [pathlib.Path(out)]
   if fmt == "npy":
     return export_npy(out, emb.table, emb.tokens)
-  from embedlab.data import datasets as data_lib  # noqa: PLC0415
-  data = None if emb.config.data.source == "synthetic" else data_lib.encode_splits(
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
+  data = None if emb.config.data.source == "synthetic" else cache_lib.encode_splits(
       emb.config.data, emb.config.seed)
   groups, names = word_groups(emb, data)
   if data is None:
-    data = data_lib.encode_splits(emb.config.data, emb.config.seed)
+    data = cache_lib.encode_splits(emb.config.data, emb.config.seed)
   counts = np.bincount(np.asarray(data.train_ids).ravel(), minlength=emb.table.shape[0])
   column = "topic" if emb.config.data.source == "synthetic" else "class"
   metadata = {"id": list(range(emb.num_words)),

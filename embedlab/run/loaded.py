@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab.data import datasets as data_lib
+from embedlab.data import cache as cache_lib
+from embedlab.data import rows as rows_lib
+from embedlab.data import splits as splits_lib
 from embedlab.data import text as text_lib
 from embedlab.models import classifiers as models_lib
 from embedlab.run import checkpoint as ckpt_lib
@@ -57,7 +59,7 @@ class Run:
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
     """Ids ``int32[N, L]`` of ``texts``, tokenized and encoded as the run's training data was."""
-    return data_lib.encode_texts(self.config.data, self.vocab, texts, self.kept_buckets)
+    return cache_lib.encode_texts(self.config.data, self.vocab, texts, self.kept_buckets)
 
   def probabilities(self, texts: Sequence[str]) -> np.ndarray:
     """Class probabilities ``float32[N, num_classes]`` of ``texts``."""
@@ -159,7 +161,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
 def split_for_run(cfg, vocab, label_names, kept, split: str):
   """``(ids, labels)`` of a data split encoded with the run's own vocabulary and labels, so an
   evaluation reads the ids and classes the run was trained with, whatever the files hold now."""
-  data = data_lib.encode_splits(cfg.data, cfg.seed)
+  data = cache_lib.encode_splits(cfg.data, cfg.seed)
   if not preflight.data_changes(vocab, label_names, data):  # the usual case: the cached encoding
     ids, labels = {"train": (data.train_ids, data.train_labels),
                    "dev": (data.dev_ids, data.dev_labels),
@@ -167,21 +169,21 @@ def split_for_run(cfg, vocab, label_names, kept, split: str):
     if ids is None:
       raise ValueError(f"eval: the run's data has no {split!r} split.")
     return ids, labels
-  splits, names = data_lib.load_splits(cfg.data, cfg.seed)
+  splits, names = splits_lib.load_splits(cfg.data, cfg.seed)
   if split not in splits:
     raise ValueError(f"eval: the run's data has no {split!r} split.")
   rows = splits[split]
   index = {name: i for i, name in enumerate(label_names)}
   unknown = sorted({names[int(i)] for i in rows.labels} - set(index))
   if unknown:
-    raise data_lib.DataError(f"eval: the {split} split has labels the run never trained on "
+    raise rows_lib.DataError(f"eval: the {split} split has labels the run never trained on "
                              f"({', '.join(unknown[:5])}); its classes are {list(label_names)}.")
   labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
-  return data_lib.encode_texts(cfg.data, vocab, rows.texts, kept), labels
+  return cache_lib.encode_texts(cfg.data, vocab, rows.texts, kept), labels
 
 
 def restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
-  num_embeddings = data_lib.table_rows(cfg.data, len(vocab), kept_buckets)
+  num_embeddings = cache_lib.table_rows(cfg.data, len(vocab), kept_buckets)
   model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)

@@ -8,14 +8,15 @@ import pathlib
 
 import jax
 
-from embedlab.data import datasets as data_lib
+from embedlab.data import batches as batch_lib
+from embedlab.data import paths as paths_lib
 from embedlab.run import build as build_lib
 from embedlab.run import report, resources, rundir
 from embedlab.run import steps as steps_lib
 
 
 def fingerprint(cfg, data) -> dict:
-  files = ([data_lib.resolve(getattr(cfg.data, s)) for s in ("train", "dev", "test")
+  files = ([paths_lib.resolve(getattr(cfg.data, s)) for s in ("train", "dev", "test")
             if getattr(cfg.data, s)] if cfg.data.source == "files" else [])
   return rundir.data_fingerprint(files, data.vocab.tokens, data.label_names)
 
@@ -32,8 +33,8 @@ def check_compiled_step_fits(cfg, data, setup, per_epoch, steps) -> None:
   block = min(cfg.train.steps_per_dispatch, steps)
   lengths = data.train_lengths if cfg.data.bucket_by_length else None
   pack = build_lib.ragged_packer(cfg, data, per_epoch, steps, lengths, None, lambda _: None)
-  rows = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
-                                epoch=0, lengths=lengths)[:block]
+  rows = batch_lib.batch_indices(len(data.train_labels), cfg.train.batch_size, seed=cfg.seed,
+                                 epoch=0, lengths=lengths)[:block]
   resources.check_step_fits(single if block == 1 else multi, state, steps_lib.zero_sums(),
                             pack(data.train_ids[rows]), data.train_labels[rows],
                             available=available)

@@ -27,6 +27,7 @@ import numpy as np
 from embedlab import config as config_lib
 from embedlab.analysis import plots
 from embedlab.core import tables
+from embedlab.data.atomic import atomic_write
 from embedlab.run import startup
 from embedlab.run.rundir import (
   RunDirError,  # noqa: F401 - raised by RunDir
@@ -151,12 +152,6 @@ class RunDir:
     if self._tb:
       self._tb.close()
       self._tb = None
-
-
-def atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def load_run(run_dir: pathlib.Path):

@@ -14,7 +14,7 @@ import optax
 
 from embedlab.core import ids as ids_lib
 from embedlab.core import sharding
-from embedlab.data import datasets as data_lib
+from embedlab.data import batches as batch_lib
 from embedlab.models import classifiers as models_lib
 
 TABLE_PATH = "embed/table"
@@ -139,11 +139,11 @@ def sparse_step(parts: StepParts, state: TrainState, ids, labels, rng):
   model = parts.model
   table, dense = split_table(state.params)
   # the table's rows of the batch (the hashing trick maps ids to shared rows first)
-  ragged = isinstance(ids, data_lib.RaggedBatch)
+  ragged = isinstance(ids, batch_lib.RaggedBatch)
   local = sparse_lib.localize(table, model.embedder.rows(ids.ids if ragged else ids),
                               padding_id=models_lib.PADDING_ID, oob=parts.oob,
                               gather=parts.gather)
-  local_ids = data_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
+  local_ids = batch_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
 
   def split_loss(dense, local_table):
     return _mean_loss(apply_model(model, join_table(dense, local_table), local_ids,
@@ -173,7 +173,7 @@ def scatter_step(parts: StepParts, state: TrainState, ids, labels, rng):
   sort and no second gather. Returns as ``dense_step``."""
   model = parts.model
   table, dense = split_table(state.params)
-  ragged = isinstance(ids, data_lib.RaggedBatch)
+  ragged = isinstance(ids, batch_lib.RaggedBatch)
   raw = ids.ids if ragged else ids
   rows = model.embedder.rows(raw)
   if parts.oob == "error":
@@ -224,7 +224,7 @@ def scatter_adds(model: models_lib.Model, table_optimizer, mesh=None) -> bool:
 
 def apply_model(model, params, ids, num_bags, **kwargs):
   """``model.apply`` on padded ids ``[B, L]`` or on a ``data.RaggedBatch`` of ``num_bags`` bags."""
-  if isinstance(ids, data_lib.RaggedBatch):
+  if isinstance(ids, batch_lib.RaggedBatch):
     return model.apply(params, ids.ids, segment_ids=ids.segment_ids, num_bags=num_bags,
                        **kwargs)
   return model.apply(params, ids, **kwargs)
@@ -287,7 +287,7 @@ def make_eval_step(model: models_lib.Model) -> Callable:
 def evaluate(eval_step, params, ids, labels, batch_size: int) -> dict[str, float]:
   """Accuracy and mean loss over a whole split, in fixed-size batches (one compilation)."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  for batch_ids, batch_labels, mask in data_lib.eval_batches(ids, labels, batch_size):
+  for batch_ids, batch_labels, mask in batch_lib.eval_batches(ids, labels, batch_size):
     sums = eval_step(params, batch_ids, batch_labels, mask)
     for k in totals:
       totals[k] += float(sums[k])

@@ -31,7 +31,8 @@ import numpy as np
 from embedlab import config as config_lib
 from embedlab.core import compress as compress_lib
 from embedlab.core import sharding, tables
-from embedlab.data import datasets as data_lib
+from embedlab.data import batches as batch_lib
+from embedlab.data import cache as cache_lib
 from embedlab.run import build as build_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.run import placement, preflight, report
@@ -43,7 +44,7 @@ class Job:
   """What one training run works with, fixed before its first step."""
 
   cfg: config_lib.Config
-  data: data_lib.EncodedData
+  data: cache_lib.EncodedData
   setup: build_lib.Setup
   mesh: Any  # a jax.sharding.Mesh, or None (one device)
   per_epoch: int
@@ -93,7 +94,7 @@ def train(cfg: config_lib.Config, workdir: str | pathlib.Path, *, restart: bool 
   clock = report.PhaseClock()
   try:
     # the data first: its tokenizing processes fork before JAX's backends start their threads
-    data = data_lib.encode_splits(cfg.data, cfg.seed)
+    data = cache_lib.encode_splits(cfg.data, cfg.seed)
     clock.lap("data")
     if preflight.finished(workdir, cfg, restart):
       results = json.loads((workdir / "results.json").read_text())
@@ -259,8 +260,8 @@ def _host_blocks(job: Job, step: int, every_ckpt: int) -> Iterator:
   while step < steps:
     epoch, index = divmod(step, per_epoch)
     if epoch != order_epoch:
-      order = data_lib.batch_indices(len(data.train_labels), cfg.train.batch_size,
-                                     seed=cfg.seed, epoch=epoch, lengths=lengths)
+      order = batch_lib.batch_indices(len(data.train_labels), cfg.train.batch_size,
+                                      seed=cfg.seed, epoch=epoch, lengths=lengths)
       order_epoch = epoch
     block = min([cfg.train.steps_per_dispatch, steps - step] +
                 [b - step % b for b in boundaries])
