@@ -10,12 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from embedlab import config as config_lib
 from embedlab.run import report
 from embedlab.data import cache as cache_lib
 from embedlab.run import rundir
 from embedlab.run import build as build_lib
 from embedlab.run import loaded
-from embedlab.run import train
+from embedlab.run import resources, train
 from test_train import final_params, metric_values, quiet, tiny
 
 
@@ -86,7 +87,7 @@ def test_a_start_that_fails_writes_no_run_directory_and_the_fix_then_runs(tmp_pa
                                                                         monkeypatch):
   run = tmp_path / "run"
   if "features" in bad:  # a budget too small for 100k features, on any machine
-    monkeypatch.setattr(train.resources, "available_bytes", lambda *a: (64 << 20, "test budget"))
+    monkeypatch.setattr(resources, "available_bytes", lambda *a: (64 << 20, "test budget"))
   with pytest.raises(Exception, match=message):
     train.train(tiny(bad), run, echo=quiet)
   assert not run.exists()
@@ -98,7 +99,7 @@ def test_a_start_stopped_before_its_first_checkpoint_takes_the_corrected_config(
   run = tmp_path / "run"
   run.mkdir()
   (run / "config.json").write_text(json.dumps(json.loads(
-      train.config_lib.to_json(tiny("model.features=5")))))
+      config_lib.to_json(tiny("model.features=5")))))
   results = train.train(tiny(), run, echo=quiet)
   assert results["features"] == 8
   assert json.loads((run / "config.json").read_text())["model"]["features"] == 8
@@ -220,22 +221,22 @@ def test_near_the_memory_budget_xla_s_count_of_the_step_is_checked_before_the_ru
   estimate = build_lib.build(cfg, cache_lib.encode_splits(cfg.data, cfg.seed), 1)
   total = estimate.memory_estimate["total"]
   # a budget the fast estimate passes, but only just: the compiled step is checked too
-  monkeypatch.setattr(train.resources, "available_bytes",
-                      lambda *a: (int(total / train.resources.HEADROOM * 1.2), "test budget"))
-  real = train.resources.compiled_bytes
+  monkeypatch.setattr(resources, "available_bytes",
+                      lambda *a: (int(total / resources.HEADROOM * 1.2), "test budget"))
+  real = resources.compiled_bytes
   counted = []
 
   def inflated(compiled):  # as if XLA needed 100x what it counts
     counted.append(1)
     return {k: v * 100 if k != "aliased" else v for k, v in real(compiled).items()}
 
-  monkeypatch.setattr(train.resources, "compiled_bytes", inflated)
-  with pytest.raises(train.resources.ResourceError, match=r"the train step needs .* by XLA's "
+  monkeypatch.setattr(resources, "compiled_bytes", inflated)
+  with pytest.raises(resources.ResourceError, match=r"the train step needs .* by XLA's "
                      r"memory analysis.*Nothing was allocated"):
     train.train(cfg, tmp_path / "run", echo=quiet)
   assert counted and not (tmp_path / "run").exists()
   # far from the budget, no second compilation
-  monkeypatch.setattr(train.resources, "available_bytes", lambda *a: (1 << 40, "test budget"))
+  monkeypatch.setattr(resources, "available_bytes", lambda *a: (1 << 40, "test budget"))
   counted.clear()
   train.train(cfg, tmp_path / "run", echo=quiet)
   assert not counted

@@ -6,6 +6,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from embedlab.run import checkpoint as ckpt_lib
@@ -440,7 +441,7 @@ def test_ragged_step_gradients_equal_padded_ones():
 
   def loss(p, batch):
     logits = steps_lib.apply_model(model, p, batch, 6)
-    return train.optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   la, ga = jax.value_and_grad(loss)(params, jnp.asarray(ids))
   lb, gb = jax.value_and_grad(loss)(params, jax.tree.map(jnp.asarray, packed))
