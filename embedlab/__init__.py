@@ -1,8 +1,29 @@
 """embedlab: the embedding table as a first-class, fast, honest tool in JAX.
 
-The public API is the names in ``__all__``; tests and users import them from here. Each loads
-its module on first use (PEP 562), so ``import embedlab.config`` or ``embedlab.data.cache`` does not
-start JAX: ``embedlab train`` encodes its data on a forked process while JAX loads.
+An embedding layer is a trainable lookup table: ``V`` rows (one per token id) of ``D`` numbers,
+``V x D`` weights; ids ``[batch, seq_len]`` come out as ``[batch, seq_len, D]``. It equals a
+dense layer without bias on one-hot ids (``one_hot(ids) @ table``), computed as a row gather.
+
+The API at a glance (params are a pytree, functions are pure):
+
+  Tables         init_table, lookup, bag, attend, num_params, describe, check_ids,
+                 offsets_to_segment_ids, renorm_rows
+  Training       value_and_row_grad, row_sparse, apply_updates, RowGrad (row-sparse updates in
+                 any optax chain); sparse_sgd, sparse_adagrad, sparse_rowwise_adagrad,
+                 sparse_lazy_adam, localize; freeze, freeze_rows, path_mask
+  Flax           Embed (nnx), LinenEmbed (linen)
+  Many devices   make_mesh, shard_table, sharded_lookup, sharded_bag
+  Vectors        load_vectors, read_vectors, save_vectors
+  Trained runs   load_run -> Run (predict, probabilities, embed); load_embedding, neighbours,
+                 analogy, summarize_run, plot_embedding, export_run
+
+  >>> import jax, jax.numpy as jnp, embedlab as el
+  >>> params = el.init_table(jax.random.key(0), 1000, 16, padding_id=0)
+  >>> el.lookup(params, jnp.array([[5, 7, 0]]), padding_id=0).shape
+  (1, 3, 16)
+
+Experiments run from the command line: ``embedlab train experiments/quickstart.py``.
+Each public name loads its module on first use, so ``import embedlab`` starts no JAX.
 """
 
 from __future__ import annotations
