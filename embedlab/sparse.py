@@ -433,11 +433,12 @@ def _finite_rows(*arrays: Array) -> Array:
   for a in arrays:
     finite = jnp.isfinite(a)
     masks[a.shape] = finite if a.shape not in masks else masks[a.shape] & finite
-  ok = None
-  for mask in masks.values():
-    mask = mask.reshape(rows, -1)
-    row = jnp.min(mask.astype(jnp.uint8), axis=1) > 0 if mask.shape[1] != 1 else mask[:, 0]
-    ok = row if ok is None else ok & row
+  ok = jnp.ones((rows,), bool)
+  for shape, mask in masks.items():
+    width = math.prod(shape[1:])
+    if width:
+      mask = mask.reshape(rows, width)
+      ok = ok & (jnp.min(mask.astype(jnp.uint8), axis=1) > 0 if width > 1 else mask[:, 0])
   return ok
 
 
