@@ -42,9 +42,10 @@ with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles)
 
 How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
 ``embedlab.pooling`` chooses how to pool): the touched rows gathered and scattered back
-(``rows``), or, for a table with at most twice as many rows as ids handed to it, one masked
-pass over the whole table and its slots with no sort (``dense``; ``localize`` then hands over
-the table itself). Both give the same numbers, up to float rounding.
+(``rows``), or, for a table with at most twice as many rows as ids handed to it, a read-only
+check and one masked pass over the whole table and its slots with no sort (``dense``;
+``localize`` then hands over the table itself). Both give the same numbers, up to float
+rounding.
 
 Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
 already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
@@ -302,9 +303,12 @@ def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = No
   * ``rows``: (sum duplicate ids with a sort, then) gather the touched rows of each slot,
     apply the rule to them, scatter them back; the table itself gets its change scatter-added
     (gathered only for weight decay). The cost follows the ids.
-  * ``dense``: scatter-add the gradients into a ``[V, D]`` zero array, mark the touched rows,
-    and apply the rule to every row of the table and its slots, keeping the untouched ones
-    (``where``): no sort, no random row access; the cost follows the table.
+  * ``dense``: scatter-add the gradients into a ``[V, D]`` zero array (or take them as they
+    are, when ``localize`` hands over the table itself), mark the touched rows, and apply the
+    rule to every row of the table and its slots, keeping the untouched ones (``where``): one
+    read-only pass that finds the rows whose update would not be finite, then one pass that
+    writes table and slots in place. No sort, no random row access; the cost follows the
+    table.
 
   Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table
   has at most ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table then costs no more than
