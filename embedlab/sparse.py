@@ -292,7 +292,8 @@ class Rule(NamedTuple):
 
 UPDATE_STRATEGIES = ("rows", "dense")
 # At most this many table rows per id handed to ``update``: the dense strategy on CPU
-# (``python benchmarks/step_scaling.py --strategies``: dense 1.0-2x faster at 2, 2-4x slower at 4).
+# (``python benchmarks/step_scaling.py --strategies``: dense 2-3x faster at 1, 0.6-1.3x the rows
+# strategy's time at 2, 2-5x slower at 4).
 DENSE_MAX_ROWS_PER_ID = 2.0
 
 
