@@ -405,3 +405,41 @@ def test_a_row_whose_update_overflows_is_not_written(name, strategy):
     added, _ = opt.add(table, opt.init(table), ids, grads)
     assert np.isfinite(np.asarray(added)).all()
     np.testing.assert_array_equal(np.asarray(added)[2], np.asarray(table)[2])
+
+
+@pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
+@pytest.mark.parametrize("in_place", [True, False])
+def test_dense_update_of_a_whole_table_of_gradients(name, in_place):
+  # V ids for V rows, as localize's "table" strategy hands them over: each row's own id or V
+  # (in place), or the same ids shuffled (scattered); the gradients of untouched rows are
+  # anything, even non-finite, and never read; a touched row whose update overflows is kept
+  rows = 9
+  hyper = {"learning_rate": 2.0, "weight_decay": 0.1}
+  opt = sparse.get_sparse_optimizer(name, **hyper)
+  rng = np.random.default_rng(1)
+  table = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+  state = opt.init(jnp.asarray(table))
+  state = state._replace(count=jnp.asarray(2, jnp.int32),
+                         **{f: jnp.asarray(rng.uniform(0.1, 1.0, np.shape(s)), s.dtype)
+                            for f, s in zip(state._fields[1:], state[1:])})
+  slots = [np.asarray(s) for s in state[1:]]
+  touched = np.array([0, 1, 1, 0, 1, 1, 0, 1, 0], bool)
+  ids = np.where(touched, np.arange(rows), rows).astype(np.int32)
+  grads = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+  grads[[0, 3, 6, 8]] = np.array([np.nan, np.inf, -np.inf, 1e30])[:, None]  # untouched
+  grads[5] = 1e22  # finite, but its square (the adaptive slots) overflows
+  if name == "sparse_sgd":
+    grads[5] = 3e38  # finite, but lr * (grad + decay * row) overflows the table
+  healthy = ids.copy()
+  healthy[5] = rows
+  want_table, want_slots = numpy_update(name, hyper, table, slots, 2, healthy, grads)
+  if not in_place:
+    order = rng.permutation(rows)
+    ids, grads = ids[order], grads[order]
+  update = jax.jit(functools.partial(opt.update, unique=True, strategy="dense"))
+  new_table, new_state = update(jnp.asarray(table), state, jnp.asarray(ids), jnp.asarray(grads))
+  np.testing.assert_allclose(new_table, want_table, rtol=5e-6, atol=2e-7)
+  for got, want in zip(new_state[1:], want_slots):
+    np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-8)
+  np.testing.assert_array_equal(np.asarray(new_table)[~touched | (np.arange(rows) == 5)],
+                                table[~touched | (np.arange(rows) == 5)])

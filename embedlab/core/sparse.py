@@ -42,9 +42,10 @@ with fixed shapes (a sort, a binary search and a ``segment_sum``; no recompiles)
 
 How ``update`` reads and writes the table is chosen per shape (``choose_update_strategy``, as
 ``embedlab.core.pooling`` chooses how to pool): the touched rows gathered and scattered back
-(``rows``), or, for a table with at most twice as many rows as ids handed to it, one masked
-pass over the whole table and its slots with no sort (``dense``; ``localize`` then hands over
-the table itself). Both give the same numbers, up to float rounding.
+(``rows``), or, for a table with at most twice as many rows as ids handed to it, a read-only
+check and one masked pass over the whole table and its slots with no sort (``dense``;
+``localize`` then hands over the table itself). Both give the same numbers, up to float
+rounding.
 
 Ids outside ``0..V-1`` are ignored by ``update`` (``localize`` has checked the batch's ids
 already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row_mask`` (a bool
@@ -295,7 +296,8 @@ class Rule(NamedTuple):
 
 UPDATE_STRATEGIES = ("rows", "dense")
 # At most this many table rows per id handed to ``update``: the dense strategy on CPU
-# (``python benchmarks/step_scaling.py --strategies``: dense 1.0-2x faster at 2, 2-4x slower at 4).
+# (``python benchmarks/step_scaling.py --strategies``: dense 2-3x faster at 1, 0.6-1.3x the rows
+# strategy's time at 2, 2-5x slower at 4).
 DENSE_MAX_ROWS_PER_ID = 2.0
 
 
@@ -306,9 +308,12 @@ def choose_update_strategy(num_rows: int, num_ids: int, backend: str | None = No
   * ``rows``: (sum duplicate ids with a sort, then) gather the touched rows of each slot,
     apply the rule to them, scatter them back; the table itself gets its change scatter-added
     (gathered only for weight decay). The cost follows the ids.
-  * ``dense``: scatter-add the gradients into a ``[V, D]`` zero array, mark the touched rows,
-    and apply the rule to every row of the table and its slots, keeping the untouched ones
-    (``where``): no sort, no random row access; the cost follows the table.
+  * ``dense``: scatter-add the gradients into a ``[V, D]`` zero array (or take them as they
+    are, when ``localize`` hands over the table itself), mark the touched rows, and apply the
+    rule to every row of the table and its slots, keeping the untouched ones (``where``): one
+    read-only pass that finds the rows whose update would not be finite, then one pass that
+    writes table and slots in place. No sort, no random row access; the cost follows the
+    table.
 
   Both give the same numbers up to float rounding. On CPU ``dense`` is chosen when the table
   has at most ``DENSE_MAX_ROWS_PER_ID`` rows per id (streaming the whole table then costs no more than
@@ -379,9 +384,15 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
   """The ``dense`` strategy: the rule on every row, the untouched rows kept as they were.
 
   Duplicate ids are summed by the scatter-add in the order of ``ids`` (as ``sum_duplicates``),
-  so the numbers are the ``rows`` strategy's. The step is computed from the slots as written
-  (the new values on touched rows, the only rows it changes), so no slot is read after it has
-  been overwritten and XLA updates each array in place, without copies."""
+  so the numbers are the ``rows`` strategy's. Two passes over the table and its slots:
+
+    1. the check: the new rows computed and tested for finiteness (``_finite_rows``), nothing
+       written; it reads its own copy of the inputs (``optimization_barrier``), so XLA keeps
+       it in one fusion of its own instead of storing new slots for the second pass to read;
+    2. the update: each slot set to its new value on the rows that passed (``where``), the
+       table's step computed from the slots as written, so no array is read after it has
+       been overwritten and XLA updates every array in place, without copies.
+  """
   rows = table.shape[0]
 
   def scattered():
@@ -390,36 +401,54 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
 
   if ids.shape[0] == rows:
     # ``localize``'s "table" strategy hands over each row's own id or V: then the gradients
-    # are already in place, and neither a zeroed [V, D] array nor a scatter is needed
+    # are already in place (an untouched row's gradient is never read: the row is kept), and
+    # neither a zeroed [V, D] array nor a scatter is needed
     own = ids < rows
     in_place = jnp.all(own == (ids == jnp.arange(rows)))
-    grads_VxD, touched_V = jax.lax.cond(
-        in_place, lambda: (jnp.where(own[:, None], grads, 0), own), scattered)
+    grads_VxD, touched_V = jax.lax.cond(in_place, lambda: (grads, own), scattered)
   else:
     grads_VxD, touched_V = scattered()
 
-  def keep(new, old, touched_V=touched_V):
-    touched = touched_V.reshape((rows,) + (1,) * (old.ndim - 1))
-    return jnp.where(touched, new.astype(old.dtype), old)
+  def new_slots_of(slots, grads_VxD):
+    return tuple(n.astype(o.dtype) for n, o in zip(rule.slots(grads_VxD, slots), slots))
 
-  new_slots = rule.slots(grads_VxD, slots)
-  # a row whose new state or value would not be finite (finite gradients overflowing) keeps
-  # its old ones
-  touched_V = touched_V & _finite_rows(*new_slots) if new_slots else touched_V
-  slots = tuple(keep(n, o, touched_V) for n, o in zip(new_slots, slots))
-  step = rule.direction(grads_VxD, slots, count)
-  if weight_decay:
-    step = step + weight_decay * table
-  new_table = table + ((-lr) * step).astype(table.dtype)
-  return keep(new_table, table, touched_V & _finite_rows(new_table)), slots
+  def new_table_of(table, new_slots, grads_VxD):
+    step = rule.direction(grads_VxD, new_slots, count)
+    if weight_decay:
+      step = step + weight_decay * table
+    return table + ((-lr) * step).astype(table.dtype)
+
+  # 1. a row whose new state or value would not be finite (finite gradients overflowing)
+  # keeps its old ones
+  table_c, slots_c, grads_c = jax.lax.optimization_barrier((table, slots, grads_VxD))
+  new_slots_c = new_slots_of(slots_c, grads_c)
+  ok_V = touched_V & _finite_rows(new_table_of(table_c, new_slots_c, grads_c), *new_slots_c)
+
+  # 2. the same arithmetic, written in place on the rows that passed
+  def keep(new, old):
+    return jnp.where(ok_V.reshape((rows,) + (1,) * (old.ndim - 1)), new, old)
+
+  slots = tuple(keep(n, o) for n, o in zip(new_slots_of(slots, grads_VxD), slots))
+  return keep(new_table_of(table, slots, grads_VxD), table), slots
 
 
 def _finite_rows(*arrays: Array) -> Array:
-  """bool ``[N]``: row ``i`` of every array (``[N, ...]``) is finite."""
-  ok = None
+  """bool ``[N]``: row ``i`` of every array (``[N, ...]``) is finite.
+
+  Arrays of one shape share one reduction: their ``isfinite`` masks and-ed, then the minimum
+  over each row as uint8 (XLA:CPU's row reduction of a bool ``all`` is about twice as slow).
+  """
+  rows = arrays[0].shape[0]
+  masks: dict[tuple[int, ...], Array] = {}
   for a in arrays:
-    row = jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-    ok = row if ok is None else ok & row
+    finite = jnp.isfinite(a)
+    masks[a.shape] = finite if a.shape not in masks else masks[a.shape] & finite
+  ok = jnp.ones((rows,), bool)
+  for shape, mask in masks.items():
+    width = math.prod(shape[1:])
+    if width:
+      mask = mask.reshape(rows, width)
+      ok = ok & (jnp.min(mask.astype(jnp.uint8), axis=1) > 0 if width > 1 else mask[:, 0])
   return ok
 
 
