@@ -46,6 +46,7 @@ Prints a table per dataset and ends with one JSON line of all figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -124,16 +125,31 @@ def experiment_path(name: str) -> str:
   return str(harness.REPO / DATASETS[name]["experiment"])
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+  """File descriptor 2 sent to /dev/null (fastText's C++ writes there directly)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(os.devnull, "w") as null:
+    os.dup2(null.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def fasttext_autotune_job(name: str, budget: float, threads: int, seed: int) -> dict:
   import fasttext  # noqa: PLC0415
 
   with tempfile.TemporaryDirectory() as tmp:
     files = autotune_files(name, seed, pathlib.Path(tmp))
     start = time.perf_counter()
-    model = fasttext.train_supervised(input=str(files["train"]),
-                                      autotuneValidationFile=str(files["dev"]),
-                                      autotuneDuration=int(budget), thread=threads, verbose=0,
-                                      seed=seed)
+    with quiet_stderr():  # the autotune's progress line, rewritten many times a second
+      model = fasttext.train_supervised(input=str(files["train"]),
+                                        autotuneValidationFile=str(files["dev"]),
+                                        autotuneDuration=int(budget), thread=threads,
+                                        verbose=0, seed=seed)
     seconds = time.perf_counter() - start
     _, dev, _ = model.test(str(files["dev"]))
     _, test, _ = model.test(str(files["test"]))
@@ -171,7 +187,7 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
   """Mean of the paired differences and its 95% t interval (needs two or more)."""
   mean = statistics.mean(diffs)
   if len(diffs) < 2:
-    return mean, math.nan, math.nan
+    return mean, None, None
   half = _T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
   return mean, mean - half, mean + half
 
@@ -205,8 +221,9 @@ def autotune_main(args) -> None:
     ft_mean = statistics.mean(r["fasttext"]["test_accuracy"] for r in rows)
     el_mean = statistics.mean(r["embedlab"]["test_accuracy"] for r in rows)
     print(table.row("mean", ft_mean, el_mean, mean, None, None, None))
-    print(f"embedlab - fastText: {100 * mean:+.2f} points, 95% paired t interval "
-          f"[{100 * low:+.2f}, {100 * high:+.2f}] over {len(rows)} seeds")
+    interval = (f"95% paired t interval [{100 * low:+.2f}, {100 * high:+.2f}]"
+                if low is not None else "no interval from one seed")
+    print(f"embedlab - fastText: {100 * mean:+.2f} points, {interval} over {len(rows)} seeds")
     figures[name] = {"runs": rows, "fasttext_mean": ft_mean, "embedlab_mean": el_mean,
                      "diff_mean": mean, "diff_interval95": [low, high]}
   harness.emit(figures)
