@@ -164,3 +164,16 @@ def test_cli_bad_arguments_are_one_line(experiment, capsys, argv, message):
   assert cli.main(["tune", str(experiment)] + argv) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and message in err[0]
+
+
+def test_refuses_data_it_cannot_keep_test_out_of(experiment, tmp_path):
+  synthetic = tmp_path / "synthetic.py"
+  synthetic.write_text("from embedlab.config import Config\n\ndef get_config():\n"
+                       "  return Config()\n")
+  with pytest.raises(config_lib.ConfigError, match="tune needs data.source = 'files'"):
+    tune_lib.tune(synthetic, 10, tmp_path / "a", final=False, echo=lambda _: None)
+  with pytest.raises(config_lib.ConfigError, match="no dev split to score trials on; set "
+                     "data.dev to a file or --set data.dev_fraction=0.1"):
+    tune_lib.tune(experiment, 10, tmp_path / "b", overrides=["data.dev="], final=False,
+                  echo=lambda _: None)
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
