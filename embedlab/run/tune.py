@@ -96,8 +96,8 @@ def search_space(cfg: config_lib.Config) -> dict[str, tuple]:
 
   Example:
     >>> space = search_space(config_lib.Config())
-    >>> sorted(space)
-    ['data.ngrams', 'data.num_buckets', 'model.features', 'optim.learning_rate', 'train.batch_size', 'train.num_epochs']
+    >>> sorted(space)[:3]
+    ['data.ngrams', 'data.num_buckets', 'model.features']
     >>> space["model.features"]
     ('choice', (16, 32, 64, 128))
   """
