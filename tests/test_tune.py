@@ -8,7 +8,12 @@ import pytest
 
 from embedlab import cli
 from embedlab import config as config_lib
-from embedlab.data import datasets as data_lib
+try:  # the data layer in modules: encode_splits in data.cache, DataError in data.rows
+  from embedlab.data import cache as data_lib
+  from embedlab.data.rows import DataError
+except ImportError:  # one data module
+  from embedlab.data import datasets as data_lib
+  DataError = data_lib.DataError
 from embedlab.run import train as train_lib
 from embedlab.run import tune as tune_lib
 
@@ -119,7 +124,7 @@ def test_search_reads_no_test_and_the_best_file_reproduces_its_dev_accuracy(expe
                          echo=lambda _: None, trial_fn=trial)
   assert len(result.trials) == 3 and encoded
   assert all(cfg.test == "" for cfg in encoded)
-  with pytest.raises(data_lib.DataError, match="7"):
+  with pytest.raises(DataError, match="7"):
     real_encode(config_lib.load_config(experiment).data, 0)
   # the best config: a loadable experiment that reproduces the best trial's dev accuracy
   _write(pathlib.Path(config_lib.load_config(experiment).data.test), _rows(32, 2))
