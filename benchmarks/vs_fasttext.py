@@ -2,6 +2,7 @@
 
   pip install -e '.[bench]'          # the fasttext package (fasttext-wheel)
   python benchmarks/vs_fasttext.py [--repeats 3] [--datasets sst2 imdb]
+  python benchmarks/vs_fasttext.py --autotune [--budget 120] [--repeats 3] [--datasets sst2]
 
 Each job starts from the raw files in EMBEDLAB_DATA and ends with a test accuracy:
 
@@ -30,12 +31,24 @@ this process's time over the job, its training threads included; embedlab: the c
 its forked data encoder and that one's tokenizing workers). Divided by ``--threads`` it is the
 least wall time the job's work allows on that many cores, however well it overlaps.
 
+``--autotune``: both sides search their settings on the dev split within the same wall-clock
+budget, then train the best and score it on test. fastText: ``fasttext.train_supervised(input=
+train, autotuneValidationFile=dev, autotuneDuration=budget)`` (its own search space and metric,
+f1, which for two balanced classes follows accuracy; then it trains the best model). embedlab:
+``embedlab tune experiments/<dataset>_fasttext.py --budget B --seed i --set seed=i`` in a fresh
+process. Both see the same train / dev texts (embedlab's split and tokens: SST-2's dev file,
+IMDB's seeded 10% of train) and the same test file. Repeat i is seed i on both sides; the
+difference embedlab - fastText is paired by seed, with a t interval over the seeds.
+
 Prints a table per dataset and ends with one JSON line of all figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
 import os
 import pathlib
 import shutil
@@ -91,6 +104,134 @@ def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed:
           **timings, "outside_phases_seconds": seconds - phases}
 
 
+def autotune_files(name: str, seed: int, tmp: pathlib.Path) -> dict[str, pathlib.Path]:
+  """train / dev / test in fastText's format, the splits and tokens embedlab's experiment uses
+  (its dev split: SST-2's file, IMDB's seeded carve-out of train)."""
+  harness.setup_repo()
+  from embedlab import config as config_lib  # noqa: PLC0415
+  try:  # the data layer in modules (data.splits), or one (data.datasets)
+    from embedlab.data import splits as datasets  # noqa: PLC0415
+  except ImportError:
+    from embedlab.data import datasets  # noqa: PLC0415
+
+  cfg = config_lib.load_config(experiment_path(name), [f"seed={seed}"])
+  splits, names = datasets.load_splits(cfg.data, cfg.seed)
+  files = {}
+  for split in ("train", "dev", "test"):
+    files[split] = tmp / f"{split}.txt"
+    harness.write_fasttext_file(files[split], [names[i] for i in splits[split].labels],
+                                harness.fasttext_lines(list(splits[split].texts)))
+  return files
+
+
+def experiment_path(name: str) -> str:
+  return str(harness.REPO / DATASETS[name]["experiment"])
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+  """File descriptor 2 sent to /dev/null (fastText's C++ writes there directly)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(os.devnull, "w") as null:
+    os.dup2(null.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def fasttext_autotune_job(name: str, budget: float, threads: int, seed: int) -> dict:
+  import fasttext  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory() as tmp:
+    files = autotune_files(name, seed, pathlib.Path(tmp))
+    start = time.perf_counter()
+    with quiet_stderr():  # the autotune's progress line, rewritten many times a second
+      model = fasttext.train_supervised(input=str(files["train"]),
+                                        autotuneValidationFile=str(files["dev"]),
+                                        autotuneDuration=int(budget), thread=threads,
+                                        verbose=0, seed=seed)
+    seconds = time.perf_counter() - start
+    _, dev, _ = model.test(str(files["dev"]))
+    _, test, _ = model.test(str(files["test"]))
+  args = model.f.getArgs()
+  chosen = {k: getattr(args, k) for k in ("lr", "dim", "epoch", "wordNgrams", "minCount",
+                                          "bucket", "minn", "maxn") if hasattr(args, k)}
+  return {"test_accuracy": test, "dev_accuracy": dev, "seconds": seconds, "settings": chosen}
+
+
+def embedlab_tune_job(name: str, budget: float, threads: int, seed: int,
+                      cache: pathlib.Path) -> dict:
+  env = harness.embedlab_env(cache, threads)
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = pathlib.Path(tmp) / "tune"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "embedlab.cli", "tune", DATASETS[name]["experiment"],
+                    "--budget", str(budget), "--workdir", str(workdir), "--seed", str(seed),
+                    "--set", f"seed={seed}"], cwd=harness.REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    results = json.loads((workdir / "best" / "results.json").read_text())
+    trials = json.loads((workdir / "trials.json").read_text())
+  best = next(t for t in trials["trials"] if t["number"] == trials["best_trial"])
+  return {"test_accuracy": results["test_accuracy"], "dev_accuracy": results["dev_accuracy"],
+          "seconds": seconds, "search_seconds": trials["search_seconds"],
+          "trials": len(trials["trials"]), "settings": best["params"]}
+
+
+# two-sided 95% t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
+  """Mean of the paired differences and its 95% t interval (needs two or more)."""
+  mean = statistics.mean(diffs)
+  if len(diffs) < 2:
+    return mean, None, None
+  half = _T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+  return mean, mean - half, mean + half
+
+
+def autotune_main(args) -> None:
+  figures = {"benchmark": "autotune", "machine": f"{os.cpu_count()} CPUs",
+             "threads": args.threads, "budget_seconds": args.budget}
+  for name in args.datasets:
+    rows = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+      for seed in range(args.repeats):
+        ft = fasttext_autotune_job(name, args.budget, args.threads, seed)
+        el = embedlab_tune_job(name, args.budget, args.threads, seed,
+                               pathlib.Path(cache_dir) / f"cache{seed}")
+        rows.append({"seed": seed, "fasttext": ft, "embedlab": el})
+        print(f"{name} seed {seed}: fastText test {ft['test_accuracy']:.4f} "
+              f"({ft['seconds']:.0f} s, {ft['settings']}); embedlab test "
+              f"{el['test_accuracy']:.4f} ({el['seconds']:.0f} s, {el['trials']} trials, "
+              f"{el['settings']})", flush=True)
+    diffs = [r["embedlab"]["test_accuracy"] - r["fasttext"]["test_accuracy"] for r in rows]
+    mean, low, high = paired_interval(diffs)
+    print(f"\n{name}: autotune, {args.budget:g} s budget, test accuracy by seed")
+    table = harness.Table([("seed", ">4"), ("fastText", ">9.4f"), ("embedlab", ">9.4f"),
+                           ("diff", "+8.4f"), ("fT s", ">7.1f"), ("el s", ">7.1f"),
+                           ("el trials", ">9")], sep=" ")
+    print(table.header())
+    for r, d in zip(rows, diffs):
+      print(table.row(r["seed"], r["fasttext"]["test_accuracy"], r["embedlab"]["test_accuracy"],
+                      d, r["fasttext"]["seconds"], r["embedlab"]["seconds"],
+                      r["embedlab"]["trials"]))
+    ft_mean = statistics.mean(r["fasttext"]["test_accuracy"] for r in rows)
+    el_mean = statistics.mean(r["embedlab"]["test_accuracy"] for r in rows)
+    print(table.row("mean", ft_mean, el_mean, mean, None, None, None))
+    interval = (f"95% paired t interval [{100 * low:+.2f}, {100 * high:+.2f}]"
+                if low is not None else "no interval from one seed")
+    print(f"embedlab - fastText: {100 * mean:+.2f} points, {interval} over {len(rows)} seeds")
+    figures[name] = {"runs": rows, "fasttext_mean": ft_mean, "embedlab_mean": el_mean,
+                     "diff_mean": mean, "diff_interval95": [low, high]}
+  harness.emit(figures)
+
+
 def jax_startup_seconds() -> float:
   start = time.perf_counter()
   subprocess.run([sys.executable, "-c", "import jax, jax.numpy as jnp; "
@@ -112,7 +253,14 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+  parser.add_argument("--autotune", action="store_true",
+                      help="fastText's autotune against `embedlab tune`, same budget")
+  parser.add_argument("--budget", type=float, default=120.0,
+                      help="--autotune: the search budget in seconds (default 120)")
   args = parser.parse_args()
+  if args.autotune:
+    autotune_main(args)
+    return
   figures = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
              "python_jax_embedlab_import_seconds": round(jax_startup_seconds(), 3)}
   for name in args.datasets:

@@ -2,6 +2,7 @@
 
   embedlab train EXPERIMENT [--set K=V ...] [--workdir DIR] [--restart]
   embedlab config EXPERIMENT [--set K=V ...]
+  embedlab tune EXPERIMENT --budget SECONDS [--metric dev_accuracy|dev_loss] [--workdir DIR]
   embedlab eval RUN_DIR [--split test] [--quantize int8|int4|int2]
   embedlab predict RUN_DIR TEXT...
   embedlab summary EXPERIMENT [--set K=V ...]
@@ -39,6 +40,7 @@ examples:
   embedlab config experiments/sst2_bag.py          # every key, its type, value and choices
   embedlab train experiments/sst2_bag.py --set optim.learning_rate=0.3 --workdir runs/lr03
   embedlab eval runs/sst2_bag --split test
+  embedlab tune experiments/sst2_fasttext.py --budget 120
   embedlab predict runs/sst2_bag "a gorgeous , witty , seductive movie ."
 
 Errors print one line; --debug shows the traceback. Settings: EMBEDLAB_DATA (data
@@ -68,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
                      help="delete the run in the run directory (only what embedlab wrote "
                      "there; refused where it holds no embedlab run) and train from step 0")
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+  tu = sub.add_parser(
+      "tune", help="search an experiment's settings on dev within a time budget, then train "
+      "the best", description="Search the settings that matter for the experiment's model "
+      "(learning rate, epochs, features, n-grams, buckets, batch size, dropout) on the dev split "
+      "with Optuna's TPE sampler, within --budget seconds; the test split is not read. Writes "
+      "WORKDIR/best_experiment.py (an experiment `embedlab train` runs), prints the trials and "
+      "trains the best config, reporting its test accuracy.")
+  _experiment_arguments(tu)
+  tu.add_argument("--budget", type=float, required=True, metavar="SECONDS",
+                  help="wall-clock seconds for the search, e.g. 120")
+  tu.add_argument("--metric", default="dev_accuracy",
+                  help="dev_accuracy (default, maximized) or dev_loss (minimized)")
+  tu.add_argument("--workdir", help="where best_experiment.py, trials.json and the best run go "
+                  "(default runs/<experiment>_tune; must not hold a tuning run)")
+  tu.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+  tu.add_argument("--no-final", action="store_true",
+                  help="write the best config but do not train it")
 
   cf = sub.add_parser("config", help="list every config key: type, value, allowed values",
                       description="Print the experiment's config, one key a line: its type, its "
@@ -232,6 +252,17 @@ def _sweep_name(overrides) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _tune(args) -> int:
+  from embedlab.run import tune  # noqa: PLC0415 - JAX and Optuna load here
+
+  tune.check_arguments(args.budget, args.metric)
+  stem = pathlib.Path(args.experiment).stem
+  workdir = args.workdir or pathlib.Path("runs") / f"{stem}_tune"
+  tune.tune(args.experiment, args.budget, workdir, overrides=args.overrides,
+            metric=args.metric, seed=args.seed, final=not args.no_final)
+  return 0
+
+
 def _summary(args) -> int:
   from embedlab import config as config_lib  # noqa: PLC0415
   from embedlab.data import cache as cache_lib  # noqa: PLC0415
@@ -380,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
       return _train(args)
     if args.command == "summary":
       return _summary(args)
+    if args.command == "tune":
+      return _tune(args)
     if args.command == "config":
       from embedlab import config as config_lib  # noqa: PLC0415
       print(config_lib.describe_keys(config_lib.load_config(args.experiment, args.overrides)))
