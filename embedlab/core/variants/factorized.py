@@ -84,8 +84,8 @@ def init_factorized_table(key: Array, num_embeddings: int, features: int, *, ran
     >>> import jax
     >>> from embedlab.core.variants import factorized
     >>> p = factorized.init_factorized_table(jax.random.key(0), 30_000, 768, rank=128)
-    >>> p["table"].shape, p["projection"].shape
-    ((30000, 128), (128, 768))
+    >>> [x.shape for x in p.values()]
+    [(30000, 128), (128, 768)]
   """
   return make(num_embeddings, features, padding_id=padding_id, rank=rank).init(key, dtype=dtype)
 
