@@ -13,8 +13,9 @@ and independent (a failing section is recorded and the next one runs):
 
   1. ``contracts``: lookup (values, gradient, bad ids), bag (every mode, padded and ragged, each
      pooling strategy, weights, gradient, empty bags), attend, every table variant of
-     ``embedlab.core.compress``, the row-sparse optimizers of ``embedlab.core.sparse`` (two steps against
-     a numpy reference step), ``localize``, and sharding over the devices there are; each check
+     ``embedlab.core.variants`` and quantized storage (``embedlab.core.quantize``), the row-sparse
+     optimizers of ``embedlab.core.sparse`` (two steps against a numpy reference step),
+     ``localize``, and sharding over the devices there are; each check
      is pass/fail with its max error against a numpy reference. Matrix products are allowed
      TF32 / bfloat16 rounding off CPU (JAX's default precision there).
   2. ``gather``: ``el.lookup`` of 1M random ids from a 4M x 128 table (float32 and bfloat16),
@@ -84,7 +85,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from embedlab.core import compress as ec  # noqa: E402
+from embedlab.core import hashing as eh  # noqa: E402
+from embedlab.core import quantize as eq  # noqa: E402
+from embedlab.core.variants import factorized as fac_v  # noqa: E402
+from embedlab.core.variants import hash_embedding as he_v  # noqa: E402
+from embedlab.core.variants import hashed as hs_v  # noqa: E402
+from embedlab.core.variants import qr as qr_v  # noqa: E402
 from embedlab.core import pooling  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse  # noqa: E402
@@ -479,32 +485,32 @@ def _compress_checks(c, rng, ids, pad_mask):
   raw = rng.integers(0, 2**31 - 2, ids.shape).astype(np.int32)
   raw[~pad_mask] = 0
   raw[:, 0] = rng.integers(1, 10, ids.shape[0])  # exact rows
-  hashed = ec.init_hashed_table(key, 50, D, exact_size=10)
-  he = ec.init_hash_embedding(key, V, D, pool_size=31, num_hashes=3, padding_id=0)
+  hashed = hs_v.init_hashed_table(key, 50, D, exact_size=10)
+  he = he_v.init_hash_embedding(key, V, D, pool_size=31, num_hashes=3, padding_id=0)
   he = {"pool": he["pool"], "importance": jnp.asarray(rng.normal(size=(V, 3)), jnp.float32)}
-  qr = {cb: ec.init_qr_table(key, V, D, num_collisions=10, combine=cb) for cb in ec.COMBINE_MODES}
-  fac = ec.init_factorized_table(key, V, D, rank=4, padding_id=0)
+  qr = {cb: qr_v.init_qr_table(key, V, D, num_collisions=10, combine=cb) for cb in qr_v.COMBINE_MODES}
+  fac = fac_v.init_factorized_table(key, V, D, rank=4, padding_id=0)
   plain = el.init_table(key, V, D)
 
   @jax.jit
   def lookups(hashed, he, qr, fac, plain, raw, i):
-    out = {"hashed": ec.lookup_hashed(hashed, raw, num_buckets=50, exact_size=10, padding_id=0),
-           "hash_embedding": ec.lookup_hash_embedding(he, i, padding_id=0),
-           "factorized": ec.lookup_factorized(fac, i, padding_id=0),
-           "factorized bag": ec.bag_factorized(fac, i, mode="mean", padding_id=0)}
+    out = {"hashed": hs_v.lookup_hashed(hashed, raw, num_buckets=50, exact_size=10, padding_id=0),
+           "hash_embedding": he_v.lookup_hash_embedding(he, i, padding_id=0),
+           "factorized": fac_v.lookup_factorized(fac, i, padding_id=0),
+           "factorized bag": fac_v.bag_factorized(fac, i, mode="mean", padding_id=0)}
     for cb, p in qr.items():
-      out[f"qr {cb}"] = ec.lookup_qr(p, i, combine=cb, num_embeddings=V, padding_id=0)
-    quantized = {bits: ec.quantize(plain, bits) for bits in (8, 4, 2)}
+      out[f"qr {cb}"] = qr_v.lookup_qr(p, i, combine=cb, num_embeddings=V, padding_id=0)
+    quantized = {bits: eq.quantize(plain, bits) for bits in (8, 4, 2)}
     for bits, q in quantized.items():
-      out[f"int{bits}"] = ec.lookup_quantized(q, i, padding_id=0)
+      out[f"int{bits}"] = eq.lookup_quantized(q, i, padding_id=0)
     return out, quantized
 
   out, quantized = lookups(hashed, he, qr, fac, plain, raw, ids)
-  rows = ec.hash_ids(raw, 50, exact_size=10)
+  rows = eh.hash_ids(raw, 50, exact_size=10)
   c.close("compress hashed: lookup", out["hashed"],
           np.asarray(hashed["table"])[rows] * (raw != 0)[..., None], kind="exact")
   with np.errstate(over="ignore"):
-    buckets = np.stack([ec._hash_int(ids.astype(np.uint32), j, np) % np.uint32(31)
+    buckets = np.stack([eh.hash_int(ids.astype(np.uint32), j, np) % np.uint32(31)
                         for j in range(3)], -1)
   pool, imp = np.asarray(he["pool"], np.float64), np.asarray(he["importance"], np.float64)
   ref = np.einsum("blk,blkd->bld", imp[ids], pool[buckets]) * pad_mask[..., None]

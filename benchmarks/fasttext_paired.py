@@ -47,7 +47,7 @@ def fasttext_predictions(seed: int, lines: dict[str, list[str]], files: dict[str
 def embedlab_predictions(seed: int, texts: dict[str, list[str]], cache: pathlib.Path,
                          threads: int) -> tuple[dict[str, list[str]], float]:
   """Each split's predicted labels, and the test accuracy the run reported."""
-  from embedlab.run import loaded, train  # noqa: PLC0415 - JAX, after fastText's files are written
+  from embedlab.run import loaded  # noqa: PLC0415 - JAX, after fastText's files are written
 
   with tempfile.TemporaryDirectory() as workdir:
     reported = harness.run_embedlab("sst2", workdir, cache, threads, seed)["test_accuracy"]

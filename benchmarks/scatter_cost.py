@@ -40,7 +40,6 @@ from embedlab.data import batches as batch_lib  # noqa: E402
 from embedlab.data import cache as cache_lib  # noqa: E402
 from embedlab.run import build as build_lib
 from embedlab.run import steps as steps_lib
-from embedlab.run import train as train_lib  # noqa: E402
 
 SMALL_ROWS = 1024
 REPEATS = 5

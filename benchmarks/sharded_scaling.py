@@ -39,7 +39,6 @@ from embedlab.core import optim as optim_lib  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse as sparse_lib  # noqa: E402
 from embedlab.run import steps as steps_lib
-from embedlab.run import train as train_lib  # noqa: E402
 
 DEVICES = (1, 2, 4, 8)
 FEATURES, BATCH, BAG_LEN, CLASSES = 64, 512, 32, 4

@@ -109,10 +109,7 @@ def autotune_files(name: str, seed: int, tmp: pathlib.Path) -> dict[str, pathlib
   (its dev split: SST-2's file, IMDB's seeded carve-out of train)."""
   harness.setup_repo()
   from embedlab import config as config_lib  # noqa: PLC0415
-  try:  # the data layer in modules (data.splits), or one (data.datasets)
-    from embedlab.data import splits as datasets  # noqa: PLC0415
-  except ImportError:
-    from embedlab.data import datasets  # noqa: PLC0415
+  from embedlab.data import splits as datasets  # noqa: PLC0415
 
   cfg = config_lib.load_config(experiment_path(name), [f"seed={seed}"])
   splits, names = datasets.load_splits(cfg.data, cfg.seed)

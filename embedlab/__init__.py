@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
       INIT_NAMES, TableSummary, attend, bag, describe, init_table, lookup,
       num_params, offsets_to_segment_ids, renorm_rows)
   from embedlab.core.ids import check_ids  # noqa: F401
+  from embedlab.core import variants  # noqa: F401
+  from embedlab.core.variants import TABLES  # noqa: F401
+  from embedlab.core.variants.contract import TableVariant  # noqa: F401
   from embedlab.data.vectors import (  # noqa: F401
       load_vectors, read_vectors, save_vectors)
   from embedlab.analysis.exports import (  # noqa: F401
@@ -128,11 +131,16 @@ _MODULES = {
     "sparse_rowwise_adagrad": "embedlab.core.sparse",
     "sparse_sgd": "embedlab.core.sparse",
     "sum_duplicates": "embedlab.core.sparse",
+    "TABLES": "embedlab.core.variants",
+    "TableVariant": "embedlab.core.variants.contract",
     "Embed": "embedlab.models.flax_embed",  # flax: ~0.7 s to import
     "LinenEmbed": "embedlab.models.flax_embed",
 }
 
 __all__ = [
+    "variants",
+    "TABLES",
+    "TableVariant",
     "EmbeddingSummary",
     "RunEmbedding",
     "TopicCheck",
@@ -216,6 +224,8 @@ def __getattr__(name):
   """Loads a public name's module on first use (then it is a plain attribute)."""
   if name in _LAYERS:
     return importlib.import_module(f"embedlab.{name}")
+  if name == "variants":  # the table variants' registry and factories: el.variants.get("qr")
+    return importlib.import_module("embedlab.core.variants")
   if name in _MOVED:
     import warnings  # noqa: PLC0415
     warnings.warn(f"embedlab.{name} moved to {_MOVED[name]}; import it from there.",

@@ -311,7 +311,8 @@ def _inspect(args) -> int:
           f"{_one_line(e)})")
   summary = (inspection.summarize_run(emb, initial=initial) if initial is not None else
              geometry.summarize_table(emb.table, words=emb.num_words))
-  if emb.config.model.table != "plain":
+  from embedlab.core import variants  # noqa: PLC0415
+  if not variants.TABLES.spec(emb.config.model.table).one_row_per_id:
     from embedlab.models import classifiers as models  # noqa: PLC0415
     stored = models.table_summary(emb.config.model, emb.embed, emb.table.shape[0])
     parts = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(emb.embed.items()))

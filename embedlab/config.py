@@ -25,6 +25,7 @@ import types
 import typing
 from typing import Any
 
+from embedlab.core import variants  # the table registry: names and capabilities, without JAX
 from embedlab.data.options import DataConfig  # data's own options: the data layer sees no Config
 
 
@@ -36,7 +37,8 @@ class ConfigError(ValueError):
 class ModelConfig:
   """Which model, and the shape of its embedding table.
 
-  ``table`` picks the embedding (``embedlab.models.classifiers.make_embedder``): ``plain`` (one row per
+  ``table`` picks the embedding, a variant of ``embedlab.core.variants.TABLES``
+  (``embedlab.models.classifiers.make_embedder``): ``plain`` (one row per
   id), ``hashed`` (``table_exact`` rows for the most frequent ids plus ``table_buckets`` hashed
   rows shared by the rest), ``hash_embedding`` (a pool of ``table_buckets`` vectors, each id a
   learned mix of ``table_hashes`` of them), ``qr`` (quotient-remainder with ``table_collisions``
@@ -63,7 +65,7 @@ class ModelConfig:
   pretrained_mode: str = "finetune"
   pretrained_scale: float = 1.0
   compute_dtype: str = "float32"
-  table: str = "plain"
+  table: str = "plain"  # a name of variants.TABLES (variants.TableName)
   table_buckets: int = 0
   table_exact: int = 0
   table_hashes: int = 2
@@ -159,8 +161,9 @@ _CHOICES = {
     "model.pooling": ("mean", "sum", "max", "sqrtn"),
     "model.pretrained_mode": ("finetune", "freeze", "freeze_found"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
-    "model.table": ("plain", "hashed", "hash_embedding", "qr", "factorized"),
-    "model.table_combine": ("mult", "add", "concat"),
+    "model.table": variants.TABLES.names,
+    **{f"model.{field}": values for spec in variants.TABLES.values()
+       for field, values in spec.choices.items()},
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("sgd", "momentum", "adam", "adamw", "adagrad"),
     "optim.schedule": ("constant", "cosine", "linear", "warmup_cosine"),
@@ -269,30 +272,30 @@ def validate(cfg: Config) -> Config:
   return cfg
 
 
-_TABLE_SIZE = {"hashed": ("table_buckets", 262144), "hash_embedding": ("table_buckets", 65536),
-               "factorized": ("table_rank", 8)}
-
-
 def _validate_table(model: ModelConfig, optim: OptimConfig) -> None:
-  if model.table in _TABLE_SIZE:
-    field, example = _TABLE_SIZE[model.table]
+  """The table variant's own rules, from its registry entry (``embedlab.core.variants``)."""
+  tables = variants.TABLES
+  spec = tables.spec(model.table)
+  for field, example in spec.required.items():
     if getattr(model, field) <= 0:
       raise ConfigError(f"config: model.table = {model.table!r} needs model.{field} > 0, e.g. "
                         f"--set model.{field}={example}.")
-  if model.table != "plain" and model.pretrained:
-    raise ConfigError(f"config: model.pretrained needs model.table = 'plain' (pretrained "
-                      f"vectors are one row per word), not {model.table!r}.")
-  if model.table != "plain" and model.max_norm:
-    raise ConfigError(f"config: model.max_norm applies to model.table = 'plain' only, not "
+  if not spec.pretrained and model.pretrained:
+    raise ConfigError(f"config: model.pretrained needs model.table = "
+                      f"{variants.either(tables.names_with('pretrained'), quote=True)} "
+                      f"(pretrained vectors are one row per word), not {model.table!r}.")
+  if not spec.max_norm and model.max_norm:
+    raise ConfigError(f"config: model.max_norm applies to model.table = "
+                      f"{variants.either(tables.names_with('max_norm'), quote=True)} only, not "
                       f"{model.table!r}; set --set model.max_norm=0.")
-  if optim.tables != "dense" and model.table in ("hash_embedding", "qr"):
+  if optim.tables != "dense" and not spec.row_sparse:
     raise ConfigError(f"config: optim.tables = {optim.tables!r} updates rows of a table; "
                       f"model.table = {model.table!r} has none (its few weights are shared by "
-                      f"many ids). Use --set optim.tables=dense, or model.table = plain, hashed "
-                      f"or factorized.")
-  if model.table == "qr" and model.table_combine == "concat" and model.features < 2:
-    raise ConfigError("config: model.table_combine = 'concat' splits model.features between "
-                      "the two tables and needs model.features >= 2.")
+                      f"many ids). Use --set optim.tables=dense, or model.table = "
+                      f"{variants.either(tables.names_with('row_sparse'))}.")
+  problem = spec.check(dataclasses.asdict(model)) if spec.check else None
+  if problem:
+    raise ConfigError(f"config: {problem}")
 
 
 def _validate_ragged(model: ModelConfig) -> None:
@@ -300,11 +303,10 @@ def _validate_ragged(model: ModelConfig) -> None:
     raise ConfigError(f"config: train.ragged_batches pools ragged bags, which only "
                       f"model.name = 'bag' does, not {model.name!r}; "
                       "--set train.ragged_batches=false.")
-  if (model.table not in ("plain", "hashed", "factorized") or model.max_norm
-      or (model.table == "factorized" and model.pooling == "max")):
-    raise ConfigError(f"config: train.ragged_batches needs model.table = plain, hashed or "
-                      f"factorized (not {model.table!r}), model.max_norm = 0 and, factorized, a "
-                      "pooling other than max; --set train.ragged_batches=false.")
+  if not variants.TABLES.pools_rows(model.table, model.pooling, model.max_norm):
+    raise ConfigError(f"config: train.ragged_batches needs "
+                      f"{variants.TABLES.ragged_requirements(model.table)}; "
+                      "--set train.ragged_batches=false.")
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

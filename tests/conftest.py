@@ -31,13 +31,14 @@ def data_dir() -> pathlib.Path:
 # over every model, table variant, optimizer and device count. Other slow tests carry
 # @pytest.mark.slow themselves.
 SLOW_MODULES = frozenset((
-    "test_cli", "test_compress", "test_compress_train", "test_device_check", "test_inspect",
+    "test_cli", "test_variants", "test_compress_train", "test_device_check", "test_inspect",
     "test_loaded", "test_models", "test_properties", "test_readme",
     "test_reliability_checkpoints", "test_reliability_crash", "test_reliability_inputs",
     "test_resources", "test_run_dir", "test_scatter_step", "test_sharding",
     "test_sharding_train", "test_sparse", "test_train",
     # the doctests of these modules
-    "compress", "sharding", "sparse"))
+    "contract", "plain", "hashed", "hash_embedding", "qr", "factorized", "quantize", "hashing",
+    "sharding", "sparse"))
 QUICK_README_CHECKS = ("test_readme_opens", "test_readme_example", "test_readme_one_hot",
                        "test_every_readme_command")
 

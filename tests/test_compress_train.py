@@ -11,7 +11,9 @@ import pytest
 
 import embedlab as el
 from embedlab import config as config_lib
-from embedlab.core import compress
+from embedlab.core import hashing
+from embedlab.core import quantize
+from embedlab.core.variants import hash_embedding
 from embedlab.data import cache as cache_lib
 from embedlab.run import inspection
 from embedlab.models import classifiers as models
@@ -40,10 +42,10 @@ def variant_cfg(name, **extra):
 
 
 def reference_vectors(cfg, embed, ids):
-  """Each id's vector from the variant's own function in embedlab.core.compress, in numpy."""
+  """Each id's vector from the variant's own functions (embedlab.core.variants), in numpy."""
   ids = np.asarray(ids)
   if cfg.table == "hashed":
-    rows = compress.hash_ids(ids, cfg.table_buckets, exact_size=cfg.table_exact)
+    rows = hashing.hash_ids(ids, cfg.table_buckets, exact_size=cfg.table_exact)
     out = np.asarray(embed["table"])[rows]
   elif cfg.table == "factorized":
     out = np.asarray(embed["table"])[ids] @ np.asarray(embed["projection"])
@@ -53,7 +55,8 @@ def reference_vectors(cfg, embed, ids):
     out = q * r if cfg.table_combine == "mult" else np.concatenate([q, r], -1)
   else:
     pool, imp = np.asarray(embed["pool"]), np.asarray(embed["importance"])
-    buckets = np.asarray(compress.hash_embedding_buckets(ids, imp.shape[1], pool.shape[0]))
+    buckets = np.asarray(hash_embedding.hash_embedding_buckets(ids, imp.shape[1],
+                                                            pool.shape[0]))
     out = np.einsum("...k,...kd->...d", imp[ids], pool[buckets])
   return out * (ids != 0)[..., None]
 
@@ -131,7 +134,7 @@ def test_hashed_rows_keep_frequent_ids_and_share_the_rest():
   np.testing.assert_array_equal(rows[:20], ids[:20])
   assert rows[20:].min() >= 20 and rows[20:].max() < 60
   assert len(np.unique(rows[20:])) > 30  # spread over the 40 buckets
-  np.testing.assert_array_equal(rows, compress.hash_ids(ids, 40, exact_size=20))
+  np.testing.assert_array_equal(rows, hashing.hash_ids(ids, 40, exact_size=20))
 
 
 @pytest.mark.parametrize("table", ["hashed", "factorized"])
@@ -185,7 +188,7 @@ def test_int8_export_round_trips_through_lookup_quantized(tmp_path):
   q = np.load(paths[0])
   emb = inspection.load_embedding(tmp_path / "run")
   ids = np.array([[1, 2, 3], [0, 5, 5]], np.int32)
-  got = compress.lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids,
+  got = quantize.lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids,
                                   padding_id=0)
   want = emb.table[ids] * (ids != 0)[..., None]
   step = np.abs(emb.table).max(1, keepdims=True) / 127

@@ -16,7 +16,13 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import embedlab as el
-from embedlab.core import compress as ec
+from embedlab.core import hashing as eh
+from embedlab.core import quantize as eq
+from embedlab.core.variants import contract
+from embedlab.core.variants import factorized as fac
+from embedlab.core.variants import hash_embedding as he
+from embedlab.core.variants import hashed as hs
+from embedlab.core.variants import qr as eqr
 from embedlab.core import pooling
 from embedlab.core import sharding
 
@@ -347,7 +353,7 @@ def make_variants():
   hash_emb = {"pool": f32(pool_rows, 4), "importance": f32(vocab, 2)}
   qr = {"quotient": f32(18, 4), "remainder": f32(m, 4)}
   factorized = {"table": f32(vocab, 2), "projection": f32(2, 4)}
-  quant = {bits: ec.quantize({"table": jnp.asarray(f32(vocab, 4))}, bits) for bits in (8, 4, 2)}
+  quant = {bits: eq.quantize({"table": jnp.asarray(f32(vocab, 4))}, bits) for bits in (8, 4, 2)}
 
   def np_hashed(ids):
     wide = ids.astype(np.int64)
@@ -365,16 +371,16 @@ def make_variants():
     return qr["quotient"][wide // m] * qr["remainder"][wide % m]
 
   return {
-      "hashed": (hashed, functools.partial(ec.lookup_hashed, num_buckets=buckets,
-                                           exact_size=exact, seed=3), np_hashed, ec.MAX_RAW_ID),
-      "hash_embedding": (hash_emb, functools.partial(ec.lookup_hash_embedding, seed=5),
+      "hashed": (hashed, functools.partial(hs.lookup_hashed, num_buckets=buckets,
+                                           exact_size=exact, seed=3), np_hashed, eh.MAX_RAW_ID),
+      "hash_embedding": (hash_emb, functools.partial(he.lookup_hash_embedding, seed=5),
                          np_hash_emb, vocab),
-      "qr": (qr, functools.partial(ec.lookup_qr, num_embeddings=vocab), np_qr, vocab),
-      "factorized": (factorized, ec.lookup_factorized,
+      "qr": (qr, functools.partial(eqr.lookup_qr, num_embeddings=vocab), np_qr, vocab),
+      "factorized": (factorized, fac.lookup_factorized,
                      lambda i: factorized["table"][i.astype(np.int64)] @ factorized["projection"],
                      vocab),
-      **{f"quantized{bits}": (q, ec.lookup_quantized,
-                              lambda i, q=q: np.asarray(ec.dequantize(q)["table"])[
+      **{f"quantized{bits}": (q, eq.lookup_quantized,
+                              lambda i, q=q: np.asarray(eq.dequantize(q)["table"])[
                                   i.astype(np.int64)], vocab)
          for bits, q in quant.items()},
   }
@@ -385,7 +391,7 @@ VARIANTS = make_variants()
 
 @functools.partial(jax.jit, static_argnames=("name", "padding_id", "mode"))
 def jit_variant_bag(params, ids, weights, name, padding_id, mode):
-  return ec.bag_lookup(VARIANTS[name][1], params, ids, mode=mode, weights=weights,
+  return contract.bag_lookup(VARIANTS[name][1], params, ids, mode=mode, weights=weights,
                        padding_id=padding_id)
 
 
@@ -420,7 +426,7 @@ def test_every_variant_rejects_bad_ids_of_any_int_dtype(data, name):
   with pytest.raises(ValueError, match=message):
     lookup_fn(params, ids)
   with pytest.raises(ValueError, match=message):
-    ec.bag_lookup(lookup_fn, params, ids)
+    contract.bag_lookup(lookup_fn, params, ids)
 
 
 # ---------------------------------------------------------------- sharded

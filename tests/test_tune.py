@@ -8,12 +8,8 @@ import pytest
 
 from embedlab import cli
 from embedlab import config as config_lib
-try:  # the data layer in modules: encode_splits in data.cache, DataError in data.rows
-  from embedlab.data import cache as data_lib
-  from embedlab.data.rows import DataError
-except ImportError:  # one data module
-  from embedlab.data import datasets as data_lib
-  DataError = data_lib.DataError
+from embedlab.data import cache as data_lib
+from embedlab.data.rows import DataError
 from embedlab.run import train as train_lib
 from embedlab.run import tune as tune_lib
 

@@ -2,11 +2,12 @@
 
 ``pool_vectors`` (with its parts ``masked_weights``, ``weighted_sum``, ``finish`` and
 ``max_pool``) is the only pooling code: ``embedlab.bag`` (padded and ragged),
-``compress.bag_lookup``, ``sharding.sharded_bag`` and the train step's ``tables.pool_vectors``
-all call it. Sums accumulate in ``accumulation_dtype`` (float32 at least, whatever the table's
-dtype) and the result is cast back; positions that are not part of a bag (padding, ids out of
-range under ``oob="zero"``) are left out with ``jnp.where``, so a NaN or inf weight or row there
-changes nothing, as in PyTorch's ``EmbeddingBag``.
+``variants.contract.bag_lookup`` (the bags of every table variant that does not pool rows),
+``sharding.sharded_bag`` and the train step's ``tables.pool_vectors`` all call it. Sums
+accumulate in ``accumulation_dtype`` (float32 at least, whatever the table's dtype) and the
+result is cast back; positions that are not part of a bag (padding, ids out of range under
+``oob="zero"``) are left out with ``jnp.where``, so a NaN or inf weight or row there changes
+nothing, as in PyTorch's ``EmbeddingBag``.
 
 Padded bags ``[B, L]`` are gathered and pooled by ``pool_padded``, which checks their ids with
 ``embedlab.core.ids_lib.normalize_ids`` first.
@@ -185,7 +186,7 @@ def pool_vectors(vecs: Array, mask: Array, mode: str, *, weights: Any = None,
                  segment_ids: Array | None = None, num_bags: int | None = None,
                  dtype: Any = None, indices_are_sorted: bool = False) -> Array:
   """The one pooling of vectors already gathered, for every bag path (``embedlab.bag``,
-  ``pool_padded``, ``compress.bag_lookup``, ``sharding.sharded_bag`` share its parts).
+  ``pool_padded``, ``variants.contract.bag_lookup``, ``sharding.sharded_bag`` share its parts).
 
   Args:
     vecs: ``[B, L, D]`` (padded bags) or ``[N, D]`` (ragged: ``segment_ids`` ``[N]`` name each

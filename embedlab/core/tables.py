@@ -20,7 +20,7 @@ reduction over the ids plus one host callback per call: measured 0.03-1.3 ms per
 busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny batches and not for
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
 
-Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.core.compress``,
+Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.core.variants``,
 ``embedlab.core.sharding``, ``embedlab.core.pooling``, ``embedlab.core.sparse.localize``, the Flax modules)
 sends them through one function, ``ids_lib.normalize_ids``: an integer dtype is required, each id is
 compared with the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a

@@ -1,12 +1,11 @@
 """Small text classifiers as pure ``(init, apply)`` pairs built on the table functions.
 
 Every model keeps its embedding at ``params["embed"]`` and reads it only through its
-``Embedder`` (``make_embedder``), with ``padding_id=0``. ``model.table`` picks the embedding:
-the plain table ``{"table": f32[V, D]}`` (``embedlab.lookup`` / ``embedlab.bag``) or one of the
-smaller variants of ``embedlab.core.compress`` (hashing trick, hash embeddings, quotient-remainder,
-factorized), so an experiment switches with one config field. Where the embedding has a
-row-indexed ``table`` (plain, hashed, factorized), the row-sparse train step hands the model a
-gathered local table instead and passes ``rows=True`` (``embedlab.core.sparse``).
+``Embedder`` (``make_embedder``), with ``padding_id=0``. ``model.table`` names a table variant of
+the registry ``embedlab.core.variants.TABLES`` (the plain table, hashing trick, hash embeddings,
+quotient-remainder, factorized), so an experiment switches with one config field. Where the
+variant has a row-indexed ``table`` (``Spec.row_sparse``), the row-sparse train step hands the
+model a gathered local table instead and passes ``rows=True`` (``embedlab.core.sparse``).
 
   >>> import jax, jax.numpy as jnp
   >>> from embedlab.config import ModelConfig
@@ -18,32 +17,32 @@ gathered local table instead and passes ``rows=True`` (``embedlab.core.sparse``)
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from embedlab.core import compress
 from embedlab.core import tables
+from embedlab.core import variants
+from embedlab.core.variants import contract
 
 PADDING_ID = 0
-_RAGGED_ONLY = ("ragged bags (train.ragged_batches) are pooled by model.table = plain, hashed or "
-                "factorized without model.max_norm (and, factorized, not with pooling=max); "
-                "--set train.ragged_batches=false for this embedding.")
-TABLES = ("plain", "hashed", "hash_embedding", "qr", "factorized")
-SPARSE_TABLES = ("plain", "hashed", "factorized")  # the ones with a row-indexed "table"
+TABLES = variants.TABLES.names  # the registry's names, for callers that list them
+SPARSE_TABLES = variants.TABLES.names_with("row_sparse")  # those with a row-indexed "table"
 
 
 class Embedder(NamedTuple):
-  """How a model holds and reads ``params["embed"]``.
+  """How a model holds and reads ``params["embed"]``: a table variant
+  (``embedlab.core.variants.contract.TableVariant``) with the model's settings bound.
 
   ``init(key) -> embed params``; ``lookup(embed, ids, *, rows=False) -> [..., D]`` and
   ``bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None) -> [B, D]`` (padded
   bags ``[B, L]``, or ragged ones as ``embedlab.bag``'s) read ids ``0..V-1`` (padding id 0 gives
   zero vectors and gradients). ``rows(ids)`` maps ids to rows of ``embed["table"]`` (None where
   the variant has no such table: hash embeddings, quotient-remainder); with ``rows=True`` the ids
-  given are already such rows, e.g. those of the row-sparse step's local table.
+  given are already such rows, e.g. those of the row-sparse step's local table. ``variant`` is
+  the table variant itself (``project``, ``describe``).
   """
 
   init: Callable[..., Any]
@@ -51,6 +50,7 @@ class Embedder(NamedTuple):
   bag: Callable[..., jax.Array]
   rows: Callable[[Any], jax.Array] | None
   kind: str
+  variant: contract.TableVariant | None = None
 
 
 class Model(NamedTuple):
@@ -123,31 +123,15 @@ def stored_dtype(cfg, backend: str | None = None):
   return jnp.dtype(jnp.float32) if backend == "cpu" else dtype
 
 
-def _logical(ids, num_embeddings, oob, where):
-  """Ids checked against the logical vocabulary ``0..V-1`` (``oob`` "error" or "clip")."""
-  return compress._checked(ids, num_embeddings, oob, where)[0]
-
-
 def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "error") -> Embedder:
-  """The embedding named by ``cfg.table`` (a ``ModelConfig``) for ids ``0..num_embeddings-1``.
-
-  ================  ==================================  =========================================
-  ``model.table``   ``params["embed"]``                 size settings
-  ================  ==================================  =========================================
-  plain             ``{"table": [V, D]}``               (``model.max_norm``, ``model.pretrained``)
-  hashed            ``{"table": [E + B, D]}``           ``table_buckets`` B, ``table_exact`` E: ids
-                                                        below E keep a row, others are hashed
-  hash_embedding    ``{"pool": [B, D],``                ``table_buckets`` B (pool rows),
-                    `` "importance": [V, k]}``          ``table_hashes`` k
-  qr                ``{"quotient": [V/m, D],``          ``table_collisions`` m (0: sqrt V),
-                    `` "remainder": [m, D]}``           ``table_combine``
-  factorized        ``{"table": [V, r],``               ``table_rank`` r
-                    `` "projection": [r, D]}``
-  ================  ==================================  =========================================
+  """The embedding named by ``cfg.table`` (a ``ModelConfig``) for ids ``0..num_embeddings-1``:
+  the registry's variant (``embedlab.core.variants``), its options read from the config fields
+  its ``Spec.fields`` names (``table_buckets``, ``table_exact``, ``table_hashes``,
+  ``table_collisions``, ``table_combine``, ``table_rank``).
 
   ``model.param_dtype`` is the stored dtype (``bfloat16`` halves the table; on CPU only with
   ``compute_dtype=bfloat16`` too, see ``stored_dtype``), ``compute_dtype`` the one vectors are
-  computed in.
+  computed in; ``model.init`` / ``model.init_scale`` (or ``pretrained``) start the table.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -157,110 +141,37 @@ def make_embedder(cfg, num_embeddings: int, pretrained=None, *, oob: str = "erro
     >>> embed["table"].shape, e.bag(embed, jnp.array([[1, 2, 0]]), "mean").shape
     ((100, 2), (1, 8))
   """
-  kind, features, dtype = cfg.table, cfg.features, _compute_dtype(cfg)
-  param_dtype = stored_dtype(cfg)
-  if kind not in TABLES:
-    raise ValueError(f"model.table={kind!r} is not one of {', '.join(TABLES)}.")
-  if kind != "plain" and pretrained is not None:
-    raise ValueError(f"model.pretrained needs model.table='plain', not {kind!r}.")
-  max_norm = cfg.max_norm or None
+  kind, dtype, param_dtype = cfg.table, _compute_dtype(cfg), stored_dtype(cfg)
+  spec = variants.TABLES.spec(kind)
+  if pretrained is not None and not spec.pretrained:
+    raise ValueError(f"model.pretrained needs model.table="
+                     f"{variants.either(variants.TABLES.names_with('pretrained'), quote=True)}, "
+                     f"not {kind!r}.")
+  variant = spec.module().make(num_embeddings, cfg.features, padding_id=PADDING_ID,
+                               **spec.options(dataclasses.asdict(cfg)))
+  read = dict(oob=oob, compute_dtype=dtype, max_norm=cfg.max_norm or None)
 
-  def cast(embed):
+  def init(key):
+    embed = variant.init(key, init=pretrained if pretrained is not None else cfg.init,
+                         scale=cfg.init_scale)
     return jax.tree.map(lambda x: x.astype(param_dtype), embed)
 
-  if kind in ("plain", "hashed", "factorized"):
-    if kind == "hashed":
-      exact, buckets = max(cfg.table_exact, PADDING_ID + 1), cfg.table_buckets
-      rows_total, width = exact + buckets, features
-
-      def to_rows(ids):
-        ids = _logical(ids, num_embeddings, oob, "model.table=hashed")
-        return compress._hash_ints(ids, buckets, 0, exact, jnp)
-    else:
-      rows_total = num_embeddings
-      width = cfg.table_rank if kind == "factorized" else features
-
-      def to_rows(ids):
-        return ids
-
-    def init(key):
-      init_with = pretrained if pretrained is not None else cfg.init
-      embed = tables.init_table(key, rows_total, width, init=init_with,
-                                padding_id=PADDING_ID, scale=cfg.init_scale)
-      if kind == "factorized":  # vectors start with the plain table's scale
-        proj = jax.random.normal(jax.random.fold_in(key, 1), (width, features)) / math.sqrt(width)
-        embed = {"table": embed["table"], "projection": proj}
-      return cast(embed)
-
-    def project(embed, x):
-      if kind != "factorized":
-        return x
-      return x @ embed["projection"].astype(x.dtype)
-
-    def lookup(embed, ids, *, rows=False):
-      check = "clip" if rows or kind == "hashed" else oob
-      ids = ids if rows else to_rows(ids)
-      x = tables.lookup({"table": embed["table"]}, ids, padding_id=PADDING_ID,
-                        compute_dtype=dtype, oob=check, max_norm=max_norm)
-      return project(embed, x)
-
-    def bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None):
-      if max_norm is not None or (kind == "factorized" and mode == "max"):
-        if segment_ids is not None:
-          raise ValueError(_RAGGED_ONLY)
-        # pool the looked-up vectors (max_norm applies to each row, so no fused gather-pool)
-        return compress.bag_lookup(lambda e, i, **_: lookup(e, i, rows=rows), embed, ids,
-                                   mode=mode, padding_id=PADDING_ID, oob="clip")
-      check = "clip" if rows or kind == "hashed" else oob
-      ids = ids if rows else to_rows(ids)
-      x = tables.bag({"table": embed["table"]}, ids, mode=mode, padding_id=PADDING_ID,
-                     compute_dtype=dtype, oob=check, segment_ids=segment_ids,
-                     num_bags=num_bags)
-      return project(embed, x)
-
-    return Embedder(init, lookup, bag, to_rows, kind)
-
-  if kind == "hash_embedding":
-    k = cfg.table_hashes
-
-    def init(key):
-      return cast(compress.init_hash_embedding(
-          key, num_embeddings, features, pool_size=cfg.table_buckets, num_hashes=k,
-          padding_id=PADDING_ID, scale=cfg.init_scale / math.sqrt(k)))
-
-    def lookup_fn(embed, ids, **kw):
-      return compress.lookup_hash_embedding(embed, ids, **kw)
-  else:  # qr
-    m = cfg.table_collisions or math.isqrt(num_embeddings - 1) + 1
-
-    def init(key):
-      if cfg.table_combine == "concat":  # the two tables' columns add up to model.features
-        widths = {"features": features - features // 2, "remainder_features": features // 2}
-      else:
-        widths = {"features": features}
-      return cast(compress.init_qr_table(key, num_embeddings, num_collisions=m,
-                                         combine=cfg.table_combine, scale=cfg.init_scale,
-                                         **widths))
-
-    def lookup_fn(embed, ids, **kw):
-      return compress.lookup_qr(embed, ids, combine=cfg.table_combine,
-                                num_embeddings=num_embeddings, **kw)
-
   def lookup(embed, ids, *, rows=False):
-    del rows  # no row-indexed table: always logical ids
-    return lookup_fn(embed, ids, padding_id=PADDING_ID, oob=oob).astype(dtype)
+    return variant.lookup(embed, ids, rows=rows, **read)
 
   def bag(embed, ids, mode, *, rows=False, segment_ids=None, num_bags=None):
-    del rows, num_bags
-    if segment_ids is not None:
-      raise ValueError(_RAGGED_ONLY)
-    return compress.bag_lookup(lookup_fn, embed, ids, mode=mode, padding_id=PADDING_ID,
-                               oob=oob).astype(dtype)
+    if segment_ids is not None and not variants.TABLES.pools_rows(kind, mode, cfg.max_norm):
+      raise ValueError(f"ragged bags (train.ragged_batches) need "
+                       f"{variants.TABLES.ragged_requirements(kind)}; --set "
+                       "train.ragged_batches=false for this embedding.")
+    return variant.bag(embed, ids, mode, rows=rows, segment_ids=segment_ids, num_bags=num_bags,
+                       **read)
 
-  return Embedder(init, lookup, bag, None, kind)
+  rows = None if variant.rows is None else (lambda ids: variant.rows(ids, oob))
+  return Embedder(init, lookup, bag, rows, kind, variant)
 
 
-def table_summary(cfg, embed, num_embeddings: int) -> compress.CompressedSummary:
+def table_summary(cfg, embed, num_embeddings: int) -> contract.CompressedSummary:
   """The embedding's logical size, weights and bytes against a plain float32 table.
 
   Example:
@@ -272,15 +183,13 @@ def table_summary(cfg, embed, num_embeddings: int) -> compress.CompressedSummary
     hashed embedding: 100,000 ids x 64 features in 65,536 weights (256.0 KiB; a plain float32
     table: 24.4 MiB, 97.7x larger)
   """
-  weights = sum(math.prod(x.shape) for x in jax.tree.leaves(embed))
-  return compress.CompressedSummary(cfg.table, int(num_embeddings), int(cfg.features), weights,
-                                    compress.table_bytes(embed),
-                                    int(num_embeddings) * int(cfg.features) * 4)
+  return make_embedder(cfg, num_embeddings).variant.describe(embed)
 
 
 def materialize(embedder: Embedder, embed, num_embeddings: int, *, chunk: int = 65536):
   """Every id's vector as one float32 ``numpy`` array ``[V, D]`` (for inspection and export):
-  ``embed["table"]`` itself for the plain table, else each id looked up.
+  ``embed["table"]`` itself where it holds one row per id (the plain table), else each id
+  looked up.
 
   Example:
     >>> import jax
@@ -290,7 +199,7 @@ def materialize(embedder: Embedder, embed, num_embeddings: int, *, chunk: int = 
     (10, 4)
   """
   import numpy as np  # noqa: PLC0415
-  if embedder.kind == "plain":
+  if variants.TABLES.spec(embedder.kind).one_row_per_id:
     return np.asarray(embed["table"], np.float32)
   fn = jax.jit(lambda e, ids: embedder.lookup(e, ids).astype(jnp.float32))
   parts = []
@@ -326,9 +235,8 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
                      num_bags=None):
     x = tables.pool_vectors(vectors.astype(_compute_dtype(cfg)), ids != PADDING_ID,
                             cfg.pooling, segment_ids=segment_ids, num_bags=num_bags)
-    if embedder.kind == "factorized":
-      x = x @ params["embed"]["projection"].astype(x.dtype)
-    return head(params, x, train, rng)
+    # the table's rows are gathered: params may hold no "embed" (or only a projection)
+    return head(params, embedder.variant.project(params.get("embed", {}), x), train, rng)
 
   def head(params, x, train, rng):
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
@@ -344,10 +252,10 @@ def bag_model(cfg, num_embeddings: int, num_classes: int, pretrained=None, *,
       out.append(("hidden", (batch, cfg.hidden)))
     return out + [("logits", (batch, num_classes))]
 
-  # as embedder.bag pools: max_norm renormalizes each row read, and a factorized max pools
-  # the projected vectors, so those read the table themselves
-  gathered = (embedder.kind in SPARSE_TABLES and not cfg.max_norm and
-              not (embedder.kind == "factorized" and cfg.pooling == "max"))
+  # as embedder.bag pools: where it pools rows of the table (then projects), the train step
+  # may gather the rows itself; max_norm and a factorized max read the table themselves
+  gathered = (variants.TABLES.spec(cfg.table).row_sparse
+              and variants.TABLES.pools_rows(cfg.table, cfg.pooling, cfg.max_norm))
   return Model(init, apply, stages, embedder, apply_gathered if gathered else None)
 
 

@@ -134,7 +134,8 @@ def load_embedding(run_dir: str | os.PathLike, checkpoint: str = "best") -> RunE
 def _logical_table(cfg: config_lib.Config, embed: Any, num_embeddings: int) -> np.ndarray:
   """The ``[V, D]`` vectors of every id: the stored table (without the zero rows a run on
   several devices appends, ``mesh.model``), or a variant's lookups."""
-  if cfg.model.table == "plain":
+  from embedlab.core import variants  # noqa: PLC0415
+  if variants.TABLES.spec(cfg.model.table).one_row_per_id:
     return np.asarray(embed["table"])[:num_embeddings]
   from embedlab.models import classifiers as models  # noqa: PLC0415
   return models.materialize(models.make_embedder(cfg.model, num_embeddings), embed,
@@ -382,7 +383,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   Every 2-D entry ``NAME`` of ``params["embed"]`` (``table`` for a plain table) becomes
   ``NAME_q8`` (``int8``), ``NAME_q4`` (two 4-bit values per ``uint8``) or ``NAME_q2`` (four
   2-bit codes per ``uint8``) and ``NAME_scale``
-  (``float32`` per row); read it back with ``embedlab.core.compress.lookup_quantized``:
+  (``float32`` per row); read it back with ``embedlab.core.quantize.lookup_quantized``:
   ``q = np.load(path); lookup_quantized({"q8": q["table_q8"], "scale": q["table_scale"]}, ids)``.
 
   Args:
@@ -397,16 +398,17 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   Example, after ``embedlab train experiments/quickstart.py``::
     export_quantized("runs/quickstart", "table_int8", "int8")
   """
-  from embedlab.core import compress  # noqa: PLC0415
-  bits = compress.quantize_bits(quantize, "export")
+  from embedlab.core import quantize as quantize_lib  # noqa: PLC0415
+  from embedlab.core.variants import contract  # noqa: PLC0415
+  bits = quantize_lib.quantize_bits(quantize, "export")
   emb = load_embedding(run_dir, checkpoint)
-  quantized = compress.quantize_entries(emb.embed, bits)
+  quantized = quantize_lib.quantize_entries(emb.embed, bits)
   arrays, errors = {}, []
   for name, value in quantized.items():
     if isinstance(value, dict):
       for part, array in value.items():
         arrays[f"{name}_{part}"] = np.asarray(array)
-      errors.append(compress.quantization_error({"table": emb.embed[name]}, value))
+      errors.append(quantize_lib.quantization_error({"table": emb.embed[name]}, value))
     else:
       arrays[name] = np.asarray(value)
   path = pathlib.Path(out)
@@ -416,7 +418,7 @@ def export_quantized(run_dir: str | os.PathLike, out: str | os.PathLike, quantiz
   np.savez(path, **arrays)
   tokens_path = path.with_suffix(".tokens.txt")
   tokens_path.write_text("".join(t + "\n" for t in emb.tokens), encoding="utf-8")
-  before, after = compress.table_bytes(emb.embed), sum(a.nbytes for a in arrays.values())
+  before, after = contract.table_bytes(emb.embed), sum(a.nbytes for a in arrays.values())
   info = (f"{quantize}: {tables.human_bytes(before)} -> {tables.human_bytes(after)} "
           f"({before / after:.1f}x smaller); largest absolute error {max(errors, default=0):.4g}; "
           f"accuracy with it: embedlab eval {run_dir} --quantize {quantize}")

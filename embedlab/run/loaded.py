@@ -138,7 +138,7 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   """Re-evaluates the best parameters of a run on one of its data splits.
 
   ``quantize`` (``"int8"``, ``"int4"`` or ``"int2"``) evaluates with the embedding quantized
-  row-wise (``embedlab.core.compress.quantize_entries``), as ``embedlab export --quantize`` writes it;
+  row-wise (``embedlab.core.quantize.quantize_entries``), as ``embedlab export --quantize`` writes it;
   the result then also holds the embedding's bytes before and after.
   """
   run_dir = pathlib.Path(run_dir)
@@ -147,12 +147,13 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
   model, params = restore_for_eval(run_dir, cfg, vocab, label_names, kept)
   extra = {}
   if quantize is not None:
-    from embedlab.core import compress  # noqa: PLC0415
-    quantized = compress.quantize_entries(params["embed"],
-                                          compress.quantize_bits(quantize, "eval"))
-    extra = {"quantize": quantize, "embedding_bytes": compress.table_bytes(params["embed"]),
-             "quantized_bytes": compress.table_bytes(quantized)}
-    params = {**params, "embed": compress.dequantize_entries(quantized)}
+    from embedlab.core import quantize as quantize_lib  # noqa: PLC0415
+    from embedlab.core.variants import contract  # noqa: PLC0415
+    quantized = quantize_lib.quantize_entries(params["embed"],
+                                              quantize_lib.quantize_bits(quantize, "eval"))
+    extra = {"quantize": quantize, "embedding_bytes": contract.table_bytes(params["embed"]),
+             "quantized_bytes": contract.table_bytes(quantized)}
+    params = {**params, "embed": quantize_lib.dequantize_entries(quantized)}
   ids, labels = split_for_run(cfg, vocab, label_names, kept, split)
   result = steps_lib.evaluate(jax.jit(steps_lib.make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
   return {**result, **extra}

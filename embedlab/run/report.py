@@ -297,7 +297,8 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   slots and its update path, the other parameters, and the shapes at each stage for one batch."""
   import jax  # noqa: PLC0415
 
-  from embedlab.core import compress  # noqa: PLC0415
+  from embedlab.core import variants  # noqa: PLC0415
+  from embedlab.core.variants import contract  # noqa: PLC0415
   from embedlab.models import classifiers as models_lib  # noqa: PLC0415
   from embedlab.run import steps as steps_lib  # noqa: PLC0415
 
@@ -322,11 +323,11 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   other = sum(math.prod(x.shape) for k, v in setup.params.items() if k != "embed"
               for x in jax.tree.leaves(v))
   parts = ", ".join(f"{name} {'x'.join(map(str, x.shape))}" for name, x in sorted(embed.items()))
-  if cfg.model.table == "plain":
+  if variants.TABLES.spec(cfg.model.table).one_row_per_id:
     rows, features = embed["table"].shape
     head = (f"embedding table embed/table: {rows:,} rows x {features:,} features = "
             f"{rows * features:,} weights ({embed['table'].dtype}, "
-            f"{_human_bytes(compress.table_bytes(embed))}")
+            f"{_human_bytes(contract.table_bytes(embed))}")
   else:
     s = models_lib.table_summary(cfg.model, embed, data.num_embeddings)
     head = (f"embedding embed ({s.kind}: {parts}, {next(iter(embed.values())).dtype}): "

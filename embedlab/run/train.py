@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab.core import compress as compress_lib
+from embedlab.core.variants import contract as variants_lib
 from embedlab.core import sharding, tables
 from embedlab.data import batches as batch_lib
 from embedlab.data import cache as cache_lib
@@ -328,7 +328,7 @@ def _finish(job: Job, run, eval_step, state, checkpoints, done: Progress, best) 
              "num_params": tables.num_params(state.params),
              "num_embeddings": int(data.num_embeddings), "features": cfg.model.features,
              "table": cfg.model.table,
-             "embedding_bytes": compress_lib.table_bytes(state.params["embed"]),
+             "embedding_bytes": variants_lib.table_bytes(state.params["embed"]),
              "skipped_nonfinite": done.skipped_nonfinite,
              "skipped_rows": dict(getattr(data, "skipped", {}) or {}),
              "pretrained_rows_found": setup.pretrained_found,
