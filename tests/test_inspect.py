@@ -90,7 +90,7 @@ def test_nearest_neighbours_in_blocks_equal_one_block(monkeypatch):
   table = random_table()
   queries = table[10:60]
   whole = neighbours.nearest_neighbours(table, queries, k=4)
-  monkeypatch.setattr(inspection, "_SCORES_PER_BLOCK", 3 * len(table))  # 3 queries per block
+  monkeypatch.setattr(neighbours, "_SCORES_PER_BLOCK", 3 * len(table))  # 3 queries per block
   blocks = neighbours.nearest_neighbours(table, queries, k=4)
   np.testing.assert_array_equal(whole[0], blocks[0])
   np.testing.assert_array_equal(whole[1], blocks[1])

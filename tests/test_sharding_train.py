@@ -19,6 +19,7 @@ import pytest
 
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
+from embedlab.run import build as build_lib
 from embedlab.run import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,6 +51,7 @@ from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
 from embedlab.run import placement
+from embedlab.run import build as build_lib
 from embedlab.run import train
 from embedlab.data import cache as cache_lib
 
@@ -101,6 +103,7 @@ from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab.core import sharding
 from embedlab.run import placement
+from embedlab.run import build as build_lib
 from embedlab.run import train
 from embedlab.data import cache as cache_lib
 
@@ -137,6 +140,7 @@ overrides = json.loads(sys.argv[4]) + [f"mesh.coordinator_address=localhost:{por
 cfg = config_lib.load_config("experiments/quickstart.py", overrides)
 assert placement.initialize_distributed(cfg.mesh)  # before any other JAX call
 import jax
+from embedlab.run import build as build_lib
 from embedlab.run import train
 assert jax.process_count() == 2 and len(jax.devices()) == 4, jax.devices()
 results = train.train(cfg, workdir, restart=True, echo=lambda s: None)
@@ -295,6 +299,7 @@ VARIANT_SCRIPT = r'''
 import json, pathlib, sys
 import jax, numpy as np
 from embedlab import config as config_lib
+from embedlab.run import build as build_lib
 from embedlab.run import train
 
 out, base, runs = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
