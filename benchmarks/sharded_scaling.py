@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
 from embedlab import config as config_lib  # noqa: E402
-from embedlab.models import classifiers as models_lib  # noqa: E402
+from embedlab.run import model_args  # noqa: E402
 from embedlab.core import optim as optim_lib  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse as sparse_lib  # noqa: E402
@@ -68,7 +68,7 @@ def bag_times(mesh, table, ids_np, repeats):
 
 def step_time(mesh, rows, ids_np, labels_np, tables, lookup, repeats):
   model_cfg = config_lib.ModelConfig(features=FEATURES)
-  model = models_lib.make_model(model_cfg, rows, CLASSES, oob="clip")
+  model = model_args.make_model(model_cfg, rows, CLASSES, oob="clip")
   params = jax.jit(model.init)(jax.random.key(0))
   optim_cfg = config_lib.OptimConfig(name="adam", learning_rate=1e-2, tables=tables)
   if tables == "dense":

@@ -71,7 +71,6 @@ def torch_step(rows, batches, repeats):
     dense_opt.step()
 
   ms = median_ms(step, repeats)
-  del emb, sparse_opt
   return ms
 
 

@@ -314,7 +314,9 @@ def _inspect(args) -> int:
   from embedlab.core import variants  # noqa: PLC0415
   if not variants.TABLES.spec(emb.config.model.table).one_row_per_id:
     from embedlab.models import classifiers as models  # noqa: PLC0415
-    stored = models.table_summary(emb.config.model, emb.embed, emb.table.shape[0])
+    from embedlab.run import model_args  # noqa: PLC0415
+    embedder = model_args.make_embedder(emb.config.model, emb.table.shape[0])
+    stored = models.table_summary(embedder, emb.embed)
     parts = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(emb.embed.items()))
     print(f"stored as {stored} ({parts}); the vectors below are every id looked up through it")
   print(summary)

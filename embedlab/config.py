@@ -25,8 +25,10 @@ import types
 import typing
 from typing import Any
 
+from embedlab.core import names  # the optimizer and schedule names, without JAX
 from embedlab.core import variants  # the table registry: names and capabilities, without JAX
 from embedlab.data.options import DataConfig  # data's own options: the data layer sees no Config
+from embedlab.models import registry as models  # the model registry, without JAX
 
 
 class ConfigError(ValueError):
@@ -153,22 +155,21 @@ class Config:
 
 _CHOICES = {
     "data.source": ("synthetic", "files", "disk", "hub"),
-    "model.name": ("bag", "cnn", "bilstm"),
+    "model.name": models.MODELS.names,
     "data.format": ("auto", "csv", "tsv", "json", "parquet"),
     "model.init": ("normal", "uniform", "truncated_normal", "xavier_uniform", "xavier_normal",
                    "glorot_uniform", "glorot_normal", "lecun_normal", "lecun_uniform",
                    "he_normal", "he_uniform", "zeros"),
-    "model.pooling": ("mean", "sum", "max", "sqrtn"),
+    "model.pooling": variants.BAG_MODES,
     "model.pretrained_mode": ("finetune", "freeze", "freeze_found"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
     "model.table": variants.TABLES.names,
     **{f"model.{field}": values for spec in variants.TABLES.values()
        for field, values in spec.choices.items()},
     "model.param_dtype": ("float32", "bfloat16"),
-    "optim.name": ("sgd", "momentum", "adam", "adamw", "adagrad"),
-    "optim.schedule": ("constant", "cosine", "linear", "warmup_cosine"),
-    "optim.tables": ("dense", "sparse_sgd", "sparse_adagrad", "sparse_rowwise_adagrad",
-                     "sparse_lazy_adam"),
+    "optim.name": tuple(names.DENSE_OPTIMIZERS),
+    "optim.schedule": names.SCHEDULES,
+    "optim.tables": ("dense", *names.TABLE_OPTIMIZERS),
     "mesh.table": ("rows", "rows_columns"),
     "mesh.dense": ("replicate", "model"),
     "mesh.lookup": ("auto", "shard_map", "xla"),
@@ -299,10 +300,10 @@ def _validate_table(model: ModelConfig, optim: OptimConfig) -> None:
 
 
 def _validate_ragged(model: ModelConfig) -> None:
-  if model.name != "bag":
+  if not models.MODELS.spec(model.name).bags:
     raise ConfigError(f"config: train.ragged_batches pools ragged bags, which only "
-                      f"model.name = 'bag' does, not {model.name!r}; "
-                      "--set train.ragged_batches=false.")
+                      f"model.name = {variants.either(models.MODELS.names_with('bags'), True)} "
+                      f"does, not {model.name!r}; --set train.ragged_batches=false.")
   if not variants.TABLES.pools_rows(model.table, model.pooling, model.max_norm):
     raise ConfigError(f"config: train.ragged_batches needs "
                       f"{variants.TABLES.ragged_requirements(model.table)}; "

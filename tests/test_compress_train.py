@@ -17,6 +17,7 @@ from embedlab.core.variants import hash_embedding
 from embedlab.data import cache as cache_lib
 from embedlab.run import inspection
 from embedlab.models import classifiers as models
+from embedlab.run import model_args
 from embedlab.run import report
 from embedlab.run import build as build_lib
 from embedlab.run import loaded
@@ -64,7 +65,7 @@ def reference_vectors(cfg, embed, ids):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_embedder_values_and_bag_match_the_variant_in_numpy(name):
   cfg = variant_cfg(name)
-  embedder = models.make_embedder(cfg, V)
+  embedder = model_args.make_embedder(cfg, V)
   embed = embedder.init(jax.random.key(1))
   # perturb every weight so no entry sits at its initial constant (importance starts at 1)
   embed = jax.tree.map(
@@ -92,7 +93,7 @@ def test_embedder_values_and_bag_match_the_variant_in_numpy(name):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_embedder_gradients_match_finite_differences_and_skip_padding(name):
   cfg = variant_cfg(name)
-  embedder = models.make_embedder(cfg, V)
+  embedder = model_args.make_embedder(cfg, V)
   embed = embedder.init(jax.random.key(3))
   ids = jnp.array([[5, 0, 77, 5], [0, 0, 0, 0], [299, 1, 2, 0]], jnp.int32)
   cot = jax.random.normal(jax.random.key(4), (3, 6))
@@ -116,7 +117,7 @@ def test_embedder_gradients_match_finite_differences_and_skip_padding(name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_embedder_bad_ids_raise_eagerly_and_under_jit(name):
-  embedder = models.make_embedder(variant_cfg(name), V)
+  embedder = model_args.make_embedder(variant_cfg(name), V)
   embed = embedder.init(jax.random.key(0))
   with pytest.raises(ValueError, match=rf"id {V} at position \(0, 1\).*0\.\.{V - 1}"):
     embedder.lookup(embed, np.array([[1, V]], np.int32))
@@ -128,7 +129,7 @@ def test_embedder_bad_ids_raise_eagerly_and_under_jit(name):
 
 
 def test_hashed_rows_keep_frequent_ids_and_share_the_rest():
-  embedder = models.make_embedder(variant_cfg("hashed"), V)
+  embedder = model_args.make_embedder(variant_cfg("hashed"), V)
   ids = np.arange(V, dtype=np.int32)
   rows = np.asarray(embedder.rows(ids))
   np.testing.assert_array_equal(rows[:20], ids[:20])
@@ -166,12 +167,12 @@ def test_shared_weight_tables_train_summarize_inspect_and_quantize(tmp_path, tab
   data = cache_lib.encode_splits(cfg.data, cfg.seed)
   setup = build_lib.build(cfg, data, 10)
   text = report.summary_text(cfg, data, setup)
-  want = models.table_summary(cfg.model, setup.params["embed"], data.num_embeddings)
+  want = models.table_summary(model_args.make_embedder(cfg.model, data.num_embeddings), setup.params["embed"])
   assert f"{want.weights:,} weights" in text and f"{want.ratio:.1f}x smaller" in text
   emb = inspection.load_embedding(tmp_path / "run")
   stored = emb.embed
   assert set(stored) == set(setup.params["embed"])
-  embedder = models.make_embedder(cfg.model, data.num_embeddings)
+  embedder = model_args.make_embedder(cfg.model, data.num_embeddings)
   ids = np.arange(data.num_embeddings, dtype=np.int32)
   np.testing.assert_allclose(emb.table, embedder.lookup(stored, ids), rtol=1e-6)
   q8 = loaded.evaluate_run(tmp_path / "run", quantize="int8")
@@ -230,7 +231,7 @@ def test_bad_table_settings_name_the_fix(overrides, match):
 
 def test_max_norm_renormalizes_the_plain_tables_output():
   cfg = ModelConfig(features=4, max_norm=0.5, init_scale=3.0)
-  embedder = models.make_embedder(cfg, 50)
+  embedder = model_args.make_embedder(cfg, 50)
   embed = embedder.init(jax.random.key(0))
   vecs = embedder.lookup(embed, jnp.array([[1, 2, 3]]))
   np.testing.assert_array_less(np.linalg.norm(vecs, axis=-1), 0.5 + 1e-5)

@@ -7,7 +7,6 @@ import optax
 import pytest
 
 from embedlab.core import optim
-from embedlab.config import OptimConfig
 
 
 def params():
@@ -26,28 +25,27 @@ def run(tx, p, steps=3):
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "adagrad"])
 def test_frozen_table_never_moves_even_with_weight_decay(name):
-  cfg = OptimConfig(name=name, learning_rate=0.1, weight_decay=0.1)
   p = params()
-  tx = optim.make_optimizer(cfg, p, 10, frozen=["embed/table"])
+  tx = optim.make_optimizer(name, p, 10, learning_rate=0.1, weight_decay=0.1,
+                            frozen=["embed/table"])
   out = run(tx, p)
   np.testing.assert_array_equal(out["embed"]["table"], p["embed"]["table"])
   assert not np.allclose(out["out"]["w"], p["out"]["w"])
 
 
 def test_frozen_rows_never_move_and_the_others_do():
-  cfg = OptimConfig(name="adamw", learning_rate=0.1, weight_decay=0.5)
   p = params()
   trainable = np.array([False, True, False, True, True])
-  tx = optim.make_optimizer(cfg, p, 10, row_masks={"embed/table": trainable})
+  tx = optim.make_optimizer("adamw", p, 10, learning_rate=0.1, weight_decay=0.5,
+                            row_masks={"embed/table": trainable})
   out = np.asarray(run(tx, p)["embed"]["table"])
   np.testing.assert_array_equal(out[~trainable], 1.0)
   assert np.all(out[trainable] != 1.0)
 
 
 def test_weight_decay_mask_skips_biases_and_precedes_the_learning_rate():
-  cfg = OptimConfig(name="sgd", learning_rate=0.1, weight_decay=0.5)
   p = params()
-  tx = optim.make_optimizer(cfg, p, 10)
+  tx = optim.make_optimizer("sgd", p, 10, learning_rate=0.1, weight_decay=0.5)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
   # zero gradient: the update is -lr * wd * w for matrices, nothing for the bias
   np.testing.assert_allclose(updates["out"]["w"], -0.1 * 0.5 * 1.0)
@@ -55,9 +53,8 @@ def test_weight_decay_mask_skips_biases_and_precedes_the_learning_rate():
 
 
 def test_sgd_matches_the_plain_rule():
-  cfg = OptimConfig(name="sgd", learning_rate=0.2)
   p = params()
-  out = run(optim.make_optimizer(cfg, p, 10), p, steps=2)
+  out = run(optim.make_optimizer("sgd", p, 10, learning_rate=0.2), p, steps=2)
   np.testing.assert_allclose(out["out"]["b"], 1.0 - 2 * 0.2 * 0.5)
 
 

@@ -23,7 +23,7 @@ from embedlab import config as config_lib
 from embedlab.data import cache as cache_lib
 from embedlab.data.rows import DataError
 from embedlab.data import splits as splits_lib
-from embedlab.models import classifiers as models
+from embedlab.run import model_args
 from embedlab.run import resources
 from embedlab.run import build as build_lib
 from embedlab.run import steps as steps_lib
@@ -222,7 +222,7 @@ def test_attend_and_table_errors_name_the_shapes():
 
 @pytest.mark.parametrize("name", ["bag", "cnn", "bilstm"])
 def test_models_refuse_bad_ids_and_give_finite_logits_for_empty_rows(name):
-  model = models.make_model(ModelConfig(name=name, features=4, num_filters=3, lstm_hidden=4),
+  model = model_args.make_model(ModelConfig(name=name, features=4, num_filters=3, lstm_hidden=4),
                             10, 3)
   params = model.init(jax.random.key(0))
   for ids in ([[1, 12]], [[1, -2]]):
@@ -236,7 +236,7 @@ def test_models_refuse_bad_ids_and_give_finite_logits_for_empty_rows(name):
 
 def test_train_step_refuses_out_of_range_ids_under_jit():
   cfg = ModelConfig(features=4)
-  model = models.make_model(cfg, 10, 3)  # oob="error": checked on the device
+  model = model_args.make_model(cfg, 10, 3)  # oob="error": checked on the device
   params = model.init(jax.random.key(0))
   opt = optax.adam(1e-2)
   state = steps_lib.TrainState(jnp.array(0), params, opt.init(params), jax.random.PRNGKey(0))
@@ -264,7 +264,7 @@ def test_bad_ids_in_an_encoded_dataset_are_refused_before_training():
 def test_non_finite_loss_or_gradient_never_reaches_the_parameters(poison, tables):
   from embedlab.core import sparse
   cfg = ModelConfig(features=4)
-  model = models.make_model(cfg, 10, 3, oob="clip")
+  model = model_args.make_model(cfg, 10, 3, oob="clip")
   params = model.init(jax.random.key(0))
   value = float(poison)
   # a poisoned row: its gradient (and the loss of the batch that reads it) is not finite
@@ -341,7 +341,7 @@ def test_memory_estimate_matches_the_real_parameters_and_slots(model, optim, tab
       f"model.name={model}", f"optim.name={optim}", f"optim.tables={tables}",
       "model.features=16", "model.num_filters=8", "model.lstm_hidden=8", "train.batch_size=8"])
   est = resources.estimate_bytes(cfg, 1000, 3, 20)
-  m = models.make_model(cfg.model, 1000, 3)
+  m = model_args.make_model(cfg.model, 1000, 3)
   params = m.init(jax.random.key(0))
   nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))  # noqa: E731
   assert est["table"] == nbytes(params["embed"]) == 1000 * 16 * 4

@@ -14,7 +14,7 @@ import pytest
 
 import embedlab as el
 from embedlab import config as config_lib
-from embedlab.models import classifiers as models
+from embedlab.run import model_args
 from embedlab.run import resources
 from embedlab.run import train
 from embedlab.config import Config, ModelConfig
@@ -39,7 +39,7 @@ def test_train_refuses_a_config_too_big_for_memory_before_allocating(tmp_path):
 @pytest.mark.parametrize("name", ["bag", "cnn", "bilstm"])
 @pytest.mark.parametrize("shape", [(3,), (2, 2, 2)])
 def test_models_name_a_wrong_rank_of_ids(name, shape):
-  model = models.make_model(ModelConfig(name=name, features=4, num_filters=3, lstm_hidden=4),
+  model = model_args.make_model(ModelConfig(name=name, features=4, num_filters=3, lstm_hidden=4),
                             10, 3)
   params = model.init(jax.random.key(0))
   with pytest.raises(ValueError, match=r"ids must be 2-D \[batch, (seq_len|bag_len)\].*got shape"):

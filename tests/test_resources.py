@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from embedlab import config as config_lib
-from embedlab.models import classifiers as models
+from embedlab.core import variants
+from embedlab.models import registry
+from embedlab.run import model_args
 from embedlab.core import optim as optim_lib
 from embedlab.run import build as build_lib
 from embedlab.run import resources
@@ -38,7 +40,7 @@ def _config(model, table, optimizer) -> Config:
 def _compiled_step(cfg):
   """The train step of ``cfg`` (``steps_lib.make_train_step``, as ``build_lib.build`` sets it up),
   jitted with the state donated and compiled for shapes only."""
-  model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
+  model = model_args.make_model(cfg.model, ROWS, CLASSES, oob="clip")
   key = jax.eval_shape(jax.random.PRNGKey, 0)
   params = jax.eval_shape(model.init, key)
   table_opt = None
@@ -63,18 +65,18 @@ def _cases():
   """Every model with every table variant (the dense optimizers taken in turn), and every
   row-sparse optimizer once: each entry of each registry at least once, one compilation each."""
   cases = [(model, table, DENSE[(i * len(TABLE_SETTINGS) + j) % len(DENSE)])
-           for i, model in enumerate(models.MODELS) for j, table in enumerate(TABLE_SETTINGS)]
-  row_tables = [t for t in TABLE_SETTINGS if t in models.SPARSE_TABLES]
+           for i, model in enumerate(registry.MODELS) for j, table in enumerate(TABLE_SETTINGS)]
+  row_tables = [t for t in TABLE_SETTINGS if t in variants.TABLES.names_with("row_sparse")]
   for k, optimizer in enumerate(SPARSE):
-    cases.append((list(models.MODELS)[k % len(models.MODELS)], row_tables[k % len(row_tables)],
+    cases.append((list(registry.MODELS)[k % len(registry.MODELS)], row_tables[k % len(row_tables)],
                   optimizer))
   return cases
 
 
 def test_the_cases_cover_every_registry_entry():
   cases = _cases()
-  assert {m for m, _, _ in cases} == set(models.MODELS)
-  assert {t for _, t, _ in cases} == set(models.TABLES) == set(TABLE_SETTINGS)
+  assert {m for m, _, _ in cases} == set(registry.MODELS)
+  assert {t for _, t, _ in cases} == set(variants.TABLES) == set(TABLE_SETTINGS)
   assert {o for _, _, o in cases} == set(DENSE) | set(SPARSE)
 
 
@@ -91,7 +93,7 @@ def test_estimate_is_within_1_5x_of_xla(model, table, optimizer):
 
 def test_check_step_fits_refuses_with_xla_numbers_and_returns_the_same_program():
   cfg = _config("bilstm", "plain", "adam")
-  model = models.make_model(cfg.model, ROWS, CLASSES, oob="clip")
+  model = model_args.make_model(cfg.model, ROWS, CLASSES, oob="clip")
   params = model.init(jax.random.key(0))
   opt = optim_lib.make_optimizer(cfg.optim.name, params, 100, **build_lib.dense_optimizer_options(cfg))
   state = steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt.init(params),

@@ -9,7 +9,7 @@ import pytest
 
 import embedlab as el
 from embedlab.data import batches as batch_lib
-from embedlab.models import classifiers as models
+from embedlab.run import model_args
 from embedlab.core import sparse
 from embedlab.core import tables
 from embedlab.run import steps as steps_lib
@@ -91,7 +91,7 @@ def test_pool_vectors_equals_bag_padded_and_ragged(mode):
                                          ("plain", {"hidden": 4})])
 def test_apply_gathered_equals_apply(table, extra):
   cfg = ModelConfig(name="bag", features=D, table=table, **extra)
-  model = models.make_model(cfg, V, C)
+  model = model_args.make_model(cfg, V, C)
   params = model.init(jax.random.key(0))
   ids = random_bags(np.random.default_rng(4))
   vectors = params["embed"]["table"][model.embedder.rows(ids)]
@@ -104,7 +104,7 @@ def test_apply_gathered_equals_apply(table, extra):
                                  ModelConfig(name="bag", table="qr"),
                                  ModelConfig(name="cnn", filter_widths=(2,), num_filters=2)])
 def test_models_that_read_the_table_themselves_have_no_apply_gathered(cfg):
-  assert models.make_model(cfg, V, C).apply_gathered is None
+  assert model_args.make_model(cfg, V, C).apply_gathered is None
 
 
 def numpy_sgd_step(table, w, b, ids, labels, lr):
@@ -135,7 +135,7 @@ def setup_for(model, lr, table_optimizer):
 
 @pytest.mark.parametrize("ragged", [False, True])
 def test_scatter_step_matches_numpy_and_the_dedup_path(ragged):
-  model = models.make_model(ModelConfig(name="bag", features=D), V, C, oob="clip")
+  model = model_args.make_model(ModelConfig(name="bag", features=D), V, C, oob="clip")
   opt = sparse.sparse_sgd(0.7)
   dedup_opt = opt._replace(add=None)  # the same optimizer without add: the dedup path
   dense_opt, state = setup_for(model, 0.7, opt)
@@ -164,7 +164,7 @@ def test_scatter_step_matches_numpy_and_the_dedup_path(ragged):
 
 
 def test_scatter_step_skips_a_nonfinite_batch_and_keeps_frozen_rows():
-  model = models.make_model(ModelConfig(name="bag", features=D), V, C, oob="clip")
+  model = model_args.make_model(ModelConfig(name="bag", features=D), V, C, oob="clip")
   opt = sparse.sparse_sgd(0.5)
   dense_opt, state = setup_for(model, 0.5, opt)
   frozen = np.zeros(V, bool)
@@ -191,7 +191,7 @@ def test_scatter_step_skips_a_nonfinite_batch_and_keeps_frozen_rows():
 
 
 def test_scatter_step_checks_ids_by_default():
-  model = models.make_model(ModelConfig(name="bag", features=D), V, C)
+  model = model_args.make_model(ModelConfig(name="bag", features=D), V, C)
   opt = sparse.sparse_sgd(0.5)
   dense_opt, state = setup_for(model, 0.5, opt)
   step = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=opt))

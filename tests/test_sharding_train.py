@@ -19,7 +19,6 @@ import pytest
 
 from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
-from embedlab.run import build as build_lib
 from embedlab.run import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

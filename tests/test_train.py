@@ -13,6 +13,7 @@ from embedlab.run import checkpoint as ckpt_lib
 from embedlab import config as config_lib
 from embedlab.run import inspection
 from embedlab.models import classifiers as models
+from embedlab.run import model_args
 from embedlab.run import build as build_lib
 from embedlab.run import loaded
 from embedlab.run import steps as steps_lib
@@ -172,10 +173,11 @@ def poison(monkeypatch, bad_step_rows):
     import dataclasses
     return dataclasses.replace(data, train_ids=ids)
 
-  real_bag = models.MODELS["bag"]
+  real_bag = models.bag_model
 
-  def bag(cfg, num_embeddings, num_classes, pretrained=None, **kw):
-    model = real_bag(cfg, num_embeddings, num_classes, pretrained, **kw)
+  def bag(embedder, num_classes, **kw):
+    model = real_bag(embedder, num_classes, **kw)
+    num_embeddings = embedder.num_embeddings
 
     def apply(params, ids, **kw):
       logits = model.apply(params, ids, **kw)
@@ -185,7 +187,7 @@ def poison(monkeypatch, bad_step_rows):
     return models.Model(model.init, apply, model.stages)
 
   monkeypatch.setattr(cache_lib, "encode_splits", encode)
-  monkeypatch.setitem(models.MODELS, "bag", bag)
+  monkeypatch.setattr(models, "bag_model", bag)
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
@@ -431,7 +433,7 @@ def test_ragged_step_gradients_equal_padded_ones():
   """One step on random padded bags and on the same bags packed ragged: same loss, same
   gradient of every parameter."""
   cfg = tiny("model.hidden=5")
-  model = models.make_model(cfg.model, 50, 3)
+  model = model_args.make_model(cfg.model, 50, 3)
   params = model.init(jax.random.key(1))
   rng = np.random.default_rng(0)
   ids = rng.integers(1, 50, (6, 9)) * (rng.random((6, 9)) < 0.5)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from embedlab.core import names
 from embedlab.core.paths import param_paths, path_matches, path_of, values_of
 from embedlab.core.rowgrad import RowGrad
 
@@ -144,8 +145,8 @@ def make_schedule(name: str, learning_rate: float, total_steps: int,
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
                                               total_steps)
   else:
-    raise ValueError(f"make_schedule: unknown schedule {name!r}; use constant, cosine, linear or "
-                     "warmup_cosine.")
+    raise ValueError(f"make_schedule: unknown schedule {name!r}; use one of "
+                     f"{', '.join(names.SCHEDULES)}.")
   if warmup_steps:
     warm = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     return optax.join_schedules([warm, base], [warmup_steps])
@@ -161,6 +162,7 @@ DENSE_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adamw": lambda momentum: optax.scale_by_adam(),
     "adagrad": lambda momentum: optax.scale_by_rss(initial_accumulator_value=0.1),
 }
+assert tuple(DENSE_OPTIMIZERS) == tuple(names.DENSE_OPTIMIZERS), "see embedlab.core.names"
 
 
 def make_optimizer(name: str, params: Any, total_steps: int, *, learning_rate: float,

@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedlab.core import names
 from embedlab.core.ids import check_ids, normalize_ids
 
 Array = jax.Array
@@ -672,9 +673,7 @@ SPARSE_OPTIMIZERS: dict[str, Callable[..., SparseOptimizer]] = {
     "sparse_lazy_adam": sparse_lazy_adam,
 }
 
-# Slots per optimizer, in units of (rows x features) and (rows) weights.
-_SLOTS = {"sparse_sgd": (0, 0), "sparse_adagrad": (1, 0), "sparse_rowwise_adagrad": (0, 1),
-          "sparse_lazy_adam": (2, 0)}
+assert tuple(SPARSE_OPTIMIZERS) == tuple(names.TABLE_OPTIMIZERS), "see embedlab.core.names"
 
 
 def _check_name(name: str, where: str) -> None:
@@ -714,5 +713,5 @@ def slot_bytes(optimizer_name: str, table_shape: tuple[int, int], dtype: Any = j
   name = optimizer_name
   _check_name(name, "slot_bytes")
   rows, features = (int(d) for d in table_shape)
-  full, per_row = _SLOTS[name]
+  full, per_row = names.TABLE_OPTIMIZERS[name]  # slots per weight, per row
   return (full * rows * features + per_row * rows) * jnp.dtype(dtype).itemsize + 4

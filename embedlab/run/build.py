@@ -23,7 +23,7 @@ from embedlab.data import batches as batch_lib
 from embedlab.data import cache as cache_lib
 from embedlab.data import paths as paths_lib
 from embedlab.models import classifiers as models_lib
-from embedlab.run import resources
+from embedlab.run import model_args, resources
 from embedlab.run import steps as steps_lib
 
 
@@ -62,7 +62,7 @@ def build(cfg: config_lib.Config, data: cache_lib.EncodedData, steps: int) -> Se
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
     pretrained, found = _load_pretrained(cfg, data, jax.random.fold_in(key, 1))
   validate_ids(data)
-  model = models_lib.make_model(cfg.model, data.num_embeddings, len(data.label_names),
+  model = model_args.make_model(cfg.model, data.num_embeddings, len(data.label_names),
                                 pretrained, oob="clip")
   if pretrained is not None:  # the pretrained table stays out of any program
     params = model.init(key)

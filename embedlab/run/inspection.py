@@ -138,7 +138,8 @@ def _logical_table(cfg: config_lib.Config, embed: Any, num_embeddings: int) -> n
   if variants.TABLES.spec(cfg.model.table).one_row_per_id:
     return np.asarray(embed["table"])[:num_embeddings]
   from embedlab.models import classifiers as models  # noqa: PLC0415
-  return models.materialize(models.make_embedder(cfg.model, num_embeddings), embed,
+  from embedlab.run import model_args  # noqa: PLC0415
+  return models.materialize(model_args.make_embedder(cfg.model, num_embeddings), embed,
                             num_embeddings)
 
 

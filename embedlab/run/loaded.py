@@ -27,7 +27,7 @@ from embedlab.data import splits as splits_lib
 from embedlab.data import text as text_lib
 from embedlab.models import classifiers as models_lib
 from embedlab.run import checkpoint as ckpt_lib
-from embedlab.run import preflight, report
+from embedlab.run import model_args, preflight, report
 from embedlab.run import steps as steps_lib
 
 
@@ -185,7 +185,7 @@ def split_for_run(cfg, vocab, label_names, kept, split: str):
 
 def restore_for_eval(run_dir, cfg, vocab, label_names, kept_buckets):
   num_embeddings = cache_lib.table_rows(cfg.data, len(vocab), kept_buckets)
-  model = models_lib.make_model(cfg.model, num_embeddings, len(label_names))
+  model = model_args.make_model(cfg.model, num_embeddings, len(label_names))
   target = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
   checkpoints = ckpt_lib.Checkpoints(run_dir, read_only=True)

@@ -300,6 +300,7 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
   from embedlab.core import variants  # noqa: PLC0415
   from embedlab.core.variants import contract  # noqa: PLC0415
   from embedlab.models import classifiers as models_lib  # noqa: PLC0415
+  from embedlab.run import model_args  # noqa: PLC0415
   from embedlab.run import steps as steps_lib  # noqa: PLC0415
 
   embed = setup.params["embed"]
@@ -329,7 +330,7 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
             f"{rows * features:,} weights ({embed['table'].dtype}, "
             f"{_human_bytes(contract.table_bytes(embed))}")
   else:
-    s = models_lib.table_summary(cfg.model, embed, data.num_embeddings)
+    s = models_lib.table_summary(model_args.make_embedder(cfg.model, data.num_embeddings), embed)
     head = (f"embedding embed ({s.kind}: {parts}, {next(iter(embed.values())).dtype}): "
             f"{s.num_embeddings:,} ids x {s.features:,} features in {s.weights:,} weights "
             f"({_human_bytes(s.bytes)}, {s.ratio:.1f}x smaller than a plain float32 table of "

@@ -43,10 +43,11 @@ import jax
 import numpy as np
 
 from embedlab import config as config_lib
-from embedlab.models import classifiers as models_lib
+from embedlab.core import names
+from embedlab.run import model_args
 
 # Slots per weight of the dense optax optimizers of ``embedlab.core.optim`` (adam: mu and nu).
-DENSE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2, "adagrad": 1}
+DENSE_SLOTS = names.DENSE_OPTIMIZERS  # optimizer slots per weight
 # The estimate leaves this share of the available memory for XLA's own buffers, fragmentation
 # and everything it does not count.
 HEADROOM = 0.8
@@ -79,7 +80,7 @@ def estimate_bytes(cfg: config_lib.Config, num_embeddings: int, num_classes: int
     >>> estimate_bytes(Config(), 1000, 2, 16)["table"]
     256000
   """
-  model = models_lib.make_model(cfg.model, int(num_embeddings), int(num_classes), oob="clip")
+  model = model_args.make_model(cfg.model, int(num_embeddings), int(num_classes), oob="clip")
   # shapes only: no key is made (a first JAX computation and a compilation)
   key = jax.eval_shape(jax.random.PRNGKey, 0)
   shapes = jax.eval_shape(model.init, key)

@@ -39,6 +39,7 @@ import time
 from typing import Any, Callable
 
 from embedlab import config as config_lib
+from embedlab.models import registry as models_registry
 from embedlab.run import steps as steps_lib
 from embedlab.run import train as train_lib
 
@@ -111,7 +112,7 @@ def search_space(cfg: config_lib.Config) -> dict[str, tuple]:
   space["model.features"] = ("choice", tuple(sorted({max(4, m.features // 4),
                                                      max(4, m.features // 2), m.features,
                                                      2 * m.features})))
-  if m.name == "bag":  # n-grams are hashed ids added to the bag; the sequence models read words
+  if models_registry.MODELS.spec(m.name).bags:  # n-grams are hashed ids added to the bag; the sequence models read words
     space["data.ngrams"] = ("int", 1, max(2, d.ngrams))
     buckets = d.num_buckets or 2_097_152
     space["data.num_buckets"] = ("choice", tuple(sorted({buckets // 8, buckets // 2, buckets})))
