@@ -52,10 +52,12 @@ already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row
 ``[V]`` array, True = trainable) name rows that never change: not their values, not their
 slots, no weight decay.
 
-A row whose change or optimizer state would not be finite (finite gradients overflowing, e.g.
-with a huge learning rate) is not written: it keeps its value and state, as the train step keeps
-every parameter when the loss or a gradient is not finite. (The ``rows`` strategy checks the
-change and the state, not their sum with the stored row, which it never reads.)
+A row whose gradient or new optimizer state would not be finite (finite gradients overflowing
+when squared, say) is not written: it keeps its value and state, as the train step keeps every
+parameter when the loss or a gradient is not finite. A weight whose new value would not be
+finite (a huge learning rate) keeps its value; the rest of its row moves. (Checking whole rows
+of new weights would evaluate the rule's direction a second time over the table:
+``apply_rule``.)
 
 Weight decay (all optimizers) is *decoupled* (AdamW-style) and *lazy*: a touched row moves by
 ``-lr * (step + weight_decay * row)``, an untouched row not at all, so a row's decay follows
@@ -420,8 +422,8 @@ def apply_rule(rule: Rule, grads: Array, slots: tuple[Array, ...], count: Array,
   ``i`` of ``grads``, of each slot and of ``table`` belong together; which table rows they
   are is the caller's business (it gathered them, and scatters the results back).
 
-  A row whose new state would not be finite (finite gradients overflowing, e.g. squared) keeps
-  its slots, and ``keep`` is False on it: the caller leaves its weights as they are. A weight
+  A row whose gradient or new state is not finite (finite gradients overflowing, e.g. squared)
+  keeps its slots, and ``keep`` is False on it: the caller leaves its weights as they are. A weight
   whose new value would not be finite is the caller's to keep (``isfinite`` of the change, or
   of the new weight, where it has the table); ``keep`` and that test fuse in one pass.
 
@@ -445,8 +447,8 @@ def apply_rule(rule: Rule, grads: Array, slots: tuple[Array, ...], count: Array,
   Returns:
     ``(change, keep, slots)``: ``change`` ``[N, D]`` = ``-lr * (direction + weight_decay *
     row)`` in ``grads``' (or ``table``'s) dtype, not masked; ``keep`` bool ``[N, D]``, True
-    where the row is touched and its new state finite; ``slots`` the new slot rows on those
-    rows, the old ones elsewhere.
+    where the row is touched and its gradient and new state finite; ``slots`` the new slot
+    rows on those rows, the old ones elsewhere.
 
   Example:
     >>> import jax.numpy as jnp
@@ -464,11 +466,11 @@ def apply_rule(rule: Rule, grads: Array, slots: tuple[Array, ...], count: Array,
   dtype = table.dtype if table is not None else grads.dtype
   grads = grads.astype(dtype)
   ok = jnp.ones((rows,), bool) if touched is None else touched
-  if slots:
-    # the state's check: its own pass over the slot arithmetic alone (cheap: no direction)
-    checked_grads, checked_slots = ((grads, slots) if not whole_table else
-                                    jax.lax.optimization_barrier((grads, slots)))
-    ok = ok & _finite_rows(*rule.slots(checked_grads, checked_slots))
+  # the rows' check: its own pass over the gradients and the slot arithmetic alone (cheap: no
+  # direction)
+  checked_grads, checked_slots = ((grads, slots) if not whole_table else
+                                  jax.lax.optimization_barrier((grads, slots)))
+  ok = ok & _finite_rows(checked_grads, *rule.slots(checked_grads, checked_slots))
   keep = jnp.broadcast_to(ok[:, None], grads.shape)
   if whole_table:  # one bool array the update passes read, not a broadcast in each of them
     keep = jax.lax.optimization_barrier(keep)
