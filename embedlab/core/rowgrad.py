@@ -455,49 +455,29 @@ def row_sparse(optimizer: sparse.SparseOptimizer) -> optax.GradientTransformatio
 
 
 def _update_rows(rule: sparse.Rule, learning_rate, weight_decay, g: RowGrad, state, table):
-  """One table's update: ``sparse._sparse_optimizer``'s arithmetic, returned as a change."""
+  """One table's update: ``embedlab.core.sparse.apply_rule`` on the ``RowGrad``'s rows,
+  returned as a change (zero where a weight or its row's state would not be finite)."""
   slots = tuple(state[1:])
   rows = slots[0].shape[0] if slots else g.num_rows
   if rows != g.num_rows:
     raise ValueError(f"row_sparse.update: a RowGrad of a {g.num_rows}-row table met the state "
                      f"of a {rows}-row table.")
   dtype = table.dtype if table is not None else g.rows.dtype
-  grads = g.rows.astype(dtype)
   lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-  lr = jnp.asarray(lr, dtype)
   count = state.count + 1
   ids = g.ids
-  in_range = ids < rows
-  if g.dense:
-    new_slots = rule.slots(grads, slots)
-    step = rule.direction(grads, new_slots, count)
-    if weight_decay:
-      step = step + weight_decay * table
+  if g.dense:  # the rows are the whole table's: no gather, no scatter
+    slot_rows, table_rows = slots, table
   else:
-    new_slots = rule.slots(grads, tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots))
-    step = rule.direction(grads, new_slots, count)
-    if weight_decay:
-      step = step + weight_decay * jnp.take(table, ids, axis=0, mode="clip")
-  change = ((-lr) * step).astype(dtype)
-  new_slots = tuple(r.astype(s.dtype) for s, r in zip(slots, new_slots))
-  # a row whose change or state would not be finite (finite gradients overflowing) is not
-  # written; the ids stay as they are (the same static data in and out)
-  ok = in_range & _finite_rows(change, *new_slots)
-  change = jnp.where(ok[:, None], change, 0).astype(dtype)
-  if g.dense:
-    def keep(new, old):
-      return jnp.where(ok.reshape((rows,) + (1,) * (old.ndim - 1)), new, old)
-    slots = tuple(keep(n, o) for n, o in zip(new_slots, slots))
+    slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
+    table_rows = None if table is None else jnp.take(table, ids, axis=0, mode="clip")
+  change, keep, slot_rows = sparse.apply_rule(
+      rule, g.rows.astype(dtype), slot_rows, count, jnp.asarray(lr, dtype), weight_decay,
+      table_rows if weight_decay else None, ids < rows, whole_table=g.dense)
+  # the ids stay as they are (the same static data in and out)
+  change = jnp.where(keep & jnp.isfinite(change), change, 0).astype(dtype)
+  if not g.dense:
+    slots = tuple(s.at[ids].set(r, mode="drop") for s, r in zip(slots, slot_rows))
   else:
-    write = jnp.where(ok, ids, rows)
-    slots = tuple(s.at[write].set(r, mode="drop") for s, r in zip(slots, new_slots))
+    slots = slot_rows
   return g.with_rows(change), type(state)(count, *slots)
-
-
-def _finite_rows(*arrays: Array) -> Array:
-  """bool ``[N]``: row ``i`` of every array (``[N, ...]``) is finite."""
-  ok = None
-  for a in arrays:
-    row = jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-    ok = row if ok is None else ok & row
-  return ok

@@ -52,10 +52,12 @@ already; ``-1`` can mark "no row"); ``skip_ids`` (e.g. the padding id) and ``row
 ``[V]`` array, True = trainable) name rows that never change: not their values, not their
 slots, no weight decay.
 
-A row whose change or optimizer state would not be finite (finite gradients overflowing, e.g.
-with a huge learning rate) is not written: it keeps its value and state, as the train step keeps
-every parameter when the loss or a gradient is not finite. (The ``rows`` strategy checks the
-change and the state, not their sum with the stored row, which it never reads.)
+A row whose gradient or new optimizer state would not be finite (finite gradients overflowing
+when squared, say) is not written: it keeps its value and state, as the train step keeps every
+parameter when the loss or a gradient is not finite. A weight whose new value would not be
+finite (a huge learning rate) keeps its value; the rest of its row moves. (Checking whole rows
+of new weights would evaluate the rule's direction a second time over the table:
+``apply_rule``.)
 
 Weight decay (all optimizers) is *decoupled* (AdamW-style) and *lazy*: a touched row moves by
 ``-lr * (step + weight_decay * row)``, an untouched row not at all, so a row's decay follows
@@ -360,21 +362,18 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
       return table, state_type(count, *slots)
     if not unique:
       ids, grads = sum_duplicates(ids, grads, rows)
-    old_slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
-    new_slot_rows = rule.slots(grads, old_slot_rows)
-    step = rule.direction(grads, new_slot_rows, count)
-    if weight_decay:
-      step = step + weight_decay * jnp.take(table, ids, axis=0, mode="clip")
+    slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
+    table_rows = jnp.take(table, ids, axis=0, mode="clip") if weight_decay else None
+    change, keep, slot_rows = apply_rule(rule, grads, slot_rows, count, lr, weight_decay,
+                                         table_rows)
     # -lr * step scatter-added into the rows (distinct here; V and beyond dropped): one random
     # read of the table fewer than gathering the rows and setting w - lr * step, with the same
-    # sum up to the rounding of a multiply-add that XLA may fuse in one and not the other
-    change = ((-lr) * step).astype(table.dtype)
-    new_slot_rows = tuple(r.astype(s.dtype) for s, r in zip(slots, new_slot_rows))
-    # a row whose change or state would not be finite (finite gradients overflowing with a huge
-    # learning rate) is not written: its id goes out of range, which the scatters drop
-    ids = jnp.where(_finite_rows(change, *new_slot_rows), ids, rows)
+    # sum up to the rounding of a multiply-add that XLA may fuse in one and not the other. A
+    # weight whose change would not be finite gets none; a row whose state would not be
+    # finite gets its old slot rows back
+    change = jnp.where(keep & jnp.isfinite(change), change, 0)
     table = table.at[ids].add(change, mode="drop")
-    slots = tuple(s.at[ids].set(r, mode="drop") for s, r in zip(slots, new_slot_rows))
+    slots = tuple(s.at[ids].set(r, mode="drop") for s, r in zip(slots, slot_rows))
     return table, state_type(count, *slots)
 
   return SparseOptimizer(init, update, rule=rule, learning_rate=learning_rate,
@@ -385,14 +384,11 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
   """The ``dense`` strategy: the rule on every row, the untouched rows kept as they were.
 
   Duplicate ids are summed by the scatter-add in the order of ``ids`` (as ``sum_duplicates``),
-  so the numbers are the ``rows`` strategy's. Two passes over the table and its slots:
-
-    1. the check: the new rows computed and tested for finiteness (``_finite_rows``), nothing
-       written; it reads its own copy of the inputs (``optimization_barrier``), so XLA keeps
-       it in one fusion of its own instead of storing new slots for the second pass to read;
-    2. the update: each slot set to its new value on the rows that passed (``where``), the
-       table's step computed from the slots as written, so no array is read after it has
-       been overwritten and XLA updates every array in place, without copies.
+  so the numbers are the ``rows`` strategy's. When ``ids`` are ``localize``'s ``"table"``
+  row ids (each row's own id or ``V``, found at run time), the gradients are taken as they
+  are: no zeroed ``[V, D]`` array, no scatter (a ``lax.cond``; ``embedlab.row_sparse`` knows
+  it from the ``RowGrad`` and needs none). The rows are then updated by ``apply_rule``'s
+  masked passes, in place.
   """
   rows = table.shape[0]
 
@@ -409,28 +405,86 @@ def _dense_update(table, slots, ids, grads, rule, count, lr, weight_decay):
     grads_VxD, touched_V = jax.lax.cond(in_place, lambda: (grads, own), scattered)
   else:
     grads_VxD, touched_V = scattered()
+  change, keep, slots = apply_rule(rule, grads_VxD, slots, count, lr, weight_decay,
+                                   table if weight_decay else None, touched_V,
+                                   whole_table=True)
+  new = table + change
+  return jnp.where(keep & jnp.isfinite(new), new, table), slots
 
-  def new_slots_of(slots, grads_VxD):
-    return tuple(n.astype(o.dtype) for n, o in zip(rule.slots(grads_VxD, slots), slots))
 
-  def new_table_of(table, new_slots, grads_VxD):
-    step = rule.direction(grads_VxD, new_slots, count)
-    if weight_decay:
-      step = step + weight_decay * table
-    return table + ((-lr) * step).astype(table.dtype)
+def apply_rule(rule: Rule, grads: Array, slots: tuple[Array, ...], count: Array,
+               learning_rate: Array, weight_decay: float = 0.0, table: Array | None = None,
+               touched: Array | None = None, *,
+               whole_table: bool = False) -> tuple[Array, Array, tuple[Array, ...]]:
+  """One step of an optimizer's rule on rows: the change of each weight and the new slots.
 
-  # 1. a row whose new state or value would not be finite (finite gradients overflowing)
-  # keeps its old ones
-  table_c, slots_c, grads_c = jax.lax.optimization_barrier((table, slots, grads_VxD))
-  new_slots_c = new_slots_of(slots_c, grads_c)
-  ok_V = touched_V & _finite_rows(new_table_of(table_c, new_slots_c, grads_c), *new_slots_c)
+  The arithmetic every driver of a ``Rule`` shares: the optimizers' ``update`` (on the touched
+  rows gathered, or on the whole table) and ``embedlab.row_sparse`` (on a ``RowGrad``). Row
+  ``i`` of ``grads``, of each slot and of ``table`` belong together; which table rows they
+  are is the caller's business (it gathered them, and scatters the results back).
 
-  # 2. the same arithmetic, written in place on the rows that passed
-  def keep(new, old):
-    return jnp.where(ok_V.reshape((rows,) + (1,) * (old.ndim - 1)), new, old)
+  A row whose gradient or new state is not finite (finite gradients overflowing, e.g. squared)
+  keeps its slots, and ``keep`` is False on it: the caller leaves its weights as they are. A weight
+  whose new value would not be finite is the caller's to keep (``isfinite`` of the change, or
+  of the new weight, where it has the table); ``keep`` and that test fuse in one pass.
 
-  slots = tuple(keep(n, o) for n, o in zip(new_slots_of(slots, grads_VxD), slots))
-  return keep(new_table_of(table, slots, grads_VxD), table), slots
+  Args:
+    rule: the optimizer's ``Rule`` (``SparseOptimizer.rule``).
+    grads: ``[N, D]`` gradient rows.
+    slots: the optimizer's slot rows, each ``[N, ...]``.
+    count: the update count, this update included.
+    learning_rate: the learning rate, a scalar array of the table's dtype.
+    weight_decay: decoupled: the step is ``-lr * (direction + weight_decay * row)``.
+    table: ``[N, D]`` table rows; needed only with weight decay.
+    touched: bool ``[N]``, the rows to update (None: all); the others keep their slots.
+    whole_table: the rows are a whole table (``N = V``, most of them touched): the state is
+      then checked in a pass of its own that writes only a row mask (its inputs behind an
+      ``optimization_barrier``, so XLA does not store new slots for the next pass to read), and
+      the slots are written in place before the step reads them, so no array is read after
+      it has been overwritten and XLA copies none. XLA:CPU cannot reduce a row and use the
+      result in one fusion: checking each row's new weights too would evaluate the rule's
+      direction twice (``benchmarks/step_scaling.py`` at 2^14 rows).
+
+  Returns:
+    ``(change, keep, slots)``: ``change`` ``[N, D]`` = ``-lr * (direction + weight_decay *
+    row)`` in ``grads``' (or ``table``'s) dtype, not masked; ``keep`` bool ``[N, D]``, True
+    where the row is touched and its gradient and new state finite; ``slots`` the new slot
+    rows on those rows, the old ones elsewhere.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from embedlab.core.sparse import apply_rule, sparse_rowwise_adagrad
+    >>> rule = sparse_rowwise_adagrad(1.0).rule
+    >>> grads = jnp.array([[3.0, 4.0], [1e30, 0.0]])  # row 1's mean square overflows
+    >>> change, keep, (acc,) = apply_rule(rule, grads, (jnp.zeros(2),), jnp.array(1),
+    ...                                   jnp.array(1.0))
+    >>> keep[:, 0].tolist(), acc.tolist()
+    ([True, False], [12.5, 0.0])
+    >>> [round(x, 3) for x in change[0].tolist()]
+    [-0.849, -1.131]
+  """
+  rows = grads.shape[0]
+  dtype = table.dtype if table is not None else grads.dtype
+  grads = grads.astype(dtype)
+  ok = jnp.ones((rows,), bool) if touched is None else touched
+  # the rows' check: its own pass over the gradients and the slot arithmetic alone (cheap: no
+  # direction)
+  checked_grads, checked_slots = ((grads, slots) if not whole_table else
+                                  jax.lax.optimization_barrier((grads, slots)))
+  ok = ok & _finite_rows(checked_grads, *rule.slots(checked_grads, checked_slots))
+  keep = jnp.broadcast_to(ok[:, None], grads.shape)
+  if whole_table:  # one bool array the update passes read, not a broadcast in each of them
+    keep = jax.lax.optimization_barrier(keep)
+
+  def kept(new, old):
+    return jnp.where(keep if old.ndim == 2 else ok.reshape((rows,) + (1,) * (old.ndim - 1)),
+                     new.astype(old.dtype), old)
+
+  slots = tuple(kept(n, o) for n, o in zip(rule.slots(grads, slots), slots))
+  step = rule.direction(grads, slots, count)
+  if weight_decay:
+    step = step + weight_decay * table
+  return ((-learning_rate) * step).astype(dtype), keep, slots
 
 
 def _finite_rows(*arrays: Array) -> Array:
@@ -513,7 +567,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
     ids, grads = _kept("sparse_sgd", "add", table, ids, row_grads, row_mask, skip_ids)
     lr = _learning_rate(learning_rate, state.count, table.dtype)
     change = (-lr) * grads
-    ids = jnp.where(_finite_rows(change), ids, table.shape[0])  # an overflow is not written
+    change = jnp.where(jnp.isfinite(change), change, 0)  # an overflow is not written
     return table.at[ids].add(change, mode="drop"), SparseSgdState(state.count + 1)
 
   opt = _sparse_optimizer("sparse_sgd", learning_rate, lambda table: (), rule, SparseSgdState,
