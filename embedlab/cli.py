@@ -282,10 +282,13 @@ def _predict(args) -> int:
   from embedlab.run import loaded  # noqa: PLC0415
 
   texts = list(args.texts)
-  source = args.file or (None if texts or sys.stdin is None or sys.stdin.isatty() else "-")
-  if source:
-    stream = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
-    with stream:
+  piped = (not texts and sys.stdin is not None and not sys.stdin.closed
+           and not sys.stdin.isatty())  # no texts given: read them from a pipe or file
+  source = args.file or ("-" if piped else None)
+  if source == "-":
+    texts += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+  elif source:
+    with open(source, encoding="utf-8") as stream:
       texts += [line.rstrip("\r\n") for line in stream if line.strip()]
   if not texts:
     raise ValueError("predict: no texts; give them as arguments or with --file PATH (- for "

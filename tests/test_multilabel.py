@@ -239,9 +239,13 @@ def _config(d, *extra):
 def test_a_multilabel_run_learns_in_every_step_kind(data_dir, tmp_path, tables):
   lr = {"dense": "optim.learning_rate=0.05", "sparse_adagrad": "optim.learning_rate=0.3",
         "sparse_sgd": "optim.learning_rate=2.0"}[tables]
-  extra = [f"optim.tables={tables}", lr] + (["optim.name=sgd"] if tables == "sparse_sgd" else [])
+  extra = [f"optim.tables={tables}", lr]
+  if tables == "sparse_sgd":  # the scatter-add step, on ragged batches, 4 steps a dispatch
+    extra += ["optim.name=sgd", "train.ragged_batches=true", "train.steps_per_dispatch=4"]
   cfg = _config(data_dir, *extra)
   results = train.train(cfg, tmp_path / "run", echo=lambda *_: None)
+  assert results["table_update_path"] == {"dense": "dense", "sparse_adagrad": "dedup",
+                                          "sparse_sgd": "scatter_add"}[tables]
   # chance: the top label is one of the row's 1.5 labels of 4 in 0.375 of rows
   assert results["test_precision_at_1"] == results["test_accuracy"] > 0.9
   assert results["test_recall_at_2"] > 0.9 and results["dev_precision_at_1"] > 0.9
