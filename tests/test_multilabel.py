@@ -134,6 +134,10 @@ def test_a_dev_label_unknown_to_train_is_named(tmp_path):
                    multilabel=True)
   with pytest.raises(DataError, match=r"d\.txt, row 2 \(line 2\): label 'c' does not occur"):
     load_splits(cfg, 0)
+  import dataclasses
+  splits, _ = load_splits(dataclasses.replace(cfg, skip_bad_rows=True), 0)
+  np.testing.assert_array_equal(splits["dev"].labels, [[1, 0]])
+  assert splits["dev"].skipped == 1
 
 
 def test_integer_labels_are_compared_as_integers_in_lists(tmp_path):
