@@ -4,7 +4,7 @@
   embedlab config EXPERIMENT [--set K=V ...]
   embedlab tune EXPERIMENT --budget SECONDS [--metric dev_accuracy|dev_loss] [--workdir DIR]
   embedlab eval RUN_DIR [--split test] [--quantize int8|int4|int2]
-  embedlab predict RUN_DIR TEXT...
+  embedlab predict RUN_DIR [TEXT...] [--file PATH|-] [--k K] [--threshold T]
   embedlab summary EXPERIMENT [--set K=V ...]
   embedlab compare RUN_DIR... [--plots DIR]
   embedlab inspect RUN_DIR [--word W ...] [--analogy A B C] [-k K] [--plots [DIR]]
@@ -105,13 +105,15 @@ def _parser() -> argparse.ArgumentParser:
 
   pr = sub.add_parser("predict", help="classify texts with a run's best checkpoint",
                       description="Classify texts with a run's best checkpoint: one JSON line a "
-                      "text, with the label and its probability.")
+                      "text, with its most probable labels and their probabilities (a softmax "
+                      "over the classes, or for a multi-label run each label's sigmoid). Texts "
+                      "come from the arguments, --file, or standard input when neither is given.")
   pr.add_argument("run_dir", help="a run directory (runs/<experiment>)")
   pr.add_argument("texts", nargs="*", help="the texts, each one argument (quote it)")
   pr.add_argument("--file", metavar="PATH", help="also classify each line of PATH ('-' reads "
-                  "standard input)")
-  pr.add_argument("-k", type=int, default=1, help="labels per text, most probable first "
-                  "(default 1)")
+                  "standard input, as does giving no texts at all)")
+  pr.add_argument("-k", "--k", type=int, default=1, help="labels per text, most probable "
+                  "first (default 1)")
   pr.add_argument("--threshold", type=float, default=0.0,
                   help="leave out labels less probable than this (default 0)")
 
@@ -280,9 +282,13 @@ def _predict(args) -> int:
   from embedlab.run import loaded  # noqa: PLC0415
 
   texts = list(args.texts)
-  if args.file:
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-    with stream:
+  piped = (not texts and sys.stdin is not None and not sys.stdin.closed
+           and not sys.stdin.isatty())  # no texts given: read them from a pipe or file
+  source = args.file or ("-" if piped else None)
+  if source == "-":
+    texts += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+  elif source:
+    with open(source, encoding="utf-8") as stream:
       texts += [line.rstrip("\r\n") for line in stream if line.strip()]
   if not texts:
     raise ValueError("predict: no texts; give them as arguments or with --file PATH (- for "

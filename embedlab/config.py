@@ -103,6 +103,9 @@ class TrainConfig:
   checkpoint_every: int = 0
   keep_checkpoints: int = 2
   eval_batch_size: int = 512
+  # multi-label data (data.multilabel): evaluation reports precision and recall at 1 and at
+  # this k (fastText's `test FILE k`), micro-averaged as fastText's
+  eval_k: int = 1
   steps_per_dispatch: int = 1
   skip_nonfinite: bool = False
   progress: bool = True
@@ -156,7 +159,7 @@ class Config:
 _CHOICES = {
     "data.source": ("synthetic", "files", "disk", "hub"),
     "model.name": models.MODELS.names,
-    "data.format": ("auto", "csv", "tsv", "json", "parquet"),
+    "data.format": ("auto", "csv", "tsv", "json", "parquet", "fasttext"),
     "model.init": ("normal", "uniform", "truncated_normal", "xavier_uniform", "xavier_normal",
                    "glorot_uniform", "glorot_normal", "lecun_normal", "lecun_uniform",
                    "he_normal", "he_uniform", "zeros"),
@@ -178,8 +181,8 @@ _CHOICES = {
 _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
              "model.num_filters", "model.lstm_hidden", "model.table_hashes", "train.batch_size",
              "train.eval_every", "train.log_every", "train.keep_checkpoints",
-             "train.eval_batch_size", "train.steps_per_dispatch", "data.synthetic_topics",
-             "data.synthetic_words_per_topic", "data.synthetic_train_size",
+             "train.eval_batch_size", "train.eval_k", "train.steps_per_dispatch",
+             "data.synthetic_topics", "data.synthetic_words_per_topic", "data.synthetic_train_size",
              "data.synthetic_eval_size", "data.synthetic_length")
 _NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "data.workers",
                  "model.hidden",
@@ -248,6 +251,11 @@ def validate(cfg: Config) -> Config:
     raise ConfigError("config: data.prune_buckets prunes hashed n-gram buckets, but "
                       f"data.ngrams = {cfg.data.ngrams} hashes none; set data.ngrams=2 or "
                       "data.prune_buckets=false.")
+  for key in ("label_prefix", "label_separator"):
+    if not getattr(cfg.data, key).strip():
+      raise ConfigError(f"config: data.{key} = {getattr(cfg.data, key)!r} must hold a "
+                        f"character that is not a space, e.g. "
+                        f"--set data.{key}={getattr(DataConfig(), key)} (the default).")
   if cfg.data.source == "files" and not cfg.data.train:
     raise ConfigError("config: data.source = 'files' needs data.train (a file under the data "
                       "directory, e.g. sst2/train.tsv.gz).")

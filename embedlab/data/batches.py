@@ -165,11 +165,11 @@ def eval_batches(ids: np.ndarray, labels: np.ndarray,
 
   Args:
     ids: int32 ``[N, L]``.
-    labels: int32 ``[N]``.
+    labels: int32 ``[N]``, or multi-hot float32 ``[N, C]``.
     batch_size: rows per batch (every batch has exactly this many).
 
   Yields:
-    ``(ids [B, L], labels [B], mask float32 [B])``, mask 1 for real rows.
+    ``(ids [B, L], labels [B] (or [B, C]), mask float32 [B])``, mask 1 for real rows.
 
   Example:
     >>> batches = list(eval_batches(np.ones((3, 2), np.int32), np.arange(3), 2))
@@ -187,5 +187,6 @@ def eval_batches(ids: np.ndarray, labels: np.ndarray,
     mask[:real] = 1.0
     if real < batch_size:
       ids_b = np.concatenate([ids_b, np.zeros((batch_size - real,) + ids.shape[1:], ids.dtype)])
-      labels_b = np.concatenate([labels_b, np.zeros(batch_size - real, labels.dtype)])
+      labels_b = np.concatenate([labels_b, np.zeros((batch_size - real,) + labels.shape[1:],
+                                                    labels.dtype)])
     yield ids_b, labels_b, mask

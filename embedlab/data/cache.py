@@ -49,7 +49,8 @@ class EncodedData:
   Attributes:
     train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams]``; ``dev_ids`` is None only for
       data with neither dev nor test, ``test_ids`` when there is no test split.
-    train_labels, dev_labels, test_labels: int32 ``[N]`` (None with the ids).
+    train_labels, dev_labels, test_labels: int32 ``[N]``, or with ``data.multilabel`` multi-hot
+      float32 ``[N, num_classes]`` (None with the ids).
     vocab: the vocabulary, built on train.
     label_names: class names; label id i is ``label_names[i]``.
     num_embeddings: rows the embedding table needs: ``table_rows(cfg, len(vocab), kept_buckets)``.

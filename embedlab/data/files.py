@@ -1,5 +1,5 @@
-r"""Local data files: csv, tsv, JSON lines and parquet (each optionally gzipped), one example a
-row, checked line by line.
+r"""Local data files: csv, tsv, JSON lines, fastText's text format and parquet (each optionally
+gzipped), one example a row, checked line by line.
 
 Text files are read here with the standard library, in the pass that checks them: Python's
 ``csv`` module for csv (a quoted field may hold commas, newlines and doubled quotes), a split at
@@ -15,6 +15,15 @@ line ``\r`` is whitespace between values and must be escaped in strings. Bytes t
 UTF-8, a row whose field count differs from the header's, a quote never closed and a line that
 is not a JSON object are bad rows too; the rows themselves are then checked by
 ``embedlab.data.rows.check_rows``.
+
+fastText's format (``data.format=fasttext``; found by ``auto`` for ``.ft`` files, and for
+``.txt`` files whose first line starts with the label prefix): one example a line, its labels
+the leading whitespace-separated tokens that start with ``data.label_prefix`` (``__label__``,
+fastText's ``-label``), the prefix dropped; the text is the rest of the line. A line without a
+label is a bad row; a blank line is skipped. Unlike fastText, which takes a prefixed token
+anywhere in the line for a label, one after the first word of text stays text. Several labels
+a line need ``data.multilabel``. In csv / tsv a multi-label row's labels are one field split at
+``data.label_separator`` (``pos|funny``), in JSON lines a JSON list (``["pos", "funny"]``).
 
 Example:
   >>> import pathlib, tempfile
@@ -33,13 +42,15 @@ import gzip
 import json
 import logging
 import pathlib
+import re
 
 from embedlab.data import paths
 from embedlab.data.options import DataConfig
 from embedlab.data.rows import DataError, RawSplit, check_columns, check_rows
 
 _SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json",
-                   ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
+                   ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet", ".ft": "fasttext"}
+_TOKEN = re.compile(r"\s*(\S+)")
 
 log = logging.getLogger("embedlab")
 
@@ -60,18 +71,33 @@ def read_split(cfg: DataConfig, split: str) -> RawSplit:
   return read_file(paths.resolve(getattr(cfg, split)), cfg, split)
 
 
-def _file_format(path: pathlib.Path, fmt: str) -> str:
+def _file_format(path: pathlib.Path, fmt: str, prefix: str = "__label__") -> str:
   if fmt != "auto":
     return fmt
   suffixes = [s.lower() for s in path.suffixes]
   if suffixes and suffixes[-1] == ".gz":
     suffixes = suffixes[:-1]
   found = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+  if found is None and suffixes and suffixes[-1] == ".txt" and _starts_with(path, prefix):
+    found = "fasttext"
   if found is None:
     raise DataError(f"data: cannot tell the format of {path} from its name (known endings: "
-                    f"{', '.join(sorted(_SUFFIX_FORMATS))}, optionally + .gz); set "
-                    "data.format=csv|tsv|json|parquet.")
+                    f"{', '.join(sorted(_SUFFIX_FORMATS))}, optionally + .gz; a .txt file whose "
+                    f"first line starts with {prefix!r} is fastText's); set "
+                    "data.format=csv|tsv|json|parquet|fasttext.")
   return found
+
+
+def _starts_with(path: pathlib.Path, prefix: str) -> bool:
+  """Whether the first non-blank line of ``path`` (gzipped when named ``.gz``) starts with
+  ``prefix``; reads its first 64 KiB only."""
+  try:
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as f:
+      head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff")
+  except (OSError, EOFError):
+    return False  # reading the file reports it
+  return head.lstrip().startswith(prefix)
 
 
 def read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> RawSplit:
@@ -94,10 +120,13 @@ def read_file(path: pathlib.Path, cfg: DataConfig, split: str) -> RawSplit:
     where = (paths.where_data_was_looked_for(given)
              if not pathlib.Path(given).expanduser().is_absolute() else "the path is absolute")
     raise DataError(f"data: data.{split} = {given!r}: file {path} not found ({where}).")
-  fmt = _file_format(path, cfg.format)
+  fmt = _file_format(path, cfg.format, cfg.label_prefix)
   if fmt == "parquet":
     return _read_parquet(path, cfg)
   columns, records, lines, skipped = _read_text_rows(path, fmt, cfg)
+  if fmt == "fasttext":
+    return check_rows([text for _, text in records], [labels for labels, _ in records], cfg,
+                      str(path), skipped=skipped, lines=lines)
   check_columns(columns, cfg, str(path))
   if fmt == "json":
     texts = [r.get(cfg.text_column) for r in records]
@@ -114,7 +143,7 @@ def import_readers(cfg: DataConfig) -> None:
   for parquet files), so processes forked afterwards share it instead of each importing it."""
   for split in split_names(cfg):
     try:
-      fmt = _file_format(paths.resolve(getattr(cfg, split)), cfg.format)
+      fmt = _file_format(paths.resolve(getattr(cfg, split)), cfg.format, cfg.label_prefix)
     except DataError:
       continue  # reading the file reports it
     if fmt == "parquet":
@@ -181,6 +210,9 @@ def _read_text_rows(path: pathlib.Path, fmt: str, cfg: DataConfig):
     DataError: naming the file, the first bad line, what is wrong and the fix.
   """
   raw = _read_bytes(path)
+  if not raw.strip() and fmt == "fasttext":
+    raise DataError(f"data: {path} is empty; expected fastText lines ({cfg.label_prefix}NAME "
+                    "then the text).")
   if not raw.strip():
     raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
                     f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
@@ -199,6 +231,9 @@ def _read_text_rows(path: pathlib.Path, fmt: str, cfg: DataConfig):
     texts[0] = texts[0][1:]
   if fmt == "json":
     columns, records, rows = _json_rows(texts, bad)
+    bad_lines = {i: {i} for i in bad}
+  elif fmt == "fasttext":
+    columns, records, rows = _fasttext_rows(texts, bad, cfg.label_prefix)
     bad_lines = {i: {i} for i in bad}
   elif fmt == "tsv":
     columns, records, rows, bad_lines = _tsv_rows(texts, bad)
@@ -248,6 +283,36 @@ def _json_rows(texts: list[str], bad: dict[int, str]):
       bad[i] = "each line must hold one JSON object"
   columns = list(dict.fromkeys(key for record in records for key in record)) if records else None
   return columns, records, rows
+
+
+def _fasttext_rows(texts: list[str], bad: dict[int, str], prefix: str):
+  """``(columns, records, start line of each)`` of a fastText file split into lines, a record
+  being ``(labels, text)`` (labels without the prefix); fills ``bad`` with the lines that hold
+  no label. Blank lines are skipped; ``columns`` is ``["label", "text"]``.
+
+  Example:
+    >>> bad = {}
+    >>> _fasttext_rows(["__label__a __label__b  a fine film ", "", "no label"], bad, "__label__")
+    (['label', 'text'], [(['a', 'b'], 'a fine film')], [1])
+    >>> bad[3][:8]
+    'no label'
+  """
+  records, rows = [], []
+  for i, line in enumerate(texts, 1):
+    if not line.strip() or i in bad:
+      continue
+    labels, pos = [], 0
+    while (m := _TOKEN.match(line, pos)) and m.group(1).startswith(prefix):
+      labels.append(m.group(1)[len(prefix):])
+      pos = m.end()
+    if not labels:
+      bad[i] = (f"no label: a fastText line starts with its label(s), {prefix}NAME, then the "
+                f"text (this one starts {line.strip()[:40]!r}); add the label, or set "
+                "data.label_prefix to the prefix the file uses")
+      continue
+    records.append((labels, line[pos:].strip()))
+    rows.append(i)
+  return ["label", "text"], records, rows
 
 
 def _tsv_rows(texts: list[str], bad: dict[int, str]):

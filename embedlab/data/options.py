@@ -24,6 +24,14 @@ class DataConfig:
   (``embedlab.data.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
   in train: each gets a row of its own and every other bucket shares one last row that training
   never updates (``embedlab.data.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
+
+  ``format="fasttext"`` reads fastText's own input files, one example a line: leading tokens
+  that start with ``label_prefix`` (fastText's ``-label``, ``__label__``) are the labels, the
+  rest of the line the text (``embedlab.data.files``). ``multilabel`` reads several labels a row
+  (fastText lines with several labels; a JSON list in jsonl; the label field split at
+  ``label_separator`` in csv / tsv) as a multi-hot ``float32[N, num_classes]`` label array, and
+  trains one sigmoid per label (fastText's ``-loss ova``); without it a row must hold exactly
+  one label, and several are a bad row.
   """
 
   source: str = "synthetic"
@@ -34,6 +42,9 @@ class DataConfig:
   format: str = "auto"
   text_column: str = "text"
   label_column: str = "label"
+  multilabel: bool = False
+  label_prefix: str = "__label__"
+  label_separator: str = "|"
   dev_fraction: float = 0.0
   max_examples: int = 0
   skip_bad_rows: bool = False

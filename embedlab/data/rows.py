@@ -4,7 +4,11 @@ checks every source applies to the rows it reads.
 A row with a missing or empty label, a ``NaN`` / ``inf`` label (in any case or sign), a missing
 text or a text over ``MAX_TEXT_CHARS`` is a bad row, named by source, row and file line: an
 error, or with ``data.skip_bad_rows`` skipped and counted. An empty text is kept (it encodes to
-padding only) with a warning, or skipped with ``skip_bad_rows``.
+padding only) with a warning, or skipped with ``skip_bad_rows``. A row's label may be a list
+(a JSON list in jsonl, the labels of a fastText line): single-label data takes a list of one,
+and a list of several is a bad row; with ``data.multilabel`` each label becomes a tuple of
+distinct labels (a csv / tsv field split at ``data.label_separator``), and an empty label in it
+(``a||b``) is a bad row.
 
 Example:
   >>> from embedlab.data.options import DataConfig
@@ -45,7 +49,8 @@ class Split:
 
   Attributes:
     texts: the raw texts.
-    labels: int32 ``[N]`` label ids (indices into ``label_names``).
+    labels: int32 ``[N]`` label ids (indices into ``label_names``), or for multi-label data
+      (``data.multilabel``) float32 ``[N, num_classes]``, 1 where the row has the label.
     source: where it came from (a file path, a directory and split name, ...).
     skipped: rows skipped as malformed (only with ``skip_bad_rows``).
   """
@@ -122,26 +127,26 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
   if len(texts) == 0:
     raise DataError(f"data: {source} has no rows.")
   names = label_names
-  if names is None:
-    labels = [None if l is None else str(l).strip() for l in labels]
-    labels = [l if l else None for l in labels]
-  else:
-    labels = [names[l] if l is not None and 0 <= l < len(names) else None for l in labels]
+  problems: dict[int, str] = {}  # row -> what is wrong with its label
+  labels = [_label_of(l, names, cfg, problems, i) for i, l in enumerate(labels)]
   texts = list(texts)
   at = RawSplit([], [], source, lines=lines).where
   bad = [i for i, (t, l) in enumerate(zip(texts, labels))
-         if l is None or t is None or l.lower() in _NOT_A_NUMBER]
+         if l is None or t is None or i in problems]
   if bad and allow_unlabelled and len(bad) == len(labels):
     return RawSplit([], [], source + " (unlabelled)", 0, names)
   if bad and not cfg.skip_bad_rows:
     i = bad[0]
-    what = ("missing label" if labels[i] is None else "missing text" if texts[i] is None else
-            "a label that is not a number (NaN / inf) nor a class name")
+    what = (problems[i] if i in problems else "missing label" if labels[i] is None else
+            "missing text")
     where = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
     raise DataError(f"data: {source}, row {i + 1}: {what}{where} ({cfg.label_column!r} "
                     f"= {labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
-                    "a missing, NaN or infinite label or a missing text. Fix them, or set "
-                    "data.skip_bad_rows=true to skip such rows (they are counted).")
+                    "a missing, NaN or infinite label or a missing text"
+                    + (" or a bad label list" if cfg.multilabel else
+                       " or several labels (multi-label data needs data.multilabel=true)")
+                    + ". Fix them, or set data.skip_bad_rows=true to skip such rows (they are "
+                    "counted).")
   texts = [t if isinstance(t, str) or t is None else str(t) for t in texts]
   long = [i for i, t in enumerate(texts) if t is not None and len(t) > MAX_TEXT_CHARS]
   if long and not cfg.skip_bad_rows:
@@ -167,3 +172,50 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
     labels = [l for i, l in enumerate(labels) if i not in drop]
     lines = None if lines is None else [n for i, n in enumerate(lines) if i not in drop]
   return RawSplit(texts, labels, source, skipped + len(drop), names, lines)
+
+
+_NAN_REASON = "a label that is not a number (NaN / inf) nor a class name"
+
+
+def _label_of(value: Any, names: tuple[str, ...] | None, cfg: DataConfig,
+              problems: dict[int, str], row: int):
+  """Row ``row``'s label as ``check_rows`` keeps it: a string, or with ``cfg.multilabel`` a tuple
+  of distinct strings in the order met; None when missing. A label that cannot be used has its
+  reason put in ``problems[row]``.
+
+  Example:
+    >>> problems = {}
+    >>> _label_of(" a| b|a", None, DataConfig(multilabel=True), problems, 0), problems
+    (('a', 'b'), {})
+    >>> _label_of(["a", "b"], None, DataConfig(), problems, 1), problems[1][:13]
+    (['a', 'b'], '2 labels (a l')
+  """
+  if isinstance(value, (list, tuple)):
+    parts = list(value)
+  elif value is None:
+    return None
+  elif cfg.multilabel and names is None:
+    parts = str(value).split(cfg.label_separator)
+  else:
+    parts = [value]
+  if names is None:
+    parts = [None if p is None else str(p).strip() for p in parts]
+  else:
+    parts = [names[p] if p is not None and 0 <= p < len(names) else None for p in parts]
+  if not parts or all(not p for p in parts):
+    return None
+  if not cfg.multilabel:
+    if len(parts) > 1:
+      problems[row] = (f"{len(parts)} labels (a list); a row of single-label data holds one. "
+                       "For multi-label data set data.multilabel=true")
+      return value
+    label = parts[0]
+    if label.lower() in _NOT_A_NUMBER:
+      problems[row] = _NAN_REASON
+    return label
+  if any(not p for p in parts):
+    problems[row] = (f"an empty label in the label list {value!r} (labels are separated by "
+                     f"{cfg.label_separator!r} in csv / tsv, a JSON list in jsonl)")
+  elif any(p.lower() in _NOT_A_NUMBER for p in parts):
+    problems[row] = _NAN_REASON
+  return tuple(dict.fromkeys(parts))

@@ -13,6 +13,11 @@ integer among them (``1`` and ``01`` beside ``pos``) are an error naming file an
 missing or empty label, and ``NaN`` / ``inf`` in any case or sign, are bad rows named by file
 and line (``embedlab.data.rows``). A ``ClassLabel`` feature (disk / hub data) keeps its own
 names.
+
+Multi-label data (``data.multilabel``): each row's labels are a tuple; the rule above applies to
+the labels one by one, label names are every label of train, and a split's labels are a
+multi-hot ``float32[N, num_classes]`` array (1 where the row has the label). Synthetic data's
+single labels become one-hot rows.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[dict[str, Split], tuple[str
   if cfg.source == "synthetic":
     splits = synthetic.synthetic_splits(cfg, seed)
     names = tuple(str(t) for t in range(cfg.synthetic_topics))
+    if cfg.multilabel:
+      eye = np.eye(len(names), dtype=np.float32)
+      splits = {k: dataclasses.replace(s, labels=eye[s.labels]) for k, s in splits.items()}
     return finish_splits(splits, cfg, seed), names
   return assemble_splits(_load_raw(cfg), cfg, seed)
 
@@ -82,9 +90,10 @@ def assemble_splits(raw: dict[str, RawSplit], cfg: DataConfig,
     >>> splits["train"].labels.tolist(), names
     ([1, 1, 0], ('0', '1'))
   """
-  _normalise_labels(raw)
-  names = _label_names(raw["train"])
-  splits = {name: _to_split(r, names, cfg.skip_bad_rows) for name, r in raw.items()}
+  _normalise_labels(raw, cfg.multilabel)
+  names = _label_names(raw["train"], cfg.multilabel)
+  splits = {name: _to_split(r, names, cfg.skip_bad_rows, cfg.multilabel)
+            for name, r in raw.items()}
   return finish_splits(splits, cfg, seed), names
 
 
@@ -124,15 +133,17 @@ def _canonical_integer(label: str) -> str | None:
   return str(int(label.split(".")[0]))
 
 
-def _normalise_labels(raw: dict[str, RawSplit]) -> None:
-  """Applies the label rule of the module docstring to every split's labels, in place.
+def _normalise_labels(raw: dict[str, RawSplit], multilabel: bool = False) -> None:
+  """Applies the label rule of the module docstring to every split's labels, in place (to each
+  label of a row's tuple with ``multilabel``).
 
   Raises:
     DataError: two spellings of one integer among labels that are not all integers.
   """
   if any(r.label_names is not None for r in raw.values()):
     return  # a ClassLabel feature: the data set's own names
-  every = [(r, i, label) for r in raw.values() for i, label in enumerate(r.labels)]
+  every = [(r, i, label) for r in raw.values() for i, labels in enumerate(r.labels)
+           for label in (labels if multilabel else (labels,))]
   canon = {label: _canonical_integer(label) for label in {label for _, _, label in every}}
   if canon and all(c is not None for c in canon.values()):
     merged = collections.defaultdict(list)  # class -> [(spelling, where)] of other spellings
@@ -140,7 +151,8 @@ def _normalise_labels(raw: dict[str, RawSplit]) -> None:
       if label != canon[label] and all(s != label for s, _ in merged[canon[label]]):
         merged[canon[label]].append((label, f"{r.source}, {r.where(i)}"))
     for r in raw.values():
-      r.labels = [canon[label] for label in r.labels]
+      r.labels = ([tuple(dict.fromkeys(canon[label] for label in labels)) for labels in r.labels]
+                  if multilabel else [canon[label] for label in r.labels])
     if any(merged.values()):
       shown = "; ".join(f"{s!r} ({where}) is the class {c}"
                         for c, spellings in sorted(merged.items(), key=lambda kv: int(kv[0]))
@@ -162,10 +174,11 @@ def _normalise_labels(raw: dict[str, RawSplit]) -> None:
           "class one way.")
 
 
-def _label_names(train: RawSplit) -> tuple[str, ...]:
+def _label_names(train: RawSplit, multilabel: bool = False) -> tuple[str, ...]:
   if train.label_names is not None:
     return train.label_names
-  distinct = set(train.labels)
+  distinct = ({label for labels in train.labels for label in labels} if multilabel else
+              set(train.labels))
   if not distinct:
     raise DataError(f"data: {train.source} has no labelled rows.")
   if all(re.fullmatch(r"[+-]?\d+", s) for s in distinct):
@@ -173,24 +186,45 @@ def _label_names(train: RawSplit) -> tuple[str, ...]:
   return tuple(sorted(distinct))
 
 
-def _to_split(raw: RawSplit, names: tuple[str, ...], skip_bad_rows: bool = False) -> Split:
+def _multi_hot(raw: RawSplit, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, list]:
+  """``(float32[N, C] multi-hot labels, rows with a label not in index, that label of each)``."""
+  hot = np.zeros((len(raw.labels), len(index)), np.float32)
+  unknown, missing = [], []
+  for i, labels in enumerate(raw.labels):
+    for label in labels:
+      at = index.get(label)
+      if at is None:
+        unknown.append(i)
+        missing.append(label)
+        break
+      hot[i, at] = 1.0
+  return hot, np.asarray(unknown, np.int64), missing
+
+
+def _to_split(raw: RawSplit, names: tuple[str, ...], skip_bad_rows: bool = False,
+              multilabel: bool = False) -> Split:
   index = {name: i for i, name in enumerate(names)}
-  ids = np.fromiter((index.get(label, -1) for label in raw.labels), dtype=np.int32,
-                    count=len(raw.labels))
-  unknown = np.flatnonzero(ids < 0)
+  if multilabel:
+    ids, unknown, missing = _multi_hot(raw, index)
+  else:
+    ids = np.fromiter((index.get(label, -1) for label in raw.labels), dtype=np.int32,
+                      count=len(raw.labels))
+    unknown = np.flatnonzero(ids < 0)
+    missing = [raw.labels[int(i)] for i in unknown]
   texts = tuple(raw.texts)
   if unknown.size and not skip_bad_rows:
     first = int(unknown[0])
     where = raw.where(first).replace("row ", "", 1)
-    raise DataError(f"data: {raw.source}, row {where}: label {raw.labels[first]!r} does not "
+    raise DataError(f"data: {raw.source}, row {where}: label {missing[0]!r} does not "
                     f"occur in train (known labels: {', '.join(names)}; {unknown.size} rows "
                     "have unknown labels). Fix the label, use a train file with every class, or "
                     "set data.skip_bad_rows=true to skip such rows (they are counted).")
   if unknown.size:
     log.warning("data: %s: skipped %d row(s) whose label does not occur in train (first: %s, "
                 "label %r) because data.skip_bad_rows=true.", raw.source, unknown.size,
-                raw.where(int(unknown[0])), raw.labels[int(unknown[0])])
-    keep = ids >= 0
+                raw.where(int(unknown[0])), missing[0])
+    keep = np.ones(len(ids), bool)
+    keep[unknown] = False
     texts = tuple(t for t, k in zip(texts, keep) if k)
     ids = ids[keep]
   return Split(texts, ids, raw.source, raw.skipped + int(unknown.size))

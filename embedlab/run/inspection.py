@@ -226,7 +226,10 @@ def word_groups(emb: RunEmbedding, data: Any = None) -> tuple[np.ndarray, tuple[
     return groups, names
   if data is None:
     data = cache_lib.encode_splits(cfg.data, cfg.seed)
-  groups, _ = class_association(data.train_ids, data.train_labels, rows, len(emb.label_names))
+  labels = data.train_labels
+  if labels.ndim == 2:  # multi-hot: each row's first label (in label order)
+    labels = labels.argmax(axis=1).astype(np.int32)
+  groups, _ = class_association(data.train_ids, labels, rows, len(emb.label_names))
   names = tuple(f"class {n}" for n in emb.label_names) + ("rare (< 5 uses)",)
   return groups, names
 

@@ -61,18 +61,27 @@ class Run:
     """Ids ``int32[N, L]`` of ``texts``, tokenized and encoded as the run's training data was."""
     return cache_lib.encode_texts(self.config.data, self.vocab, texts, self.kept_buckets)
 
+  @property
+  def multilabel(self) -> bool:
+    """Whether the run trained one sigmoid per label (``data.multilabel``, fastText's ``ova``)."""
+    return self.config.data.multilabel
+
   def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-    """Class probabilities ``float32[N, num_classes]`` of ``texts``."""
+    """Class probabilities ``float32[N, num_classes]`` of ``texts``: a softmax over the classes
+    (each row sums to 1), or for a multi-label run each label's own sigmoid."""
     if isinstance(texts, str):
       raise TypeError("Run.probabilities takes a list of texts; wrap one text in a list.")
     logits = apply_model(self.model)(self.params, self.encode(texts))
+    if self.multilabel:
+      return np.asarray(jax.nn.sigmoid(logits.astype(jnp.float32)))
     return np.asarray(jax.nn.softmax(logits, axis=-1))
 
   def predict(self, texts: Sequence[str], *, k: int = 1,
               threshold: float = 0.0) -> list[list[tuple[str, float]]]:
     """The ``k`` most probable labels of each text whose probability is at least ``threshold``,
     most probable first: one list of ``(label, probability)`` a text (fastText's
-    ``predict(text, k, threshold)``)."""
+    ``predict(text, k, threshold)``). Probabilities are ``probabilities``': softmax, or a
+    sigmoid per label for a multi-label run (so several labels may pass a threshold of 0.5)."""
     if not isinstance(k, int) or k < 1:
       raise ValueError(f"predict: k={k!r}; give a positive number of labels per text.")
     if not 0.0 <= threshold <= 1.0:
@@ -155,7 +164,8 @@ def evaluate_run(run_dir: str | pathlib.Path, split: str = "test", *,
              "quantized_bytes": contract.table_bytes(quantized)}
     params = {**params, "embed": quantize_lib.dequantize_entries(quantized)}
   ids, labels = split_for_run(cfg, vocab, label_names, kept, split)
-  result = steps_lib.evaluate(jax.jit(steps_lib.make_eval_step(model)), params, ids, labels, cfg.train.eval_batch_size)
+  eval_step = jax.jit(steps_lib.make_eval_step(model, cfg.train.eval_k))
+  result = steps_lib.evaluate(eval_step, params, ids, labels, cfg.train.eval_batch_size)
   return {**result, **extra}
 
 
@@ -175,11 +185,16 @@ def split_for_run(cfg, vocab, label_names, kept, split: str):
     raise ValueError(f"eval: the run's data has no {split!r} split.")
   rows = splits[split]
   index = {name: i for i, name in enumerate(label_names)}
-  unknown = sorted({names[int(i)] for i in rows.labels} - set(index))
+  used = (np.flatnonzero(rows.labels.any(axis=0)) if rows.labels.ndim == 2 else rows.labels)
+  unknown = sorted({names[int(i)] for i in used} - set(index))
   if unknown:
     raise rows_lib.DataError(f"eval: the {split} split has labels the run never trained on "
                              f"({', '.join(unknown[:5])}); its classes are {list(label_names)}.")
-  labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
+  if rows.labels.ndim == 2:  # multi-hot: the columns in the run's label order
+    labels = np.zeros((len(rows.labels), len(label_names)), np.float32)
+    labels[:, [index[n] for n in names]] = rows.labels
+  else:
+    labels = np.asarray([index[names[int(i)]] for i in rows.labels], np.int32)
   return cache_lib.encode_texts(cfg.data, vocab, rows.texts, kept), labels
 
 

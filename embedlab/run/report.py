@@ -143,7 +143,8 @@ class RunDir:
 
   def log_eval(self, step: int, split: str, metrics: dict) -> None:
     self._event({"event": "eval", "split": split, "step": step,
-                 "loss": metrics["loss"], "accuracy": metrics["accuracy"]})
+                 "loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                 **{k: v for k, v in metrics.items() if k.startswith(("precision_", "recall_"))}})
 
   def write_results(self, results: dict) -> None:
     atomic_write(self.path / "results.json", json.dumps(results, indent=2) + "\n")
@@ -336,7 +337,8 @@ def summary_text(cfg: config_lib.Config, data, setup, mesh=None) -> str:
             f"({_human_bytes(s.bytes)}, {s.ratio:.1f}x smaller than a plain float32 table of "
             f"{_human_bytes(s.plain_bytes)}")
   lines = [
-      f"experiment {cfg.name}: model {cfg.model.name}, {len(data.label_names)} classes, "
+      f"experiment {cfg.name}: model {cfg.model.name}, {len(data.label_names)} classes"
+      + (" (multi-label: one sigmoid each)" if cfg.data.multilabel else "") + ", "
       f"train/dev/test = {len(data.train_labels):,}/{len(data.dev_labels):,}/"
       f"{0 if data.test_labels is None else len(data.test_labels):,}",
       head + f"; + optimizer slots {_human_bytes(slot_bytes)}); updates: {path}",

@@ -1,6 +1,12 @@
 """The jitted steps of a run: one train step (dense, row-sparse, or scatter-add), blocks of steps
 with running metric sums, and evaluation. Pure functions of ``(state, batch)``; nothing here
-reads a config (``run.build`` turns the config into their arguments)."""
+reads a config (``run.build`` turns the config into their arguments).
+
+The loss follows the labels' shape, fixed when a step is traced: int ids ``[B]`` take softmax
+cross-entropy; multi-hot ``[B, C]`` labels (``data.multilabel``) one sigmoid binary
+cross-entropy per label, summed over the labels (fastText's ``-loss ova``), with "correct"
+counting a top label that is one of the row's (precision at 1). Every step kind reaches it
+through ``_metric_sums``, so none has a multi-label copy."""
 
 from __future__ import annotations
 
@@ -38,10 +44,52 @@ class NonFiniteError(RuntimeError):
 
 
 def _metric_sums(logits, labels, weight):
+  if labels.ndim == 2:  # multi-hot labels: one-vs-all
+    return _ova_sums(logits, labels, weight)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   return {"loss": jnp.sum(losses * weight), "correct": jnp.sum(correct * weight),
           "count": jnp.sum(weight)}
+
+
+def _ova_sums(logits, labels, weight):
+  """``_metric_sums`` of multi-hot ``labels [B, C]``: the sum over labels of each label's
+  sigmoid binary cross-entropy, and "correct" = the top-scored label is one of the row's."""
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.float32)
+  losses = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+  hit = jnp.take_along_axis(labels, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+  return {"loss": jnp.sum(losses * weight), "correct": jnp.sum(hit * weight),
+          "count": jnp.sum(weight)}
+
+
+def _ranking_sums(logits, labels, weight, k: int):
+  """For multi-hot ``labels [B, C]``: the row's labels among its ``k`` top-scored ones
+  ("hits_at_k"), the predictions made (``min(k, C)`` a row) and the gold labels, summed."""
+  k = min(k, labels.shape[-1])
+  _, top = jax.lax.top_k(logits.astype(jnp.float32), k)
+  hits = jnp.sum(jnp.take_along_axis(labels.astype(jnp.float32), top, axis=-1), axis=-1)
+  return {"hits_at_k": jnp.sum(hits * weight), "predicted_at_k": jnp.sum(weight) * k,
+          "gold": jnp.sum(jnp.sum(labels.astype(jnp.float32), axis=-1) * weight)}
+
+
+def ranking_metrics(totals: dict[str, float]) -> dict[str, float]:
+  """Precision and recall at 1 and at k, micro-averaged as fastText's ``test`` (hits over all
+  predictions, hits over all gold labels), from ``make_eval_step``'s multi-label sums added up.
+
+  Example:
+    >>> m = ranking_metrics({"correct": 3, "count": 4, "hits_at_k": 5, "predicted_at_k": 8,
+    ...                      "gold": 6})
+    >>> {k: round(v, 3) for k, v in m.items()}
+    {'precision_at_1': 0.75, 'recall_at_1': 0.5, 'precision_at_2': 0.625, 'recall_at_2': 0.833}
+  """
+  count, gold = max(totals["count"], 1.0), max(totals["gold"], 1.0)
+  k = int(round(totals["predicted_at_k"] / count))
+  out = {"precision_at_1": totals["correct"] / count, "recall_at_1": totals["correct"] / gold}
+  if k > 1:
+    out[f"precision_at_{k}"] = totals["hits_at_k"] / max(totals["predicted_at_k"], 1.0)
+    out[f"recall_at_{k}"] = totals["hits_at_k"] / gold
+  return out
 
 
 def _all_finite(tree) -> jax.Array:
@@ -110,7 +158,7 @@ def _counted_step(parts: StepParts, inner: Callable, state: TrainState, ids, lab
 
 
 def _mean_loss(logits, labels):
-  sums = _metric_sums(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  sums = _metric_sums(logits, labels, jnp.ones(labels.shape[:1], jnp.float32))
   return sums["loss"] / labels.shape[0], sums
 
 
@@ -274,26 +322,34 @@ def _as_block(step: Callable) -> Callable:
   return single
 
 
-def make_eval_step(model: models_lib.Model) -> Callable:
-  """Returns ``eval_step(params, ids, labels, mask) -> metric sums`` for one padded batch."""
+def make_eval_step(model: models_lib.Model, k: int = 1) -> Callable:
+  """Returns ``eval_step(params, ids, labels, mask) -> metric sums`` for one padded batch; with
+  multi-hot labels also the sums of precision and recall at ``k`` (``ranking_metrics``)."""
 
   def eval_step(params, ids, labels, mask):
     logits = model.apply(params, ids, train=False)
-    return _metric_sums(logits, labels, mask.astype(jnp.float32))
+    sums = _metric_sums(logits, labels, mask.astype(jnp.float32))
+    if labels.ndim == 2:
+      sums.update(_ranking_sums(logits, labels, mask.astype(jnp.float32), k))
+    return sums
 
   return eval_step
 
 
 def evaluate(eval_step, params, ids, labels, batch_size: int) -> dict[str, float]:
-  """Accuracy and mean loss over a whole split, in fixed-size batches (one compilation)."""
+  """Accuracy and mean loss over a whole split, in fixed-size batches (one compilation); for
+  multi-label data "accuracy" is precision at 1, and ``ranking_metrics`` are added."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   for batch_ids, batch_labels, mask in batch_lib.eval_batches(ids, labels, batch_size):
     sums = eval_step(params, batch_ids, batch_labels, mask)
-    for k in totals:
-      totals[k] += float(sums[k])
+    for k in sums:
+      totals[k] = totals.get(k, 0.0) + float(sums[k])
   count = max(totals["count"], 1.0)
-  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
-          "count": int(totals["count"])}
+  out = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+         "count": int(totals["count"])}
+  if "gold" in totals:
+    out.update(ranking_metrics(totals))
+  return out
 
 
 def zero_sums() -> dict[str, np.ndarray]:
@@ -334,7 +390,7 @@ def compile_steps(cfg, setup, mesh, shardings):
   one_step = make_train_step(setup.model, setup.optimizer, table_optimizer=setup.table_optimizer,
                              row_mask=setup.row_mask, oob="clip", mesh=mesh,
                              lookup=lookup_path(cfg.mesh))
-  eval_step = make_eval_step(setup.model)
+  eval_step = make_eval_step(setup.model, cfg.train.eval_k)
   single, multi = _with_sums(_as_block(one_step)), _with_sums(make_multi_step(one_step))
   if mesh is None:
     return (jax.jit(single, donate_argnums=0), jax.jit(multi, donate_argnums=0),

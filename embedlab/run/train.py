@@ -314,6 +314,9 @@ def _evaluate_dev(job: Job, run, eval_step, state, done: Progress, step: int) ->
   return None
 
 
+_RANKING = ("precision_at_", "recall_at_")  # multi-label evaluation metrics
+
+
 def _finish(job: Job, run, eval_step, state, checkpoints, done: Progress, best) -> dict:
   """The best parameters evaluated on test; the results written and returned."""
   cfg, data, setup, mesh, steps = job.cfg, job.data, job.setup, job.mesh, job.steps
@@ -345,12 +348,18 @@ def _finish(job: Job, run, eval_step, state, checkpoints, done: Progress, best) 
     if (started.get("data"), started.get("model")) != (cfg.mesh.data, cfg.mesh.model):
       # resumed on another mesh: say where the run started
       results["mesh"]["started_on"] = {"data": started.get("data"), "model": started.get("model")}
+  if data.dev_ids is not None and data.dev_labels.ndim == 2:
+    # multi-label: precision and recall at 1 and k of the parameters kept (dev_accuracy is P@1)
+    dev = steps_lib.evaluate(eval_step, params, data.dev_ids, data.dev_labels,
+                             cfg.train.eval_batch_size)
+    results.update({f"dev_{k}": v for k, v in dev.items() if k.startswith(_RANKING)})
   if data.test_ids is not None:
     test = steps_lib.evaluate(eval_step, params, data.test_ids, data.test_labels,
                               cfg.train.eval_batch_size)
     run.log_eval(steps, "test", test)
     results["test_accuracy"] = test["accuracy"]
     results["test_loss"] = test["loss"]
+    results.update({f"test_{k}": v for k, v in test.items() if k.startswith(_RANKING)})
   job.clock.lap("test")
   results["timings"] = job.clock.rounded()
   run.write_results(results)
