@@ -24,6 +24,10 @@ class DataConfig:
   (``embedlab.data.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
   in train: each gets a row of its own and every other bucket shares one last row that training
   never updates (``embedlab.data.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
+  ``minn`` and ``maxn`` add every word's character n-grams of ``minn..maxn`` code points (fastText's
+  ``-minn 3 -maxn 6``; 0 and 0, fastText's supervised default, add none), hashed into the same
+  ``num_buckets`` buckets as the word n-grams (``embedlab.data.text.subword_ids``); a trained run
+  then also gives vectors for words it never saw (``Run.embed``, ``embedlab inspect --word``).
   """
 
   source: str = "synthetic"
@@ -44,6 +48,8 @@ class DataConfig:
   max_len: int = 64
   ngrams: int = 1
   num_buckets: int = 0
+  minn: int = 0
+  maxn: int = 0
   prune_buckets: bool = False
   bucket_by_length: bool = False
   workers: int = 0
@@ -55,7 +61,18 @@ class DataConfig:
   synthetic_length: int = 24
 
   @property
+  def subwords(self) -> bool:
+    """Whether words get their character n-grams (``minn``, ``maxn`` > 0)."""
+    return self.minn > 0 and self.maxn > 0
+
+  @property
+  def hashed(self) -> bool:
+    """Whether any ids are hashed into the ``num_buckets`` buckets (word or character n-grams)."""
+    return self.ngrams > 1 or self.subwords
+
+  @property
   def pruned(self) -> bool:
     """Whether the hashed n-gram buckets are pruned to those train uses (``prune_buckets`` with
-    ``ngrams > 1``): the table then has ``cache.table_rows`` rows and the run a ``buckets.npy``."""
-    return self.prune_buckets and self.ngrams > 1
+    word or character n-grams): the table then has ``cache.table_rows`` rows and the run a
+    ``buckets.npy``."""
+    return self.prune_buckets and self.hashed
