@@ -160,12 +160,15 @@ DATASETS = {
 }
 
 
-def run_embedlab(name: str, workdir: str, cache: pathlib.Path, threads: int, seed: int) -> dict:
-  """``embedlab train experiments/<name>_fasttext.py`` with seed ``seed`` in a fresh process,
-  its caches under ``cache`` (``embedlab_env``); its results.json."""
+def run_embedlab(name: str, workdir: str, cache: pathlib.Path, threads: int, seed: int,
+                 overrides: tuple[str, ...] = ()) -> dict:
+  """``embedlab train experiments/<name>_fasttext.py`` with seed ``seed`` (and ``--set`` each of
+  ``overrides``) in a fresh process, its caches under ``cache`` (``embedlab_env``); its
+  results.json."""
   env = embedlab_env(cache, threads)
+  sets = [x for o in (f"seed={seed}", *overrides) for x in ("--set", o)]
   subprocess.run([sys.executable, "-m", "embedlab.cli", "train", DATASETS[name]["experiment"],
-                  "--workdir", workdir, "--restart", "--no-progress", "--set", f"seed={seed}"],
+                  "--workdir", workdir, "--restart", "--no-progress", *sets],
                  cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
   return json.loads((pathlib.Path(workdir) / "results.json").read_text())
 

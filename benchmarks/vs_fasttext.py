@@ -2,6 +2,7 @@
 
   pip install -e '.[bench]'          # the fasttext package (fasttext-wheel)
   python benchmarks/vs_fasttext.py [--repeats 3] [--datasets sst2 imdb]
+  python benchmarks/vs_fasttext.py --subwords 3,6 [--repeats 3] [--datasets sst2]
   python benchmarks/vs_fasttext.py --autotune [--budget 120] [--repeats 3] [--datasets sst2]
 
 Each job starts from the raw files in EMBEDLAB_DATA and ends with a test accuracy:
@@ -39,6 +40,10 @@ f1, which for two balanced classes follows accuracy; then it trains the best mod
 process. Both see the same train / dev texts (embedlab's split and tokens: SST-2's dev file,
 IMDB's seeded 10% of train) and the same test file. Repeat i is seed i on both sides; the
 difference embedlab - fastText is paired by seed, with a t interval over the seeds.
+
+``--subwords MINN,MAXN``: both sides add every word's character n-grams of MINN..MAXN
+characters (fastText's ``minn`` / ``maxn``; embedlab's ``--set data.minn=MINN --set
+data.maxn=MAXN``), hashed into the same buckets as the bigrams, all other settings unchanged.
 
 Prints a table per dataset and ends with one JSON line of all figures.
 """
@@ -88,12 +93,13 @@ def fasttext_job(name: str, settings: dict, threads: int, seed: int) -> dict:
           "test_seconds": end - trained}
 
 
-def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int) -> dict:
+def embedlab_job(name: str, threads: int, cache: pathlib.Path, cold: bool, seed: int,
+                 overrides: tuple[str, ...] = ()) -> dict:
   if cold and cache.exists():
     shutil.rmtree(cache)
   with tempfile.TemporaryDirectory() as workdir:
     start, cpu_start = time.perf_counter(), children_cpu()
-    results = run_embedlab(name, workdir, cache, threads, seed)
+    results = run_embedlab(name, workdir, cache, threads, seed, overrides)
     seconds = time.perf_counter() - start
     cpu = children_cpu() - cpu_start
   timings = results["timings"]
@@ -254,21 +260,30 @@ def main() -> None:
                       help="fastText's autotune against `embedlab tune`, same budget")
   parser.add_argument("--budget", type=float, default=120.0,
                       help="--autotune: the search budget in seconds (default 120)")
+  parser.add_argument("--subwords", default="", metavar="MINN,MAXN",
+                      help="character n-grams of MINN..MAXN characters on both sides (e.g. 3,6)")
   args = parser.parse_args()
+  subwords, overrides = {}, ()
+  if args.subwords:
+    minn, maxn = (int(x) for x in args.subwords.split(","))
+    subwords, overrides = {"minn": minn, "maxn": maxn}, (f"data.minn={minn}", f"data.maxn={maxn}")
   if args.autotune:
     autotune_main(args)
     return
-  figures = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
+  figures = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads, **subwords,
              "python_jax_embedlab_import_seconds": round(jax_startup_seconds(), 3)}
   for name in args.datasets:
     seeds = range(args.repeats)  # repeat i: seed i on both sides
-    ft = [fasttext_job(name, DATASETS[name]["fasttext"], args.threads, seed) for seed in seeds]
+    settings = {**DATASETS[name]["fasttext"], **subwords}
+    ft = [fasttext_job(name, settings, args.threads, seed) for seed in seeds]
     with tempfile.TemporaryDirectory() as cache_dir:
       # one cache per seed (the encoded data's key holds the seed): empty for its cold run,
       # then reused by its warm run
       caches = [pathlib.Path(cache_dir) / f"cache{seed}" for seed in seeds]
-      cold = [embedlab_job(name, args.threads, caches[seed], True, seed) for seed in seeds]
-      warm = [embedlab_job(name, args.threads, caches[seed], False, seed) for seed in seeds]
+      cold = [embedlab_job(name, args.threads, caches[seed], True, seed, overrides)
+              for seed in seeds]
+      warm = [embedlab_job(name, args.threads, caches[seed], False, seed, overrides)
+              for seed in seeds]
     row = {"fasttext": ft, "embedlab_cold": cold, "embedlab_warm": warm}
     summary = {k: {"test_accuracy": median(v, "test_accuracy"),
                    "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in v),
@@ -280,7 +295,8 @@ def main() -> None:
                                   summary["fasttext"]["seconds"], 2)
     summary["embedlab_phases_warm"] = phase_medians(warm)
     summary["embedlab_phases_cold"] = phase_medians(cold)
-    figures[name] = {**summary, "runs": row, "fasttext_settings": DATASETS[name]["fasttext"]}
+    figures[name] = {**summary, "runs": row, "fasttext_settings": settings,
+                     "embedlab_overrides": list(overrides)}
     print(f"\n{name}: median of {args.repeats} (whole job, seconds; test accuracy also the mean)")
     print(TABLE.header())
     for key, label in (("fasttext", "fastText"), ("embedlab_cold", "embedlab cold"),

@@ -326,11 +326,12 @@ def _inspect(args) -> int:
     parts = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(emb.embed.items()))
     print(f"stored as {stored} ({parts}); the vectors below are every id looked up through it")
   print(summary)
-  words, tokens = emb.words, emb.tokens[:emb.num_words]
+  # with character n-grams: fastText's word vectors (a word's row and its n-grams' rows)
+  words, tokens = inspection.vocabulary_vectors(emb), emb.tokens[:emb.num_words]
   found = []
   if args.words:
     start = time.perf_counter()
-    found = neighbours.neighbours(words, tokens, args.words, k=args.k)
+    found = inspection.word_neighbours(emb, args.words, k=args.k, vectors=words)
     took = time.perf_counter() - start
     print(f"nearest neighbours by cosine similarity ({len(tokens):,} words searched, "
           f"{took * 1000:.1f} ms):")

@@ -184,8 +184,8 @@ _POSITIVE = ("data.max_len", "data.min_freq", "data.ngrams", "model.features",
              "train.eval_batch_size", "train.eval_k", "train.steps_per_dispatch",
              "data.synthetic_topics", "data.synthetic_words_per_topic", "data.synthetic_train_size",
              "data.synthetic_eval_size", "data.synthetic_length")
-_NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.max_examples", "data.workers",
-                 "model.hidden",
+_NON_NEGATIVE = ("data.max_vocab", "data.num_buckets", "data.minn", "data.maxn",
+                 "data.max_examples", "data.workers", "model.hidden",
                  "model.max_norm", "optim.learning_rate", "optim.warmup_steps",
                  "optim.weight_decay", "optim.clip_norm", "train.num_epochs",
                  "train.num_steps", "train.checkpoint_every", "data.synthetic_shared_words",
@@ -247,10 +247,19 @@ def validate(cfg: Config) -> Config:
     raise ConfigError("config: data.ngrams > 1 needs data.num_buckets > 0 "
                       "(n-grams are hashed into that many buckets), e.g. "
                       "--set data.num_buckets=2000000.")
-  if cfg.data.prune_buckets and cfg.data.ngrams < 2:
+  if (cfg.data.minn == 0) != (cfg.data.maxn == 0) or cfg.data.minn > cfg.data.maxn:
+    raise ConfigError(f"config: data.minn = {cfg.data.minn}, data.maxn = {cfg.data.maxn}: "
+                      "character n-grams need 0 < data.minn <= data.maxn (their lengths in "
+                      "characters), or both 0 for none; fastText's are --set data.minn=3 "
+                      "--set data.maxn=6.")
+  if cfg.data.subwords and cfg.data.num_buckets == 0:
+    raise ConfigError("config: data.minn / data.maxn (character n-grams) need "
+                      "data.num_buckets > 0 (they are hashed into that many buckets, shared "
+                      "with word n-grams), e.g. --set data.num_buckets=2000000.")
+  if cfg.data.prune_buckets and not cfg.data.hashed:
     raise ConfigError("config: data.prune_buckets prunes hashed n-gram buckets, but "
-                      f"data.ngrams = {cfg.data.ngrams} hashes none; set data.ngrams=2 or "
-                      "data.prune_buckets=false.")
+                      f"data.ngrams = {cfg.data.ngrams} and data.minn = 0 hash none; set "
+                      "data.ngrams=2 (or data.minn / data.maxn) or data.prune_buckets=false.")
   for key in ("label_prefix", "label_separator"):
     if not getattr(cfg.data, key).strip():
       raise ConfigError(f"config: data.{key} = {getattr(cfg.data, key)!r} must hold a "

@@ -37,7 +37,7 @@ from embedlab.data.options import DataConfig
 from embedlab.data.rows import RawSplit
 
 # Bump when tokenizing, vocabulary building or encoding changes, so stale caches are not used.
-CODE_VERSION = "embedlab-data-3"
+CODE_VERSION = "embedlab-data-4"
 
 log = logging.getLogger("embedlab")
 
@@ -47,7 +47,8 @@ class EncodedData:
   """Every split as padded int32 ids (see ``embedlab.data.text.encode`` for the row layout).
 
   Attributes:
-    train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams]``; ``dev_ids`` is None only for
+    train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams + S]`` (``S``: the split's
+      character n-gram slots, 0 without them); ``dev_ids`` is None only for
       data with neither dev nor test, ``test_ids`` when there is no test split.
     train_labels, dev_labels, test_labels: int32 ``[N]``, or with ``data.multilabel`` multi-hot
       float32 ``[N, num_classes]`` (None with the ids).
@@ -90,16 +91,18 @@ class EncodedData:
 
 def table_rows(cfg: DataConfig, vocab_size: int, kept_buckets: np.ndarray | None = None) -> int:
   """Rows of the embedding table for data encoded with ``cfg``: the vocabulary, then with
-  ``ngrams > 1`` the ``num_buckets`` hashed buckets, or with ``prune_buckets`` the buckets kept
-  plus one row for all the others.
+  ``ngrams > 1`` or character n-grams (``minn``) the ``num_buckets`` hashed buckets, or with
+  ``prune_buckets`` the buckets kept plus one row for all the others.
 
   Example:
     >>> table_rows(DataConfig(ngrams=2, num_buckets=100), 50)
     150
     >>> table_rows(DataConfig(ngrams=2, num_buckets=100, prune_buckets=True), 50, np.arange(50, 60))
     61
+    >>> table_rows(DataConfig(minn=3, maxn=6, num_buckets=100), 50)
+    150
   """
-  if cfg.ngrams < 2:
+  if not cfg.hashed:
     return vocab_size
   if cfg.pruned:
     if kept_buckets is None:
@@ -115,8 +118,48 @@ def encode_texts(cfg: DataConfig, vocab: text_lib.Vocab, texts: Sequence[str],
   buckets), tokenized and encoded as its training data was (``predict``, ``eval``)."""
   tokens = text_lib.tokenize_many(list(texts), cfg.lowercase, eos=cfg.eos)
   ids = text_lib.encode(tokens, vocab, max_len=cfg.max_len, ngrams=cfg.ngrams,
-                        num_buckets=cfg.num_buckets)
+                        num_buckets=cfg.num_buckets, minn=cfg.minn, maxn=cfg.maxn)
   return prune_ids(cfg, ids, len(vocab), kept_buckets)
+
+
+def word_rows(cfg: DataConfig, vocab: text_lib.Vocab, words: Sequence[str],
+              kept_buckets: np.ndarray | None = None) -> np.ndarray:
+  """The table rows whose mean is each word's vector, as fastText's ``get_word_vector``: the
+  word's own id (a vocabulary word), then with character n-grams (``cfg.minn``) its n-gram ids,
+  renumbered as the table reads them (``prune_buckets``). A word outside the vocabulary has its
+  n-grams only; a row of ``PAD_ID`` only means the run has no vector for that word.
+
+  Args:
+    cfg: the run's data config.
+    vocab: the run's vocabulary.
+    words: tokens, as the run tokenized its texts.
+    kept_buckets: the run's kept buckets (``prune_buckets``), else None.
+
+  Returns:
+    int32 ``[len(words), K]``, right-padded with ``PAD_ID``.
+
+  Example:
+    >>> vocab = text_lib.Vocab.from_words(["ab"])
+    >>> cfg = DataConfig(minn=3, maxn=4, num_buckets=10)
+    >>> word_rows(cfg, vocab, ["ab", "x"]).tolist()  # "<ab" "<ab>" "ab>"; "<x>"
+    [[2, 11, 5, 9], [10, 0, 0, 0]]
+    >>> word_rows(DataConfig(), vocab, ["ab", "x"]).tolist()
+    [[2], [0]]
+  """
+  lists = []
+  for word in words:
+    own = vocab.id_of(word)
+    ids = [own] if own != text_lib.UNK_ID else []
+    if cfg.subwords:
+      ids += text_lib.subword_ids(word, cfg.minn, cfg.maxn, cfg.num_buckets, len(vocab)).tolist()
+    lists.append(ids)
+  out = np.zeros((len(lists), max(1, max(map(len, lists), default=0))), np.int32)
+  for i, ids in enumerate(lists):
+    out[i, :len(ids)] = ids
+  if not cfg.pruned:
+    return out
+  return text_lib.remap_buckets(out, kept_buckets, max_len=0, vocab_size=len(vocab),
+                                num_buckets=cfg.num_buckets)
 
 
 def prune_ids(cfg: DataConfig, ids: np.ndarray, vocab_size: int,
@@ -234,7 +277,7 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
         {name: s.texts for name, s in splits.items()}, vocab_split="train",
         max_len=cfg.max_len, lowercase=cfg.lowercase, min_freq=cfg.min_freq,
         max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers,
-        eos=cfg.eos)
+        eos=cfg.eos, minn=cfg.minn, maxn=cfg.maxn)
   labels = {name: s.labels for name, s in splits.items()}
   kept = None
   if cfg.pruned:
@@ -304,7 +347,7 @@ def _encode_by_file(cfg: DataConfig, seed: int, workers: int):
   vocab, ids = text_lib.encode_shards(
       [shard for _, shard in done], layout, vocab_split="train", max_len=cfg.max_len,
       min_freq=cfg.min_freq, max_size=cfg.max_vocab, ngrams=cfg.ngrams,
-      num_buckets=cfg.num_buckets, threads=workers)
+      num_buckets=cfg.num_buckets, threads=workers, minn=cfg.minn, maxn=cfg.maxn)
   return splits, label_names, vocab, ids
 
 
@@ -326,8 +369,9 @@ def read_cache(directory: pathlib.Path, key: str) -> EncodedData | None:
     kept = arrays.pop("kept_buckets", None)
     for name in ("train", "dev", "test"):
       if f"{name}_words" in arrays:
-        arrays[f"{name}_ids"] = _unpack_ids(arrays.pop(f"{name}_words"),
-                                            arrays.pop(f"{name}_lengths"), meta, len(vocab), kept)
+        packed = {part: arrays.pop(f"{name}_{part}") for part in _PACKED_PARTS
+                  if f"{name}_{part}" in arrays}
+        arrays[f"{name}_ids"] = _unpack_ids(packed, meta, len(vocab), kept)
   except Exception as e:  # pylint: disable=broad-except
     log.warning("data: the encoded cache %s is unreadable (%s: %s); encoding the data again.",
                 npz, type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e) else "")
@@ -360,11 +404,11 @@ def write_cache(directory: pathlib.Path, key: str, data: EncodedData, cfg: DataC
     if ids is None:
       continue
     arrays[f"{name}_labels"] = labels
-    packed = _pack_ids(ids, cfg.max_len)
+    packed = _pack_ids(ids, cfg.max_len, cfg.max_len * cfg.ngrams if cfg.subwords else None)
     if packed is None:
       arrays[f"{name}_ids"] = ids
     else:
-      arrays[f"{name}_words"], arrays[f"{name}_lengths"] = packed
+      arrays.update({f"{name}_{part}": a for part, a in packed.items()})
   if data.kept_buckets is not None:
     arrays["kept_buckets"] = data.kept_buckets
   meta = {"label_names": list(data.label_names), "num_embeddings": data.num_embeddings,
@@ -393,28 +437,53 @@ def _cache_digest(arrays: dict[str, np.ndarray], meta: dict, vocab: bytes) -> st
   return h.hexdigest()
 
 
-def _pack_ids(ids: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray] | None:
-  """The cache keeps right-padded word ids only, as one flat array and the row lengths (IMDB:
-  a fifth of the bytes); the n-gram columns are hashed again on reading (0.1 s). None when the
-  rows are not right-padded word ids (then the matrix is stored as it is)."""
-  words = ids[:, :max_len]
-  present = words != text_lib.PAD_ID
+_PACKED_PARTS = ("words", "lengths", "subwords", "subword_lengths")
+
+
+def _right_padded(block: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """``(flat ids, lengths)`` of a block whose rows are ids then padding; None otherwise."""
+  present = block != text_lib.PAD_ID
   lengths = present.sum(axis=1)
-  if not np.array_equal(present, np.arange(words.shape[1]) < lengths[:, None]):
+  if not np.array_equal(present, np.arange(block.shape[1]) < lengths[:, None]):
     return None
-  return words[present], lengths.astype(np.int32)
+  return block[present], lengths.astype(np.int32)
 
 
-def _unpack_ids(flat: np.ndarray, lengths: np.ndarray, meta: dict, vocab_size: int,
+def _pack_ids(ids: np.ndarray, max_len: int,
+              subwords_at: int | None = None) -> dict[str, np.ndarray] | None:
+  """The cache keeps right-padded word ids only, as one flat array and the row lengths (IMDB:
+  a fifth of the bytes); the n-gram columns are hashed again on reading (0.1 s). The character
+  n-gram block (from column ``subwords_at``) is kept the same way, flat (an unknown word's
+  n-grams come from its text, which the ids no longer hold). None when the rows are not
+  right-padded (then the matrix is stored as it is)."""
+  words = _right_padded(ids[:, :max_len])
+  if words is None:
+    return None
+  packed = {"words": words[0], "lengths": words[1]}
+  if subwords_at is not None:
+    subwords = _right_padded(ids[:, subwords_at:])
+    if subwords is None:
+      return None
+    packed["subwords"], packed["subword_lengths"] = subwords
+  return packed
+
+
+def _unpack_ids(packed: dict[str, np.ndarray], meta: dict, vocab_size: int,
                 kept: np.ndarray | None) -> np.ndarray:
-  """``_pack_ids``' inverse: the n-grams hashed again and, if pruned, renumbered again."""
-  ids = text_lib.padded_ids(flat, lengths, meta["max_len"], ngrams=meta["ngrams"],
-                            num_buckets=meta["num_buckets"], offset=vocab_size,
-                            threads=os.cpu_count() or 1)
-  if kept is None:
+  """``_pack_ids``' inverse: the n-grams hashed again and, if pruned, renumbered again; the
+  character n-grams (stored as used, renumbered already) appended."""
+  ids = text_lib.padded_ids(packed["words"], packed["lengths"], meta["max_len"],
+                            ngrams=meta["ngrams"], num_buckets=meta["num_buckets"],
+                            offset=vocab_size, threads=os.cpu_count() or 1)
+  if kept is not None:
+    ids = text_lib.remap_buckets(ids, kept, max_len=meta["max_len"], vocab_size=vocab_size,
+                                 num_buckets=meta["num_buckets"])
+  if "subwords" not in packed:
     return ids
-  return text_lib.remap_buckets(ids, kept, max_len=meta["max_len"], vocab_size=vocab_size,
-                                num_buckets=meta["num_buckets"])
+  flat, counts = packed["subwords"], packed["subword_lengths"]
+  # each stored id a "token" of one subword: subword_block lays them out after ``ids``
+  return text_lib.subword_block(np.arange(len(flat)), counts,
+                                (np.arange(len(flat) + 1), flat), lead=ids)
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

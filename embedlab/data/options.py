@@ -32,6 +32,11 @@ class DataConfig:
   ``label_separator`` in csv / tsv) as a multi-hot ``float32[N, num_classes]`` label array, and
   trains one sigmoid per label (fastText's ``-loss ova``); without it a row must hold exactly
   one label, and several are a bad row.
+
+  ``minn`` and ``maxn`` add every word's character n-grams of ``minn..maxn`` code points (fastText's
+  ``-minn 3 -maxn 6``; 0 and 0, fastText's supervised default, add none), hashed into the same
+  ``num_buckets`` buckets as the word n-grams (``embedlab.data.text.subword_ids``); a trained run
+  then also gives vectors for words it never saw (``Run.embed``, ``embedlab inspect --word``).
   """
 
   source: str = "synthetic"
@@ -55,6 +60,8 @@ class DataConfig:
   max_len: int = 64
   ngrams: int = 1
   num_buckets: int = 0
+  minn: int = 0
+  maxn: int = 0
   prune_buckets: bool = False
   bucket_by_length: bool = False
   workers: int = 0
@@ -66,7 +73,18 @@ class DataConfig:
   synthetic_length: int = 24
 
   @property
+  def subwords(self) -> bool:
+    """Whether words get their character n-grams (``minn``, ``maxn`` > 0)."""
+    return self.minn > 0 and self.maxn > 0
+
+  @property
+  def hashed(self) -> bool:
+    """Whether any ids are hashed into the ``num_buckets`` buckets (word or character n-grams)."""
+    return self.ngrams > 1 or self.subwords
+
+  @property
   def pruned(self) -> bool:
     """Whether the hashed n-gram buckets are pruned to those train uses (``prune_buckets`` with
-    ``ngrams > 1``): the table then has ``cache.table_rows`` rows and the run a ``buckets.npy``."""
-    return self.prune_buckets and self.ngrams > 1
+    word or character n-grams): the table then has ``cache.table_rows`` rows and the run a
+    ``buckets.npy``."""
+    return self.prune_buckets and self.hashed

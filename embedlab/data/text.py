@@ -4,10 +4,22 @@ Everything here is numpy and the standard library, so it runs before (and withou
 
 The id layout of an encoded row (see ``encode``)::
 
-  [ w_0 .. w_{L-1} | 2-grams (L slots) | 3-grams (L slots) | ... ]      L = max_len
+  [ w_0 .. w_{L-1} | 2-grams (L slots) | 3-grams (L slots) | ... | subwords (S slots) ]
 
-Word ids index the vocabulary (``PAD_ID = 0``, ``UNK_ID = 1``); n-gram ids are
+``L = max_len``. Word ids index the vocabulary (``PAD_ID = 0``, ``UNK_ID = 1``); n-gram ids are
 ``len(vocab) + bucket``, so one embedding table of ``len(vocab) + num_buckets`` rows holds both.
+With character n-grams (``minn``, ``maxn`` > 0, fastText's ``-minn -maxn``) the last block
+holds the subword ids (``subword_ids``) of the row's words, word after word, then ``PAD_ID``;
+they share the ``num_buckets`` buckets with the word n-grams, as in fastText. ``S`` is the most
+subword ids any row of the encoded batch has (a split's rows share one width, another split or
+batch of texts may have another): a bag model pools the whole row, so each word contributes
+its own id plus its n-grams, fastText's input. Words outside the vocabulary keep ``UNK_ID`` in
+their word slot and still get their n-grams (fastText gives them n-grams only); ``</s>`` gets
+none. The subword ids of each distinct token are hashed once (``subword_table``, vectorized)
+and gathered per occurrence.
+
+Hand-written rather than a library's: fastText's hashes (word n-grams over word ids, FNV-1a over
+the character n-grams' bytes) must be reproduced bit for bit, over whole corpora in numpy.
 
 Example:
   >>> from embedlab.data import text
@@ -339,25 +351,212 @@ def ngram_ids_batch(word_ids: np.ndarray, n: int, num_buckets: int, offset: int,
   return out
 
 
+# fastText's FNV-1a (Dictionary::hash): each byte sign-extended (a C++ char) before the xor.
+_FNV_BASIS = 2166136261
+_FNV_PRIME = 16777619
+
+
+def _fnv1a_fasttext(data: bytes) -> int:
+  h = _FNV_BASIS
+  for b in data:
+    h = ((h ^ (b - 256 if b > 127 else b)) * _FNV_PRIME) & 0xFFFFFFFF
+  return h
+
+
+def subword_ids(word: str, minn: int, maxn: int, num_buckets: int, offset: int) -> np.ndarray:
+  """fastText's character n-gram ids of one word (``Dictionary::computeSubwords``).
+
+  The word is wrapped as ``"<" + word + ">"``; every run of ``minn..maxn`` code points of it
+  (UTF-8 aware: a code point is a lead byte and its continuation bytes) is hashed with fastText's
+  FNV-1a over its UTF-8 bytes, each byte sign-extended as a C++ ``char``, into bucket
+  ``hash % num_buckets``; a single ``<`` or ``>`` (``minn = 1``) is not an n-gram. Order: by start,
+  then by length; repeated n-grams repeat. ``</s>`` has none. The word's own id is not included.
+
+  Args:
+    word: the word (a token).
+    minn, maxn: the n-gram lengths in code points, ``1 <= minn <= maxn``.
+    num_buckets: hash buckets (> 0), shared with the word n-grams.
+    offset: added to each bucket; normally ``len(vocab)``.
+
+  Returns:
+    int32 ids ``offset + bucket``, fastText's ``get_subwords(word)[1]`` without the word's own id,
+    with ``offset = nwords``.
+
+  Example:
+    >>> subword_ids("ab", 3, 4, num_buckets=10, offset=100)  # "<ab", "<ab>", "ab>"
+    array([108, 102, 106], dtype=int32)
+    >>> len(subword_ids("café", 3, 6, 2000000, 0)), len(subword_ids("</s>", 3, 6, 10, 0))
+    (10, 0)
+  """
+  _check_subword_args("subword_ids", minn, maxn, num_buckets, offset)
+  out = []
+  if word != EOS_TOKEN:
+    data = ("<" + word + ">").encode("utf-8")
+    size = len(data)
+    for i in range(size):
+      if data[i] & 0xC0 == 0x80:
+        continue
+      j, n = i, 1
+      while j < size and n <= maxn:
+        j += 1
+        while j < size and data[j] & 0xC0 == 0x80:
+          j += 1
+        if n >= minn and not (n == 1 and (i == 0 or j == size)):
+          out.append(offset + _fnv1a_fasttext(data[i:j]) % num_buckets)
+        n += 1
+  return np.asarray(out, dtype=np.int32)
+
+
+def subword_table(words: Sequence[str], minn: int, maxn: int, num_buckets: int,
+                  offset: int) -> tuple[np.ndarray, np.ndarray]:
+  """``subword_ids`` of many words at once, vectorized, as a CSR table.
+
+  All words' wrapped UTF-8 bytes are laid end to end; one FNV-1a state per code point start
+  advances a byte per step (at most ``4 * maxn`` steps), and each state is recorded where an
+  n-gram of ``minn..maxn`` code points ends. IMDB's 280k distinct tokens take about a second.
+
+  Args:
+    words: the words.
+    minn, maxn, num_buckets, offset: as for ``subword_ids``.
+
+  Returns:
+    ``(indptr int64[len(words) + 1], ids int32[indptr[-1]])``: word i's ids are
+    ``ids[indptr[i]:indptr[i + 1]]``, exactly ``subword_ids(words[i], ...)``.
+
+  Example:
+    >>> indptr, ids = subword_table(["ab", "</s>", "x"], 3, 4, num_buckets=10, offset=100)
+    >>> indptr.tolist(), ids.tolist()
+    ([0, 3, 3, 4], [108, 102, 106, 107])
+  """
+  _check_subword_args("subword_table", minn, maxn, num_buckets, offset)
+  words = list(words)
+  encoded = [b"" if w == EOS_TOKEN else ("<" + w + ">").encode("utf-8") for w in words]
+  sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+  data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+  ends = np.cumsum(sizes)
+  # is_start[p]: byte p starts a code point; the sentinel past the end closes the last one
+  is_start = np.append((data & 0xC0) != 0x80, True)
+  starts = np.flatnonzero(is_start[:-1])
+  word_of = np.repeat(np.arange(len(words), dtype=np.int64), sizes)[starts]
+  points = np.bincount(word_of, minlength=len(words))  # code points per wrapped word
+  index = np.arange(len(starts)) - np.repeat(np.cumsum(points) - points, points)
+  room = points[word_of] - index  # code points from this start to the word's end
+  first = index == 0
+  keep = room >= minn
+  starts, word_of, first, end = starts[keep], word_of[keep], first[keep], ends[word_of[keep]]
+  signed = data.astype(np.int8).astype(np.int32).view(np.uint32)  # a C++ char, sign-extended
+  h = np.full(len(starts), _FNV_BASIS, dtype=np.uint32)
+  n = np.zeros(len(starts), dtype=np.int64)
+  alive = np.ones(len(starts), dtype=bool)
+  found_at, found_n, found_h = [], [], []
+  prime = np.uint32(_FNV_PRIME)
+  last = max(len(data) - 1, 0)
+  for k in range(4 * maxn):  # a code point is at most 4 bytes
+    if not alive.any():
+      break
+    p = starts + k
+    byte = signed[np.minimum(p, last)] if len(data) else np.zeros(len(p), np.uint32)
+    h = np.where(alive, (h ^ byte) * prime, h)
+    at_end = p + 1 >= end
+    closes = alive & (at_end | is_start[np.minimum(p + 1, len(data))])
+    n += closes
+    emit = closes & (n >= minn) & (n <= maxn) & ~((n == 1) & (first | at_end))
+    rows = np.flatnonzero(emit)
+    found_at.append(rows)
+    found_n.append(n[rows])
+    found_h.append(h[rows])
+    alive &= ~(closes & ((n >= maxn) | at_end))
+  at = np.concatenate(found_at) if found_at else np.zeros(0, np.int64)
+  lengths = np.concatenate(found_n) if found_n else np.zeros(0, np.int64)
+  hashes = np.concatenate(found_h) if found_h else np.zeros(0, np.uint32)
+  order = np.lexsort((lengths, at))  # fastText's order: by start, then by length
+  at, hashes = at[order], hashes[order]
+  counts = np.bincount(word_of[at], minlength=len(words))
+  indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+  ids = (hashes % np.uint32(num_buckets)).astype(np.int64) + offset
+  return indptr, ids.astype(np.int32)
+
+
+def subword_block(token_ids: np.ndarray, lengths: np.ndarray, table: tuple[np.ndarray, np.ndarray],
+                  *, lead: np.ndarray | None = None, chunk_rows: int = 2048) -> np.ndarray:
+  """The subword block of ``encode``'s layout: row i holds the ``table`` ids of its tokens,
+  token after token, then ``PAD_ID``; ``lead`` (the word and n-gram columns) goes before it.
+
+  Args:
+    token_ids: int ``[T]``: each token occurrence's row of ``table``, rows after rows.
+    lengths: int ``[N]``: tokens per row (summing to ``T``).
+    table: ``subword_table``'s ``(indptr, ids)`` over the distinct tokens.
+    lead: int32 ``[N, C]`` columns to put first; None = none.
+    chunk_rows: rows gathered at a time (bounds the temporary index arrays).
+
+  Returns:
+    int32 ``[N, C + S]``, ``S`` the most subword ids of any row.
+
+  Example:
+    >>> table = (np.array([0, 2, 3]), np.array([7, 8, 9], np.int32))  # token 0: 7 8; token 1: 9
+    >>> subword_block(np.array([0, 1, 1]), np.array([1, 2]), table)
+    array([[7, 8],
+           [9, 9]], dtype=int32)
+  """
+  indptr, ids = table
+  token_ids = np.asarray(token_ids, dtype=np.int64)
+  lengths = np.asarray(lengths, dtype=np.int64)
+  counts = indptr[token_ids + 1] - indptr[token_ids]
+  token_ends = np.cumsum(lengths)
+  running = np.concatenate([[0], np.cumsum(counts)])
+  row_counts = running[token_ends] - running[token_ends - lengths]
+  width = int(row_counts.max()) if row_counts.size else 0
+  head = 0 if lead is None else lead.shape[1]
+  out = np.zeros((len(lengths), head + width), dtype=np.int32)
+  if lead is not None:
+    out[:, :head] = lead
+  for a in range(0, len(lengths), chunk_rows):
+    b = min(a + chunk_rows, len(lengths))
+    t0, t1 = int(token_ends[a] - lengths[a]), int(token_ends[b - 1])
+    tok, cnt = token_ids[t0:t1], counts[t0:t1]
+    # each occurrence's run of ids: indptr[token] .. indptr[token] + count
+    total = int(cnt.sum())
+    flat = ids[np.repeat(indptr[tok] - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)]
+    # one slice copy a row: a boolean mask over [rows, S] would touch every padding slot too
+    bounds = np.concatenate([[0], np.cumsum(row_counts[a:b])]).tolist()
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]), a):
+      out[i, head:head + stop - start] = flat[start:stop]
+  return out
+
+
+def _check_subword_args(caller: str, minn: int, maxn: int, num_buckets: int, offset: int) -> None:
+  if not 1 <= minn <= maxn:
+    raise ValueError(f"{caller}: need 1 <= minn <= maxn (character n-gram lengths), got "
+                     f"minn={minn}, maxn={maxn}; fastText's are minn=3, maxn=6.")
+  if num_buckets <= 0:
+    raise ValueError(f"{caller}: num_buckets = {num_buckets} must be positive (character "
+                     "n-grams are hashed into that many buckets), e.g. 2000000.")
+  if offset < 0 or offset + num_buckets > np.iinfo(np.int32).max:
+    raise ValueError(f"{caller}: offset {offset} + num_buckets {num_buckets} must fit in int32 "
+                     "ids (offset >= 0); use fewer buckets.")
+
+
 def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
-           ngrams: int = 1, num_buckets: int = 0) -> np.ndarray:
+           ngrams: int = 1, num_buckets: int = 0, minn: int = 0, maxn: int = 0) -> np.ndarray:
   """Encodes token lists as a right-padded int32 id matrix, with optional hashed n-grams.
 
   Word ids are truncated to ``max_len``. With ``ngrams > 1`` the hashed 2..n-grams of those
   (truncated) words follow, one block of ``max_len`` columns per order (see ``ngram_ids_batch``),
-  so the width is ``max_len * ngrams``. Models that use word order should read the first
-  ``max_len`` columns only; bag models can pool the whole row (0 = padding everywhere).
+  so the width is ``max_len * ngrams``; with ``minn, maxn > 0`` the character n-grams of those
+  words follow (``subword_ids``, the module's layout). Models that use word order should read the
+  first ``max_len`` columns only; bag models can pool the whole row (0 = padding everywhere).
 
   Args:
     token_lists: one token list per document.
     vocab: the vocabulary (unknown tokens -> ``UNK_ID``).
     max_len: the number of word slots.
     ngrams: 1 = words only; n = words plus 2..n-grams.
-    num_buckets: hash buckets for n-grams (needed when ``ngrams > 1``); n-gram ids are
-      ``len(vocab) + bucket``, so the table needs ``len(vocab) + num_buckets`` rows.
+    num_buckets: hash buckets for n-grams (needed when ``ngrams > 1`` or ``minn > 0``); n-gram
+      ids are ``len(vocab) + bucket``, so the table needs ``len(vocab) + num_buckets`` rows.
+    minn, maxn: character n-gram lengths of every word (fastText's ``-minn -maxn``); 0, 0 = none.
 
   Returns:
-    int32 ``[N, max_len * ngrams]``.
+    int32 ``[N, max_len * ngrams + S]``, ``S`` = 0 without character n-grams.
 
   Example:
     >>> v = Vocab.from_words(["a", "b"])
@@ -366,8 +565,10 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
            [0, 0, 0, 0]], dtype=int32)
     >>> encode([["a", "b"]], v, max_len=2, ngrams=2, num_buckets=10).shape
     (1, 4)
+    >>> encode([["a", "zz"]], v, max_len=2, num_buckets=10, minn=3, maxn=3)  # "<a>" "<zz" "zz>"
+    array([[ 2,  1,  4, 11,  5]], dtype=int32)
   """
-  _check_encode_args("encode", max_len, ngrams, num_buckets)
+  _check_encode_args("encode", max_len, ngrams, num_buckets, minn, maxn)
   lengths = np.fromiter((min(len(t), max_len) for t in token_lists), dtype=np.int64,
                         count=len(token_lists))
   get = vocab._index.get  # pylint: disable=protected-access
@@ -375,14 +576,26 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, *, max_len: int,
   tokens = itertools.chain.from_iterable(toks[:max_len] for toks in token_lists)
   flat = np.fromiter(map(get, tokens, itertools.repeat(UNK_ID)), dtype=np.int32,
                      count=int(lengths.sum()))
-  return padded_ids(flat, lengths, max_len, ngrams=ngrams, num_buckets=num_buckets,
-                    offset=len(vocab))
+  ids = padded_ids(flat, lengths, max_len, ngrams=ngrams, num_buckets=num_buckets,
+                   offset=len(vocab))
+  if not minn:
+    return ids
+  index: dict[str, int] = {}
+  positions = itertools.count()
+  tokens = itertools.chain.from_iterable(toks[:max_len] for toks in token_lists)
+  local = np.fromiter(map(index.setdefault, tokens, positions), dtype=np.int64,
+                      count=int(lengths.sum()))
+  firsts = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+  remap = np.zeros(len(local), dtype=np.int64)
+  remap[firsts] = np.arange(len(firsts))  # first position -> distinct token number
+  table = subword_table(list(index), minn, maxn, num_buckets, len(vocab))
+  return subword_block(remap[local], lengths, table, lead=ids)
 
 
 def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_split: str = "train",
                   lowercase: bool = True, min_freq: int = 1, max_size: int = 0, ngrams: int = 1,
-                  num_buckets: int = 0, workers: int = 1,
-                  eos: bool = False) -> tuple[Vocab, dict[str, np.ndarray]]:
+                  num_buckets: int = 0, workers: int = 1, eos: bool = False, minn: int = 0,
+                  maxn: int = 0) -> tuple[Vocab, dict[str, np.ndarray]]:
   """Tokenizes every split, builds the vocabulary on one, and encodes them all, on processes.
 
   The result is exactly that of ``tokenize_many``, ``build_vocab`` (on ``splits[vocab_split]``)
@@ -396,7 +609,7 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
 
   Args:
     splits: name -> texts; must hold ``vocab_split``.
-    max_len, ngrams, num_buckets: as for ``encode``.
+    max_len, ngrams, num_buckets, minn, maxn: as for ``encode``.
     vocab_split: the split the vocabulary is built on (normally train).
     lowercase: as for ``tokenize_many``.
     eos: end every text with ``EOS_TOKEN`` (fastText's features), before ``max_len`` cuts it.
@@ -404,7 +617,7 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
     workers: processes (and n-gram threads) to use; 1 = this process only.
 
   Returns:
-    ``(vocab, {name: int32 [N, max_len * ngrams]})``.
+    ``(vocab, {name: int32 [N, max_len * ngrams + S]})`` (``S`` as for ``encode``, per split).
 
   Example:
     >>> vocab, ids = encode_corpus({"train": ["a b a", "c"], "test": ["a d"]}, max_len=3)
@@ -416,7 +629,7 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
   if vocab_split not in splits:
     raise ValueError(f"encode_corpus: no split {vocab_split!r} to build the vocabulary on "
                      f"(splits: {sorted(splits)}).")
-  _check_encode_args("encode_corpus", max_len, ngrams, num_buckets)
+  _check_encode_args("encode_corpus", max_len, ngrams, num_buckets, minn, maxn)
   if workers < 1:
     raise ValueError(f"encode_corpus: workers = {workers} must be >= 1.")
   order = [vocab_split] + [name for name in splits if name != vocab_split]
@@ -431,7 +644,7 @@ def encode_corpus(splits: Mapping[str, Sequence[str]], *, max_len: int, vocab_sp
   layout = {name: [(k, name, None) for k in range(len(shards))] for name in splits}
   return encode_shards(shards, layout, vocab_split=vocab_split, min_freq=min_freq,
                        max_size=max_size, max_len=max_len, ngrams=ngrams,
-                       num_buckets=num_buckets, threads=workers)
+                       num_buckets=num_buckets, threads=workers, minn=minn, maxn=maxn)
 
 
 # Tokenized texts: (tokens, {part: (ids, lengths)}). ``tokens`` holds each distinct token once
@@ -481,16 +694,17 @@ def _gc_paused():
 def encode_shards(shards: Sequence[Shard],
                   layout: Mapping[str, Sequence[tuple[int, str, np.ndarray | None]]], *,
                   max_len: int, vocab_split: str = "train", min_freq: int = 1, max_size: int = 0,
-                  ngrams: int = 1, num_buckets: int = 0,
-                  threads: int = 1) -> tuple[Vocab, dict[str, np.ndarray]]:
+                  ngrams: int = 1, num_buckets: int = 0, threads: int = 1, minn: int = 0,
+                  maxn: int = 0) -> tuple[Vocab, dict[str, np.ndarray]]:
   """Builds the vocabulary and the padded id matrices from tokenized shards.
 
   Args:
     shards: ``tokenize_parts`` results (from any processes).
     layout: split name -> its pieces in order, each ``(shard index, part name, rows)``: the
       texts ``rows`` (an int array; None = all) of that part of that shard.
-    max_len, vocab_split, min_freq, max_size, ngrams, num_buckets: as for ``encode_corpus``;
-      the vocabulary counts the tokens of ``layout[vocab_split]``.
+    max_len, vocab_split, min_freq, max_size, ngrams, num_buckets, minn, maxn: as for
+      ``encode_corpus``; the vocabulary counts the tokens of ``layout[vocab_split]``; the
+      character n-grams of each shard's distinct tokens are hashed once.
     threads: n-gram hashing threads.
 
   Returns:
@@ -506,7 +720,7 @@ def encode_shards(shards: Sequence[Shard],
   if vocab_split not in layout:
     raise ValueError(f"encode_shards: no split {vocab_split!r} to build the vocabulary on "
                      f"(splits: {sorted(layout)}).")
-  _check_encode_args("encode_shards", max_len, ngrams, num_buckets)
+  _check_encode_args("encode_shards", max_len, ngrams, num_buckets, minn, maxn)
   total: dict[str, int] = {}
   for k, part, rows in layout[vocab_split]:
     tokens, parts = shards[k]
@@ -522,9 +736,19 @@ def encode_shards(shards: Sequence[Shard],
   vocab = _vocab_from_counts(total, min_freq, max_size)
   lookup = vocab._index.get  # pylint: disable=protected-access
   remaps: dict[int, np.ndarray] = {}
+  table, bases = None, None
+  if minn:  # one table over every shard's distinct tokens; shard k's token i is bases[k] + i
+    indptrs, subwords, bases = [np.zeros(1, np.int64)], [np.zeros(0, np.int32)], [0]
+    for tokens, _ in shards:
+      indptr, ids = subword_table(tokens, minn, maxn, num_buckets, len(vocab))
+      indptrs.append(indptr[1:] + sum(map(len, subwords)))
+      subwords.append(ids)
+      bases.append(bases[-1] + len(tokens))
+    table = (np.concatenate(indptrs), np.concatenate(subwords))
   encoded = {}
   for name, pieces in layout.items():
     flats, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+    local_ids = [np.zeros(0, np.int64)]  # rows of the subword table
     for k, part, rows in pieces:
       tokens, parts = shards[k]
       if k not in remaps:
@@ -533,9 +757,14 @@ def encode_shards(shards: Sequence[Shard],
       ids, counts = _take_rows(*parts[part], rows, max_len)
       flats.append(remaps[k][ids])
       lengths.append(counts)
+      if minn:
+        local_ids.append(ids.astype(np.int64) + bases[k])
     encoded[name] = padded_ids(np.concatenate(flats), np.concatenate(lengths), max_len,
                                ngrams=ngrams, num_buckets=num_buckets, offset=len(vocab),
                                threads=threads)
+    if minn:
+      encoded[name] = subword_block(np.concatenate(local_ids), np.concatenate(lengths), table,
+                                    lead=encoded[name])
   return vocab, encoded
 
 
@@ -600,7 +829,14 @@ def _take_rows(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray | None,
   return ids[np.arange(int(lengths.sum())) + np.repeat(starts - offsets, lengths)], lengths
 
 
-def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int) -> None:
+def _check_encode_args(caller: str, max_len: int, ngrams: int, num_buckets: int, minn: int = 0,
+                       maxn: int = 0) -> None:
+  if (minn or maxn) and not 1 <= minn <= maxn:
+    raise ValueError(f"{caller}: character n-grams need 1 <= minn <= maxn (or both 0: none), "
+                     f"got minn={minn}, maxn={maxn}; fastText's are minn=3, maxn=6.")
+  if minn and num_buckets <= 0:
+    raise ValueError(f"{caller}: minn = {minn} needs num_buckets > 0 (character n-grams are "
+                     "hashed into that many buckets), e.g. num_buckets=2000000.")
   if max_len <= 0:
     raise ValueError(f"{caller}: max_len = {max_len} must be positive.")
   if ngrams < 1:

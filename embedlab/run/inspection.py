@@ -143,6 +143,70 @@ def _logical_table(cfg: config_lib.Config, embed: Any, num_embeddings: int) -> n
                             num_embeddings)
 
 
+def word_vectors(emb: RunEmbedding, words: Sequence[str], *, chunk: int = 1024) -> np.ndarray:
+  """fastText's word vectors ``float32[len(words), features]`` from a run's table: with
+  character n-grams (``data.minn``) the mean of a word's row and its n-grams' rows, for words
+  never seen in training the mean of their n-grams' rows; without them, a vocabulary word's row.
+
+  Raises:
+    neighbours.UnknownWordError: (a ``KeyError``) a word the run has no vector for.
+  """
+  from embedlab.analysis import neighbours as neighbours_lib  # noqa: PLC0415
+  from embedlab.data import cache as cache_lib  # noqa: PLC0415
+  from embedlab.data import text as text_lib  # noqa: PLC0415
+  cfg = emb.config.data
+  vocab = text_lib.Vocab(emb.tokens[:emb.num_words])
+  kept = report.load_buckets(emb.run_dir, emb.config)
+  out = np.zeros((len(words), emb.table.shape[1]), np.float32)
+  for start in range(0, len(words), chunk):
+    rows = cache_lib.word_rows(cfg, vocab, list(words[start:start + chunk]), kept)
+    counts = (rows != _PADDING_ID).sum(axis=1)
+    missing = [w for w, c in zip(words[start:start + chunk], counts) if c == 0]
+    if missing:
+      raise neighbours_lib.UnknownWordError(
+          f"{missing[0]!r} has no vector in this run: it is not in its vocabulary"
+          + (f" and has no character n-gram of {cfg.minn}..{cfg.maxn} characters"
+             if cfg.subwords else " (the run has no character n-grams: data.minn = 0)") + ".")
+    # the padding row is zero: sums over the padded rows, then divided by the real counts
+    sums = np.asarray(emb.table, np.float32)[rows].sum(axis=1)
+    out[start:start + len(rows)] = sums / counts[:, None]
+  return out
+
+
+def vocabulary_vectors(emb: RunEmbedding) -> np.ndarray:
+  """The vocabulary words' vectors ``float32[num_words, features]`` that neighbours and analogies
+  search: their rows (``emb.words``), or with character n-grams fastText's word vectors
+  (``word_vectors``; ``<pad>`` and ``<unk>`` keep their rows)."""
+  if not emb.config.data.subwords:
+    return emb.words
+  vectors = emb.words.copy()
+  vectors[2:] = word_vectors(emb, emb.tokens[2:emb.num_words])
+  return vectors
+
+
+def word_neighbours(emb: RunEmbedding, words: Sequence[str], *, k: int = 10,
+                    vectors: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+  """The ``k`` nearest vocabulary words by cosine of each of ``words`` (itself left out), over
+  ``vocabulary_vectors``; with character n-grams, words never seen in training too (fastText's
+  ``get_nearest_neighbors``).
+
+  Raises:
+    neighbours.UnknownWordError: a word the run has no vector for.
+  """
+  from embedlab.analysis import neighbours as neighbours_lib  # noqa: PLC0415
+  tokens = emb.tokens[:emb.num_words]
+  table = vocabulary_vectors(emb) if vectors is None else vectors
+  if not emb.config.data.subwords:
+    return neighbours_lib.neighbours(table, tokens, list(words), k=k)
+  index = {t: i for i, t in enumerate(tokens)}
+  queries = [w.lower() if emb.config.data.lowercase else w for w in words]
+  found, scores = neighbours_lib.nearest_neighbours(
+      table, word_vectors(emb, queries), k=k, skip=skip_mask(tokens, SKIP_TOKENS),
+      exclude_ids=[[index.get(q, -1)] for q in queries])
+  return [[(tokens[j], round(float(s), 4)) for j, s in zip(row_ids, row_scores)]
+          for row_ids, row_scores in zip(found, scores)]
+
+
 def initial_table(cfg: config_lib.Config) -> np.ndarray:
   """The table a run of ``cfg`` started from, rebuilt exactly as ``train`` builds it.
 

@@ -93,25 +93,38 @@ class Run:
     return out
 
   def embed(self, words: Sequence[str]) -> np.ndarray:
-    """The trained vectors ``float32[len(words), features]`` of vocabulary words.
+    """The trained vectors ``float32[len(words), features]`` of words.
+
+    Without character n-grams, a vocabulary word's vector is its row. With them
+    (``data.minn``, ``data.maxn``), it is fastText's ``get_word_vector``: the mean of the word's
+    row and its n-grams' rows, and a word never seen in training gets the mean of its n-grams'
+    rows (``embedlab.data.cache.word_rows``).
 
     Raises:
-      UnknownWordsError: naming the words the vocabulary does not hold (their vector would
-        be ``<unk>``'s, which says nothing about them).
+      UnknownWordsError: naming the words the run has no vector for: outside the vocabulary
+        without character n-grams (their vector would be ``<unk>``'s, which says nothing about
+        them), or not one token as the run tokenizes.
     """
     if isinstance(words, str):
       raise TypeError("Run.embed takes a list of words; wrap one word in a list.")
     data = self.config.data
     found = [text_lib.tokenize_many([w], data.lowercase)[0] for w in words]
-    ids = [self.vocab.id_of(t[0]) if len(t) == 1 else text_lib.UNK_ID for t in found]
-    unknown = [w for w, i in zip(words, ids) if i == text_lib.UNK_ID]
+    tokens = [t[0] if len(t) == 1 else None for t in found]
+    rows = cache_lib.word_rows(data, self.vocab, [t or "" for t in tokens], self.kept_buckets)
+    unknown = [w for w, t, r in zip(words, tokens, rows) if t is None or not r.any()]
     if unknown:
-      raise UnknownWordsError(f"embed: {', '.join(map(repr, unknown[:10]))} not in the run's "
-                              f"vocabulary of {len(self.vocab):,} words (give single words as "
-                              f"the run tokenized them).")
-    vectors = models_lib.materialize(self.model.embedder, self.params["embed"],
-                                     len(self.vocab))
-    return np.asarray(vectors)[np.asarray(ids, np.int64)]
+      what = ("have no vector: each must be one token as the run tokenizes, with a character "
+              f"n-gram of {data.minn}..{data.maxn} characters or in the vocabulary"
+              if data.subwords else
+              f"not in the run's vocabulary of {len(self.vocab):,} words (give single words as "
+              "the run tokenized them)")
+      raise UnknownWordsError(f"embed: {', '.join(map(repr, unknown[:10]))} {what}.")
+    if not data.subwords:
+      vectors = models_lib.materialize(self.model.embedder, self.params["embed"],
+                                       len(self.vocab))
+      return np.asarray(vectors)[rows[:, 0].astype(np.int64)]
+    return np.asarray(self.model.embedder.bag(self.params["embed"], jnp.asarray(rows), "mean"),
+                      np.float32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -284,12 +284,14 @@ _human_bytes = tables.human_bytes
 
 
 def _buckets_text(cfg: config_lib.Config, data) -> str:
-  if cfg.data.ngrams < 2 or not cfg.data.num_buckets:
+  if not cfg.data.hashed or not cfg.data.num_buckets:
     return ""
+  what = "n-gram" if not cfg.data.subwords else (
+      f"{'word and ' if cfg.data.ngrams > 1 else ''}character {cfg.data.minn}-{cfg.data.maxn}-gram")
   kept = getattr(data, "kept_buckets", None)
   if kept is None:
-    return f" + {cfg.data.num_buckets:,} hashed n-gram buckets"
-  return (f" + {len(kept):,} of {cfg.data.num_buckets:,} hashed n-gram buckets (those train "
+    return f" + {cfg.data.num_buckets:,} hashed {what} buckets"
+  return (f" + {len(kept):,} of {cfg.data.num_buckets:,} hashed {what} buckets (those train "
           f"uses) + 1 row for the rest")
 
 

@@ -374,7 +374,7 @@ def _settings_that_fit(cfg, num_embeddings, num_classes, seq_len, budget) -> lis
   if features != cfg.model.features and fits(with_(model={"features": features})):
     out.append(f"--set model.features={features}")
   buckets = cfg.data.num_buckets
-  if buckets and cfg.data.ngrams > 1 and not cfg.data.pruned:  # pruned: rows it uses
+  if buckets and cfg.data.hashed and not cfg.data.pruned:  # pruned: rows it uses
     vocab = num_embeddings - buckets
     while buckets > 1 and not fits(cfg, vocab + buckets):
       buckets //= 2

@@ -139,7 +139,8 @@ def trial_config(base: config_lib.Config, params: dict[str, Any]) -> config_lib.
   updates = dict(params)
   if "train.num_epochs" in updates:
     updates["train.num_epochs"] = float(updates["train.num_epochs"])
-  if updates.get("data.ngrams", base.data.ngrams) < 2:
+  # character n-grams use the buckets whatever the word n-grams
+  if updates.get("data.ngrams", base.data.ngrams) < 2 and not base.data.subwords:
     updates["data.num_buckets"] = base.data.num_buckets if base.data.ngrams < 2 else 0
     updates["data.prune_buckets"] = False
   elif "data.ngrams" in updates:
@@ -264,7 +265,7 @@ def tune(experiment: str | pathlib.Path, budget: float, workdir: str | pathlib.P
   def objective(trial) -> float:
     params = {}
     for key, spec in space.items():
-      if key == "data.num_buckets" and params.get("data.ngrams", 2) < 2:
+      if key == "data.num_buckets" and params.get("data.ngrams", 2) < 2 and not base.data.subwords:
         continue  # no n-grams: no buckets to choose
       if spec[0] == "log":
         params[key] = trial.suggest_float(key, spec[1], spec[2], log=True)
