@@ -112,8 +112,8 @@ def test_bag_model_pools_subwords_like_any_other_id():
   vocab = text.Vocab.from_words(["film", "good"])
   ids = text.encode([["good", "film", "zz"], ["film"]], vocab, max_len=4, ngrams=2,
                     num_buckets=64, minn=3, maxn=5)
-  cfg = config_lib.ModelConfig(name="bag", features=6, hidden=0)
-  model = classifiers.make_model(cfg, len(vocab) + 64, 2)
+  embedder = classifiers.make_embedder(len(vocab) + 64, 6)
+  model = classifiers.make_model("bag", embedder, 2, pooling="mean", hidden=0)
   params = model.init(jax.random.key(0))
   table = np.asarray(params["embed"]["table"])
   pooled = np.stack([table[row[row != 0]].mean(axis=0) for row in ids])
