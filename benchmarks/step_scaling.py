@@ -7,6 +7,10 @@ dense [64, 16] layer and softmax cross-entropy. Per size V = 2^14 .. 2^22:
   (donated, updated in place), ``optax.adam`` on the dense layer; for each of ``sparse_sgd``,
   ``sparse_adagrad``, ``sparse_rowwise_adagrad`` and ``sparse_lazy_adam``, with the strategies
   ``localize`` and ``update`` choose on their own (``embedlab.core.sparse.choose_update_strategy``).
+* public path: the same step as a user writes it with optax, ``embedlab.value_and_row_grad`` +
+  ``optax.multi_transform`` of ``embedlab.row_sparse(<optimizer>)`` for the table and
+  ``optax.adam`` for the dense layer + ``embedlab.apply_updates`` (params donated); its ratio to
+  the ``localize`` + ``update`` step above says what optax's interface costs.
 * floor: the same step written plainly in PyTorch (2 threads, no autograd): dedup the ids
   (``torch.unique``), gather the occurring rows, the model's forward and backward by hand, sum
   the per-occurrence gradients into one row per touched id (``index_add_``), gather the touched
@@ -29,7 +33,7 @@ many small operations waits for both threads) move with the load; on one core, e
 running alone on it, they are steadier.
 
 Prints a table of ms/step, each optimizer's ratio to its floor at every size, t(2^22) / t(2^14),
-then one JSON line.
+the public optax path's ratio to the ``localize`` + ``update`` step, then one JSON line.
 """
 
 import argparse
@@ -93,6 +97,29 @@ def make_sparse_step(opt, strategy="auto"):
   def init(table, w):
     dense = {"w": w}
     return (table, opt.init(table), dense, tx.init(dense))
+
+  return init, step
+
+
+def make_optax_step(opt):
+  """The sparse step through optax: ``value_and_row_grad``, ``row_sparse`` and ``adam`` in one
+  ``multi_transform``, ``apply_updates``."""
+  tx = optax.multi_transform({"table": el.row_sparse(opt), "dense": optax.adam(1e-3)},
+                             {"table": "table", "w": "dense"})
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, ids, labels):
+    def fn(local_params, local_ids):
+      # value_and_row_grad has checked the ids: the bag reads the local table unchecked
+      return loss_fn({"table": local_params["table"]}, local_params, local_ids, labels, "clip")
+
+    loss, grads = el.value_and_row_grad(fn, params, ids, padding_id=PAD)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return el.apply_updates(params, updates), opt_state, loss
+
+  def init(table, w):
+    params = {"table": table, "w": w}
+    return (params, tx.init(params))
 
   return init, step
 
@@ -267,6 +294,10 @@ def compare_strategies(args):
     print(f"{'2^%d' % e:>5} " + " ".join(
         f"{ms[(e, n, 'dense')]:8.2f} / {ms[(e, n, 'rows')]:8.2f} "
         f"({ms[(e, n, 'dense')] / ms[(e, n, 'rows')]:4.2f})" for n in OPTIMIZERS))
+  public = {n: {e: ms[f"optax_{n}"][e] / ms[n][e] for e in exponents} for n in OPTIMIZERS}
+  print("public optax path / localize + update, ms/step (ratio): " + "; ".join(
+      f"2^{e} " + ", ".join(f"{n} {ms[f'optax_{n}'][e]:.2f} ({public[n][e]:.2f})"
+                           for n in OPTIMIZERS) for e in exponents))
   print(json.dumps({
       "benchmark": "step_scaling_strategies", "features": FEATURES, "batch": [BATCH, BAG_LEN],
       "ms_per_step": {f"2^{e}/{n}/{s}": round(v, 3) for (e, n, s), v in ms.items()},
@@ -290,7 +321,8 @@ def main():
   import torch  # noqa: PLC0415 - the bench extra
   torch.set_num_threads(args.threads)
   exponents = [14, 18] if args.quick else [14, 16, 18, 20, 22]
-  ms = {"dense_adam": {}, **{n: {} for n in OPTIMIZERS}, **{f"floor_{n}": {} for n in OPTIMIZERS}}
+  ms = {"dense_adam": {}, **{n: {} for n in OPTIMIZERS}, **{f"optax_{n}": {} for n in OPTIMIZERS},
+        **{f"floor_{n}": {} for n in OPTIMIZERS}}
   for e in exponents:
     rows = 1 << e
     batches = make_batches(rows)
@@ -306,8 +338,11 @@ def main():
       for name, make in OPTIMIZERS.items():
         run, close = jax_runner(*make_sparse_step(make()), rows)
         runners[name] = (run, batches)
-        runners[f"floor_{name}"] = (make_floor_step(name, rows, torch), torch_batches)
         closers.append(close)
+        run, close = jax_runner(*make_optax_step(make()), rows)
+        runners[f"optax_{name}"] = (run, batches)
+        closers.append(close)
+        runners[f"floor_{name}"] = (make_floor_step(name, rows, torch), torch_batches)
       with torch.no_grad():
         for key, value in best_ms(runners, args.rounds, args.steps).items():
           ms[key][e] = value
@@ -322,12 +357,15 @@ def main():
       close()
       for name, make in OPTIMIZERS.items():
         run, close = jax_runner(*make_sparse_step(make()), rows)
+        run_optax, close_optax = jax_runner(*make_optax_step(make()), rows)
         floor = make_floor_step(name, rows, torch)
         with torch.no_grad():
-          both = best_ms({"jax": (run, batches), "floor": (floor, torch_batches)}, args.rounds,
-                         args.steps)
-        ms[name][e], ms[f"floor_{name}"][e] = both["jax"], both["floor"]
+          three = best_ms({"jax": (run, batches), "optax": (run_optax, batches),
+                           "floor": (floor, torch_batches)}, args.rounds, args.steps)
+        ms[name][e], ms[f"optax_{name}"][e] = three["jax"], three["optax"]
+        ms[f"floor_{name}"][e] = three["floor"]
         close()
+        close_optax()
         del floor
     print(f"2^{e} done", flush=True)
   lo, hi = exponents[0], exponents[-1]
@@ -346,6 +384,10 @@ def main():
       f"{n} {growth[n]:.2f}" for n in ["dense_adam", *OPTIMIZERS]))
   print(f"at 2^{lo}, sparse / dense Adam: " + ", ".join(
       f"{n} {ms[n][lo] / ms['dense_adam'][lo]:.2f}" for n in OPTIMIZERS))
+  public = {n: {e: ms[f"optax_{n}"][e] / ms[n][e] for e in exponents} for n in OPTIMIZERS}
+  print("public optax path / localize + update, ms/step (ratio): " + "; ".join(
+      f"2^{e} " + ", ".join(f"{n} {ms[f'optax_{n}'][e]:.2f} ({public[n][e]:.2f})"
+                           for n in OPTIMIZERS) for e in exponents))
   print(json.dumps({
       "benchmark": "step_scaling", "features": FEATURES, "batch": [BATCH, BAG_LEN],
       "rounds": args.rounds, "steps": args.steps, "torch_threads": args.threads,
@@ -354,6 +396,8 @@ def main():
       "ratio_to_floor": {k: {f"2^{e}": round(v, 3) for e, v in r.items()}
                          for k, r in to_floor.items()},
       f"ratio_2^{hi}_over_2^{lo}": {k: round(v, 3) for k, v in growth.items()},
+      "optax_path_over_localize": {k: {f"2^{e}": round(v, 3) for e, v in r.items()}
+                                   for k, r in public.items()},
       "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
       "jax": jax.__version__, "torch": torch.__version__}))
 
