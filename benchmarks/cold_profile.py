@@ -78,9 +78,9 @@ def _job(argv: list[str]) -> None:
           _mark(f"imported:{module}")
 
   cache_lib.encode_splits = encode_then_list_imports
-  from embedlab.data import text  # pylint: disable=import-outside-toplevel
+  from embedlab.data import encoding as encoding_lib  # pylint: disable=import-outside-toplevel
 
-  _wrap(text, "encode_corpus")
+  _wrap(encoding_lib, "encode_corpus")
   wait = cli._wait  # pylint: disable=protected-access
 
   def wait_then_wrap(pid):

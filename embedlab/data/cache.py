@@ -28,7 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from embedlab.data import atomic
+from embedlab.data import encoding as encoding_lib
 from embedlab.data import files
+from embedlab.data import ngrams as ngram_lib
 from embedlab.data import paths
 from embedlab.data import splits as splits_lib
 from embedlab.data import text as text_lib
@@ -44,7 +46,7 @@ log = logging.getLogger("embedlab")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EncodedData:
-  """Every split as padded int32 ids (see ``embedlab.data.text.encode`` for the row layout).
+  """Every split as padded int32 ids (see ``embedlab.data.encoding.encode`` for the row layout).
 
   Attributes:
     train_ids, dev_ids, test_ids: int32 ``[N, max_len * ngrams + S]`` (``S``: the split's
@@ -57,8 +59,8 @@ class EncodedData:
     num_embeddings: rows the embedding table needs: ``table_rows(cfg, len(vocab), kept_buckets)``.
     skipped: malformed rows skipped per split (with ``skip_bad_rows``).
     kept_buckets: with ``prune_buckets``, the n-gram ids of the buckets train uses
-      (``text.seen_buckets``), which the ids are renumbered by (``text.remap_buckets``); None
-      otherwise.
+      (``encoding.seen_buckets``), which the ids are renumbered by
+      (``encoding.remap_buckets``); None otherwise.
   """
 
   train_ids: np.ndarray
@@ -117,8 +119,8 @@ def encode_texts(cfg: DataConfig, vocab: text_lib.Vocab, texts: Sequence[str],
   """Ids ``int32[N, L]`` of raw ``texts`` with a trained run's vocabulary (and its kept n-gram
   buckets), tokenized and encoded as its training data was (``predict``, ``eval``)."""
   tokens = text_lib.tokenize_many(list(texts), cfg.lowercase, eos=cfg.eos)
-  ids = text_lib.encode(tokens, vocab, max_len=cfg.max_len, ngrams=cfg.ngrams,
-                        num_buckets=cfg.num_buckets, minn=cfg.minn, maxn=cfg.maxn)
+  ids = encoding_lib.encode(tokens, vocab, max_len=cfg.max_len, ngrams=cfg.ngrams,
+                            num_buckets=cfg.num_buckets, minn=cfg.minn, maxn=cfg.maxn)
   return prune_ids(cfg, ids, len(vocab), kept_buckets)
 
 
@@ -151,25 +153,25 @@ def word_rows(cfg: DataConfig, vocab: text_lib.Vocab, words: Sequence[str],
     own = vocab.id_of(word)
     ids = [own] if own != text_lib.UNK_ID else []
     if cfg.subwords:
-      ids += text_lib.subword_ids(word, cfg.minn, cfg.maxn, cfg.num_buckets, len(vocab)).tolist()
+      ids += ngram_lib.subword_ids(word, cfg.minn, cfg.maxn, cfg.num_buckets, len(vocab)).tolist()
     lists.append(ids)
   out = np.zeros((len(lists), max(1, max(map(len, lists), default=0))), np.int32)
   for i, ids in enumerate(lists):
     out[i, :len(ids)] = ids
   if not cfg.pruned:
     return out
-  return text_lib.remap_buckets(out, kept_buckets, max_len=0, vocab_size=len(vocab),
-                                num_buckets=cfg.num_buckets)
+  return encoding_lib.remap_buckets(out, kept_buckets, max_len=0, vocab_size=len(vocab),
+                                    num_buckets=cfg.num_buckets)
 
 
 def prune_ids(cfg: DataConfig, ids: np.ndarray, vocab_size: int,
               kept_buckets: np.ndarray | None) -> np.ndarray:
   """``ids`` encoded with ``cfg`` as the table of ``table_rows`` reads them: renumbered by
-  ``text.remap_buckets`` with ``prune_buckets``, unchanged otherwise (``predict`` uses it)."""
+  ``encoding.remap_buckets`` with ``prune_buckets``, unchanged otherwise (``predict`` uses it)."""
   if not cfg.pruned:
     return ids
-  return text_lib.remap_buckets(ids, kept_buckets, max_len=cfg.max_len, vocab_size=vocab_size,
-                                num_buckets=cfg.num_buckets)
+  return encoding_lib.remap_buckets(ids, kept_buckets, max_len=cfg.max_len,
+                                    vocab_size=vocab_size, num_buckets=cfg.num_buckets)
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -273,7 +275,7 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
     splits, label_names, vocab, ids = _encode_by_file(cfg, seed, workers)
   else:
     splits, label_names = splits_lib.load_splits(cfg, seed)
-    vocab, ids = text_lib.encode_corpus(
+    vocab, ids = encoding_lib.encode_corpus(
         {name: s.texts for name, s in splits.items()}, vocab_split="train",
         max_len=cfg.max_len, lowercase=cfg.lowercase, min_freq=cfg.min_freq,
         max_size=cfg.max_vocab, ngrams=cfg.ngrams, num_buckets=cfg.num_buckets, workers=workers,
@@ -281,8 +283,8 @@ def encode_splits(cfg: DataConfig, seed: int, *, cache_dir: str | os.PathLike | 
   labels = {name: s.labels for name, s in splits.items()}
   kept = None
   if cfg.pruned:
-    kept = text_lib.seen_buckets(ids["train"], max_len=cfg.max_len, vocab_size=len(vocab),
-                                 num_buckets=cfg.num_buckets)
+    kept = encoding_lib.seen_buckets(ids["train"], max_len=cfg.max_len, vocab_size=len(vocab),
+                                     num_buckets=cfg.num_buckets)
     ids = {name: prune_ids(cfg, split_ids, len(vocab), kept) for name, split_ids in ids.items()}
   data = EncodedData(
       train_ids=ids["train"], train_labels=labels["train"],
@@ -304,7 +306,7 @@ _MIN_FILE_BYTES = 4 << 20
 def _by_file(cfg: DataConfig, workers: int) -> bool:
   """Whether each file gets a process that reads and tokenizes it: files data with at least as
   many big files as workers (IMDB's train and test on 2 cores), and forking possible. Otherwise
-  the files are read here and the tokenizing is split by slices (``text.encode_corpus``)."""
+  the files are read here and the tokenizing is split by slices (``encoding.encode_corpus``)."""
   if cfg.source != "files" or workers < 2 or not fork_lib.can_fork():
     return False
   big = 0
@@ -316,16 +318,16 @@ def _by_file(cfg: DataConfig, workers: int) -> bool:
   return big >= workers
 
 
-def _read_and_tokenize(cfg: DataConfig, split: str) -> tuple[RawSplit, text_lib.Shard]:
+def _read_and_tokenize(cfg: DataConfig, split: str) -> tuple[RawSplit, encoding_lib.Shard]:
   raw = files.read_split(cfg, split)
-  shard = text_lib.tokenize_parts({split: raw.texts}, lowercase=cfg.lowercase, eos=cfg.eos)
+  shard = encoding_lib.tokenize_parts({split: raw.texts}, lowercase=cfg.lowercase, eos=cfg.eos)
   raw.texts = []  # not sent back: the ids stand for them
   return raw, shard
 
 
 def _encode_by_file(cfg: DataConfig, seed: int, workers: int):
   """``encode_splits``' work with one forked process per file reading and tokenizing it; here,
-  the labels, the dev carve-out and ``max_examples`` pick rows, then ``text.encode_shards``."""
+  the labels, the dev carve-out and ``max_examples`` pick rows, then ``encoding.encode_shards``."""
   names = files.split_names(cfg)
   files.import_readers(cfg)  # once, here: the forked processes inherit it
   done = fork_lib.fork_map(functools.partial(_read_and_tokenize, cfg), names, workers)
@@ -344,7 +346,7 @@ def _encode_by_file(cfg: DataConfig, seed: int, workers: int):
     cuts = np.flatnonzero(np.diff(file_of_row)) + 1
     layout[name] = [(int(f[0]), names[int(f[0])], r - bases[int(f[0])])
                     for f, r in zip(np.split(file_of_row, cuts), np.split(rows, cuts)) if r.size]
-  vocab, ids = text_lib.encode_shards(
+  vocab, ids = encoding_lib.encode_shards(
       [shard for _, shard in done], layout, vocab_split="train", max_len=cfg.max_len,
       min_freq=cfg.min_freq, max_size=cfg.max_vocab, ngrams=cfg.ngrams,
       num_buckets=cfg.num_buckets, threads=workers, minn=cfg.minn, maxn=cfg.maxn)
@@ -472,18 +474,18 @@ def _unpack_ids(packed: dict[str, np.ndarray], meta: dict, vocab_size: int,
                 kept: np.ndarray | None) -> np.ndarray:
   """``_pack_ids``' inverse: the n-grams hashed again and, if pruned, renumbered again; the
   character n-grams (stored as used, renumbered already) appended."""
-  ids = text_lib.padded_ids(packed["words"], packed["lengths"], meta["max_len"],
-                            ngrams=meta["ngrams"], num_buckets=meta["num_buckets"],
-                            offset=vocab_size, threads=os.cpu_count() or 1)
+  ids = encoding_lib.padded_ids(packed["words"], packed["lengths"], meta["max_len"],
+                                ngrams=meta["ngrams"], num_buckets=meta["num_buckets"],
+                                offset=vocab_size, threads=os.cpu_count() or 1)
   if kept is not None:
-    ids = text_lib.remap_buckets(ids, kept, max_len=meta["max_len"], vocab_size=vocab_size,
-                                 num_buckets=meta["num_buckets"])
+    ids = encoding_lib.remap_buckets(ids, kept, max_len=meta["max_len"], vocab_size=vocab_size,
+                                     num_buckets=meta["num_buckets"])
   if "subwords" not in packed:
     return ids
   flat, counts = packed["subwords"], packed["subword_lengths"]
   # each stored id a "token" of one subword: subword_block lays them out after ``ids``
-  return text_lib.subword_block(np.arange(len(flat)), counts,
-                                (np.arange(len(flat) + 1), flat), lead=ids)
+  return ngram_lib.subword_block(np.arange(len(flat)), counts,
+                                 (np.arange(len(flat) + 1), flat), lead=ids)
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

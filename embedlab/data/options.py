@@ -21,9 +21,10 @@ class DataConfig:
   ``eos`` ends every text with fastText's ``</s>`` token (a word, and with ``ngrams`` the last
   bigram), before ``max_len`` cuts the text. ``workers`` processes read, tokenize and encode
   (0 = one per CPU core, at most 8; 1 = the main process only); the ids do not depend on it
-  (``embedlab.data.text.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that occur
-  in train: each gets a row of its own and every other bucket shares one last row that training
-  never updates (``embedlab.data.text.seen_buckets``), so fastText's 2M buckets cost the rows they use.
+  (``embedlab.data.encoding.encode_corpus``). ``prune_buckets`` keeps only the n-gram buckets that
+  occur in train: each gets a row of its own and every other bucket shares one last row that
+  training never updates (``embedlab.data.encoding.seen_buckets``), so fastText's 2M buckets cost
+  the rows they use.
 
   ``format="fasttext"`` reads fastText's own input files, one example a line: leading tokens
   that start with ``label_prefix`` (fastText's ``-label``, ``__label__``) are the labels, the
@@ -35,7 +36,7 @@ class DataConfig:
 
   ``minn`` and ``maxn`` add every word's character n-grams of ``minn..maxn`` code points (fastText's
   ``-minn 3 -maxn 6``; 0 and 0, fastText's supervised default, add none), hashed into the same
-  ``num_buckets`` buckets as the word n-grams (``embedlab.data.text.subword_ids``); a trained run
+  ``num_buckets`` buckets as the word n-grams (``embedlab.data.ngrams.subword_ids``); a trained run
   then also gives vectors for words it never saw (``Run.embed``, ``embedlab inspect --word``).
   """
 
