@@ -15,6 +15,7 @@ from embedlab import config as config_lib
 from embedlab.data import atomic
 from embedlab.data import batches as batch_lib
 from embedlab.data import cache as cache_lib
+from embedlab.data import ngrams
 from embedlab.data import paths as paths_lib
 from embedlab.data.rows import DataError
 from embedlab.data import splits as splits_lib
@@ -359,7 +360,7 @@ def test_encode_splits_vocab_from_train_only(tmp_path):
   assert d.train_ids.shape == (2, 8)
   np.testing.assert_array_equal(d.train_ids[:, :4], [[2, 3, 0, 0], [2, 4, 2, 0]])
   np.testing.assert_array_equal(d.dev_ids[:, :4], [[2, text.UNK_ID, 0, 0]])
-  np.testing.assert_array_equal(d.train_ids[1, 4:], text.ngram_ids_batch(
+  np.testing.assert_array_equal(d.train_ids[1, 4:], ngrams.ngram_ids_batch(
       d.train_ids[1:, :4], 2, 10, 5)[0])
   np.testing.assert_array_equal(d.train_lengths, [3, 5])
 
@@ -596,9 +597,9 @@ def test_forked_file_reading_and_encoding_match_one_process(tmp_path):
 import dataclasses, multiprocessing.pool, numpy as np
 from embedlab.data import cache as cache_lib
 from embedlab.data.rows import DataError
-from embedlab.data import text
+from embedlab.data import encoding
 from embedlab.config import DataConfig
-cache_lib._MIN_FILE_BYTES = text._MIN_FORK_CHARS = 0
+cache_lib._MIN_FILE_BYTES = encoding._MIN_FORK_CHARS = 0
 pools = []
 class Spy(multiprocessing.pool.Pool):
   def __init__(self, processes, *a, **k):

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 import embedlab as el
 from embedlab import cli, config as config_lib
 from embedlab.data import cache as cache_lib
-from embedlab.data import text
+from embedlab.data import encoding, ngrams, text
 from embedlab.data.options import DataConfig
 from embedlab.models import classifiers
 from embedlab.run import inspection
@@ -70,19 +70,19 @@ def test_subword_ids_are_fasttexts(tmp_path, minn, maxn, bucket):
   model = fasttext_model(tmp_path, minn, maxn, bucket)
   nwords = len(model.words)
   assert set(TRAIN_WORDS) <= set(model.words)
-  table = text.subword_table(TRAIN_WORDS + UNSEEN_WORDS, minn, maxn, bucket, nwords)
+  table = ngrams.subword_table(TRAIN_WORDS + UNSEEN_WORDS, minn, maxn, bucket, nwords)
   for i, word in enumerate(TRAIN_WORDS + UNSEEN_WORDS):
     grams, ids = model.get_subwords(word)
     if word in model.words:  # fastText lists the word's own id first
       assert grams[0] == word and ids[0] == model.words.index(word)
       grams, ids = grams[1:], ids[1:]
     assert len(ids) > 0
-    got = text.subword_ids(word, minn, maxn, bucket, nwords)
+    got = ngrams.subword_ids(word, minn, maxn, bucket, nwords)
     assert got.tolist() == ids.tolist(), (word, grams)
     assert table[1][table[0][i]:table[0][i + 1]].tolist() == ids.tolist(), word
   # </s> is a word of every fastText line and has no n-grams
   assert model.get_subwords("</s>")[1].tolist() == [model.words.index("</s>")]
-  assert text.subword_ids("</s>", minn, maxn, bucket, nwords).size == 0
+  assert ngrams.subword_ids("</s>", minn, maxn, bucket, nwords).size == 0
 
 
 def test_word_and_sentence_vectors_are_fasttexts(tmp_path):
@@ -99,7 +99,7 @@ def test_word_and_sentence_vectors_are_fasttexts(tmp_path):
   np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-7)
   # a sentence: the mean over every word's id and n-gram ids, </s> included (the bag model)
   sentences = ["café film good", "naïve 日本語 a ab", "x", "films filming bad it's"]
-  ids = text.encode([s.split() + [text.EOS_TOKEN] for s in sentences], vocab, max_len=64,
+  ids = encoding.encode([s.split() + [text.EOS_TOKEN] for s in sentences], vocab, max_len=64,
                     num_buckets=bucket, minn=3, maxn=6)
   assert ids.shape[1] > 64  # the subword block follows the word slots
   mine = np.asarray(el.bag({"table": table}, ids, mode="mean", padding_id=0))
@@ -110,7 +110,7 @@ def test_word_and_sentence_vectors_are_fasttexts(tmp_path):
 def test_bag_model_pools_subwords_like_any_other_id():
   # the classifier's bag is the mean over every non-padding id of the row, n-grams included
   vocab = text.Vocab.from_words(["film", "good"])
-  ids = text.encode([["good", "film", "zz"], ["film"]], vocab, max_len=4, ngrams=2,
+  ids = encoding.encode([["good", "film", "zz"], ["film"]], vocab, max_len=4, ngrams=2,
                     num_buckets=64, minn=3, maxn=5)
   embedder = classifiers.make_embedder(len(vocab) + 64, 6)
   model = classifiers.make_model("bag", embedder, 2, pooling="mean", hidden=0)
@@ -132,19 +132,19 @@ def test_bag_model_pools_subwords_like_any_other_id():
        bucket=st.sampled_from([1, 7, 1000, 2_000_000]))
 def test_subword_table_matches_a_code_point_reference(words, minn, extra, bucket):
   maxn = minn + extra
-  indptr, ids = text.subword_table(words, minn, maxn, bucket, 5)
+  indptr, ids = ngrams.subword_table(words, minn, maxn, bucket, 5)
   assert indptr.tolist()[0] == 0 and len(indptr) == len(words) + 1
   for i, word in enumerate(words):
     expected = reference_subwords(word, minn, maxn, bucket, 5)
     assert ids[indptr[i]:indptr[i + 1]].tolist() == expected, word
-    assert text.subword_ids(word, minn, maxn, bucket, 5).tolist() == expected, word
+    assert ngrams.subword_ids(word, minn, maxn, bucket, 5).tolist() == expected, word
 
 
 def test_subword_ids_reject_bad_lengths():
   with pytest.raises(ValueError, match="1 <= minn <= maxn"):
-    text.subword_ids("word", 4, 3, 10, 0)
+    ngrams.subword_ids("word", 4, 3, 10, 0)
   with pytest.raises(ValueError, match="num_buckets"):
-    text.subword_table(["word"], 3, 6, 0, 0)
+    ngrams.subword_table(["word"], 3, 6, 0, 0)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -154,11 +154,11 @@ def test_encode_appends_each_rows_subwords_unknown_words_included():
   docs = [["good", "film", "zqx", text.EOS_TOKEN], [], ["film"] * 5, ["über", "日本語"]]
   vocab = text.Vocab.from_words(["film", "good", text.EOS_TOKEN])
   max_len, buckets = 4, 1000
-  ids = text.encode(docs, vocab, max_len=max_len, ngrams=2, num_buckets=buckets, minn=3, maxn=6)
-  plain = text.encode(docs, vocab, max_len=max_len, ngrams=2, num_buckets=buckets)
+  ids = encoding.encode(docs, vocab, max_len=max_len, ngrams=2, num_buckets=buckets, minn=3, maxn=6)
+  plain = encoding.encode(docs, vocab, max_len=max_len, ngrams=2, num_buckets=buckets)
   np.testing.assert_array_equal(ids[:, :2 * max_len], plain)  # words and bigrams unchanged
   block = ids[:, 2 * max_len:]
-  expected = [[i for t in doc[:max_len] for i in text.subword_ids(t, 3, 6, buckets, len(vocab))]
+  expected = [[i for t in doc[:max_len] for i in ngrams.subword_ids(t, 3, 6, buckets, len(vocab))]
               for doc in docs]
   assert block.shape[1] == max(map(len, expected))
   for row, want in zip(block, expected):
@@ -166,21 +166,22 @@ def test_encode_appends_each_rows_subwords_unknown_words_included():
   # the unknown word keeps <unk> in its slot and still has its n-grams; </s> has none
   assert ids[0, 2] == text.UNK_ID
   assert expected[0] == [i for w in ("good", "film", "zqx")
-                         for i in text.subword_ids(w, 3, 6, buckets, len(vocab))]
+                         for i in ngrams.subword_ids(w, 3, 6, buckets, len(vocab))]
 
 
 def test_encode_shards_equal_encode_with_subwords():
   texts = ["a fine film", "naïve café film", "", "unseen wordz here", "film " * 9, "日本語 ok"]
   splits = {"train": texts[:4], "test": texts[3:]}
   kwargs = dict(max_len=6, ngrams=2, num_buckets=512, minn=2, maxn=5)
-  vocab, encoded = text.encode_corpus(splits, **kwargs)
-  shards = [text.tokenize_parts({"all": texts[:3]}), text.tokenize_parts({"all": texts[3:]})]
+  vocab, encoded = encoding.encode_corpus(splits, **kwargs)
+  shards = [encoding.tokenize_parts({"all": texts[:3]}),
+            encoding.tokenize_parts({"all": texts[3:]})]
   layout = {"train": [(0, "all", None), (1, "all", np.array([0]))],
             "test": [(1, "all", None)]}
-  vocab2, sharded = text.encode_shards(shards, layout, **kwargs)
+  vocab2, sharded = encoding.encode_shards(shards, layout, **kwargs)
   assert vocab2 == vocab
   for name, split in splits.items():
-    direct = text.encode(text.tokenize_many(split), vocab, **kwargs)
+    direct = encoding.encode(text.tokenize_many(split), vocab, **kwargs)
     np.testing.assert_array_equal(encoded[name], direct)
     np.testing.assert_array_equal(sharded[name], direct)
 
@@ -245,7 +246,7 @@ def test_run_embeds_unseen_words_as_the_mean_of_their_ngram_rows(subword_run):
   words = ["t0_w1", "s0", "t0_w1zz", "unseenword"]
   got = run.embed(words)
   for word, vector in zip(words, got):
-    grams = text.subword_ids(word, 3, 6, data.num_buckets, len(vocab))
+    grams = ngrams.subword_ids(word, 3, 6, data.num_buckets, len(vocab))
     rows = [row_of(int(g)) for g in grams]
     if word in vocab.tokens:
       rows = [vocab.id_of(word)] + rows
