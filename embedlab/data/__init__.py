@@ -7,8 +7,9 @@ The flow is ``DataConfig -> splits.load_splits -> cache.encode_splits -> batches
 * ``files``: local csv / tsv / jsonl / parquet files; ``sources``: Hugging Face ``disk`` and
   ``hub`` data; ``synthetic``: generated data with a planted topic structure.
 * ``splits``: ``load_splits``, from a config to labelled train / dev / test splits.
-* ``text``: tokenizing, the vocabulary, n-gram buckets; ``cache``: ``encode_splits``, every split
-  as padded ids, cached on disk.
+* ``text``: tokenizing, the vocabulary; ``ngrams``: fastText's hashed word and character n-grams;
+  ``encoding``: token lists to padded id matrices, whole corpora on processes; ``cache``:
+  ``encode_splits``, every split as padded ids, cached on disk.
 * ``batches``: training batch indices, ragged batches, masked evaluation batches.
 * ``vectors``: pretrained word vectors; ``atomic``: writing a file whole or not at all;
   ``workers``: forked processes; ``options``: ``DataConfig``.
