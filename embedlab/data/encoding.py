@@ -180,7 +180,7 @@ def tokenize_parts(parts: Mapping[str, Sequence[str]], lowercase: bool = True,
   raw = {}
   with _gc_paused():
     for name, texts in parts.items():
-      tokens = text.tokenize_many(texts, lowercase=lowercase, eos=eos)
+      tokens = text.tokenize_many(texts, lowercase=lowercase, eos=eos)  # looked up per call
       lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
       raw[name] = (np.fromiter(map(index.setdefault, itertools.chain.from_iterable(tokens),
                                    positions), dtype=np.int64, count=int(lengths.sum())),
