@@ -214,7 +214,8 @@ _MOVED = {
     "tables": "embedlab.core.tables", "pooling": "embedlab.core.pooling",
     "sparse": "embedlab.core.sparse", "optim": "embedlab.core.optim",
     "sharding": "embedlab.core.sharding", "flax_adapter": "embedlab.models.flax_embed",
-    "text": "embedlab.data.text", "pretrained": "embedlab.data.vectors",
+    "text": "embedlab.data.text, embedlab.data.ngrams, embedlab.data.encoding",
+    "pretrained": "embedlab.data.vectors",
     "models": "embedlab.models.classifiers", "inspection": "embedlab.run.inspection",
     "train": "embedlab.run.train", "checkpoint": "embedlab.run.checkpoint",
 }
@@ -230,7 +231,15 @@ def __getattr__(name):
     import warnings  # noqa: PLC0415
     warnings.warn(f"embedlab.{name} moved to {_MOVED[name]}; import it from there.",
                   DeprecationWarning, stacklevel=2)
-    return importlib.import_module(_MOVED[name])
+    homes = [importlib.import_module(m) for m in _MOVED[name].split(", ")]
+    if len(homes) == 1:
+      return homes[0]
+    # one old module split in several: a namespace of their public names
+    import types  # noqa: PLC0415
+    merged = types.ModuleType(f"embedlab.{name}")
+    for home in homes:
+      merged.__dict__.update({k: v for k, v in vars(home).items() if not k.startswith("_")})
+    return merged
   module = _MODULES.get(name)
   if module is None:
     raise AttributeError(f"module 'embedlab' has no attribute {name!r}")

@@ -158,3 +158,27 @@ def test_the_checks_catch_a_bad_module(tmp_path, monkeypatch, source, message):
             "private names": test_no_private_names_across_modules}
   with pytest.raises(AssertionError, match=message):
     checks[message]()
+
+
+@pytest.mark.parametrize("old, names", [
+    ("text", ("tokenize", "Vocab", "encode", "encode_corpus", "ngram_ids", "subword_ids")),
+    ("sparse", ("sparse_lazy_adam", "localize")),
+    ("train", ("train",)),
+])
+def test_moved_module_attributes_warn_and_still_hold_their_names(old, names):
+  import embedlab  # noqa: PLC0415
+
+  with pytest.warns(DeprecationWarning, match=f"embedlab.{old} moved to"):
+    module = getattr(embedlab, old)
+  for name in names:
+    assert callable(getattr(module, name)), (old, name)
+
+
+def test_the_old_models_module_names_warn_and_lead_to_the_classifiers():
+  from embedlab import models  # noqa: PLC0415
+  from embedlab.models import classifiers  # noqa: PLC0415
+
+  with pytest.warns(DeprecationWarning, match="moved to embedlab.models.classifiers.make_model"):
+    assert models.make_model is classifiers.make_model
+  with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+    models.nothing_here  # noqa: B018
