@@ -6,7 +6,11 @@ The loss follows the labels' shape, fixed when a step is traced: int ids ``[B]``
 cross-entropy; multi-hot ``[B, C]`` labels (``data.multilabel``) one sigmoid binary
 cross-entropy per label, summed over the labels (fastText's ``-loss ova``), with "correct"
 counting a top label that is one of the row's (precision at 1). Every step kind reaches it
-through ``_metric_sums``, so none has a multi-label copy."""
+through ``_metric_sums``, so none has a multi-label copy.
+
+The row-sparse step takes the path a user's own loop takes (``embedlab.value_and_row_grad``,
+``row_sparse``, ``apply_updates``), not a copy of its insides; only on a mesh whose "model"
+shards each update their own rows does the update go through ``sharding.sharded_sparse_update``."""
 
 from __future__ import annotations
 
@@ -110,8 +114,11 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   arrays; ``train.ragged_batches``): the same loss, computed over the real ids only.
 
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.core.sparse``), the table's
-  gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
-  parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
+  gradient is taken with respect to the gathered rows only, through the public path
+  (``embedlab.value_and_row_grad``, ``row_sparse(table_optimizer)``, ``apply_updates``), and
+  ``optimizer`` updates the other parameters; ``state.opt_state`` is then ``{"dense": ...,
+  "table": ...}`` (the table's entry ``row_sparse(table_optimizer).init(table)``, which is
+  ``table_optimizer.init(table)``). ``oob`` is the id
   policy of the sparse path's gather (``"clip"`` once the data has been validated). Where the
   table optimizer has an ``add`` (``sparse_sgd`` without weight decay) and the model an
   ``apply_gathered`` (the bag model), the step reads the rows per occurrence and scatter-adds
