@@ -118,12 +118,12 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   (``embedlab.value_and_row_grad``, ``row_sparse(table_optimizer)``, ``apply_updates``), and
   ``optimizer`` updates the other parameters; ``state.opt_state`` is then ``{"dense": ...,
   "table": ...}`` (the table's entry ``row_sparse(table_optimizer).init(table)``, which is
-  ``table_optimizer.init(table)``). ``oob`` is the id
-  policy of the sparse path's gather (``"clip"`` once the data has been validated). Where the
-  table optimizer has an ``add`` (``sparse_sgd`` without weight decay) and the model an
-  ``apply_gathered`` (the bag model), the step reads the rows per occurrence and scatter-adds
-  each occurrence's gradient into its row: no dedup sort, no second gather (on one device; the
-  result is the dedup path's up to float rounding where a batch repeats an id).
+  ``table_optimizer.init(table)``). ``oob`` is the id policy of the sparse path's gather
+  (``"clip"`` once the data has been validated). Where the table optimizer has an ``add``
+  (``sparse_sgd`` without weight decay) and the model an ``apply_gathered`` (the bag model), the
+  step reads the rows per occurrence and scatter-adds each occurrence's gradient into its row:
+  no dedup sort, no second gather (on one device; the result is the dedup path's up to float
+  rounding where a batch repeats an id).
 
   With a ``mesh`` (``embedlab.core.sharding``) and ``lookup="shard_map"`` the sparse path reads the
   batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
@@ -197,7 +197,7 @@ def sparse_step(parts: StepParts, state: TrainState, ids, labels, rng):
   row of the ``RowGrad`` (its ids set to ``V``), so neither they nor their slots change."""
   from embedlab.core import rowgrad  # noqa: PLC0415 - only on the sparse path
   model = parts.model
-  table = state.params["embed"]["table"]
+  table, dense = split_table(state.params)
   rows = table.shape[0]
   ragged = isinstance(ids, batch_lib.RaggedBatch)
 
@@ -212,8 +212,9 @@ def sparse_step(parts: StepParts, state: TrainState, ids, labels, rng):
       row_mask=parts.row_mask)
   g_table, g_dense = split_table(grads)
   ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_table)
-  dense, dense_opt, ok = _update_dense(parts, state, split_table(state.params)[1], g_dense, ok)
-  # a bad batch touches no row: its ids become out of range (no row)
+  dense, dense_opt, ok = _update_dense(parts, state, dense, g_dense, ok)
+  # a bad batch touches no row: its ids become out of range (no row); the padding id's row
+  # and frozen rows are none of the RowGrad's already (padding_id, row_mask above)
   g_table = rowgrad.RowGrad(jnp.where(ok, g_table.ids, rows), jnp.where(ok, g_table.rows, 0),
                             rows, dense=g_table.dense)
   if parts.shard_mesh is not None:  # each "model" shard updates its own rows
