@@ -315,3 +315,114 @@ def test_weight_decay_needs_params_and_row_sparse_keeps_non_finite_rows():
   updates, _ = tx.update(grads, tx.init({"t": table}), {"t": table})
   new = el.apply_updates({"t": table}, updates)["t"]
   np.testing.assert_allclose(np.asarray(new), [[-0.1, -0.1], [1, 1], [1, 1]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_row_mask_keeps_frozen_rows_and_their_state_as_the_optimizers_row_mask(strategy):
+  """``value_and_row_grad(row_mask=...)`` + ``row_sparse``: frozen rows are read but neither
+  they nor their slots change (``freeze_rows`` would still move the slots), as
+  ``opt.update(..., row_mask=...)``; the trainable rows get that update's numbers."""
+  opt = el.sparse_lazy_adam(0.05, weight_decay=0.1)
+  tx = el.row_sparse(opt)
+  trainable = np.arange(ROWS) % 3 != 1  # rows 1, 4, 7, ... frozen: some in every batch
+  params = {"table": initial_params()["embed"]["table"]}
+  table, state, tx_state = params["table"], opt.init(params["table"]), tx.init(params)
+  start = np.asarray(table)
+
+  def table_loss(p, ids):
+    return jnp.sum(jnp.sin(el.bag(p, ids, mode="sum", padding_id=PAD)) * jnp.arange(1.0, 5.0))
+
+  @jax.jit
+  def optax_step(params, tx_state, ids):
+    _, grads = el.value_and_row_grad(table_loss, params, ids, padding_id=PAD, strategy=strategy,
+                                     row_mask=trainable)
+    updates, tx_state = tx.update(grads, tx_state, params)
+    return el.apply_updates(params, updates), tx_state
+
+  @jax.jit
+  def own_step(table, state, ids):
+    local = sparse.localize(table, ids, padding_id=PAD, strategy=strategy)
+    grads = jax.grad(table_loss)(local.params, local.ids)["table"]
+    return opt.update(table, state, local.row_ids, grads, unique=True, row_mask=trainable,
+                      strategy="dense" if strategy == "table" else "rows")
+
+  used = set()
+  for ids, _ in batches(4):
+    used |= set(np.asarray(ids).ravel().tolist()) - {PAD}
+    params, tx_state = optax_step(params, tx_state, ids)
+    table, state = own_step(table, state, ids)
+  got, mu, nu = (np.asarray(x) for x in (params["table"], tx_state["table"].mu,
+                                         tx_state["table"].nu))
+  frozen_used = sorted(i for i in used if not trainable[i])
+  trained = sorted(i for i in used if trainable[i])
+  assert frozen_used and trained
+  np.testing.assert_array_equal(got[frozen_used], start[frozen_used])
+  assert not np.any(mu[frozen_used]) and not np.any(nu[frozen_used])
+  assert np.all(np.any(got[trained] != start[trained], axis=1)) and np.all(np.any(nu[trained], 1))
+  tol = {"rtol": 0, "atol": 0} if strategy == "rows" else {"rtol": 1e-6, "atol": 1e-7}
+  np.testing.assert_allclose(got, np.asarray(table), **tol)
+  for a, b in zip(jax.tree.leaves(tx_state["table"]), jax.tree.leaves(state)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), **tol)
+
+
+def test_row_mask_of_the_wrong_shape_says_what_it_needs():
+  params = {"embed": {"table": jnp.ones((5, 2))}}
+  with pytest.raises(ValueError, match=r"row_mask must be a bool array of shape \(5,\), one entry "
+                                       r"per row of the table embed/table.*got shape \(4,\)"):
+    el.value_and_row_grad(lambda p, i: 0.0, params, jnp.array([1]), row_mask=np.ones(4, bool))
+
+
+@pytest.mark.parametrize("rows", [40, 4000])  # localize's "table" strategy, its "rows" one
+def test_the_runners_row_sparse_step_is_the_optimizers_own_update_frozen_rows_kept(rows):
+  """``embedlab.run.steps``' row-sparse step (through ``value_and_row_grad``, ``row_sparse``,
+  ``apply_updates``) against a hand-written step on the optimizer's own ``update`` with its
+  ``row_mask`` and ``skip_ids``: the same table and slots, with dropout, weight decay and
+  frozen rows whose slots never move."""
+  from embedlab.models import classifiers as models_lib
+  from embedlab.run import steps as steps_lib
+  model = models_lib.make_model("bag", models_lib.make_embedder(rows, FEATURES), CLASSES,
+                                pooling="mean", hidden=6, dropout=0.3)
+  params = model.init(jax.random.key(1))
+  trainable = jnp.asarray(np.arange(rows) % 3 != 1)
+  opt, dense_opt = el.sparse_lazy_adam(0.05, weight_decay=0.1), optax.sgd(0.1)
+  table, dense = steps_lib.split_table(params)
+  opt_state = {"dense": dense_opt.init(dense), "table": opt.init(table)}
+  state = steps_lib.TrainState(jnp.array(0), params, opt_state, jax.random.key(2))
+  step = jax.jit(steps_lib.make_train_step(model, dense_opt, table_optimizer=opt,
+                                           row_mask=trainable, oob="clip"))
+
+  @jax.jit
+  def own_step(params, opt_state, step_count, ids, labels):
+    rng = jax.random.fold_in(state.rng, step_count)
+    table, dense = steps_lib.split_table(params)
+    local = sparse.localize(table, ids, padding_id=PAD)
+
+    def loss(dense, local_table):
+      logits = model.apply(steps_lib.join_table(dense, local_table), local.ids, train=True,
+                           rng=rng, rows=True)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return jnp.sum(losses * jnp.ones(labels.shape, jnp.float32)) / labels.shape[0]  # as steps
+
+    g_dense, g_rows = jax.grad(loss, argnums=(0, 1))(dense, local.params["table"])
+    updates, dense_state = dense_opt.update(g_dense, opt_state["dense"], dense)
+    table, table_state = opt.update(table, opt_state["table"], local.row_ids, g_rows,
+                                    unique=True, row_mask=trainable, skip_ids=(PAD,))
+    return (steps_lib.join_table(optax.apply_updates(dense, updates), table),
+            {"dense": dense_state, "table": table_state})
+
+  own_params, own_state, used = params, opt_state, set()
+  for i, (ids, labels) in enumerate(batches(3)):
+    used |= set(np.asarray(ids).ravel().tolist()) - {PAD}
+    state, sums = step(state, ids, labels)
+    own_params, own_state = own_step(own_params, own_state, i, ids, labels)
+    assert float(sums["nonfinite"]) == 0
+  # up to float rounding: two programs, and XLA may contract a multiply-add in one of them only
+  tol = {"rtol": 1e-6, "atol": 1e-7}
+  for got, want in zip(jax.tree.leaves((state.params, state.opt_state)),
+                       jax.tree.leaves((own_params, own_state))):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+  frozen = sorted(i for i in used if not trainable[i])
+  assert frozen and int(state.opt_state["table"].count) == 3
+  np.testing.assert_array_equal(np.asarray(state.params["embed"]["table"])[frozen],
+                                np.asarray(table)[frozen])
+  assert not np.any(np.asarray(state.opt_state["table"].nu)[frozen])

@@ -41,8 +41,10 @@ Consequences, stated plainly:
     ``row_sparse`` with ``optax.multi_transform`` / ``optax.masked``; for gradient
     accumulation, use a larger batch (or sum micro-batch losses in one step) instead of
     ``MultiSteps``.
-  * ``embedlab.freeze_rows`` masks a ``RowGrad``'s rows; ``nnx.Optimizer.update`` takes the
-    gradients of ``value_and_row_grad(loss_fn, model, ids)`` on an ``nnx`` model.
+  * ``embedlab.freeze_rows`` masks a ``RowGrad``'s rows (zero updates); ``value_and_row_grad``'s
+    ``row_mask`` drops frozen rows from the ``RowGrad`` itself, so their optimizer state does
+    not move either. ``nnx.Optimizer.update`` takes the gradients of
+    ``value_and_row_grad(loss_fn, model, ids)`` on an ``nnx`` model.
 
 A jitted step on plain params (``table`` and the optimizer state donated):
 
@@ -71,6 +73,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from embedlab.core import sparse
@@ -278,7 +281,8 @@ def _find_table(flat, table: str | None, where: str) -> int:
 def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any,
                        table: str | None = None, padding_id: int | None = 0,
                        has_aux: bool = False, oob: str = "error", strategy: str = "auto",
-                       gather: Callable[[Array, Array], Array] | None = None):
+                       gather: Callable[[Array, Array], Array] | None = None,
+                       row_mask: Any = None):
   """``jax.value_and_grad`` whose gradient for the embedding table is a ``RowGrad``.
 
   Gathers the rows ``ids`` touch into a local table (``embedlab.core.sparse.localize``), calls
@@ -300,6 +304,11 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
       one leaf named ``table`` or ``embedding``.
     padding_id: the padding id ``fn`` passes to ``bag`` / ``lookup`` (never updated), or None.
     has_aux, oob, strategy, gather: as ``jax.value_and_grad`` (``has_aux``) and ``localize``.
+    row_mask: bool ``[V]``, True where a row is trainable, or None (all are). A frozen row
+      takes part in ``fn`` as any other, but the ``RowGrad`` names no row for it (its id is
+      ``V``): ``row_sparse`` then changes neither the row nor its optimizer state, as
+      ``SparseOptimizer.update``'s ``row_mask`` (``embedlab.freeze_rows`` instead zeros
+      updates and leaves the ids, so the slots of a frozen row still move).
 
   Returns:
     ``(value, grads)``: ``fn``'s value, and gradients of ``params``' structure whose table leaf
@@ -327,6 +336,14 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
     >>> g = grads["layers"][0]["embedding"].get_value()
     >>> g.ids.tolist(), g.rows[:, 0].tolist()
     ([10, 3, 10, 10], [0.0, 2.0, 0.0, 0.0])
+
+    Frozen rows (``row_mask``): row 7 is read but names no row of the gradient:
+
+    >>> frozen_7 = jnp.arange(10) != 7
+    >>> _, grads = el.value_and_row_grad(loss_fn, params, jnp.array([4, 7, 4, 0]),
+    ...                                  strategy="rows", row_mask=frozen_7)
+    >>> grads["embed"]["table"].ids.tolist()
+    [10, 4, 10, 10, 10]
   """
   where = "value_and_row_grad"
   nnx = sys.modules.get("flax.nnx")
@@ -339,6 +356,10 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
   i = _find_table(flat, table, where)
   full = flat[i][1]
   rows = full.shape[0]
+  if row_mask is not None and np.shape(row_mask) != (rows,):
+    raise ValueError(f"{where}: row_mask must be a bool array of shape ({rows},), one entry per "
+                     f"row of the table {path_of(flat[i][0])} (True = trainable), got shape "
+                     f"{np.shape(row_mask)}.")
   n = max(1, int(jnp.size(ids)))
   if strategy == "auto":  # as localize's, resolved here to know which one the RowGrad holds
     strategy = ("table" if gather is None
@@ -364,7 +385,11 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
   if has_aux:
     value = (value, aux)
   grad_leaves, grad_def = jax.tree_util.tree_flatten(grads)
-  grad_leaves[i] = RowGrad(local.row_ids, grad_leaves[i], rows, dense=strategy == "table")
+  row_ids = local.row_ids
+  if row_mask is not None:  # a frozen row: no row (V), as SparseOptimizer.update's row_mask
+    trainable = jnp.take(jnp.asarray(row_mask, bool), row_ids, mode="fill", fill_value=False)
+    row_ids = jnp.where(trainable, row_ids, rows)
+  grad_leaves[i] = RowGrad(row_ids, grad_leaves[i], rows, dense=strategy == "table")
   return value, jax.tree_util.tree_unflatten(grad_def, grad_leaves)
 
 

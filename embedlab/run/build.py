@@ -166,7 +166,10 @@ def init_state(cfg: config_lib.Config, setup: Setup) -> steps_lib.TrainState:
     opt_state = setup.optimizer.init(params)
   else:
     table, dense = steps_lib.split_table(params)
-    opt_state = {"dense": setup.optimizer.init(dense), "table": setup.table_optimizer.init(table)}
+    from embedlab.core import rowgrad  # noqa: PLC0415 - only on the sparse path
+    # the table optimizer's state as the public optax form makes it (the optimizer's own init)
+    opt_state = {"dense": setup.optimizer.init(dense),
+                 "table": rowgrad.row_sparse(setup.table_optimizer).init(table)}
   rng = setup.rng if setup.rng is not None else seed_key(cfg.seed, 1)
   return steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt_state, rng)
 

@@ -6,7 +6,11 @@ The loss follows the labels' shape, fixed when a step is traced: int ids ``[B]``
 cross-entropy; multi-hot ``[B, C]`` labels (``data.multilabel``) one sigmoid binary
 cross-entropy per label, summed over the labels (fastText's ``-loss ova``), with "correct"
 counting a top label that is one of the row's (precision at 1). Every step kind reaches it
-through ``_metric_sums``, so none has a multi-label copy."""
+through ``_metric_sums``, so none has a multi-label copy.
+
+The row-sparse step takes the path a user's own loop takes (``embedlab.value_and_row_grad``,
+``row_sparse``, ``apply_updates``), not a copy of its insides; only on a mesh whose "model"
+shards each update their own rows does the update go through ``sharding.sharded_sparse_update``."""
 
 from __future__ import annotations
 
@@ -110,13 +114,16 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   arrays; ``train.ragged_batches``): the same loss, computed over the real ids only.
 
   With ``table_optimizer`` (a row-sparse optimizer from ``embedlab.core.sparse``), the table's
-  gradient is taken with respect to the gathered rows only and ``optimizer`` updates the other
-  parameters; ``state.opt_state`` is then ``{"dense": ..., "table": ...}``. ``oob`` is the id
-  policy of the sparse path's gather (``"clip"`` once the data has been validated). Where the
-  table optimizer has an ``add`` (``sparse_sgd`` without weight decay) and the model an
-  ``apply_gathered`` (the bag model), the step reads the rows per occurrence and scatter-adds
-  each occurrence's gradient into its row: no dedup sort, no second gather (on one device; the
-  result is the dedup path's up to float rounding where a batch repeats an id).
+  gradient is taken with respect to the gathered rows only, through the public path
+  (``embedlab.value_and_row_grad``, ``row_sparse(table_optimizer)``, ``apply_updates``), and
+  ``optimizer`` updates the other parameters; ``state.opt_state`` is then ``{"dense": ...,
+  "table": ...}`` (the table's entry ``row_sparse(table_optimizer).init(table)``, which is
+  ``table_optimizer.init(table)``). ``oob`` is the id policy of the sparse path's gather
+  (``"clip"`` once the data has been validated). Where the table optimizer has an ``add``
+  (``sparse_sgd`` without weight decay) and the model an ``apply_gathered`` (the bag model), the
+  step reads the rows per occurrence and scatter-adds each occurrence's gradient into its row:
+  no dedup sort, no second gather (on one device; the result is the dedup path's up to float
+  rounding where a batch repeats an id).
 
   With a ``mesh`` (``embedlab.core.sharding``) and ``lookup="shard_map"`` the sparse path reads the
   batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
@@ -180,38 +187,44 @@ def dense_step(parts: StepParts, state: TrainState, ids, labels, rng):
 
 
 def sparse_step(parts: StepParts, state: TrainState, ids, labels, rng):
-  """One row-sparse step: the gradient taken with respect to the batch's distinct table rows
-  only (``sparse.localize``), the table optimizer updating those rows and their slots, the dense
-  optimizer the other parameters. Returns as ``dense_step``."""
-  from embedlab.core import sparse as sparse_lib  # noqa: PLC0415 - only on the sparse path
+  """One row-sparse step through the public path (``embedlab.value_and_row_grad``,
+  ``row_sparse``, ``apply_updates``): the gradient taken with respect to the batch's distinct
+  table rows only, the table optimizer updating those rows and their slots, the dense optimizer
+  the other parameters. Returns as ``dense_step``.
+
+  The hashing trick maps ids to shared rows first (``model.embedder.rows``), so the model reads
+  the local table with ``rows=True``. Frozen rows (``parts.row_mask``) and a bad batch name no
+  row of the ``RowGrad`` (its ids set to ``V``), so neither they nor their slots change."""
+  from embedlab.core import rowgrad  # noqa: PLC0415 - only on the sparse path
   model = parts.model
   table, dense = split_table(state.params)
-  # the table's rows of the batch (the hashing trick maps ids to shared rows first)
+  rows = table.shape[0]
   ragged = isinstance(ids, batch_lib.RaggedBatch)
-  local = sparse_lib.localize(table, model.embedder.rows(ids.ids if ragged else ids),
-                              padding_id=models_lib.PADDING_ID, oob=parts.oob,
-                              gather=parts.gather)
-  local_ids = batch_lib.RaggedBatch(local.ids, ids.segment_ids) if ragged else local.ids
 
-  def split_loss(dense, local_table):
-    return _mean_loss(apply_model(model, join_table(dense, local_table), local_ids,
-                                  labels.shape[0], train=True, rng=rng, rows=True), labels)
+  def loss_fn(params, local_rows):
+    local_ids = batch_lib.RaggedBatch(local_rows, ids.segment_ids) if ragged else local_rows
+    return _mean_loss(apply_model(model, params, local_ids, labels.shape[0], train=True,
+                                  rng=rng, rows=True), labels)
 
-  (_, sums), (g_dense, row_grads) = jax.value_and_grad(
-      split_loss, argnums=(0, 1), has_aux=True)(dense, local.params["table"])
-  ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(row_grads)
+  (_, sums), grads = rowgrad.value_and_row_grad(
+      loss_fn, state.params, model.embedder.rows(ids.ids if ragged else ids), table=TABLE_PATH,
+      padding_id=models_lib.PADDING_ID, has_aux=True, oob=parts.oob, gather=parts.gather,
+      row_mask=parts.row_mask)
+  g_table, g_dense = split_table(grads)
+  ok = jnp.isfinite(sums["loss"]) & _all_finite(g_dense) & _all_finite(g_table)
   dense, dense_opt, ok = _update_dense(parts, state, dense, g_dense, ok)
-  # a bad batch touches no row: its row ids become out of range, which update ignores
-  row_ids = jnp.where(ok, local.row_ids, table.shape[0])
-  row_grads = jnp.where(ok, row_grads, 0)
-  if parts.shard_mesh is not None:
+  # a bad batch touches no row: its ids become out of range (no row); the padding id's row
+  # and frozen rows are none of the RowGrad's already (padding_id, row_mask above)
+  g_table = rowgrad.RowGrad(jnp.where(ok, g_table.ids, rows), jnp.where(ok, g_table.rows, 0),
+                            rows, dense=g_table.dense)
+  if parts.shard_mesh is not None:  # each "model" shard updates its own rows
     table, table_opt = sharding.sharded_sparse_update(
-        parts.table_optimizer, table, state.opt_state["table"], row_ids, row_grads,
-        parts.shard_mesh, row_mask=parts.row_mask, skip_ids=(models_lib.PADDING_ID,))
+        parts.table_optimizer, table, state.opt_state["table"], g_table.ids, g_table.rows,
+        parts.shard_mesh)
   else:
-    table, table_opt = parts.table_optimizer.update(
-        table, state.opt_state["table"], row_ids, row_grads, unique=True,
-        row_mask=parts.row_mask, skip_ids=(models_lib.PADDING_ID,))
+    updates, table_opt = rowgrad.row_sparse(parts.table_optimizer).update(
+        g_table, state.opt_state["table"], table)
+    table = rowgrad.apply_updates(table, updates)
   return (*_joined(state, ok, dense, dense_opt, table, table_opt), ok, sums)
 
 
