@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from embedlab.run import checkpoint as ckpt_lib
+from embedlab.run import checkpoint_integrity
 from embedlab import config as config_lib
 from embedlab.run import resources
 from embedlab.run import steps as steps_lib
@@ -112,7 +113,7 @@ def _rewrite_record(d, change):
   record = json.loads(path.read_text())
   record.pop("_embedlab_record_crc32")
   change(record)
-  record["_embedlab_record_crc32"] = ckpt_lib._record_crc(record)
+  record["_embedlab_record_crc32"] = checkpoint_integrity.record_crc(record)
   path.write_text(json.dumps(record))
 
 
@@ -473,7 +474,7 @@ def test_checkpoints_are_stored_uncompressed_and_older_compressed_ones_still_rea
       max_to_keep=2, enable_async_checkpointing=False), item_names=("state", "meta"))
   # the older record: a sorted list of the arrays' fingerprints, without paths
   record = {"best_step": 5,
-            "_embedlab_crc32": sorted(ckpt_lib._fingerprint(x) for x in jax.tree.leaves(state))}
+            "_embedlab_crc32": sorted(checkpoint_integrity.fingerprint(x) for x in jax.tree.leaves(state))}
   old.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(record)))
   old.wait_until_finished()

@@ -25,6 +25,14 @@ What survives what:
   temporary directories that this save created (and only those) are removed and the previous
   checkpoint is kept untouched.
 
+This module holds the ``Checkpoints`` of one run directory (saving, finding the newest sound
+step, moving corrupt ones aside); its parts live beside it: ``checkpoint_integrity`` (the
+checksums that seal a step, and the checkpoint errors), ``checkpoint_failures`` (what orbax's
+errors mean, its logs held back, a failed save's temporary directories removed) and
+``checkpoint_restore`` (reading one step into the target's shapes). Hand-written around orbax
+because orbax neither checks what it reads nor reports a failed write in one line, and a resumed
+run must tell bad bytes (use the step before) from a broken machine (stop).
+
 Example:
   >>> import tempfile, pathlib, jax.numpy as jnp
   >>> ckpt = Checkpoints(pathlib.Path(tempfile.mkdtemp()))
@@ -36,126 +44,29 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gc
-import json
 import logging
 import os
 import pathlib
-import re
 import shutil
 import threading
 import time
-import zlib
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from embedlab.run.checkpoint_failures import (corrupt_or_raise, errno_of, first_line,
+                                              holding_orbax_errors, remove_new_tmp_dirs, tmp_dirs)
+from embedlab.run.checkpoint_integrity import CheckpointError, CorruptCheckpointError, seal
+from embedlab.run.checkpoint_restore import (as_stored, check_step, read_verified, resize_rows,
+                                             restore_args, stored_abstract)
+
+__all__ = ["CheckpointError", "Checkpoints", "CorruptCheckpointError"]
+
 log = logging.getLogger("embedlab")
-
-# In the JSON record: ``{path: "dtype[shape]:crc"}`` of the arrays, and the CRC-32 of the record
-# (the arrays' map included, this key left out).
-_ARRAYS_KEY = "_embedlab_arrays"
-_RECORD_KEY = "_embedlab_record_crc32"
-# Checkpoints written before the record was covered: a sorted list of path-less fingerprints.
-# They are still read (and checked as well as they can be).
-_LEGACY_KEY = "_embedlab_crc32"
-_TMP_MARK = ".orbax-checkpoint-tmp"
-# An errno a tensorstore error names in its text (``[os_error_code='28']``).
-_TENSORSTORE_ERRNO = re.compile(r"os_error_code=\W?(\d+)")
-# Errors of the machine, not of a checkpoint's bytes: the files may be fine.
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM, errno.EMFILE,
-                       errno.ENFILE, errno.EROFS, errno.ENOSPC, errno.EAGAIN, errno.EINTR,
-                       errno.ETIMEDOUT, errno.EBUSY}
-_ENVIRONMENT_STATUSES = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED",
-                         "ABORTED", "DEADLINE_EXCEEDED", "UNAUTHENTICATED")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be written or read."""
-
-
-class CorruptCheckpointError(CheckpointError):
-  """A checkpoint fails its checksum or its files cannot be parsed: its bytes are bad."""
-
-
-def _path_name(path) -> str:
-  return "/".join(_key_name(k) for k in path)
-
-
-def checksum(tree: Any) -> dict[str, str]:
-  """CRC-32 fingerprints of a pytree's arrays by path: ``{path: "dtype[shape]:crc"}``.
-
-  A path names dict keys, attribute names and sequence indices alike, so a ``TrainState`` and
-  the same state read back as dicts give the same map; two arrays swapped between leaves do not.
-
-  Example:
-    >>> import numpy as np
-    >>> checksum({"b": np.zeros(2, np.int32), "a": [np.ones(1, np.float32)]})
-    {'a/0': 'float32[1]:aca16a6a', 'b': 'int32[2]:6522df69'}
-  """
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out[_path_name(path)] = _fingerprint(leaf)
-  return dict(sorted(out.items()))
-
-
-def _fingerprint(leaf) -> str:
-  if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-    leaf = jax.random.key_data(leaf)
-  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-    # split over several processes: every process gathers the whole array (a collective,
-    # called by all of them in the same order) so all write and check the same checksums
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-    leaf = multihost_utils.process_allgather(leaf, tiled=True)
-  arr = np.ascontiguousarray(np.asarray(leaf))
-  shape = ",".join(str(d) for d in arr.shape)
-  return f"{arr.dtype}[{shape}]:{zlib.crc32(arr.view(np.uint8).reshape(-1)):08x}"
-
-
-def _record_crc(record: dict) -> str:
-  """CRC-32 of a JSON record in one canonical spelling (what orbax writes reads back equal)."""
-  text = json.dumps(record, sort_keys=True, separators=(",", ":"))
-  return f"{zlib.crc32(text.encode('utf-8')):08x}"
-
-
-def _sealed(tree: Any, meta: dict) -> dict:
-  """``meta`` with the checksums of ``tree``'s arrays and of itself."""
-  reserved = {_ARRAYS_KEY, _RECORD_KEY, _LEGACY_KEY} & set(meta)
-  if reserved:
-    raise ValueError(f"checkpoint: the record may not hold the keys {sorted(reserved)}.")
-  record = {**meta, _ARRAYS_KEY: checksum(tree)}
-  return {**record, _RECORD_KEY: _record_crc(record)}
-
-
-def _verify(step: int, tree: Any, record: dict) -> dict:
-  """The record without its checksums; raises ``CorruptCheckpointError`` when the record or
-  an array (by path) does not match what was written."""
-  record = dict(record)
-  if _RECORD_KEY in record:
-    crc = record.pop(_RECORD_KEY)
-    if _record_crc(record) != crc:
-      raise CorruptCheckpointError(f"step {step}: its JSON record does not match the checksum "
-                                   "written with it (the record was changed)")
-    expected, got = record.pop(_ARRAYS_KEY, {}), checksum(tree)
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    wrong = [p for p in expected if p in got and got[p] != expected[p]]
-    if missing or extra or wrong:
-      what = (f"arrays {wrong[:3]} do not match their checksums" if wrong else
-              f"arrays at {missing[:3]} are missing, at {extra[:3]} unexpected")
-      raise CorruptCheckpointError(f"step {step}: {what} (corrupted files)")
-    return record
-  if _LEGACY_KEY in record:
-    expected = record.pop(_LEGACY_KEY)
-    if sorted(_fingerprint(x) for x in jax.tree.leaves(tree)) != sorted(expected):
-      raise CorruptCheckpointError(f"step {step}: the arrays read back do not match the "
-                                   "checksums written with them (corrupted files)")
-    return record
-  raise CorruptCheckpointError(f"step {step}: its JSON record holds no checksum")
 
 
 def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
@@ -171,127 +82,9 @@ def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.Checkpo
   return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
-def _errno_of(error: BaseException) -> int | None:
-  """The errno behind an error: an ``OSError``'s, or the one a tensorstore error names in its
-  text (orbax and tensorstore wrap I/O errors in their own types); None if there is none."""
-  for e in _chain(error):
-    if isinstance(e, OSError) and e.errno is not None:
-      return e.errno
-    found = _TENSORSTORE_ERRNO.search(str(e)) if isinstance(e, ValueError) else None
-    if found:
-      return int(found.group(1))
-  for e in _chain(error):  # a wrapper that kept only the text
-    if os.strerror(errno.ENOSPC) in str(e):
-      return errno.ENOSPC
-  return None
-
-
-def _is_format_failure(error: BaseException) -> bool:
-  """Whether an error while restoring says the checkpoint's bytes are bad (a checksum that does
-  not match, a file missing, truncated or not parseable) rather than the machine (memory,
-  permissions, I/O) or the caller (a target of another shape)."""
-  code = _errno_of(error)
-  if code is not None and code != errno.ENOENT:
-    return False
-  for e in _chain(error):
-    if isinstance(e, (MemoryError, KeyboardInterrupt)):
-      return False
-  for e in _chain(error):
-    if isinstance(e, (CorruptCheckpointError, json.JSONDecodeError, FileNotFoundError)):
-      return True
-    text = str(e)
-    if isinstance(e, ValueError) and "tensorstore_spec" in text:  # tensorstore's read errors
-      return not text.startswith(_ENVIRONMENT_STATUSES)
-  return False
-
-
-def _tmp_dirs(directory: pathlib.Path) -> set[str]:
-  try:
-    return {p.name for p in directory.iterdir() if _TMP_MARK in p.name}
-  except OSError:
-    return set()
-
-
-def _remove_new_tmp_dirs(directory: pathlib.Path, before: set[str], threads: set,
-                         patience: float = 10.0, quiet: float = 0.3) -> list[str]:
-  """Removes the temporary directories in ``directory`` that are not in ``before`` (those a
-  failed save made, and only those); returns the ones it could not remove. orbax's writer
-  threads may still be ending when the save's error arrives: the threads started since
-  ``threads`` was taken are waited for, and removal is repeated until nothing new has appeared
-  for ``quiet`` seconds (at most ``patience`` seconds in all)."""
-  deadline = time.monotonic() + patience
-  for thread in set(threading.enumerate()) - threads:
-    if thread is threading.current_thread():
-      continue
-    try:
-      thread.join(max(0.0, deadline - time.monotonic()))
-    except RuntimeError:  # created but not started yet: the wait below covers what it writes
-      pass
-  calm_since = None
-  while True:
-    left = sorted(_tmp_dirs(directory) - before)
-    for name in left:
-      shutil.rmtree(directory / name, ignore_errors=True)
-    left = sorted(_tmp_dirs(directory) - before)
-    now = time.monotonic()
-    if left:
-      calm_since = None
-    elif calm_since is None:
-      calm_since = now
-    if (calm_since is not None and now - calm_since >= quiet) or now > deadline:
-      return [str(directory / name) for name in left]
-    time.sleep(0.05)
-
-
 def _tree_bytes(tree: Any) -> int:
   return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
                  for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
-
-
-class _HeldLogs(logging.Filter):
-  """Holds back the records of a logger while installed (orbax logs every failed write thread's
-  traceback at ERROR before the error reaches the caller)."""
-
-  def __init__(self):
-    super().__init__()
-    self.records: list[logging.LogRecord] = []
-    self.releasing = False
-
-  def filter(self, record):
-    if record.levelno >= logging.ERROR and not self.releasing:
-      self.records.append(record)
-      return False
-    return True
-
-  def release(self):
-    """Logs what was held (the save failed for a reason reported as it is)."""
-    self.releasing = True
-    for record in self.records:
-      logging.getLogger(record.name).handle(record)
-    self.records = []
-
-
-_HELD_LOGGERS = ("absl", "asyncio")  # orbax's logs, and its write tasks' unretrieved errors
-
-
-@contextlib.contextmanager
-def _holding_orbax_errors() -> Iterator[_HeldLogs]:
-  held = _HeldLogs()
-  for name in _HELD_LOGGERS:
-    logging.getLogger(name).addFilter(held)
-  try:
-    yield held
-  finally:
-    for name in _HELD_LOGGERS:
-      logging.getLogger(name).removeFilter(held)
 
 
 class Checkpoints:
@@ -329,19 +122,19 @@ class Checkpoints:
   def _save(self, manager, step, tree, meta):
     step = int(step)
     directory = pathlib.Path(str(manager.directory))
-    before, threads = _tmp_dirs(directory), set(threading.enumerate())
-    with _holding_orbax_errors() as held:
+    before, threads = tmp_dirs(directory), set(threading.enumerate())
+    with holding_orbax_errors() as held:
       try:
         if step in manager.all_steps():
           # left by an earlier attempt that died before its next checkpoint (the run replays
           # the same steps to the same values), or moved on from: the new write replaces it
           manager.delete(step)
-        record = _sealed(tree, meta)
+        record = seal(tree, meta)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(tree),
                                                    meta=ocp.args.JsonSave(record)), force=True)
         manager.wait_until_finished()
       except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors in its own types
-        code = _errno_of(e)
+        code = errno_of(e)
         if code is None:
           held.release()
           raise
@@ -349,7 +142,7 @@ class Checkpoints:
           manager.wait_until_finished()
         except Exception:  # noqa: BLE001 - the first error is the one reported
           pass
-        left = _remove_new_tmp_dirs(directory, before, threads)
+        left = remove_new_tmp_dirs(directory, before, threads)
         manager.reload()
         gc.collect()  # the failed write's tasks log their unretrieved errors now, held back
         raise CheckpointError(self._write_failure(manager, directory, step, code, e,
@@ -402,11 +195,11 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
     def read(step):
-      _check_step(manager, step, abstract)
-      stored = _as_stored(manager, step, abstract)
-      args = ocp.args.Composite(state=_restore_args(stored), meta=ocp.args.JsonRestore())
-      state, meta = _read_verified(manager, step, args)
-      return _resize_rows(state, abstract, step), meta
+      check_step(manager, step, abstract)
+      stored = as_stored(manager, step, abstract)
+      args = ocp.args.Composite(state=restore_args(stored), meta=ocp.args.JsonRestore())
+      state, meta = read_verified(manager, step, args)
+      return resize_rows(state, abstract, step), meta
 
     return self._newest_readable(manager, which, read)
 
@@ -415,10 +208,10 @@ class Checkpoints:
     found = None
     for step in steps if steps is not None else sorted(manager.all_steps(), reverse=True):
       try:
-        found = (step,) + _corrupt_or_raise(read, step)
+        found = (step,) + corrupt_or_raise(read, step)
         break
       except CorruptCheckpointError as e:  # only bad bytes mean: try the older one
-        reason = _first_line(e.__cause__ or e)
+        reason = first_line(e.__cause__ or e)
         bad.append((step, reason))
         log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one.",
                     manager.directory, step, reason)
@@ -465,17 +258,17 @@ class Checkpoints:
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def load(step):
-      _check_step(manager, step, None)
-      abstract = _stored_abstract(manager, step, local)
-      return _read_verified(manager, step, ocp.args.Composite(
-          state=_restore_args(abstract), meta=ocp.args.JsonRestore()))
+      check_step(manager, step, None)
+      abstract = stored_abstract(manager, step, local)
+      return read_verified(manager, step, ocp.args.Composite(
+          state=restore_args(abstract), meta=ocp.args.JsonRestore()))
 
     if step is not None:
       try:
-        return (step,) + _corrupt_or_raise(load, step)
+        return (step,) + corrupt_or_raise(load, step)
       except CorruptCheckpointError as e:
         raise CheckpointError(f"checkpoint: {manager.directory}/{step} is unreadable "
-                              f"({_first_line(e.__cause__ or e)}); read another step "
+                              f"({first_line(e.__cause__ or e)}); read another step "
                               f"(there are {list(manager.all_steps())}).") from e
     found = self._newest_readable(manager, which, load)
     if found is None:
@@ -486,124 +279,3 @@ class Checkpoints:
     """Waits for pending writes and releases the managers."""
     self.latest.close()
     self.best.close()
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
-
-
-def _corrupt_or_raise(read, step):
-  """``read(step)``, its format failures raised as ``CorruptCheckpointError`` (the original as
-  the cause), every other error as it is."""
-  try:
-    return read(step)
-  except CorruptCheckpointError:
-    raise
-  except Exception as e:  # noqa: BLE001 - sorted here: bad bytes or not
-    if _is_format_failure(e):
-      raise CorruptCheckpointError(f"step {step}: {_first_line(e)}") from e
-    raise
-
-
-def _check_step(manager, step, abstract) -> None:
-  """Checks that a step's files are there and that its arrays are the ones ``abstract`` asks
-  for (by path; None: any). Missing files are corruption; other arrays mean another model."""
-  directory = pathlib.Path(str(manager.directory)) / str(step)
-  for name in ("meta/metadata", "state/_METADATA"):
-    if not (directory / name).is_file():
-      raise CorruptCheckpointError(f"step {step}: {name} is missing")
-  try:
-    stored = set(ocp.tree.to_flat_dict(_stored_tree(manager, step)))
-  except Exception as e:  # noqa: BLE001 - sorted by _corrupt_or_raise
-    if _is_format_failure(e) or isinstance(e, ValueError):
-      raise CorruptCheckpointError(f"step {step}: state/_METADATA cannot be parsed "
-                                   f"({_first_line(e)})") from e
-    raise
-  if abstract is None:
-    return
-  wanted = {tuple(_key_name(k) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  if stored != wanted:
-    show = lambda paths: ", ".join("/".join(p) for p in sorted(paths)[:3]) or "none"  # noqa: E731
-    raise CheckpointError(
-        f"checkpoint: {directory} holds other arrays than this run's state (only in the "
-        f"checkpoint: {show(stored - wanted)}; only in the run: {show(wanted - stored)}): it "
-        "was written by another model or optimizer config. Train in a new --workdir, or start "
-        "this one over (--restart); nothing was moved.")
-
-
-def _restore_args(abstract: Any) -> Any:
-  """Orbax's arguments to read a tree of ``jax.ShapeDtypeStruct`` (shapes, dtypes, shardings)."""
-  return ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-
-
-def _stored_tree(manager, step) -> Any:
-  """The metadata tree of one step's arrays (shapes and dtypes, as stored)."""
-  directory = pathlib.Path(str(manager.directory)) / str(step) / "state"
-  return ocp.PyTreeCheckpointHandler().metadata(directory).tree
-
-
-def _stored_abstract(manager, step, sharding) -> Any:
-  """The tree of one step as stored, each array placed by ``sharding``."""
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                      _stored_tree(manager, step))
-
-
-def _read_verified(manager, step, args) -> tuple[Any, dict]:
-  """``(tree, meta)`` of one step, the record and the arrays checked against their checksums."""
-  out = manager.restore(step, args=args)
-  return out["state"], _verify(step, out["state"], dict(out["meta"]))
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _as_stored(manager, step, abstract):
-  """``abstract`` with the stored shape of every array whose rows (first axis) differ from the
-  checkpoint's, sharded on the target's mesh where the stored rows divide, else replicated."""
-  try:
-    stored = ocp.tree.to_flat_dict(_stored_tree(manager, step))
-  except Exception:  # noqa: BLE001 - no metadata: restore as asked, errors are reported then
-    return abstract
-
-  def one(path, want):
-    have = getattr(stored.get(tuple(_key_name(k) for k in path)), "shape", None)
-    if (not isinstance(want, jax.ShapeDtypeStruct) or have is None or not want.shape
-        or tuple(have) == want.shape or tuple(have[1:]) != want.shape[1:]):
-      return want
-    sh = want.sharding
-    if isinstance(sh, jax.sharding.NamedSharding) and sh.spec and sh.spec[0] is not None:
-      axes = sh.spec[0] if isinstance(sh.spec[0], tuple) else (sh.spec[0],)
-      if have[0] % int(np.prod([sh.mesh.shape[a] for a in axes])):
-        sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
-    return jax.ShapeDtypeStruct(tuple(have), want.dtype, sharding=sh)
-
-  return jax.tree_util.tree_map_with_path(one, abstract)
-
-
-def _resize_rows(tree, abstract, step):
-  """Cuts or pads (with zeros) the first axis of arrays read with another row count to the
-  target's, on the target's sharding; the rows cut must be zero (padding)."""
-
-  def one(x, want):
-    if not isinstance(want, jax.ShapeDtypeStruct) or x.shape == want.shape:
-      return x
-    rows = want.shape[0]
-    if x.shape[0] > rows and bool(jax.numpy.any(x[rows:] != 0)):
-      raise CheckpointError(f"step {step}: an array of shape {x.shape} does not fit the "
-                            f"target's {want.shape} (its rows beyond {rows} are not padding); "
-                            f"the checkpoint is from another vocabulary")
-
-    def resize(x):
-      if x.shape[0] > rows:
-        return x[:rows]
-      pad = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
-      return jax.numpy.pad(x, pad)
-
-    return jax.jit(resize, out_shardings=want.sharding)(x)
-
-  return jax.tree.map(one, tree, abstract)
