@@ -264,8 +264,7 @@ def test_localize_table_strategy_uses_the_table_itself_and_marks_the_touched_row
   table = initial_table()
   ids = batches(1, seed=3)[0][0]
   assert localize(table, ids, padding_id=PAD).params["table"].shape == (ROWS, FEATURES)
-  local = jax.jit(functools.partial(localize, padding_id=PAD, strategy="table"))(table,
-                                                                                        ids)
+  local = jax.jit(functools.partial(localize, padding_id=PAD, strategy="table"))(table, ids)
   np.testing.assert_array_equal(local.params["table"], table)
   np.testing.assert_array_equal(local.ids, ids)
   touched = np.isin(np.arange(ROWS), np.asarray(ids)[np.asarray(ids) != PAD])
@@ -274,11 +273,10 @@ def test_localize_table_strategy_uses_the_table_itself_and_marks_the_touched_row
   np.testing.assert_array_equal(np.asarray(unpadded.row_ids)[[0, 1, 4, 5]], [0, ROWS, 4, ROWS])
   # a bigger table than the batch has ids: the batch's rows gathered
   big = jnp.zeros((1000, FEATURES))
-  assert localize(big, ids, padding_id=PAD).params["table"].shape == (ids.size + 1,
-                                                                              FEATURES)
+  assert localize(big, ids, padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
   assert localize(big, ids, gather=lambda t, i: jnp.take(t, i, axis=0, mode="fill",
-                                                                fill_value=0),
-                         padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
+                                                         fill_value=0),
+                  padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
 
 
 def test_update_strategy_rule():

@@ -367,7 +367,7 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
     strategy = ("table" if gather is None
                 and sparse_rules.choose_update_strategy(rows, n + 1) == "dense" else "rows")
   local = localize(full, ids, padding_id=padding_id, oob=oob, gather=gather,
-                          strategy=strategy)
+                   strategy=strategy)
   leaves = [leaf for _, leaf in flat]
   leaves[i] = local.params["table"]
   local_state = jax.tree_util.tree_unflatten(treedef, leaves)

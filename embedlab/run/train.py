@@ -134,7 +134,7 @@ def _train_and_evaluate(job: Job, run: report.RunDir, workdir: pathlib.Path,
   shardings = None
   if job.mesh is not None:
     shardings = meshes.state_shardings(state, job.mesh, table=cfg.mesh.table,
-                                         dense=cfg.mesh.dense)
+                                       dense=cfg.mesh.dense)
     state = meshes.place(state, shardings)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
