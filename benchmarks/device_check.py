@@ -92,8 +92,10 @@ from embedlab.core.variants import hash_embedding as he_v  # noqa: E402
 from embedlab.core.variants import hashed as hs_v  # noqa: E402
 from embedlab.core.variants import qr as qr_v  # noqa: E402
 from embedlab.core import pooling  # noqa: E402
+from embedlab.core import meshes  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse  # noqa: E402
+from embedlab.core.localize import localize  # noqa: E402
 from embedlab.core import tables  # noqa: E402
 
 SCATTER_ISSUE = "jax-ml/jax#38806, openxla/xla#46225"
@@ -579,7 +581,7 @@ def _sparse_checks(c, rng):
 
   @jax.jit
   def local_grads(t, i, ct):
-    local = sparse.localize(t, i, padding_id=0)
+    local = localize(t, i, padding_id=0)
     g = jax.grad(lambda lp: jnp.sum(el.bag(lp, local.ids, mode="sum", padding_id=0) * ct))(
         local.params)["table"]
     dense = jnp.zeros_like(t).at[local.row_ids].add(g, mode="drop")
@@ -598,11 +600,11 @@ def _sparse_checks(c, rng):
 
 def _sharding_checks(c, rng):
   n = len(jax.devices())
-  mesh = sharding.make_mesh(data=1, model=n)
+  mesh = meshes.make_mesh(data=1, model=n)
   V, D, B, L = 8 * n, 8, 2 * n, 5
   table = rng.normal(size=(V, D)).astype(np.float32)
   table[0] = 0
-  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  params = meshes.shard_table({"table": jnp.asarray(table)}, mesh)
   ids = rng.integers(0, V, (B, L)).astype(np.int32)
   mask = ids != 0
   rows = np.array([V - 1, 2, V + 3], np.int32)
@@ -708,7 +710,7 @@ def run_bag(sizes, ctx) -> dict:
     return jnp.sum(el.bag({"table": t}, i, mode="mean", padding_id=0, oob="clip") * g)
 
   def sparse_grad(t, i, g):
-    local = sparse.localize(t, i, padding_id=0, oob="clip")
+    local = localize(t, i, padding_id=0, oob="clip")
     return local.row_ids, jax.grad(loss)(local.params["table"], local.ids, g)
 
   fwd = jax.jit(lambda t, i: el.bag({"table": t}, i, mode="mean", padding_id=0, oob="clip"))

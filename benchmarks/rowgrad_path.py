@@ -4,7 +4,7 @@ The model (as ``benchmarks/step_scaling.py``): mean bag of a [256, 64] batch of 
 padding) from a [V, 64] table, a dense [64, 16] layer, softmax cross-entropy; the table trained
 row-sparsely, ``optax.adam`` on the dense layer, every buffer donated. Two ways to write it:
 
-* ``localize``: ``embedlab.core.sparse.localize`` + ``jax.value_and_grad`` on the local table +
+* ``localize``: ``embedlab.core.localize.localize`` + ``jax.value_and_grad`` on the local table +
   ``opt.update(table, state, row_ids, grads, unique=True)``, the dense layer's optax update
   beside it;
 * ``optax``: ``embedlab.value_and_row_grad`` + one ``optax.multi_transform`` of
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import embedlab as el  # noqa: E402
-from embedlab.core import sparse  # noqa: E402
+from embedlab.core.localize import localize  # noqa: E402
 
 FEATURES, BATCH, BAG_LEN, CLASSES, PAD = 64, 256, 64, 16, 0
 SIZES = (1 << 14, 1 << 22)
@@ -59,7 +59,7 @@ def localize_path(opt):
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
   def step(table, table_state, w, w_state, ids, labels):
-    local = sparse.localize(table, ids, padding_id=PAD)
+    local = localize(table, ids, padding_id=PAD)
     loss, (g_table, g_w) = jax.value_and_grad(
         lambda t, w: loss_fn({"embed": t, "w": w}, local.ids, labels, "clip"), argnums=(0, 1))(
             local.params, w)

@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import embedlab as el  # noqa: E402
+from embedlab.core import meshes  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 
 SHAPES = (  # (num_embeddings, features, batch, bag_len)
@@ -44,9 +45,9 @@ def main():
     ids_np = np.random.default_rng(0).integers(
         1, num_embeddings, size=(batch, bag_len)).astype(np.int32)
     for data, model in MESHES:
-      mesh = sharding.make_mesh(data, model)
-      params = sharding.shard_table(table, mesh)
-      ids = jax.device_put(ids_np, sharding.batch_sharding(mesh))
+      mesh = meshes.make_mesh(data, model)
+      params = meshes.shard_table(table, mesh)
+      ids = jax.device_put(ids_np, meshes.batch_sharding(mesh))
       paths = {
           "lookup shard_map": jax.jit(functools.partial(sharding.sharded_lookup, mesh=mesh)),
           "lookup xla": jax.jit(el.lookup),

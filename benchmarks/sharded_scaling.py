@@ -36,6 +36,7 @@ import embedlab as el  # noqa: E402
 from embedlab import config as config_lib  # noqa: E402
 from embedlab.run import model_args  # noqa: E402
 from embedlab.core import optim as optim_lib  # noqa: E402
+from embedlab.core import meshes  # noqa: E402
 from embedlab.core import sharding  # noqa: E402
 from embedlab.core import sparse as sparse_lib  # noqa: E402
 from embedlab.run import steps as steps_lib
@@ -57,8 +58,8 @@ def time_steps_ms(step, state, ids, labels, repeats):
 
 
 def bag_times(mesh, table, ids_np, repeats):
-  params = sharding.shard_table(table, mesh)
-  ids = jax.device_put(ids_np, sharding.batch_sharding(mesh))
+  params = meshes.shard_table(table, mesh)
+  ids = jax.device_put(ids_np, meshes.batch_sharding(mesh))
   shard_map = jax.jit(functools.partial(sharding.sharded_bag, mesh=mesh, padding_id=0))
   xla = jax.jit(functools.partial(el.bag, padding_id=0))
   np.testing.assert_allclose(shard_map(params, ids), xla(params, ids), rtol=1e-5, atol=1e-6)
@@ -81,14 +82,14 @@ def step_time(mesh, rows, ids_np, labels_np, tables, lookup, repeats):
     opt_state = {"dense": optimizer.init(dense),
                  "table": table_optimizer.init(params["embed"]["table"])}
   state = steps_lib.TrainState(jnp.array(0, jnp.int32), params, opt_state, jax.random.key(1))
-  shardings = sharding.state_shardings(state, mesh)
-  state = sharding.place(state, shardings)
+  shardings = meshes.state_shardings(state, mesh)
+  state = meshes.place(state, shardings)
   step = steps_lib.make_train_step(model, optimizer, table_optimizer=table_optimizer,
                                    oob="clip", mesh=mesh, lookup=lookup)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step = jax.jit(step, donate_argnums=0, out_shardings=(shardings, replicated))
-  ids = sharding.global_batch(mesh, ids_np)
-  labels = sharding.global_batch(mesh, labels_np)
+  ids = meshes.global_batch(mesh, ids_np)
+  labels = meshes.global_batch(mesh, labels_np)
   return time_steps_ms(step, state, ids, labels, repeats)
 
 
@@ -114,9 +115,9 @@ def main():
   for n in DEVICES:
     devices = jax.devices()[:n]
     row = {"devices": n}
-    row.update(bag_times(sharding.make_mesh(1, n, devices), table, ids_np, args.repeats))
+    row.update(bag_times(meshes.make_mesh(1, n, devices), table, ids_np, args.repeats))
     for mesh_name, (data, model) in (("1xn", (1, n)), ("nx1", (n, 1))):
-      mesh = sharding.make_mesh(data, model, devices)
+      mesh = meshes.make_mesh(data, model, devices)
       for name, tables, lookup in (("sparse shard_map", "sparse_lazy_adam", "shard_map"),
                                    ("sparse xla", "sparse_lazy_adam", "xla"),
                                    ("dense xla", "dense", "xla")):

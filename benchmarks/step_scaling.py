@@ -3,10 +3,11 @@
 The model: mean bag of a [256, 64] batch of ids (about 1/4 padding) from a [V, 64] table, then a
 dense [64, 16] layer and softmax cross-entropy. Per size V = 2^14 .. 2^22:
 
-* embedlab: ``embedlab.core.sparse.localize`` + ``bag`` + a row-sparse optimizer on the table
+* embedlab: ``embedlab.core.localize.localize`` + ``bag`` + a row-sparse optimizer on the table
   (donated, updated in place), ``optax.adam`` on the dense layer; for each of ``sparse_sgd``,
   ``sparse_adagrad``, ``sparse_rowwise_adagrad`` and ``sparse_lazy_adam``, with the strategies
-  ``localize`` and ``update`` choose on their own (``embedlab.core.sparse.choose_update_strategy``).
+  ``localize`` and ``update`` choose on their own
+  (``embedlab.core.sparse_rules.choose_update_strategy``).
 * public path: the same step as a user writes it with optax, ``embedlab.value_and_row_grad`` +
   ``optax.multi_transform`` of ``embedlab.row_sparse(<optimizer>)`` for the table and
   ``optax.adam`` for the dense layer + ``embedlab.apply_updates`` (params donated); its ratio to
@@ -50,6 +51,8 @@ import optax
 
 import embedlab as el
 from embedlab.core import sparse
+from embedlab.core import sparse_rules
+from embedlab.core.localize import localize
 
 FEATURES, BATCH, BAG_LEN, CLASSES, PAD = 64, 256, 64, 16, 0
 
@@ -85,7 +88,7 @@ def make_sparse_step(opt, strategy="auto"):
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
   def step(table, table_state, dense, dense_state, ids, labels):
-    local = sparse.localize(table, ids, padding_id=PAD, strategy=localize_strategy)
+    local = localize(table, ids, padding_id=PAD, strategy=localize_strategy)
     # localize has checked the ids: the bag reads the local table unchecked
     loss, (table_grads, dense_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
         local.params, dense, local.ids, labels, "clip")
@@ -301,7 +304,7 @@ def compare_strategies(args):
   print(json.dumps({
       "benchmark": "step_scaling_strategies", "features": FEATURES, "batch": [BATCH, BAG_LEN],
       "ms_per_step": {f"2^{e}/{n}/{s}": round(v, 3) for (e, n, s), v in ms.items()},
-      "choice": {f"2^{e}": sparse.choose_update_strategy(1 << e, BATCH * BAG_LEN + 1)
+      "choice": {f"2^{e}": sparse_rules.choose_update_strategy(1 << e, BATCH * BAG_LEN + 1)
                  for e in exponents},
       "backend": jax.default_backend(), "jax": jax.__version__}))
 
@@ -371,7 +374,8 @@ def main():
   lo, hi = exponents[0], exponents[-1]
   to_floor = {n: {e: ms[n][e] / ms[f"floor_{n}"][e] for e in exponents} for n in OPTIMIZERS}
   growth = {n: r[hi] / r[lo] for n, r in ms.items()}
-  strategies = {e: sparse.choose_update_strategy(1 << e, BATCH * BAG_LEN + 1) for e in exponents}
+  strategies = {e: sparse_rules.choose_update_strategy(1 << e, BATCH * BAG_LEN + 1)
+                for e in exponents}
   print(f"\nms/step, best of {args.rounds} rounds of {args.steps} steps; in brackets: ratio to "
         f"the PyTorch floor of the same optimizer (below 1: faster than the floor)")
   print(f"{'rows':>5} {'update':>6} {'dense Adam':>11} " + " ".join(

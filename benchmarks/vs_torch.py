@@ -3,10 +3,10 @@
   * forward: ``torch.nn.functional.embedding_bag`` (mode mean, padding_idx 0) vs a jitted
     ``embedlab.bag`` on the full table;
   * step: ``EmbeddingBag(sparse=True)`` + ``SparseAdam`` (and ``Adam`` for a [64, 16] linear
-    layer, softmax cross-entropy) vs ``embedlab.core.sparse.localize`` + ``bag`` + ``sparse_lazy_adam``
-    (and ``optax.adam`` for the linear layer), donated and jitted; and the same step as a user
-    writes it with optax (``value_and_row_grad`` + ``row_sparse`` in a ``multi_transform`` +
-    ``apply_updates``), against the same SparseAdam step;
+    layer, softmax cross-entropy) vs ``embedlab.core.localize.localize`` + ``bag`` +
+    ``sparse_lazy_adam`` (and ``optax.adam`` for the linear layer), donated and jitted; and the
+    same step as a user writes it with optax (``value_and_row_grad`` + ``row_sparse`` in a
+    ``multi_transform`` + ``apply_updates``), against the same SparseAdam step;
   * the large pooling case: forward of 16,384 bags of 64 ids from a 1M x 128 table.
 
   pip install torch==2.13.0   # the CPU wheel

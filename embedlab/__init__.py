@@ -52,12 +52,16 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
       RunEmbedding, export_run, load_embedding, plot_embedding, summarize_run)
   from embedlab.core.optim import (  # noqa: F401
       freeze, freeze_rows, path_mask)
+  from embedlab.core.meshes import (  # noqa: F401
+      make_mesh, shard_table)
   from embedlab.core.sharding import (  # noqa: F401
-      make_mesh, shard_table, sharded_bag, sharded_lookup)
+      sharded_bag, sharded_lookup)
+  from embedlab.core.localize import (  # noqa: F401
+      Localized, localize, sum_duplicates)
   from embedlab.core.sparse import (  # noqa: F401
-      SPARSE_OPTIMIZERS, Localized, SparseAdagradState, SparseLazyAdamState, SparseOptimizer,
-      SparseRowwiseAdagradState, SparseSgdState, get_sparse_optimizer, localize, slot_bytes,
-      sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd, sum_duplicates)
+      SPARSE_OPTIMIZERS, SparseAdagradState, SparseLazyAdamState, SparseOptimizer,
+      SparseRowwiseAdagradState, SparseSgdState, get_sparse_optimizer, slot_bytes,
+      sparse_adagrad, sparse_lazy_adam, sparse_rowwise_adagrad, sparse_sgd)
   from embedlab.models.flax_embed import (  # noqa: F401
       Embed, LinenEmbed)
   from embedlab.core.rowgrad import (  # noqa: F401
@@ -112,25 +116,25 @@ _MODULES = {
     "freeze": "embedlab.core.optim",
     "freeze_rows": "embedlab.core.optim",
     "path_mask": "embedlab.core.optim",
-    "make_mesh": "embedlab.core.sharding",
-    "shard_table": "embedlab.core.sharding",
+    "make_mesh": "embedlab.core.meshes",
+    "shard_table": "embedlab.core.meshes",
     "sharded_bag": "embedlab.core.sharding",
     "sharded_lookup": "embedlab.core.sharding",
     "SPARSE_OPTIMIZERS": "embedlab.core.sparse",
-    "Localized": "embedlab.core.sparse",
+    "Localized": "embedlab.core.localize",
     "SparseAdagradState": "embedlab.core.sparse",
     "SparseLazyAdamState": "embedlab.core.sparse",
     "SparseOptimizer": "embedlab.core.sparse",
     "SparseRowwiseAdagradState": "embedlab.core.sparse",
     "SparseSgdState": "embedlab.core.sparse",
     "get_sparse_optimizer": "embedlab.core.sparse",
-    "localize": "embedlab.core.sparse",
+    "localize": "embedlab.core.localize",
     "slot_bytes": "embedlab.core.sparse",
     "sparse_adagrad": "embedlab.core.sparse",
     "sparse_lazy_adam": "embedlab.core.sparse",
     "sparse_rowwise_adagrad": "embedlab.core.sparse",
     "sparse_sgd": "embedlab.core.sparse",
-    "sum_duplicates": "embedlab.core.sparse",
+    "sum_duplicates": "embedlab.core.localize",
     "TABLES": "embedlab.core.variants",
     "TableVariant": "embedlab.core.variants.contract",
     "Embed": "embedlab.models.flax_embed",  # flax: ~0.7 s to import
@@ -212,8 +216,9 @@ _LAYERS = ("core", "data", "models", "analysis", "run", "config", "cli")
 # modules that moved into the layer folders: the old attribute still works, with a warning
 _MOVED = {
     "tables": "embedlab.core.tables", "pooling": "embedlab.core.pooling",
-    "sparse": "embedlab.core.sparse", "optim": "embedlab.core.optim",
-    "sharding": "embedlab.core.sharding", "flax_adapter": "embedlab.models.flax_embed",
+    "sparse": "embedlab.core.sparse, embedlab.core.localize, embedlab.core.sparse_rules",
+    "optim": "embedlab.core.optim", "sharding": "embedlab.core.sharding, embedlab.core.meshes",
+    "flax_adapter": "embedlab.models.flax_embed",
     "text": "embedlab.data.text, embedlab.data.ngrams, embedlab.data.encoding",
     "pretrained": "embedlab.data.vectors",
     "models": "embedlab.models.classifiers", "inspection": "embedlab.run.inspection",

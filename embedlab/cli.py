@@ -179,7 +179,7 @@ def _train(args) -> int:
   encoder = _encode_ahead(first)
   try:
     from embedlab.run import report  # noqa: PLC0415 - JAX loads meanwhile
-    from embedlab.core import sharding  # noqa: PLC0415 - JAX loads meanwhile
+    from embedlab.core import meshes  # noqa: PLC0415 - JAX loads meanwhile
     from embedlab.run import placement  # noqa: PLC0415
     from embedlab.run import train  # noqa: PLC0415 - JAX loads meanwhile
   finally:
@@ -192,7 +192,7 @@ def _train(args) -> int:
     results = train.train(cfg, workdir, restart=args.restart, progress=not args.no_progress)
     planted = None
     # show what the embedding layer learned (one process writes the run directory)
-    if cfg.data.source == "synthetic" and sharding.is_primary():
+    if cfg.data.source == "synthetic" and meshes.is_primary():
       from embedlab.run import inspection  # noqa: PLC0415
       planted = inspection.record_planted_structure(workdir)
       results = json.loads((pathlib.Path(workdir) / "results.json").read_text())

@@ -117,7 +117,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """How the run spreads over devices and hosts (``embedlab.core.sharding``).
+  """How the run spreads over devices and hosts (``embedlab.core.meshes``).
 
   The devices form a ``data x model`` mesh: the batch is split over ``data``, every table's rows
   over ``model`` (padded with zero rows up to a multiple of ``model``). ``data=0`` puts every

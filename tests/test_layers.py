@@ -162,7 +162,8 @@ def test_the_checks_catch_a_bad_module(tmp_path, monkeypatch, source, message):
 
 @pytest.mark.parametrize("old, names", [
     ("text", ("tokenize", "Vocab", "encode", "encode_corpus", "ngram_ids", "subword_ids")),
-    ("sparse", ("sparse_lazy_adam", "localize")),
+    ("sparse", ("sparse_lazy_adam", "localize", "apply_rule")),
+    ("sharding", ("sharded_bag", "make_mesh", "place")),
     ("train", ("train",)),
 ])
 def test_moved_module_attributes_warn_and_still_hold_their_names(old, names):
@@ -182,3 +183,23 @@ def test_the_old_models_module_names_warn_and_lead_to_the_classifiers():
     assert models.make_model is classifiers.make_model
   with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
     models.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("old, name, home", [
+    ("sparse", "localize", "localize"),
+    ("sparse", "sum_duplicates", "localize"),
+    ("sparse", "choose_update_strategy", "sparse_rules"),
+    ("sparse", "apply_rule", "sparse_rules"),
+    ("sharding", "make_mesh", "meshes"),
+    ("sharding", "state_shardings", "meshes"),
+])
+def test_names_moved_out_of_a_core_module_warn_and_lead_to_their_new_module(old, name, home):
+  import importlib  # noqa: PLC0415
+
+  module = importlib.import_module(f"embedlab.core.{old}")
+  new = importlib.import_module(f"embedlab.core.{home}")
+  with pytest.warns(DeprecationWarning, match=f"embedlab.core.{old}.{name} moved to "
+                                              f"embedlab.core.{home}.{name}"):
+    assert getattr(module, name) is getattr(new, name)
+  with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+    module.nothing_here  # noqa: B018

@@ -7,7 +7,7 @@ import pytest
 
 import embedlab as el
 from embedlab.core import pooling
-from embedlab.core.sparse import localize
+from embedlab.core.localize import localize
 
 MODES = ("sum", "mean", "sqrtn", "max")
 

@@ -24,6 +24,7 @@ from embedlab.core.variants import hash_embedding as he
 from embedlab.core.variants import hashed as hs
 from embedlab.core.variants import qr as eqr
 from embedlab.core import pooling
+from embedlab.core import meshes
 from embedlab.core import sharding
 
 INT_DTYPES = [np.dtype(d) for d in ("int8", "uint8", "int16", "uint16", "int32", "uint32")]
@@ -431,7 +432,7 @@ def test_every_variant_rejects_bad_ids_of_any_int_dtype(data, name):
 
 # ---------------------------------------------------------------- sharded
 
-MESH = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+MESH = meshes.make_mesh(1, 1, devices=jax.devices()[:1])
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "padding_id"))
@@ -446,7 +447,7 @@ def jit_sharded(params, ids, weights, mode, padding_id):
 def test_sharded_lookup_and_bag_match_numpy_for_any_int_dtype(bags):
   ids, rows, padding_id, mode, weights, table_dtype = bags
   assume(mode in sharding.SHARDED_BAG_MODES)
-  params = sharding.shard_table({"table": make_table(rows, table_dtype)}, MESH)
+  params = meshes.shard_table({"table": make_table(rows, table_dtype)}, MESH)
   table = np.asarray(params["table"], np.float64)
   real = np.ones(ids.shape, bool) if padding_id is None else ids.astype(np.int64) != padding_id
   vecs, pooled = jit_sharded(params, jnp.asarray(ids), weights, mode, padding_id)

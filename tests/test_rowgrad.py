@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import embedlab as el
-from embedlab.core import sparse
+from embedlab.core.localize import localize
 
 ROWS, FEATURES, CLASSES, PAD = 40, 4, 3, 0
 STRATEGIES = ("rows", "table")  # localize's two ways; "table" gives a dense RowGrad
@@ -168,7 +168,7 @@ def test_multi_transform_row_sparse_lazy_adam_for_the_table_dense_adam_for_the_r
   rest = params["out"]
   rest_state = adam.init(rest)
   for ids, labels in batches(4):
-    local = sparse.localize(table, ids, padding_id=PAD, strategy="rows")
+    local = localize(table, ids, padding_id=PAD, strategy="rows")
     g_table, g_rest = jax.grad(
         lambda t, r: loss_fn({"embed": {"table": t}, "out": r}, local.ids, labels),
         argnums=(0, 1))(local.params["table"], rest)
@@ -212,7 +212,7 @@ def test_row_sparse_gives_the_sparse_optimizers_own_update(name, strategy):
 
   @jax.jit
   def own_step(table, state, ids):
-    local = sparse.localize(table, ids, padding_id=PAD, strategy=strategy)
+    local = localize(table, ids, padding_id=PAD, strategy=strategy)
     grads = jax.grad(table_loss)(local.params, local.ids)["table"]
     return opt.update(table, state, local.row_ids, grads, unique=True,
                       strategy="dense" if strategy == "table" else "rows")
@@ -341,7 +341,7 @@ def test_row_mask_keeps_frozen_rows_and_their_state_as_the_optimizers_row_mask(s
 
   @jax.jit
   def own_step(table, state, ids):
-    local = sparse.localize(table, ids, padding_id=PAD, strategy=strategy)
+    local = localize(table, ids, padding_id=PAD, strategy=strategy)
     grads = jax.grad(table_loss)(local.params, local.ids)["table"]
     return opt.update(table, state, local.row_ids, grads, unique=True, row_mask=trainable,
                       strategy="dense" if strategy == "table" else "rows")
@@ -395,7 +395,7 @@ def test_the_runners_row_sparse_step_is_the_optimizers_own_update_frozen_rows_ke
   def own_step(params, opt_state, step_count, ids, labels):
     rng = jax.random.fold_in(state.rng, step_count)
     table, dense = steps_lib.split_table(params)
-    local = sparse.localize(table, ids, padding_id=PAD)
+    local = localize(table, ids, padding_id=PAD)
 
     def loss(dense, local_table):
       logits = model.apply(steps_lib.join_table(dense, local_table), local.ids, train=True,

@@ -1,4 +1,4 @@
-"""Tests for embedlab.core.sharding on 8 simulated CPU devices.
+"""Tests for embedlab.core.sharding and embedlab.core.meshes on 8 simulated CPU devices.
 
 JAX fixes its device count when it starts, and the rest of the suite has started it already with
 one CPU device, so the checks run in one subprocess started with
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.run import placement
 
@@ -24,6 +25,7 @@ SCRIPT = r'''
 import functools
 import jax, jax.numpy as jnp, numpy as np
 import embedlab as el
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.run import placement
 
@@ -74,10 +76,10 @@ def close(got, want, what):
 
 
 for data, model in MESHES:
-  mesh = sharding.make_mesh(data, model)
+  mesh = meshes.make_mesh(data, model)
   assert dict(mesh.shape) == {"data": data, "model": model}, mesh.shape
-  params = sharding.shard_table({"table": jnp.asarray(table_np)}, mesh, pad=True)
-  rows = sharding.padded_rows(V, model)
+  params = meshes.shard_table({"table": jnp.asarray(table_np)}, mesh, pad=True)
+  rows = meshes.padded_rows(V, model)
   table = params["table"]
   assert table.shape == (rows, D), table.shape
   assert len(table.addressable_shards) == 8
@@ -128,8 +130,8 @@ for data, model in MESHES:
 
 
 # outside jit too (concrete ids are checked in numpy), and the references agree with embedlab
-mesh = sharding.make_mesh(4, 2)
-params = sharding.shard_table({"table": jnp.asarray(table_np)}, mesh)
+mesh = meshes.make_mesh(4, 2)
+params = meshes.shard_table({"table": jnp.asarray(table_np)}, mesh)
 close(sharding.sharded_lookup(params, ids_np, mesh, padding_id=PAD), ref_lookup(PAD)[0], "eager")
 close(sharding.sharded_bag(params, ids_np, mesh, weights=w_np, padding_id=PAD),
       ref_bag("mean", w_np)[0], "eager bag")
@@ -148,18 +150,18 @@ def raises(fn, *fragments):
   raise AssertionError(f"no error; expected one naming {fragments}")
 
 
-raises(lambda: sharding.make_mesh(3, 2), "data=3 x model=2 = 6", "8 are available", "8 x cpu")
-raises(lambda: sharding.make_mesh(model=3), "model=3 does not divide the 8 devices")
-raises(lambda: sharding.make_mesh(4, 4), "16 devices", "8 are available")
-mesh = sharding.make_mesh(2, 4)
-raises(lambda: sharding.shard_table({"table": jnp.ones((10, 2))}, mesh),
+raises(lambda: meshes.make_mesh(3, 2), "data=3 x model=2 = 6", "8 are available", "8 x cpu")
+raises(lambda: meshes.make_mesh(model=3), "model=3 does not divide the 8 devices")
+raises(lambda: meshes.make_mesh(4, 4), "16 devices", "8 are available")
+mesh = meshes.make_mesh(2, 4)
+raises(lambda: meshes.shard_table({"table": jnp.ones((10, 2))}, mesh),
        "10 rows", "model=4", "pad=True", "= 12 rows")
-params = sharding.shard_table({"table": jnp.ones((10, 2))}, mesh, pad=True)
+params = meshes.shard_table({"table": jnp.ones((10, 2))}, mesh, pad=True)
 raises(lambda: sharding.sharded_lookup(params, [[3, 10]], mesh, num_embeddings=10),
        "id 10 at position (0, 1)", "10 rows")
 raises(lambda: sharding.sharded_lookup(params, [[3]], mesh), "batch size 1", "data=2")
 raises(lambda: sharding.sharded_bag(params, [[3, 1], [1, 2]], mesh, mode="max"), "'max'")
-raises(lambda: sharding.table_sharding(mesh, by="columns"), "by='columns'", "rows")
+raises(lambda: meshes.table_sharding(mesh, by="columns"), "by='columns'", "rows")
 raises(lambda: sharding.sharded_lookup(params, [[1], [2]], jax.make_mesh((8,), ("x",))),
        "axes ('data', 'model')")
 print("OK errors")
@@ -180,23 +182,23 @@ def test_sharded_lookup_and_bag_on_8_simulated_devices():
 
 
 def test_padded_rows():
-  assert [sharding.padded_rows(20, m) for m in (1, 2, 3, 8)] == [20, 20, 21, 24]
+  assert [meshes.padded_rows(20, m) for m in (1, 2, 3, 8)] == [20, 20, 21, 24]
   with pytest.raises(ValueError, match="model must be positive"):
-    sharding.padded_rows(20, 0)
+    meshes.padded_rows(20, 0)
 
 
 def test_single_device_mesh_matches_lookup():
   # in the main pytest process: whatever devices it has, as one "data" axis
-  mesh = sharding.make_mesh(model=1)
+  mesh = meshes.make_mesh(model=1)
   table = np.arange(24, dtype=np.float32).reshape(8, 3)
-  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  params = meshes.shard_table({"table": jnp.asarray(table)}, mesh)
   ids = np.array([[1, 1, 7, 0]] * mesh.shape["data"])
   np.testing.assert_array_equal(sharding.sharded_lookup(params, ids, mesh, padding_id=0),
                                 table[ids] * (ids != 0)[..., None])
   np.testing.assert_allclose(sharding.sharded_bag(params, ids, mesh, padding_id=0),
                              table[[1, 1, 7]].mean(0)[None].repeat(len(ids), 0), rtol=1e-6)
   with pytest.raises(ValueError, match="make_mesh: data="):
-    sharding.make_mesh(data=len(jax.devices()) + 1)
+    meshes.make_mesh(data=len(jax.devices()) + 1)
 
 
 @pytest.mark.parametrize("environ,expected", [
@@ -222,9 +224,9 @@ def test_initialize_distributed_only_when_asked():
 # ---------------------------------------------------------------- regressions (one-device mesh)
 
 def test_sharded_lookup_and_bag_read_narrow_ids_exactly():
-  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  mesh = meshes.make_mesh(1, 1, devices=jax.devices()[:1])
   table = np.arange(600, dtype=np.float32).reshape(300, 2)
-  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  params = meshes.shard_table({"table": jnp.asarray(table)}, mesh)
   ids = np.array([[255, 4, 4], [1, 2, 3]], np.uint8)
   got = jax.jit(lambda i: sharding.sharded_lookup(params, i, mesh))(jnp.asarray(ids))
   np.testing.assert_array_equal(got, table[ids.astype(np.int64)])
@@ -242,9 +244,9 @@ def test_sharded_lookup_and_bag_read_narrow_ids_exactly():
 
 @pytest.mark.parametrize("mode", sharding.SHARDED_BAG_MODES)
 def test_sharded_bag_ignores_nan_weights_at_padding_and_accumulates_in_float32(mode):
-  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  mesh = meshes.make_mesh(1, 1, devices=jax.devices()[:1])
   table = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
-  params = sharding.shard_table({"table": jnp.asarray(table)}, mesh)
+  params = meshes.shard_table({"table": jnp.asarray(table)}, mesh)
   ids = np.array([[1, 0, 2], [0, 0, 0]], np.int32)
   weights = np.array([[2.0, np.nan, 0.5], [np.inf] * 3], np.float32)
   w = np.where(ids != 0, weights, 0)
@@ -255,7 +257,7 @@ def test_sharded_bag_ignores_nan_weights_at_padding_and_accumulates_in_float32(m
   np.testing.assert_allclose(fn(params), want, rtol=1e-6, atol=1e-6)
   grad = jax.jit(jax.grad(lambda p: jnp.sum(fn(p))))(params)["table"]
   assert np.isfinite(np.asarray(grad)).all() and np.all(np.asarray(grad)[0] == 0)
-  ones = sharding.shard_table({"table": jnp.ones((4, 2), jnp.bfloat16)}, mesh)
+  ones = meshes.shard_table({"table": jnp.ones((4, 2), jnp.bfloat16)}, mesh)
   got = sharding.sharded_bag(ones, np.ones((1, 1000), np.int32), mesh, mode="sum")
   assert got.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(got, np.float32), 1000.0)

@@ -48,6 +48,7 @@ import json, pathlib, sys
 import jax, numpy as np
 from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.run import placement
 from embedlab.run import build as build_lib
@@ -65,11 +66,11 @@ for name, extra in runs.items():
   setup = build_lib.build(cfg, data, 30)
   state = build_lib.init_state(cfg, setup)
   mesh = placement.mesh_from_config(cfg.mesh)
-  placed = sharding.place(state, sharding.state_shardings(state, mesh, table=cfg.mesh.table))
+  placed = meshes.place(state, meshes.state_shardings(state, mesh, table=cfg.mesh.table))
   table = placed.params["embed"]["table"]
   shards = sorted({tuple(s.data.shape) for s in table.addressable_shards})
   slots = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(placed)
-           if sharding.is_table_leaf(path, leaf)
+           if meshes.is_table_leaf(path, leaf)
            and jax.tree_util.keystr(path).startswith(".opt_state")]
   slot_shards = sorted({tuple(s.data.shape) for leaf in slots for s in leaf.addressable_shards})
   # the saved checkpoint restores onto the same mesh split the same way
@@ -100,6 +101,7 @@ import json, pathlib, sys
 import jax, numpy as np
 from embedlab import config as config_lib
 from embedlab.run import checkpoint as ckpt_lib
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.run import placement
 from embedlab.run import build as build_lib
@@ -113,7 +115,7 @@ data = cache_lib.encode_splits(cfg.data, cfg.seed)
 state = build_lib.init_state(cfg, build_lib.build(cfg, data, 30))
 mesh = placement.mesh_from_config(cfg.mesh)
 if mesh is not None:
-  state = sharding.place(state, sharding.state_shardings(state, mesh))
+  state = meshes.place(state, meshes.state_shardings(state, mesh))
 ckpt = ckpt_lib.Checkpoints(run, read_only=True)
 step, restored, meta = ckpt.restore_latest(state)
 assert not ckpt.recovered, ckpt.recovered
@@ -130,6 +132,7 @@ PROCESS_SCRIPT = r'''
 import faulthandler, json, pathlib, sys
 faulthandler.dump_traceback_later(int(sys.argv[5]), exit=True)  # a hang shows where, then ends
 from embedlab import config as config_lib
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.run import placement
 

@@ -10,6 +10,8 @@ import pytest
 
 import embedlab as el
 from embedlab.core import sparse
+from embedlab.core import sparse_rules
+from embedlab.core.localize import localize, sum_duplicates
 
 ROWS, FEATURES, PAD = 13, 4, 0
 
@@ -57,7 +59,7 @@ def train_dense(tx, steps, seed=0):
 def make_sparse_step(opt, localize_strategy="auto", **update_kwargs):
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(table, state, ids, weights):
-    local = sparse.localize(table, ids, padding_id=PAD, strategy=localize_strategy)
+    local = localize(table, ids, padding_id=PAD, strategy=localize_strategy)
     grads = jax.grad(loss_fn)(local.params, local.ids, weights)
     return opt.update(table, state, local.row_ids, grads["table"], unique=True, **update_kwargs)
   return step
@@ -97,7 +99,7 @@ def test_update_sums_duplicate_ids_like_the_dense_gradient():
   opt = sparse.sparse_sgd(1.0)
   table, _ = jax.jit(opt.update)(initial_table(), opt.init(initial_table()), ids, grads)
   np.testing.assert_array_equal(table, initial_table() - dense_grad)
-  unique, summed = jax.jit(sparse.sum_duplicates, static_argnums=2)(ids, grads, ROWS)
+  unique, summed = jax.jit(sum_duplicates, static_argnums=2)(ids, grads, ROWS)
   real = np.asarray(unique) < ROWS
   assert sorted(np.asarray(unique)[real]) == sorted(set(np.asarray(ids)[np.asarray(valid)]))
   np.testing.assert_array_equal(np.asarray(summed)[real], np.asarray(dense_grad)[unique[real]])
@@ -221,7 +223,7 @@ def test_jitted_sparse_step_compiles_once_and_updates_in_place():
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(table, state, ids, weights):
     traces.append(1)
-    local = sparse.localize(table, ids, padding_id=PAD)
+    local = localize(table, ids, padding_id=PAD)
     grads = jax.grad(loss_fn)(local.params, local.ids, weights)
     return opt.update(table, state, local.row_ids, grads["table"], unique=True)
 
@@ -244,51 +246,49 @@ def test_jitted_sparse_step_compiles_once_and_updates_in_place():
 def test_localize_gives_the_model_the_same_numbers():
   table = initial_table()
   ids = batches(1, seed=3)[0][0]
-  local = sparse.localize(table, ids, padding_id=PAD, strategy="rows")
+  local = localize(table, ids, padding_id=PAD, strategy="rows")
   assert local.params["table"].shape == (ids.size + 1, FEATURES)
   np.testing.assert_array_equal(el.lookup(local.params, local.ids, padding_id=PAD),
                                 el.lookup({"table": table}, ids, padding_id=PAD))
   real_rows = np.asarray(local.row_ids) < ROWS
   np.testing.assert_array_equal(np.sort(np.asarray(local.row_ids)[real_rows]),
                                 np.unique(np.asarray(ids)[np.asarray(ids) != PAD]))
-  other = sparse.localize({"table": table}, jnp.array([[4, 3, 3]]), padding_id=3)
+  other = localize({"table": table}, jnp.array([[4, 3, 3]]), padding_id=3)
   np.testing.assert_array_equal(
       el.bag(other.params, other.ids, mode="sum", padding_id=3), table[4][None])
-  unpadded = sparse.localize(table, jnp.array([4, 4, 0]), padding_id=None)
+  unpadded = localize(table, jnp.array([4, 4, 0]), padding_id=None)
   np.testing.assert_array_equal(el.lookup(unpadded.params, unpadded.ids), table[jnp.array([4, 4, 0])])
 
 
 def test_localize_table_strategy_uses_the_table_itself_and_marks_the_touched_rows():
   table = initial_table()
   ids = batches(1, seed=3)[0][0]
-  assert sparse.localize(table, ids, padding_id=PAD).params["table"].shape == (ROWS, FEATURES)
-  local = jax.jit(functools.partial(sparse.localize, padding_id=PAD, strategy="table"))(table,
-                                                                                        ids)
+  assert localize(table, ids, padding_id=PAD).params["table"].shape == (ROWS, FEATURES)
+  local = jax.jit(functools.partial(localize, padding_id=PAD, strategy="table"))(table, ids)
   np.testing.assert_array_equal(local.params["table"], table)
   np.testing.assert_array_equal(local.ids, ids)
   touched = np.isin(np.arange(ROWS), np.asarray(ids)[np.asarray(ids) != PAD])
   np.testing.assert_array_equal(local.row_ids, np.where(touched, np.arange(ROWS), ROWS))
-  unpadded = sparse.localize(table, jnp.array([4, 4, 0]), padding_id=None, strategy="table")
+  unpadded = localize(table, jnp.array([4, 4, 0]), padding_id=None, strategy="table")
   np.testing.assert_array_equal(np.asarray(unpadded.row_ids)[[0, 1, 4, 5]], [0, ROWS, 4, ROWS])
   # a bigger table than the batch has ids: the batch's rows gathered
   big = jnp.zeros((1000, FEATURES))
-  assert sparse.localize(big, ids, padding_id=PAD).params["table"].shape == (ids.size + 1,
-                                                                              FEATURES)
-  assert sparse.localize(big, ids, gather=lambda t, i: jnp.take(t, i, axis=0, mode="fill",
-                                                                fill_value=0),
-                         padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
+  assert localize(big, ids, padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
+  assert localize(big, ids, gather=lambda t, i: jnp.take(t, i, axis=0, mode="fill",
+                                                         fill_value=0),
+                  padding_id=PAD).params["table"].shape == (ids.size + 1, FEATURES)
 
 
 def test_update_strategy_rule():
-  assert sparse.choose_update_strategy(200, 100, "cpu") == "dense"
-  assert sparse.choose_update_strategy(201, 100, "cpu") == "rows"
-  assert sparse.choose_update_strategy(10, 100, "gpu") == "rows"
+  assert sparse_rules.choose_update_strategy(200, 100, "cpu") == "dense"
+  assert sparse_rules.choose_update_strategy(201, 100, "cpu") == "rows"
+  assert sparse_rules.choose_update_strategy(10, 100, "gpu") == "rows"
   opt = sparse.sparse_sgd(0.1)
   with pytest.raises(ValueError, match="strategy='sorted' is not 'auto' or one of rows, dense"):
     opt.update(initial_table(), opt.init(initial_table()), jnp.array([1]), jnp.ones((1, 4)),
                strategy="sorted")
   with pytest.raises(ValueError, match="strategy='sorted' is not 'auto', 'rows' or 'table'"):
-    sparse.localize(initial_table(), jnp.array([1]), strategy="sorted")
+    localize(initial_table(), jnp.array([1]), strategy="sorted")
 
 
 def numpy_update(name, hyper, table, slots, count, ids, grads, row_mask=None, skip_ids=()):
@@ -368,9 +368,9 @@ def test_every_optimizer_and_strategy_matches_a_numpy_step(name, strategy, rows)
 def test_errors_say_what_and_how_to_fix():
   table = initial_table()
   with pytest.raises(ValueError, match=r"id 13 at position \(0, 1\) is outside the table"):
-    sparse.localize(table, jnp.array([[1, 13]]))
+    localize(table, jnp.array([[1, 13]]))
   with pytest.raises(ValueError, match="padding_id 5 must be in 0..2"):
-    sparse.localize(table, jnp.array([1, 2]), padding_id=5)
+    localize(table, jnp.array([1, 2]), padding_id=5)
   opt = sparse.sparse_sgd(0.1)
   with pytest.raises(ValueError, match="Flatten the batch's ids"):
     opt.update(table, opt.init(table), jnp.ones((2, 2), jnp.int32), jnp.ones((4, FEATURES)))

@@ -699,11 +699,11 @@ def test_contract_row_sparse_reads_of_a_local_table_equal_the_full_table(registr
     with pytest.raises(ValueError, match="rows=True reads rows of a table"):
       c.v.lookup(c.params, ids, rows=True)
     return
-  from embedlab.core import sparse
+  from embedlab.core.localize import localize
   rows = c.v.rows(ids)
   assert rows.shape == ids.shape and int(rows.max()) < c.params["table"].shape[0]
   assert np.all(np.asarray(rows)[ids == CONTRACT_PAD] == CONTRACT_PAD)  # padding keeps its row
-  local = sparse.localize(c.params["table"], rows, padding_id=CONTRACT_PAD, strategy="rows")
+  local = localize(c.params["table"], rows, padding_id=CONTRACT_PAD, strategy="rows")
   cot = jax.random.normal(jax.random.key(5), (4, CONTRACT_D))
   for mode in tables.BAG_MODES:
     def full(table, mode=mode):

@@ -6,7 +6,7 @@ row-sparse table optimizer chains with optax's own transformations and lives in 
 with the dense one of the rest of a model:
 
   * ``value_and_row_grad(loss_fn, params, ids)`` localizes the rows a batch touches
-    (``embedlab.core.sparse.localize``), differentiates the loss with respect to them, and returns
+    (``embedlab.core.localize.localize``), differentiates the loss with respect to them, and returns
     the gradients as a pytree of ``params``' structure whose table leaf is a ``RowGrad``: the
     distinct ids the batch touched and their summed gradient rows. The other leaves are
     ordinary dense gradients.
@@ -77,6 +77,8 @@ import numpy as np
 import optax
 
 from embedlab.core import sparse
+from embedlab.core import sparse_rules
+from embedlab.core.localize import localize
 from embedlab.core.paths import path_matches, path_of
 
 Array = jax.Array
@@ -285,7 +287,7 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
                        row_mask: Any = None):
   """``jax.value_and_grad`` whose gradient for the embedding table is a ``RowGrad``.
 
-  Gathers the rows ``ids`` touch into a local table (``embedlab.core.sparse.localize``), calls
+  Gathers the rows ``ids`` touch into a local table (``embedlab.core.localize.localize``), calls
   ``fn(local_params, local_ids, *args)``, where ``local_params`` is ``params`` with the table
   replaced by the local table and ``local_ids`` index it, and differentiates with respect to
   ``local_params``. ``fn`` is the loss written for the full table: ``el.bag`` /
@@ -363,9 +365,9 @@ def value_and_row_grad(fn: Callable[..., Any], params: Any, ids: Any, *args: Any
   n = max(1, int(jnp.size(ids)))
   if strategy == "auto":  # as localize's, resolved here to know which one the RowGrad holds
     strategy = ("table" if gather is None
-                and sparse.choose_update_strategy(rows, n + 1) == "dense" else "rows")
-  local = sparse.localize(full, ids, padding_id=padding_id, oob=oob, gather=gather,
-                          strategy=strategy)
+                and sparse_rules.choose_update_strategy(rows, n + 1) == "dense" else "rows")
+  local = localize(full, ids, padding_id=padding_id, oob=oob, gather=gather,
+                   strategy=strategy)
   leaves = [leaf for _, leaf in flat]
   leaves[i] = local.params["table"]
   local_state = jax.tree_util.tree_unflatten(treedef, leaves)
@@ -479,8 +481,8 @@ def row_sparse(optimizer: sparse.SparseOptimizer) -> optax.GradientTransformatio
   return optax.GradientTransformation(init, update)
 
 
-def _update_rows(rule: sparse.Rule, learning_rate, weight_decay, g: RowGrad, state, table):
-  """One table's update: ``embedlab.core.sparse.apply_rule`` on the ``RowGrad``'s rows,
+def _update_rows(rule: sparse_rules.Rule, learning_rate, weight_decay, g: RowGrad, state, table):
+  """One table's update: ``embedlab.core.sparse_rules.apply_rule`` on the ``RowGrad``'s rows,
   returned as a change (zero where a weight or its row's state would not be finite)."""
   slots = tuple(state[1:])
   rows = slots[0].shape[0] if slots else g.num_rows
@@ -496,7 +498,7 @@ def _update_rows(rule: sparse.Rule, learning_rate, weight_decay, g: RowGrad, sta
   else:
     slot_rows = tuple(jnp.take(s, ids, axis=0, mode="clip") for s in slots)
     table_rows = None if table is None else jnp.take(table, ids, axis=0, mode="clip")
-  change, keep, slot_rows = sparse.apply_rule(
+  change, keep, slot_rows = sparse_rules.apply_rule(
       rule, g.rows.astype(dtype), slot_rows, count, jnp.asarray(lr, dtype), weight_decay,
       table_rows if weight_decay else None, ids < rows, whole_table=g.dense)
   # the ids stay as they are (the same static data in and out)

@@ -21,7 +21,7 @@ busy 2-core CPU (``python benchmarks/oob_check.py``), which matters for tiny bat
 large ones. Pass ``oob="clip"`` or ``oob="zero"`` to skip it where the ids are known to be valid.
 
 Every table function that takes ids (``lookup``, ``bag``, the variants of ``embedlab.core.variants``,
-``embedlab.core.sharding``, ``embedlab.core.pooling``, ``embedlab.core.sparse.localize``, the Flax modules)
+``embedlab.core.sharding``, ``embedlab.core.pooling``, ``embedlab.core.localize``, the Flax modules)
 sends them through one function, ``ids_lib.normalize_ids``: an integer dtype is required, each id is
 compared with the table's rows exactly whatever its dtype (a ``uint8`` id 255 is row 255 of a
 1000-row table, an ``int8`` id 4 is not padding id 260), and the ids come back widened to

@@ -5,7 +5,7 @@ Every model keeps its embedding at ``params["embed"]`` and reads it only through
 registry ``embedlab.core.variants.TABLES`` (the plain table, hashing trick, hash embeddings,
 quotient-remainder, factorized), so an experiment switches with one setting. Where the variant
 has a row-indexed ``table`` (``Spec.row_sparse``), the row-sparse train step hands the model a
-gathered local table instead and passes ``rows=True`` (``embedlab.core.sparse``).
+gathered local table instead and passes ``rows=True`` (``embedlab.core.localize``).
 
 Models take plain arguments: an ``Embedder`` and their own options (``registry.MODELS`` lists
 the models and the options each reads); ``embedlab.run.build`` turns a config into them.

@@ -18,7 +18,8 @@ import optax
 from embedlab import config as config_lib
 from embedlab.core import ids as ids_lib
 from embedlab.core import optim as optim_lib
-from embedlab.core import sharding, tables
+from embedlab.core import meshes
+from embedlab.core import tables
 from embedlab.data import batches as batch_lib
 from embedlab.data import cache as cache_lib
 from embedlab.data import paths as paths_lib
@@ -112,7 +113,7 @@ def _pad_for_mesh(cfg, params, row_masks):
   if cfg.mesh.model == 1 or "table" not in params["embed"]:
     return params, row_masks
   table = params["embed"]["table"]
-  rows = sharding.padded_rows(table.shape[0], cfg.mesh.model)
+  rows = meshes.padded_rows(table.shape[0], cfg.mesh.model)
   extra = rows - table.shape[0]
   if extra == 0:
     return params, row_masks

@@ -1,6 +1,6 @@
 """Where a run's arrays live: the device mesh a config asks for, and joining a multi-process
-(multi-host) run through JAX's own runtime (``jax.distributed``). The sharding itself is
-``embedlab.core.sharding``'s, which sees no config."""
+(multi-host) run through JAX's own runtime (``jax.distributed``). The meshes and the placement
+themselves are ``embedlab.core.meshes``', which sees no config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh
 
-from embedlab.core import sharding
+from embedlab.core import meshes
 
 CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                       "TPU_WORKER_HOSTNAMES")
@@ -41,7 +41,7 @@ def initialize_distributed(mesh_cfg: Any, environ: Any = None) -> bool:
 
   Example:
     >>> from embedlab.config import MeshConfig
-    >>> from embedlab.core import sharding
+    >>> from embedlab.core import meshes
     >>> initialize_distributed(MeshConfig(distributed="off"))
     False
   """
@@ -81,7 +81,7 @@ def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mes
 
   Example:
     >>> from embedlab.config import MeshConfig
-    >>> from embedlab.core import sharding
+    >>> from embedlab.core import meshes
     >>> mesh_from_config(MeshConfig()) is None  # one CPU device
     True
   """
@@ -92,11 +92,11 @@ def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mes
     divisors = [m for m in range(1, n + 1) if n % m == 0]
     fit = model if n % model == 0 else 1
     raise ValueError(f"mesh: data={data or 'auto'} x model={model} does not match the {n} "
-                     f"device(s) available ({sharding.describe_devices(devices)}); mesh.data x mesh.model must "
+                     f"device(s) available ({meshes.describe_devices(devices)}); mesh.data x mesh.model must "
                      f"be {n}, with mesh.model one of {divisors} (mesh.data=0 takes the rest), "
                      f"e.g. --set mesh.data={n // fit} --set mesh.model={fit}. To simulate N "
                      f"CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N "
                      f"before JAX starts.")
   if n == 1 and jax.process_count() == 1:
     return None
-  return sharding.make_mesh(data, model, devices)
+  return meshes.make_mesh(data, model, devices)

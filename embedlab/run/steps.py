@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from embedlab.core import ids as ids_lib
+from embedlab.core import meshes
 from embedlab.core import sharding
 from embedlab.data import batches as batch_lib
 from embedlab.models import classifiers as models_lib
@@ -125,7 +126,7 @@ def make_train_step(model: models_lib.Model, optimizer: optax.GradientTransforma
   no dedup sort, no second gather (on one device; the result is the dedup path's up to float
   rounding where a batch repeats an id).
 
-  With a ``mesh`` (``embedlab.core.sharding``) and ``lookup="shard_map"`` the sparse path reads the
+  With a ``mesh`` (``embedlab.core.meshes``) and ``lookup="shard_map"`` the sparse path reads the
   batch's rows from the row-sharded table with ``sharding.sharded_take`` and each "model" shard
   updates only its own rows (``sharding.sharded_sparse_update``); with ``lookup="xla"`` (and on
   the dense path) XLA's partitioner splits the plain program.
@@ -412,7 +413,7 @@ def compile_steps(cfg, setup, mesh, shardings):
   out = (shardings, replicated)
   single_fn = jax.jit(single, donate_argnums=0, out_shardings=out)
   multi_fn = jax.jit(multi, donate_argnums=0, out_shardings=out)
-  put = functools.partial(sharding.global_batch, mesh)
+  put = functools.partial(meshes.global_batch, mesh)
   eval_jit = jax.jit(eval_step, out_shardings=replicated)
   eval_fn = lambda params, *batch: eval_jit(params, *map(put, batch))  # noqa: E731
   if jax.process_count() > 1:

@@ -30,7 +30,8 @@ import numpy as np
 
 from embedlab import config as config_lib
 from embedlab.core.variants import contract as variants_lib
-from embedlab.core import sharding, tables
+from embedlab.core import meshes
+from embedlab.core import tables
 from embedlab.data import batches as batch_lib
 from embedlab.data import cache as cache_lib
 from embedlab.run import build as build_lib
@@ -132,9 +133,9 @@ def _train_and_evaluate(job: Job, run: report.RunDir, workdir: pathlib.Path,
   state, done = build_lib.init_state(cfg, job.setup), Progress()
   shardings = None
   if job.mesh is not None:
-    shardings = sharding.state_shardings(state, job.mesh, table=cfg.mesh.table,
-                                         dense=cfg.mesh.dense)
-    state = sharding.place(state, shardings)
+    shardings = meshes.state_shardings(state, job.mesh, table=cfg.mesh.table,
+                                       dense=cfg.mesh.dense)
+    state = meshes.place(state, shardings)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     _, state, meta = restored
