@@ -297,10 +297,6 @@ def compare_strategies(args):
     print(f"{'2^%d' % e:>5} " + " ".join(
         f"{ms[(e, n, 'dense')]:8.2f} / {ms[(e, n, 'rows')]:8.2f} "
         f"({ms[(e, n, 'dense')] / ms[(e, n, 'rows')]:4.2f})" for n in OPTIMIZERS))
-  public = {n: {e: ms[f"optax_{n}"][e] / ms[n][e] for e in exponents} for n in OPTIMIZERS}
-  print("public optax path / localize + update, ms/step (ratio): " + "; ".join(
-      f"2^{e} " + ", ".join(f"{n} {ms[f'optax_{n}'][e]:.2f} ({public[n][e]:.2f})"
-                           for n in OPTIMIZERS) for e in exponents))
   print(json.dumps({
       "benchmark": "step_scaling_strategies", "features": FEATURES, "batch": [BATCH, BAG_LEN],
       "ms_per_step": {f"2^{e}/{n}/{s}": round(v, 3) for (e, n, s), v in ms.items()},
