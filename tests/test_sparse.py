@@ -408,6 +408,51 @@ def test_a_row_whose_update_overflows_is_not_written(name, strategy):
 
 
 @pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
+@pytest.mark.parametrize("whole_table", [False, True])
+def test_a_rules_cheaper_check_keeps_the_rows_the_full_check_keeps(name, whole_table):
+  # a Rule's ``check`` (lazy Adam: the squared gradients) stands in for checking the gradients
+  # and the new slots: on finite old slots and gradients with every kind of bad value, the
+  # same rows are kept, with the same change and slots
+  opt = sparse.get_sparse_optimizer(name, 0.5)
+  rng = np.random.default_rng(3)
+  rows = 64
+  grads = rng.normal(size=(rows, FEATURES)).astype(np.float32)
+  # lazy Adam's check of float32 squares rejects |g| in (1.8e19, 5.8e20), where its moments
+  # would stay finite: left out here, tested on its own below
+  bad = [np.nan, np.inf, -np.inf, 1e19, -1.8e19, 6e20, 1e30, 3.4e38, 1e-30]
+  for i, value in enumerate(bad):  # rows 0..8 one bad value, rows 9..17 a whole bad row
+    grads[i, i % FEATURES] = value
+    grads[len(bad) + i] = value
+  state = opt.init(jnp.zeros((rows, FEATURES)))
+  slots = tuple(jnp.asarray(rng.uniform(0.0, 1e3, np.shape(s)), s.dtype) for s in state[1:])
+  args = (jnp.asarray(grads), slots, jnp.asarray(3), jnp.asarray(0.5, jnp.float32))
+  full = opt.rule._replace(check=None)
+  got = sparse_rules.apply_rule(opt.rule, *args, whole_table=whole_table)
+  want = sparse_rules.apply_rule(full, *args, whole_table=whole_table)
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+  assert not np.asarray(want[1])[:len(bad) * 2 - 1].all(axis=1).all()  # some rows rejected
+  for g, w in zip(jax.tree.leaves((got[0], got[2])), jax.tree.leaves((want[0], want[2]))):
+    kept = np.asarray(want[1])[:, 0]
+    np.testing.assert_array_equal(np.asarray(g)[kept], np.asarray(w)[kept])
+
+
+@pytest.mark.parametrize("dtype, gradient, kept", [
+    (jnp.float32, 1.0e19, True), (jnp.float32, 1.9e19, False), (jnp.float32, 1e21, False),
+    (jnp.float16, 300.0, True), (jnp.float16, 9000.0, False), (jnp.bfloat16, 1e19, True),
+    (jnp.bfloat16, 1e20, True), (jnp.bfloat16, 1e36, False)])
+def test_lazy_adam_rejects_a_row_whose_squared_gradient_overflows(dtype, gradient, kept):
+  # float32/float64: the check reads the squares (rejects |g| > 1.8e19 in float32); 16-bit
+  # tables: the moments themselves, (1 - b2) * g * g (float16: finite up to |g| ~ 8,000)
+  opt = sparse.sparse_lazy_adam(0.1)  # a step bfloat16 can see on a weight of 1
+  table = jnp.ones((4, 2), dtype)
+  grads = jnp.array([[0.5, 0.5], [gradient, 0.0]], dtype)
+  new, state = opt.update(table, opt.init(table), jnp.array([1, 2]), grads, unique=True)
+  assert bool(jnp.all(jnp.isfinite(new))) and bool(jnp.all(jnp.isfinite(state.nu)))
+  assert bool(jnp.any(new[2] != table[2])) == kept
+  assert bool(jnp.any(new[1] != table[1]))
+
+
+@pytest.mark.parametrize("name", sorted(sparse.SPARSE_OPTIMIZERS))
 @pytest.mark.parametrize("in_place", [True, False])
 def test_dense_update_of_a_whole_table_of_gradients(name, in_place):
   # V ids for V rows, as localize's "table" strategy hands them over: each row's own id or V

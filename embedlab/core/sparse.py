@@ -338,6 +338,11 @@ def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float
   touched late (``t`` large, its ``m`` and ``v`` still near 0) gets a step of about
   ``lr * (1 - b1) / sqrt(1 - b2)`` (3.2 ``lr`` with the defaults) on that first touch.
 
+  A row is not written (it keeps its weights, ``m`` and ``v``) when its gradient is not finite
+  or, on float32/float64 tables, when a gradient's square overflows (float32: |g| > 1.8e19):
+  that test reads the gradients alone, where the moments would need ``m`` and ``v`` read a
+  second time. 16-bit tables test the new moments themselves.
+
   Args:
     learning_rate: a float or an optax schedule ``count -> lr``.
     b1, b2, eps: as ``optax.adam`` (see above for ``eps``'s placement).
@@ -369,7 +374,18 @@ def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float
     scale = (jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)).astype(g.dtype)
     return scale * m / (jnp.sqrt(v) + eps)
 
-  rule = rules.Rule(moments, direction)
+  def squares(g, slots):
+    # the new moments are convex combinations of the finite old ones and of ``g`` and ``g * g``:
+    # finite when ``g * g`` is, so the check reads the gradients alone. A little stricter than
+    # the moments need (float32: |g| above 1.8e19 is rejected, where ``(1 - b2) * g * g`` would
+    # stay finite up to ~5.8e20); 16-bit tables, where that band starts at |g| = 256
+    # (float16), check the moments themselves
+    if jnp.finfo(g.dtype).bits < 32:
+      return (g, *moments(g, slots))
+    return (g * g,)
+
+  convex = all(isinstance(b, (int, float)) and 0 <= b <= 1 for b in (b1, b2))
+  rule = rules.Rule(moments, direction, squares if convex else None)
 
   return _sparse_optimizer("sparse_lazy_adam", learning_rate, init_slots, rule,
                            SparseLazyAdamState, weight_decay)

@@ -14,7 +14,9 @@ numbers, up to float rounding. Optax has no row-sparse update, hence the hand-wr
 
 A row whose gradient or new optimizer state would not be finite (finite gradients overflowing
 when squared, say) is not written: it keeps its value and state, as the train step keeps every
-parameter when the loss or a gradient is not finite. A weight whose new value would not be
+parameter when the loss or a gradient is not finite (lazy Adam on float32/float64 tables
+tests the squared gradients instead of its new moments: the same rows, plus those with |g| above
+1.8e19 in float32, and the check reads the gradients alone). A weight whose new value would not be
 finite (a huge learning rate) keeps its value; the rest of its row moves. (Checking whole rows
 of new weights would evaluate the rule's direction a second time over the table:
 ``apply_rule``.)
@@ -39,6 +41,11 @@ class Rule(NamedTuple):
 
   slots: Callable[[Array, tuple[Array, ...]], tuple[Array, ...]]
   direction: Callable[[Array, tuple[Array, ...], Array], Array]
+  # ``check(grads, old slot rows) -> arrays``: a cheaper stand-in for the finiteness check,
+  # arrays whose rows are all finite only if the gradient and new slot rows are (given finite
+  # old slots; lazy Adam: the squared gradients, read without the slots); None: the gradients
+  # and the new slots themselves
+  check: Callable[[Array, tuple[Array, ...]], tuple[Array, ...]] | None = None
 
 
 UPDATE_STRATEGIES = ("rows", "dense")
@@ -209,7 +216,8 @@ def apply_rule(rule: Rule, grads: Array, slots: tuple[Array, ...], count: Array,
   # direction)
   checked_grads, checked_slots = ((grads, slots) if not whole_table else
                                   jax.lax.optimization_barrier((grads, slots)))
-  ok = ok & _finite_rows(checked_grads, *rule.slots(checked_grads, checked_slots))
+  ok = ok & _finite_rows(*(rule.check(checked_grads, checked_slots) if rule.check is not None
+                           else (checked_grads, *rule.slots(checked_grads, checked_slots))))
   keep = jnp.broadcast_to(ok[:, None], grads.shape)
   if whole_table:  # one bool array the update passes read, not a broadcast in each of them
     keep = jax.lax.optimization_barrier(keep)
