@@ -39,7 +39,7 @@ def median_ms(fn, repeats):
 
 
 def torch_forward(table, ids, repeats):
-  table_t = torch.from_numpy(np.asarray(table))
+  table_t = torch.from_numpy(np.array(table))  # a writable copy
   ids_t = torch.from_numpy(np.asarray(ids)).long()
   with torch.no_grad():
     return median_ms(lambda: torch.nn.functional.embedding_bag(ids_t, table_t, mode="mean",
