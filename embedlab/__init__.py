@@ -254,4 +254,5 @@ def __getattr__(name):
 
 
 def __dir__():
-  return sorted(set(globals()) | set(__all__))
+  # the public names and the layer packages, not this module's own imports
+  return sorted(set(__all__) | set(_LAYERS) | {"variants"})

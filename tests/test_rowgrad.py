@@ -426,3 +426,16 @@ def test_the_runners_row_sparse_step_is_the_optimizers_own_update_frozen_rows_ke
   np.testing.assert_array_equal(np.asarray(state.params["embed"]["table"])[frozen],
                                 np.asarray(table)[frozen])
   assert not np.any(np.asarray(state.opt_state["table"].nu)[frozen])
+
+
+def test_a_sparse_optimizer_used_as_an_optax_transformation_says_how_to_wrap_it():
+  # the optimizer's own (init, update) take a table and its touched rows: chained as optax
+  # chains a transformation, each call names embedlab.row_sparse
+  params = {"table": jnp.ones((5, 2)), "w": jnp.ones(2)}
+  tx = optax.chain(optax.clip_by_global_norm(1.0), el.sparse_lazy_adam(0.1))
+  with pytest.raises(ValueError, match=r"got dict.*embedlab\.row_sparse\(<optimizer>\)"):
+    tx.init(params)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), el.sparse_sgd(0.1))
+  state = tx.init(params["table"])
+  with pytest.raises(TypeError, match=r"not optax's \(updates, state, params\).*row_sparse"):
+    tx.update(jnp.ones((5, 2)), state, params["table"])

@@ -135,11 +135,15 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
   def init(table):
     if getattr(table, "ndim", None) != 2:
       raise ValueError(f"{name}.init: expected the table Array[V, D], got "
-                       f"{getattr(table, 'shape', type(table).__name__)}.")
+                       f"{getattr(table, 'shape', type(table).__name__)}. {_IN_OPTAX}")
     return state_type(jnp.zeros([], jnp.int32), *init_slots(table))
 
-  def update(table, state, ids, row_grads, *, row_mask=None, skip_ids=(), unique=False,
-             strategy="auto"):
+  def update(table, state, ids=None, row_grads=None, *, row_mask=None, skip_ids=(),
+             unique=False, strategy="auto"):
+    if ids is None or row_grads is None:  # called as optax calls update(updates, state, params)
+      raise TypeError(f"{name}.update(table, state, ids, row_grads) takes the table and the "
+                      f"touched rows' ids and gradients, not optax's (updates, state, params). "
+                      f"{_IN_OPTAX}")
     rows = table.shape[0]
     ids, grads = _kept(name, "update", table, ids, row_grads, row_mask, skip_ids)
     if strategy == "auto":
@@ -160,6 +164,12 @@ def _sparse_optimizer(name: str, learning_rate: ScalarOrSchedule,
 
   return SparseOptimizer(init, update, rule=rule, learning_rate=learning_rate,
                          weight_decay=weight_decay)
+
+
+_IN_OPTAX = ("In an optax chain (clipping, schedules, multi_transform, nnx.Optimizer), wrap it: "
+             "embedlab.row_sparse(<optimizer>), with gradients from embedlab.value_and_row_grad "
+             "and new params from embedlab.apply_updates; on its own, call "
+             "opt.init(params['table']) and opt.update(table, state, ids, row_grads).")
 
 
 def _kept(name, method, table, ids, row_grads, row_mask, skip_ids) -> tuple[Array, Array]:
