@@ -64,3 +64,10 @@ def test_cli_predict_reads_a_file_and_standard_input(run_dir, tmp_path, capsys, 
   assert json.loads(capsys.readouterr().out)["label"] == "2"
   assert cli.main(["predict", str(run_dir)]) == 1
   assert "no texts" in capsys.readouterr().err
+
+
+def test_loading_a_run_warns_of_nothing(run_dir, caplog):
+  # the run is opened read-only on purpose: orbax's "directory is read only" notice is not shown
+  with caplog.at_level("WARNING"):
+    el.load_run(run_dir).predict(["t0_w1"])
+  assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -69,6 +69,15 @@ __all__ = ["CheckpointError", "Checkpoints", "CorruptCheckpointError"]
 log = logging.getLogger("embedlab")
 
 
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+  """Drops orbax's "Given directory is read only" warning: a run opened for reading (eval,
+  predict, ``load_run``) is read-only on purpose, so nothing there is to be warned about."""
+  return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_not_read_only_notice)
+
+
 def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
                                          save_interval_steps=0 if read_only else 1,
