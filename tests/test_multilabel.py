@@ -296,3 +296,29 @@ def test_eval_of_a_multilabel_run_reports_precision_and_recall(run_dir, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["precision_at_2"] == pytest.approx(results["test_precision_at_2"])
   assert out["recall_at_1"] == pytest.approx(results["test_recall_at_1"])
+
+
+def _class_label_lists():
+  import datasets  # noqa: PLC0415 - writes the data
+  features = datasets.Features({"text": datasets.Value("string"),
+                                "labels": datasets.List(datasets.ClassLabel(names=["x", "y",
+                                                                                   "z"]))})
+  return datasets.Dataset.from_dict({"text": ["a b", "c", "d e"], "labels": [[2, 0], [1], [0]]},
+                                    features=features)
+
+
+def test_a_list_of_class_labels_keeps_its_names_from_disk_and_parquet(tmp_path):
+  # datasets' multi-label column, List(ClassLabel): the labels are class ids into its names
+  ds = _class_label_lists()
+  ds.save_to_disk(str(tmp_path / "saved"))
+  ds.to_parquet(str(tmp_path / "d.parquet"))
+  for cfg in (DataConfig(source="disk", path=str(tmp_path / "saved"), label_column="labels",
+                         multilabel=True),
+              DataConfig(source="files", train=str(tmp_path / "d.parquet"),
+                         label_column="labels", multilabel=True)):
+    splits, names = load_splits(cfg, 0)
+    assert names == ("x", "y", "z"), cfg.source
+    labels = splits["train"].labels
+    rows = {t: tuple(names[j] for j in np.flatnonzero(l)) for t, l in
+            zip(splits["train"].texts, labels)}
+    assert rows == {"a b": ("x", "z"), "c": ("y",), "d e": ("x",)}, cfg.source

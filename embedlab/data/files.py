@@ -173,11 +173,15 @@ def _read_parquet(path: pathlib.Path, cfg: DataConfig) -> RawSplit:
 
 
 def _class_names(metadata: dict[bytes, bytes] | None, column: str) -> tuple[str, ...] | None:
-  """The class names of ``column`` when ``datasets`` wrote it as a ``ClassLabel`` (its features
-  travel in the parquet metadata under ``huggingface``)."""
+  """The class names of ``column`` when ``datasets`` wrote it as a ``ClassLabel`` or a list of
+  them (its features travel in the parquet metadata under ``huggingface``)."""
   try:
     features = json.loads(metadata[b"huggingface"])["info"]["features"]
     feature = features[column]
+    if isinstance(feature, list) and len(feature) == 1:  # [ClassLabel]: a list of labels
+      feature = feature[0]
+    elif feature.get("_type") in ("List", "Sequence", "LargeList"):  # multi-label
+      feature = feature["feature"]
     if feature.get("_type") == "ClassLabel":
       return tuple(feature["names"])
   except (TypeError, KeyError, ValueError, AttributeError):

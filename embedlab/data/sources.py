@@ -40,7 +40,10 @@ def _raw_from_dataset(ds, cfg: DataConfig, source: str, skipped: int, allow_unla
   texts = _column(ds, cfg.text_column)
   labels = _column(ds, cfg.label_column)
   feature = ds.features[cfg.label_column]
-  names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+  # a ClassLabel, or a list of them (multi-label: List / Sequence(ClassLabel), [ClassLabel])
+  inner = feature[0] if isinstance(feature, list) and len(feature) == 1 else \
+      getattr(feature, "feature", feature)
+  names = tuple(inner.names) if isinstance(inner, datasets.ClassLabel) else None
   return rows.check_rows(texts, labels, cfg, source, skipped=skipped, label_names=names,
                          allow_unlabelled=allow_unlabelled, lines=lines)
 
