@@ -329,3 +329,29 @@ def test_smaller_tables_on_a_mesh_match_one_device(tmp_path):
       assert got[key] == want[key], (name, key, got[key], want[key])
     assert abs(got["test_loss"] - want["test_loss"]) < 1e-4, name
     assert want["test_accuracy"] > 0.5, want  # it learned (4 topics: chance 0.25)
+
+
+def test_multilabel_on_a_mesh_matches_one_device(tmp_path):
+  # multi-hot labels split over "data" with their batch; one sigmoid per label, dense and
+  # row-sparse, against the same runs on one device
+  from test_multilabel import _write_multilabel  # noqa: PLC0415 - the multi-label test data
+  for split, n, seed in (("train", 320, 0), ("dev", 96, 1), ("test", 96, 2)):
+    _write_multilabel(tmp_path / f"{split}.txt", n, seed)
+  base = ["data.source=files", f"data.train={tmp_path / 'train.txt'}",
+          f"data.dev={tmp_path / 'dev.txt'}", f"data.test={tmp_path / 'test.txt'}",
+          "data.multilabel=true", "data.max_len=16", "model.features=16", "train.batch_size=32",
+          "train.num_epochs=3", "train.eval_every=10", "train.log_every=10", "train.eval_k=2",
+          "train.progress=false", "train.plots=false", "data.workers=1",
+          "optim.learning_rate=0.3"]
+  runs = {"dense": [], "sparse": ["optim.tables=sparse_adagrad"]}
+  assert "OK variants" in _run(VARIANT_SCRIPT, 8, tmp_path, json.dumps(base), json.dumps(runs))
+  record = json.loads((tmp_path / "record.json").read_text())
+  for name, extra in runs.items():
+    cfg = config_lib.load_config(ROOT / "experiments/quickstart.py", base + extra)
+    want = train.train(cfg, tmp_path / f"one_{name}", echo=lambda s: None)
+    got = record[name]
+    assert got["mesh"]["model"] == 2, got["mesh"]
+    for key in ("dev_accuracy", "test_accuracy", "best_step", "test_recall_at_2"):
+      assert got[key] == want[key], (name, key, got[key], want[key])
+    assert abs(got["test_loss"] - want["test_loss"]) < 1e-4, name
+    assert want["test_accuracy"] > 0.6, want  # it learned
