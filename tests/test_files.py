@@ -141,6 +141,33 @@ def test_nan_labels_are_bad_rows_naming_the_line(tmp_path, name, content, line):
   assert names == ("0", "1") and len(splits["train"]) == 2 and splits["train"].skipped == 1
 
 
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("row,what", [
+    ('{"text": "b", "label": {"name": "pos"}}', r"a label that is a dict \(\{'name': 'pos'\}\)"),
+    ('{"text": "b", "label": [["pos"]]}', r"a label that is a list \(\['pos'\]\)"),
+    ('{"text": "b", "label": ["pos", {"x": 1}]}', r"a label that is a dict"),
+    ('{"text": ["a", "film"], "label": "pos"}', r"a text that is a list, not a string"),
+    ('{"text": {"en": "film"}, "label": "pos"}', r"a text that is a dict, not a string"),
+])
+def test_json_lists_and_objects_where_a_label_or_text_belongs_are_bad_rows(tmp_path, multilabel,
+                                                                           row, what):
+  _write(tmp_path / "t.jsonl", '{"text": "a", "label": "neg"}\n' + row + "\n")
+  with pytest.raises(DataError, match=rf"t[.]jsonl, row 2: {what}.*\(line 2\).*skip_bad_rows"):
+    splits_lib.load_splits(_files(tmp_path, train="t.jsonl", multilabel=multilabel), seed=0)
+  splits, _ = splits_lib.load_splits(
+      _files(tmp_path, train="t.jsonl", multilabel=multilabel, skip_bad_rows=True), seed=0)
+  assert len(splits["train"]) == 1 and splits["train"].skipped == 1
+
+
+def test_texts_read_as_numbers_or_bytes_become_strings_and_bad_bytes_are_bad_rows():
+  from embedlab.data.rows import check_rows  # noqa: PLC0415
+  raw = check_rows([12, "caf\u00e9".encode(), 1.5], ["a", "b", "a"], DataConfig(), "demo")
+  assert raw.texts == ["12", "caf\u00e9", "1.5"]
+  with pytest.raises(DataError, match=r"demo, row 2: a text of bytes that are not UTF-8 "
+                                      r"\(invalid continuation byte at byte 3\)"):
+    check_rows(["a", b"caf\xe9!", "c"], ["a", "b", "a"], DataConfig(), "demo")
+
+
 def test_line_ends_crlf_and_quoted_carriage_returns_read_as_the_checker_counts(tmp_path):
   _write(tmp_path / "crlf.tsv", "label\ttext\r\n1\ta b\r\n0\tc\r\n")
   splits, names = splits_lib.load_splits(_files(tmp_path, train="crlf.tsv"), seed=0)

@@ -1,8 +1,10 @@
 """A split's rows: ``Split`` (labels as ids), ``RawSplit`` (as read, labels still text), and the
 checks every source applies to the rows it reads.
 
-A row with a missing or empty label, a ``NaN`` / ``inf`` label (in any case or sign), a missing
-text or a text over ``MAX_TEXT_CHARS`` is a bad row, named by source, row and file line: an
+A row with a missing or empty label, a ``NaN`` / ``inf`` label (in any case or sign), a label
+that is a JSON object or a list inside the label list, a missing text, a text that is a list or
+an object (a number is made a string, bytes are decoded as UTF-8) or a text over
+``MAX_TEXT_CHARS`` is a bad row, named by source, row and file line: an
 error, or with ``data.skip_bad_rows`` skipped and counted. An empty text is kept (it encodes to
 padding only) with a warning, or skipped with ``skip_bad_rows``. A row's label may be a list
 (a JSON list in jsonl, the labels of a fastText line): single-label data takes a list of one,
@@ -129,7 +131,8 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
   names = label_names
   problems: dict[int, str] = {}  # row -> what is wrong with its label
   labels = [_label_of(l, names, cfg, problems, i) for i, l in enumerate(labels)]
-  texts = list(texts)
+  read = list(texts)
+  texts = [_text_of(t, problems, i) for i, t in enumerate(read)]
   at = RawSplit([], [], source, lines=lines).where
   bad = [i for i, (t, l) in enumerate(zip(texts, labels))
          if l is None or t is None or i in problems]
@@ -141,13 +144,12 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
             "missing text")
     where = f" (line {lines[i]})" if lines is not None and i < len(lines) else ""
     raise DataError(f"data: {source}, row {i + 1}: {what}{where} ({cfg.label_column!r} "
-                    f"= {labels[i]!r}, {cfg.text_column!r} = {texts[i]!r}); {len(bad)} rows have "
+                    f"= {labels[i]!r}, {cfg.text_column!r} = {read[i]!r}); {len(bad)} rows have "
                     "a missing, NaN or infinite label or a missing text"
                     + (" or a bad label list" if cfg.multilabel else
                        " or several labels (multi-label data needs data.multilabel=true)")
                     + ". Fix them, or set data.skip_bad_rows=true to skip such rows (they are "
                     "counted).")
-  texts = [t if isinstance(t, str) or t is None else str(t) for t in texts]
   long = [i for i, t in enumerate(texts) if t is not None and len(t) > MAX_TEXT_CHARS]
   if long and not cfg.skip_bad_rows:
     i = long[0]
@@ -175,6 +177,27 @@ def check_rows(texts: Sequence[Any], labels: Sequence[Any], cfg: DataConfig, sou
 
 
 _NAN_REASON = "a label that is not a number (NaN / inf) nor a class name"
+_CONTAINERS = (dict, list, tuple, set)
+
+
+def _text_of(value: Any, problems: dict[int, str], row: int) -> str | None:
+  """Row ``row``'s text as ``check_rows`` keeps it: a string (a number made one, bytes decoded
+  as UTF-8), or None when missing; a list, an object or bytes that are not UTF-8 put their reason
+  in ``problems[row]``."""
+  if value is None or isinstance(value, str):
+    return value
+  if isinstance(value, (bytes, bytearray)):
+    try:
+      return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as e:
+      problems.setdefault(row, f"a text of bytes that are not UTF-8 ({e.reason} at byte "
+                               f"{e.start}); re-encode it as UTF-8")
+      return None
+  if isinstance(value, _CONTAINERS):
+    problems.setdefault(row, f"a text that is a {type(value).__name__}, not a string (a JSON "
+                             "list or object in the text column?)")
+    return None
+  return str(value)
 
 
 def _label_of(value: Any, names: tuple[str, ...] | None, cfg: DataConfig,
@@ -194,11 +217,16 @@ def _label_of(value: Any, names: tuple[str, ...] | None, cfg: DataConfig,
     parts = list(value)
   elif value is None:
     return None
-  elif cfg.multilabel and names is None:
-    parts = str(value).split(cfg.label_separator)
+  elif cfg.multilabel and names is None and isinstance(value, str):
+    parts = value.split(cfg.label_separator)
   else:
     parts = [value]
   if names is None:
+    nested = [p for p in parts if isinstance(p, _CONTAINERS)]
+    if nested:
+      problems[row] = (f"a label that is a {type(nested[0]).__name__} ({nested[0]!r}), not a "
+                       "name or a number (a label list is one flat list of names)")
+      return value
     parts = [None if p is None else str(p).strip() for p in parts]
   else:
     parts = [names[p] if p is not None and 0 <= p < len(names) else None for p in parts]
