@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("run_dir", help="a run directory (runs/<experiment>)")
   pr.add_argument("texts", nargs="*", help="the texts, each one argument (quote it)")
   pr.add_argument("--file", metavar="PATH", help="also classify each line of PATH ('-' reads "
-                  "standard input, as does giving no texts at all)")
+                  "standard input, as does giving no texts at all); a line's leading labels "
+                  "(fastText's __label__NAME, the run's data.label_prefix) are left out")
   pr.add_argument("-k", "--k", type=int, default=1, help="labels per text, most probable "
                   "first (default 1)")
   pr.add_argument("--threshold", type=float, default=0.0,
@@ -278,22 +279,47 @@ def _summary(args) -> int:
   return 0
 
 
+def _text_lines(source: str) -> list[str]:
+  """The non-blank lines of ``source`` (a path, or ``-`` for standard input), read as UTF-8; a
+  file that cannot be read or is not UTF-8 is an error naming it and the line."""
+  name = "standard input" if source == "-" else source
+  try:
+    if source == "-":
+      data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+      data = pathlib.Path(source).read_bytes()
+  except OSError as e:
+    raise ValueError(f"predict: cannot read --file {name}: {e.strerror or e}.") from None
+  lines = data.split(b"\n")
+  texts = []
+  for number, line in enumerate(lines, 1):
+    try:
+      text = line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"predict: {name}, line {number}: bytes that are not UTF-8 ({e.reason} "
+                       f"at byte {e.start} of the line); re-encode it as UTF-8 (e.g. iconv -f "
+                       f"latin1 -t utf-8).") from None
+    if text.strip():
+      texts.append(text)
+  return texts
+
+
 def _predict(args) -> int:
+  from embedlab.data import files  # noqa: PLC0415
   from embedlab.run import loaded  # noqa: PLC0415
 
   texts = list(args.texts)
   piped = (not texts and sys.stdin is not None and not sys.stdin.closed
            and not sys.stdin.isatty())  # no texts given: read them from a pipe or file
   source = args.file or ("-" if piped else None)
-  if source == "-":
-    texts += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-  elif source:
-    with open(source, encoding="utf-8") as stream:
-      texts += [line.rstrip("\r\n") for line in stream if line.strip()]
-  if not texts:
+  lines = _text_lines(source) if source else []
+  if not texts and not lines:
     raise ValueError("predict: no texts; give them as arguments or with --file PATH (- for "
                      "standard input), one a line.")
   run = loaded.load_run(args.run_dir)
+  # fastText lines (a test file): their leading labels are not text, as for fastText's predict
+  prefix = run.config.data.label_prefix
+  texts += [files.split_labels(line, prefix)[1] if prefix else line for line in lines]
   for text, labels in zip(texts, run.predict(texts, k=args.k, threshold=args.threshold)):
     print(json.dumps({"text": text, "label": labels[0][0] if labels else None,
                       "labels": [{"label": n, "probability": round(p, 4)} for n, p in labels]}))
@@ -409,7 +435,15 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra:
+    if args.command == "predict" and not any(e.startswith("-") and e != "-" for e in extra):
+      # texts after an option (``predict RUN -k 3 "a text"``): argparse fills a positional
+      # list from one run of arguments only, so the later ones come back unrecognized
+      args.texts = [*args.texts, *extra]
+    else:
+      parser.error(f"unrecognized arguments: {' '.join(extra)}")
   logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge"):

@@ -3,6 +3,7 @@ CLI's predict over a file or standard input."""
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,6 +65,35 @@ def test_cli_predict_reads_a_file_and_standard_input(run_dir, tmp_path, capsys, 
   assert json.loads(capsys.readouterr().out)["label"] == "2"
   assert cli.main(["predict", str(run_dir)]) == 1
   assert "no texts" in capsys.readouterr().err
+
+
+def test_cli_predict_takes_texts_after_options_and_fasttext_lines(run_dir, tmp_path, capsys):
+  # texts after an option, as users type them: the same rows as texts given first
+  assert cli.main(["predict", str(run_dir), "-k", "2", "t0_w1 t0_w2", "t1_w1 t1_w2"]) == 0
+  after = capsys.readouterr().out
+  assert cli.main(["predict", str(run_dir), "t0_w1 t0_w2", "t1_w1 t1_w2", "-k", "2"]) == 0
+  assert capsys.readouterr().out == after and len(after.splitlines()) == 2
+  with pytest.raises(SystemExit):  # an unknown option is still argparse's usage error
+    cli.main(["predict", str(run_dir), "t0_w1", "--bogus"])
+  assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+  # a fastText test file: the leading labels are not text (fastText's predict ignores them)
+  (tmp_path / "test.ft").write_text("__label__0 __label__x t0_w1 t0_w2\n__label__1 t1_w1 t1_w2\n")
+  assert cli.main(["predict", str(run_dir), "--file", str(tmp_path / "test.ft")]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["text"] for r in rows] == ["t0_w1 t0_w2", "t1_w1 t1_w2"]
+  assert [r["label"] for r in rows] == ["0", "1"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, r"cannot read --file .*missing\.txt: No such file"),
+    (b"t0_w1\ncaf\xe9 t1_w1\n", r"bad\.txt, line 2: bytes that are not UTF-8 .*iconv"),
+])
+def test_cli_predict_names_a_file_it_cannot_read(run_dir, tmp_path, capsys, content, message):
+  path = tmp_path / ("missing.txt" if content is None else "bad.txt")
+  if content is not None:
+    path.write_bytes(content)
+  assert cli.main(["predict", str(run_dir), "--file", str(path)]) == 1
+  assert re.search(message, capsys.readouterr().err)
 
 
 def test_loading_a_run_warns_of_nothing(run_dir, caplog):

@@ -305,18 +305,31 @@ def _fasttext_rows(texts: list[str], bad: dict[int, str], prefix: str):
   for i, line in enumerate(texts, 1):
     if not line.strip() or i in bad:
       continue
-    labels, pos = [], 0
-    while (m := _TOKEN.match(line, pos)) and m.group(1).startswith(prefix):
-      labels.append(m.group(1)[len(prefix):])
-      pos = m.end()
+    labels, text = split_labels(line, prefix)
     if not labels:
       bad[i] = (f"no label: a fastText line starts with its label(s), {prefix}NAME, then the "
                 f"text (this one starts {line.strip()[:40]!r}); add the label, or set "
                 "data.label_prefix to the prefix the file uses")
       continue
-    records.append((labels, line[pos:].strip()))
+    records.append((labels, text))
     rows.append(i)
   return ["label", "text"], records, rows
+
+
+def split_labels(line: str, prefix: str = "__label__") -> tuple[list[str], str]:
+  """A fastText line's leading labels (``prefix`` left out) and the text after them.
+
+  Example:
+    >>> split_labels("__label__a __label__b  a fine film ")
+    (['a', 'b'], 'a fine film')
+    >>> split_labels("a film __label__a")
+    ([], 'a film __label__a')
+  """
+  labels, pos = [], 0
+  while (m := _TOKEN.match(line, pos)) and m.group(1).startswith(prefix):
+    labels.append(m.group(1)[len(prefix):])
+    pos = m.end()
+  return labels, line[pos:].strip()
 
 
 def _tsv_rows(texts: list[str], bad: dict[int, str]):
