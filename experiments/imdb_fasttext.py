@@ -6,10 +6,10 @@ side with the `fasttext` package by `benchmarks/vs_fasttext.py` on the same file
 </s> ending every text, a factorized table (340,353 x 8 times 8 x 32), row-sparse lazy Adam,
 ragged batches, one epoch.
 
-Measured on a 2-core CPU (BENCHMARKS.md, commit 11597fa, seeds 0-2): test 0.8978 median (dev
-0.9060), fastText 0.8965 (its 2-thread runs at lr 0.25 diverge about one time in three). The
-whole job takes 9.68 s cold and 3.73 s warm, against fastText's 11.64 s (ratios 0.83 and
-0.32). Tuning: RESULTS.md.
+Measured on a 2-core CPU (BENCHMARKS.md, commit 9a22ad2, seeds 0-2): test 0.8978 median (dev
+0.9060), fastText 0.8934 (its 2-thread runs at lr 0.25 diverge about one time in three). The
+whole job takes 10.58 s cold and 5.08 s warm, against fastText's 12.06 s (ratios 0.88 and
+0.42). Tuning: RESULTS.md.
 
 Command:
   embedlab train experiments/imdb_fasttext.py

@@ -9,8 +9,9 @@ side by side with the `fasttext` package by `benchmarks/vs_fasttext.py`.
 
 Measured on a 2-core CPU (BENCHMARKS.md, commit 11597fa, seeds 0-2): test 0.8369 median
 (fastText 0.8369); over seeds 0-9, 0.8348 against fastText's 0.8406, a gap inside the test
-set's 95% interval ([-1.60, +0.48] points). The whole job takes 4.28 s cold and 2.50 s warm,
-against fastText's 1.88 s (ratios 2.28 and 1.33). Tuning: RESULTS.md.
+set's 95% interval ([-1.60, +0.48] points). The whole job takes 4.80 s cold and 3.58 s warm,
+against fastText's 2.17 s (ratios 2.21 and 1.65; BENCHMARKS.md, commit 9a22ad2). Tuning:
+RESULTS.md.
 
 Command:
   embedlab train experiments/sst2_fasttext.py
