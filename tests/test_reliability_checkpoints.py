@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -185,6 +186,34 @@ def test_corrupt_latest_checkpoint_is_reported_moved_aside_and_the_previous_used
   ckpt.save_latest(12, _state(12), {"best_step": 12})
   assert ckpt.restore_latest(_state(0))[0] == 12
   ckpt.close()
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_a_corrupt_read_leaves_no_late_errors_behind(tmp_path, caplog, monkeypatch, kind):
+  """The one-line report is all: orbax's failed tasks log nothing later ("Task exception was
+  never retrieved") and tensorstore's late callbacks raise nothing into its closed loop."""
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  for step in (1, 2):
+    ckpt.save_latest(step, _state(step), {"best_step": step})
+  ckpt.close()
+  CORRUPTIONS[kind](tmp_path / "checkpoints" / "latest" / "2")
+  late = []
+  monkeypatch.setattr(sys, "unraisablehook", late.append)
+  reader = ckpt_lib.Checkpoints(tmp_path, read_only=True)
+  caplog.clear()  # what orbax logs as it opens a directory with bad files is not in question
+  with caplog.at_level(logging.DEBUG):
+    for _ in range(3):
+      assert reader.read("latest")[0] == 1
+      with pytest.raises(ckpt_lib.CheckpointError, match="latest/2 is unreadable"):
+        reader.read("latest", step=2)
+      assert reader.restore_latest(_state(0))[0] == 1
+    reader.close()
+    del reader
+    for _ in range(5):
+      gc.collect()
+      time.sleep(0.02)
+  assert not [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.ERROR]
+  assert not [repr(u.exc_value) for u in late]
 
 
 def test_every_checkpoint_corrupt_means_none_and_a_read_error(tmp_path, caplog):

@@ -45,7 +45,6 @@ Example:
 from __future__ import annotations
 
 import errno
-import gc
 import logging
 import os
 import pathlib
@@ -58,8 +57,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from embedlab.run.checkpoint_failures import (corrupt_or_raise, errno_of, first_line,
-                                              holding_orbax_errors, remove_new_tmp_dirs, tmp_dirs)
+from embedlab.run.checkpoint_failures import (corrupt_or_raise, discard_failed_tasks, errno_of,
+                                              first_line, holding_orbax_errors,
+                                              remove_new_tmp_dirs, tmp_dirs)
 from embedlab.run.checkpoint_integrity import CheckpointError, CorruptCheckpointError, seal
 from embedlab.run.checkpoint_restore import (as_stored, check_step, read_verified, resize_rows,
                                              restore_args, stored_abstract)
@@ -153,7 +153,7 @@ class Checkpoints:
           pass
         left = remove_new_tmp_dirs(directory, before, threads)
         manager.reload()
-        gc.collect()  # the failed write's tasks log their unretrieved errors now, held back
+        discard_failed_tasks(held, e)
         raise CheckpointError(self._write_failure(manager, directory, step, code, e,
                                                   _tree_bytes(tree), left)) from None
       held.release()  # a save that worked: whatever orbax logged is shown

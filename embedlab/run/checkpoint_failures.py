@@ -12,6 +12,13 @@
   them, another writer's included). ``holding_orbax_errors`` holds those logs back while a save
   runs; ``remove_new_tmp_dirs`` removes the temporary directories that this save created, and
   only those, once orbax's writer threads have ended.
+* **What a failed call leaves for later.** A read or write that fails in one of orbax's
+  concurrent tasks leaves the others with errors nobody retrieves, and tensorstore operations
+  that call back into orbax's closed event loop. Left alone they surface at some later garbage
+  collection, long after the failure was reported in one line: an asyncio ERROR ("Task
+  exception was never retrieved", with the whole tensorstore spec) and "Event loop is closed"
+  tracebacks. ``discard_failed_tasks`` waits for them and collects them while their logs are
+  held, then drops those logs.
 
 Hand-written because orbax has neither: it reports a full disk as whatever its writer raised
 (after logging each thread's traceback) and does not say whether a failed restore means bad
@@ -29,12 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
 import pathlib
 import re
 import shutil
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -121,7 +130,8 @@ def first_line(error: BaseException) -> str:
 
 def corrupt_or_raise(read: Callable[[int], Any], step: int) -> Any:
   """``read(step)``, its format failures raised as ``CorruptCheckpointError`` (the original as
-  the cause), every other error as it is.
+  the cause, without its traceback), every other error as it is. What a failed read of bad
+  bytes leaves for later is discarded (``discard_failed_tasks``).
 
   Example:
     >>> def read(step):
@@ -131,14 +141,69 @@ def corrupt_or_raise(read: Callable[[int], Any], step: int) -> Any:
     ...
     embedlab.run.checkpoint_integrity.CorruptCheckpointError: step 4: FileNotFoundError: meta/metadata
   """
+  with holding_orbax_errors() as held:
+    try:
+      found = read(step)
+    except Exception as e:  # noqa: BLE001 - sorted here: bad bytes or not
+      if not is_format_failure(e):
+        held.release()
+        raise
+      failure = e
+      if not isinstance(e, CorruptCheckpointError):
+        failure = CorruptCheckpointError(f"step {step}: {first_line(e)}")
+        failure.__cause__ = e
+    else:
+      held.release()
+      return found
+    discard_failed_tasks(held, failure.__cause__ or failure.__context__)
+  raise failure
+
+
+def discard_failed_tasks(held: HeldLogs, error: BaseException | None) -> None:
+  """Collects what a failed orbax read or write leaves behind, while ``held`` holds back its
+  logs, then drops those logs: the tasks whose errors nobody retrieved, and the tensorstore
+  operations still in flight for orbax's closed event loop. ``error`` (and its causes) loses
+  its traceback, whose frames hold the tasks; the caller reports the failure in its own words.
+  """
+  for link in _chain(error):
+    link.__traceback__ = None
+  _wait_for_pending_io()
+  gc.collect()  # the tasks log their unretrieved errors now, held back
+  held.records.clear()  # and the records, which hold the tasks, go with them
+  gc.collect()
+
+
+def _wait_for_pending_io(timeout: float = 10.0) -> None:
+  """Waits (at most ``timeout`` seconds) for the tensorstore reads and writes still in flight:
+  those a failed orbax call started and its closed event loop no longer awaits."""
+  import tensorstore as ts  # noqa: PLC0415 - orbax's dependency, loaded by then
+
+  deadline = time.monotonic() + timeout
+  pending = [o for o in gc.get_objects() if isinstance(o, ts.Future) and not o.done()]
+  for future in pending:
+    try:
+      future.exception(timeout=max(deadline - time.monotonic(), 0.0))
+    except Exception:  # noqa: BLE001 - cancelled, or past the deadline: nothing to wait for
+      pass
+
+
+@contextlib.contextmanager
+def _closed_loop_callbacks_ignored() -> Iterator[None]:
+  """Drops the "Event loop is closed" errors of callbacks into an event loop that has ended
+  (tensorstore futures of a failed orbax read, called back as they are collected); any other
+  unraisable error is passed to the hook as it is."""
+  hook = sys.unraisablehook
+
+  def quiet(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      hook(unraisable)
+
+  sys.unraisablehook = quiet
   try:
-    return read(step)
-  except CorruptCheckpointError:
-    raise
-  except Exception as e:  # noqa: BLE001 - sorted here: bad bytes or not
-    if is_format_failure(e):
-      raise CorruptCheckpointError(f"step {step}: {first_line(e)}") from e
-    raise
+    yield
+  finally:
+    sys.unraisablehook = hook
 
 
 def tmp_dirs(directory: pathlib.Path) -> set[str]:
@@ -235,7 +300,8 @@ _HELD_LOGGERS = ("absl", "asyncio")  # orbax's logs, and its write tasks' unretr
 @contextlib.contextmanager
 def holding_orbax_errors() -> Iterator[HeldLogs]:
   """Holds back orbax's ERROR logs while inside; ``release()`` the yielded ``HeldLogs`` to show
-  them (a save that worked, or one that failed for a reason reported as it is).
+  them (a save that worked, or one that failed for a reason reported as it is). The "Event loop
+  is closed" errors of tensorstore's callbacks into orbax's ended event loops are dropped.
 
   Example:
     >>> with holding_orbax_errors() as held:
@@ -247,7 +313,10 @@ def holding_orbax_errors() -> Iterator[HeldLogs]:
   for name in _HELD_LOGGERS:
     logging.getLogger(name).addFilter(held)
   try:
-    yield held
+    # a failed call's tensorstore operations may call back into orbax's closed loop at any
+    # time from tensorstore's threads, the call still failing included
+    with _closed_loop_callbacks_ignored():
+      yield held
   finally:
     for name in _HELD_LOGGERS:
       logging.getLogger(name).removeFilter(held)
