@@ -280,8 +280,11 @@ def _summary(args) -> int:
 
 
 def _text_lines(source: str) -> list[str]:
-  """The non-blank lines of ``source`` (a path, or ``-`` for standard input), read as UTF-8; a
-  file that cannot be read or is not UTF-8 is an error naming it and the line."""
+  """The non-blank lines of ``source`` (a path, or ``-`` for standard input), read as the data
+  files are (``embedlab.data.files.decode_lines``); a file that cannot be read or is not UTF-8
+  is an error naming it and the line."""
+  from embedlab.data import files  # noqa: PLC0415
+
   name = "standard input" if source == "-" else source
   try:
     if source == "-":
@@ -290,18 +293,11 @@ def _text_lines(source: str) -> list[str]:
       data = pathlib.Path(source).read_bytes()
   except OSError as e:
     raise ValueError(f"predict: cannot read --file {name}: {e.strerror or e}.") from None
-  lines = data.split(b"\n")
-  texts = []
-  for number, line in enumerate(lines, 1):
-    try:
-      text = line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
-    except UnicodeDecodeError as e:
-      raise ValueError(f"predict: {name}, line {number}: bytes that are not UTF-8 ({e.reason} "
-                       f"at byte {e.start} of the line); re-encode it as UTF-8 (e.g. iconv -f "
-                       f"latin1 -t utf-8).") from None
-    if text.strip():
-      texts.append(text)
-  return texts
+  lines, bad = files.decode_lines(data)
+  if bad:
+    first = min(bad)
+    raise ValueError(f"predict: {name}, line {first}: {bad[first]}.")
+  return [line.rstrip("\r") for line in lines if line.strip()]
 
 
 def _predict(args) -> int:
@@ -318,8 +314,7 @@ def _predict(args) -> int:
                      "standard input), one a line.")
   run = loaded.load_run(args.run_dir)
   # fastText lines (a test file): their leading labels are not text, as for fastText's predict
-  prefix = run.config.data.label_prefix
-  texts += [files.split_labels(line, prefix)[1] if prefix else line for line in lines]
+  texts += [files.split_labels(line, run.config.data.label_prefix)[1] for line in lines]
   for text, labels in zip(texts, run.predict(texts, k=args.k, threshold=args.threshold)):
     print(json.dumps({"text": text, "label": labels[0][0] if labels else None,
                       "labels": [{"label": n, "probability": round(p, 4)} for n, p in labels]}))

@@ -220,19 +220,7 @@ def _read_text_rows(path: pathlib.Path, fmt: str, cfg: DataConfig):
   if not raw.strip():
     raise DataError(f"data: {path} is empty; expected a {fmt} file with a header row and a "
                     f"'{cfg.text_column}' and a '{cfg.label_column}' column.")
-  texts, bad = [], {}  # bad: 1-based line -> reason
-  try:  # the whole file at once (one C call); line by line only to find the bad lines
-    texts = raw.decode("utf-8").split("\n")
-  except UnicodeDecodeError:
-    for i, piece in enumerate(raw.split(b"\n"), 1):
-      try:
-        texts.append(piece.decode("utf-8"))
-      except UnicodeDecodeError as e:
-        bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of "
-                  "the line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
-        texts.append("")
-  if texts[0].startswith("\ufeff"):  # a byte order mark, as some editors write
-    texts[0] = texts[0][1:]
+  texts, bad = decode_lines(raw)  # bad: 1-based line -> reason
   if fmt == "json":
     columns, records, rows = _json_rows(texts, bad)
     bad_lines = {i: {i} for i in bad}
@@ -266,6 +254,30 @@ def _read_text_rows(path: pathlib.Path, fmt: str, cfg: DataConfig):
   if not records:
     raise DataError(f"data: {path} has no data rows (only a header?).")
   return columns, records, rows, skipped
+
+
+def decode_lines(raw: bytes) -> tuple[list[str], dict[int, str]]:
+  """The lines of ``raw`` (split at ``\\n``) as UTF-8 text, a leading byte order mark dropped,
+  and ``{1-based line: reason}`` for the lines that are not UTF-8 (read as "").
+
+  Example:
+    >>> decode_lines(b"\\xef\\xbb\\xbfa\\ncaf\\xe9\\n")[0], decode_lines(b"a\\ncaf\\xe9")[1][2][:38]
+    (['a', '', ''], 'bytes that are not UTF-8 (0xe9 at byte')
+  """
+  texts, bad = [], {}
+  try:  # the whole file at once (one C call); line by line only to find the bad lines
+    texts = raw.decode("utf-8").split("\n")
+  except UnicodeDecodeError:
+    for i, piece in enumerate(raw.split(b"\n"), 1):
+      try:
+        texts.append(piece.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        bad[i] = (f"bytes that are not UTF-8 (0x{piece[e.start]:02x} at byte {e.start + 1} of "
+                  "the line); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+        texts.append("")
+  if texts[0].startswith("\ufeff"):  # a byte order mark, as some editors write
+    texts[0] = texts[0][1:]
+  return texts, bad
 
 
 def _json_rows(texts: list[str], bad: dict[int, str]):
