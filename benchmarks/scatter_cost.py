@@ -17,6 +17,12 @@ times, per batch, on one thread each:
 Each at the experiment's table size and on a table of 1,024 rows (the same ids modulo 1,024),
 which stays in the CPU's cache: the difference is the cost of reaching rows in memory. XLA runs
 ``--blocks`` batches in one ``lax.scan``; PyTorch runs them in a Python loop. Best of 5 runs.
+
+Besides, the train step's all-finite check (``steps._all_finite``: each leaf's ``isfinite``
+mask reduced as a uint8 minimum) against ``jnp.all(jnp.isfinite(x))``, on a per-occurrence
+gradient (ragged length x features) and on a table-sized one, in a ``lax.scan`` over distinct
+arrays, each made in the check's fusion (as the step's gradient is).
+
 Prints a table, then one JSON line.
 """
 
@@ -117,6 +123,21 @@ def torch_costs(ids, rows: int, features: int) -> dict[str, float]:
     return {"gather": best_of(gather) / k, "scatter_add": best_of(scatter) / k}
 
 
+def finite_check_costs(shape: tuple[int, int], arrays: int) -> dict[str, float]:
+  """Seconds per array of the all-finite check, ``jnp.all`` of the bool mask against
+  ``steps._all_finite``, on ``arrays`` distinct ``shape`` arrays in one scan: a random array
+  times each step's scale, made in the check's own fusion as the step's gradient is."""
+  base = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+  scales = jnp.linspace(1.0, 2.0, arrays)
+  checks = {"bool_all": lambda x: jnp.all(jnp.isfinite(x)), "uint8_min": steps_lib._all_finite}
+  out = {}
+  for name, check in checks.items():
+    fn = jax.jit(lambda scales, check=check: jax.lax.scan(
+        lambda n, c: (n + check(base * c).astype(jnp.int32), None), jnp.int32(0), scales)[0])
+    out[name] = best_of(lambda fn=fn: fn(scales).block_until_ready()) / arrays
+  return out
+
+
 def step_cost(cfg, data, steps: int, ids, segment_ids, labels) -> float:
   """Seconds per batch of the experiment's whole train step (the scatter-add path), in one
   ``lax.scan`` over the blocks."""
@@ -152,6 +173,8 @@ def main() -> None:
     figures[name] = {"xla": xla_costs(batch_ids, table_rows, features),
                      "torch": torch_costs(batch_ids, table_rows, features)}
   step = step_cost(cfg, data, steps, ids, segment_ids, labels)
+  finite = {"occurrences": finite_check_costs((ids.shape[1], features), args.blocks),
+            "table": finite_check_costs((rows, features), 20)}
   print(f"{args.experiment}: {ids.shape[0]} batches of {cfg.train.batch_size} sentences, "
         f"ragged length {ids.shape[1]} ({real} real ids on average), {features} features; "
         f"one thread; us per batch, best of {REPEATS}")
@@ -162,6 +185,11 @@ def main() -> None:
       print(f"{f'{table_rows:,} x {features}':>22} {op:>12} {x * 1e6:9.1f} {t * 1e6:9.1f} "
             f"{x / t:12.2f}")
   print(f"whole train step (XLA:CPU, {rows:,} rows): {step * 1e6:.1f} us per batch")
+  print("all-finite check, us per gradient: jnp.all of the bool mask / uint8 minimum "
+        "(steps._all_finite)")
+  for name, shape in (("occurrences", (ids.shape[1], features)), ("table", (rows, features))):
+    a, b = finite[name]["bool_all"], finite[name]["uint8_min"]
+    print(f"{f'{shape[0]:,} x {shape[1]}':>22} {a * 1e6:9.1f} / {b * 1e6:9.1f} ({a / b:.2f}x)")
   print(json.dumps({
       "experiment": args.experiment, "machine": platform.processor() or platform.machine(),
       "batches": ids.shape[0], "ragged_length": ids.shape[1], "real_ids_mean": real,
@@ -169,6 +197,8 @@ def main() -> None:
       "us_per_batch": {name: {lib: {op: round(v * 1e6, 1) for op, v in ops.items()}
                               for lib, ops in libs.items()} for name, libs in figures.items()},
       "train_step_us": round(step * 1e6, 1),
+      "finite_check_us": {name: {k: round(v * 1e6, 1) for k, v in costs.items()}
+                          for name, costs in finite.items()},
       "xla_over_torch": {name: {op: round(libs["xla"][op] / libs["torch"][op], 2)
                                 for op in ("gather", "scatter_add")}
                          for name, libs in figures.items()}}))

@@ -31,6 +31,7 @@ dense Adam, every sparse step and every floor all together.
   python benchmarks/step_scaling.py --quick    # V = 2^14, 2^18
   taskset -c 1 python benchmarks/step_scaling.py --threads 1   # both on one core
   taskset -c 1 python benchmarks/step_scaling.py --strategies  # dense vs rows, 2^13..2^16
+  taskset -c 1 python benchmarks/step_scaling.py --check-cost  # the per-row check's cost
 
 On a machine shared with other work, the two-thread figures (PyTorch's most of all: each of its
 many small operations waits for both threads) move with the load; on one core, each side
@@ -312,6 +313,60 @@ def compare_strategies(args):
       "backend": jax.default_backend(), "jax": jax.__version__}))
 
 
+def unchecked(run, batches):
+  """``run`` compiled without the row-sparse optimizers' per-row finiteness check (every row
+  counted finite): its first call traces it while ``sparse_rules._finite_rows`` is all-true."""
+  check = sparse_rules._finite_rows
+  sparse_rules._finite_rows = lambda *arrays: jnp.ones((arrays[0].shape[0],), bool)
+  try:
+    run(*batches[0])
+  finally:
+    sparse_rules._finite_rows = check
+  return run
+
+
+def compare_check_cost(args):
+  """``--check-cost``: what the per-row finiteness check costs the public optax path, beside
+  dense Adam with and without ``optax.apply_if_finite``, at 2^14 and 2^16 rows."""
+  exponents = [14, 16]
+  ms = {}
+  for e in exponents:
+    rows = 1 << e
+    batches = make_batches(rows)
+    runners, closers = {}, []
+    for name, guarded in (("dense_adam", False), ("dense_adam_if_finite", True)):
+      run, close = jax_runner(*make_dense_step(guarded=guarded), rows)
+      runners[name] = (run, batches)
+      closers.append(close)
+    for name, make in OPTIMIZERS.items():
+      for checked in (True, False):
+        run, close = jax_runner(*make_optax_step(make()), rows)
+        runners[(name, checked)] = (run if checked else unchecked(run, batches), batches)
+        closers.append(close)
+    for key, value in best_ms(runners, args.rounds, args.steps).items():
+      ms[(e, key)] = value
+    for close in closers:
+      close()
+  print(f"ms/step, best of {args.rounds} rounds of {args.steps} steps, all taking turns; the "
+        "public optax path with / without the per-row finiteness check, then each over dense "
+        "Adam and over dense Adam in optax.apply_if_finite")
+  for e in exponents:
+    dense, guarded = ms[(e, "dense_adam")], ms[(e, "dense_adam_if_finite")]
+    print(f"2^{e}: dense Adam {dense:.2f}, in apply_if_finite {guarded:.2f}")
+    for n in OPTIMIZERS:
+      on, off = ms[(e, (n, True))], ms[(e, (n, False))]
+      print(f"  {n:>22} {on:7.2f} / {off:7.2f} (check {on - off:5.2f} ms); / dense Adam "
+            f"{on / dense:4.2f} / {off / dense:4.2f}; / guarded {on / guarded:4.2f}")
+  print(json.dumps({
+      "benchmark": "step_scaling_check_cost", "features": FEATURES, "batch": [BATCH, BAG_LEN],
+      "rounds": args.rounds, "steps": args.steps,
+      "ms_per_step": {f"2^{e}/" + (k if isinstance(k, str) else
+                                   f"{k[0]}/{'checked' if k[1] else 'unchecked'}"): round(v, 3)
+                      for (e, k), v in ms.items()},
+      "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),
+      "jax": jax.__version__}))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
@@ -320,15 +375,20 @@ def main():
   parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
   parser.add_argument("--strategies", action="store_true",
                       help="only time the dense and rows strategies around the switch")
+  parser.add_argument("--check-cost", action="store_true",
+                      help="only time the public path with and without the per-row check")
   args = parser.parse_args()
   if args.strategies:
     compare_strategies(args)
     return
+  if args.check_cost:
+    compare_check_cost(args)
+    return
   import torch  # noqa: PLC0415 - the bench extra
   torch.set_num_threads(args.threads)
   exponents = [14, 18] if args.quick else [14, 16, 18, 20, 22]
-  ms = {"dense_adam": {}, "dense_adam_if_finite": {}, **{n: {} for n in OPTIMIZERS}, **{f"optax_{n}": {} for n in OPTIMIZERS},
-        **{f"floor_{n}": {} for n in OPTIMIZERS}}
+  ms = {"dense_adam": {}, "dense_adam_if_finite": {}, **{n: {} for n in OPTIMIZERS},
+        **{f"optax_{n}": {} for n in OPTIMIZERS}, **{f"floor_{n}": {} for n in OPTIMIZERS}}
   for e in exponents:
     rows = 1 << e
     batches = make_batches(rows)
