@@ -216,6 +216,27 @@ def test_a_corrupt_read_leaves_no_late_errors_behind(tmp_path, caplog, monkeypat
   assert not [repr(u.exc_value) for u in late]
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00{not json" * 5000], ids=["empty", "garbled"])
+def test_orbax_step_metadata_that_cannot_be_parsed_is_one_short_warning(tmp_path, caplog,
+                                                                         content):
+  ckpt = ckpt_lib.Checkpoints(tmp_path)
+  for step in (1, 2):
+    ckpt.save_latest(step, _state(step), {"best_step": step})
+  ckpt.close()
+  bad = tmp_path / "checkpoints" / "latest" / "2" / "_CHECKPOINT_METADATA"
+  bad.write_bytes(content)
+  caplog.clear()
+  with caplog.at_level(logging.DEBUG):
+    reader = ckpt_lib.Checkpoints(tmp_path, read_only=True)
+    step, _, meta = reader.read("latest")
+    reader.close()
+  assert step == 2 and meta == {"best_step": 2}  # embedlab does not need that file
+  assert not [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.ERROR]
+  notes = [r.getMessage() for r in caplog.records if "_CHECKPOINT_METADATA" in r.getMessage()]
+  assert notes and all(f"orbax cannot read {bad}" in n and len(n) < 400 for n in notes)
+  assert all("not json" not in n for n in notes)
+
+
 def test_every_checkpoint_corrupt_means_none_and_a_read_error(tmp_path, caplog):
   ckpt = ckpt_lib.Checkpoints(tmp_path)
   for step in (1, 2):

@@ -18,7 +18,8 @@ What survives what:
   step and the reason), moved aside to ``checkpoints/corrupt/`` and the step before it is used.
   What was recovered is listed in ``Checkpoints.recovered``. Any other error while restoring
   (out of memory, a permission or I/O error, a checkpoint of another model) is raised as it is
-  and nothing is moved.
+  and nothing is moved. orbax's own ERROR about such a step's ``_CHECKPOINT_METADATA`` (with
+  the whole file's content) becomes one WARNING naming the file.
 * **A full disk or a failing writer.** The save stops with one ``CheckpointError`` naming the
   step, the directory, the reason, the bytes the checkpoint needs and the bytes free there
   (``shutil.disk_usage``), and the fix; orbax's own error logs of that save are held back, the
@@ -75,7 +76,25 @@ def _not_read_only_notice(record: logging.LogRecord) -> bool:
   return not str(record.msg).startswith("Given directory is read only")
 
 
+def _metadata_notice(record: logging.LogRecord) -> bool:
+  """Turns orbax's ERROR about a step's ``_CHECKPOINT_METADATA`` that cannot be read or parsed
+  (it logs the whole file's content, and goes on without it) into one WARNING naming the file
+  and the reason. embedlab does not read that file: it checks a step's arrays and record when
+  it reads the step, and reports a corrupt one then."""
+  msg = str(record.msg)
+  if msg.startswith(("Failed to json parse Metadata file", "Failed to read Metadata file")):
+    args = record.args if isinstance(record.args, tuple) else ()
+    path, error = (args[0], args[-1]) if len(args) >= 2 else ("a step's metadata file", "")
+    reason = first_line(error) if isinstance(error, BaseException) else str(error)[:200]
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    record.msg, record.args = ("checkpoint: orbax cannot read %s (%s) and goes on without it; "
+                               "the step's arrays and record are checked when it is read."), (
+                                   path, reason)
+  return True
+
+
 logging.getLogger("absl").addFilter(_not_read_only_notice)
+logging.getLogger("absl").addFilter(_metadata_notice)
 
 
 def _manager(directory: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
