@@ -187,6 +187,31 @@ def test_lookup_max_norm_matches_pytorch_semantics():
   np.testing.assert_array_equal(np.asarray(renormed)[untouched], table[untouched])
 
 
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan"), -np.inf, np.float32(0), True,
+                                      "1.0", [1.0], jnp.array(-2.0)])
+def test_a_max_norm_that_is_not_a_number_above_zero_is_an_error(max_norm):
+  # 0 would zero every row, a negative norm flip it, NaN leave it: each in silence
+  import flax.nnx as nnx  # noqa: PLC0415
+
+  params = el.init_table(jax.random.key(0), 10, 4)
+  ids = jnp.array([1, 2])
+  for call in (lambda: el.lookup(params, ids, max_norm=max_norm),
+               lambda: el.renorm_rows(params, ids, max_norm),
+               lambda: el.Embed(10, 4, max_norm=max_norm, rngs=nnx.Rngs(0)),
+               lambda: el.LinenEmbed(10, 4, max_norm=max_norm).init(jax.random.key(0), ids)):
+    with pytest.raises((ValueError, TypeError), match=r"max_norm must be a number > 0"):
+      call()
+
+
+def test_an_infinite_max_norm_rescales_nothing():
+  params = el.init_table(jax.random.key(0), 10, 4)
+  ids = jnp.array([1, 2])
+  np.testing.assert_array_equal(el.lookup(params, ids, max_norm=np.inf), el.lookup(params, ids))
+  np.testing.assert_array_equal(el.renorm_rows(params, ids, np.inf)["table"], params["table"])
+  traced = jax.jit(lambda m: el.lookup(params, ids, max_norm=m))(jnp.float32(0.5))
+  assert np.allclose(np.linalg.norm(np.asarray(traced), axis=1), 0.5, atol=1e-5)
+
+
 def test_lookup_compute_dtype_casts_only_the_rows():
   params = el.init_table(jax.random.key(0), 50, 8)
   out = el.lookup(params, jnp.array([1, 2]), compute_dtype=jnp.bfloat16)
@@ -213,6 +238,17 @@ def test_out_of_range_ids_raise_eagerly_with_id_position_and_range(fn, bad, pos,
     getattr(el, fn)(TABLE, ids)
   with pytest.raises(ValueError, match=message):
     getattr(el, fn)(TABLE, jnp.asarray(ids))
+
+
+@pytest.mark.parametrize("fn", ["lookup", "bag", "renorm_rows", "check_ids"])
+def test_ragged_nested_ids_are_named_not_numpys_error(fn):
+  ids = [[1, 2, 3], [4]]
+  calls = {"lookup": lambda: el.lookup(TABLE, ids), "bag": lambda: el.bag(TABLE, ids),
+           "renorm_rows": lambda: el.renorm_rows(TABLE, ids, 1.0),
+           "check_ids": lambda: el.check_ids(ids, 10)}
+  with pytest.raises(ValueError, match=r"ids must be a rectangular array of integers; got "
+                                       r"nested lists whose rows differ in length\. Pad"):
+    calls[fn]()
 
 
 @pytest.mark.parametrize("fn", ["lookup", "bag"])

@@ -221,7 +221,12 @@ def mask_rows(vecs: Array, keep: Array | None) -> Array:
 def integer_array(ids: Any, where: str, what: str = "ids"):
   """``ids`` as a numpy array (host input) or a JAX array (device input), integer dtype."""
   if not isinstance(ids, (np.ndarray, jax.Array)):
-    ids = np.asarray(ids)
+    try:
+      ids = np.asarray(ids)
+    except ValueError:  # numpy: "setting an array element with a sequence ... inhomogeneous"
+      raise ValueError(f"{where}: {what} must be a rectangular array of integers; got nested "
+                       "lists whose rows differ in length. Pad the rows to one length (with "
+                       "padding_id), or give bag the ids flat with segment_ids.") from None
     if ids.dtype == np.float64 and ids.size == 0:
       ids = ids.astype(np.int32)
   _check_integer_dtype(ids.dtype, where, what)

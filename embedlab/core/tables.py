@@ -154,6 +154,31 @@ def table_of(params: Params, where: str) -> Array:
   return table
 
 
+def check_max_norm(max_norm: Any, where: str) -> Any:
+  """``max_norm`` as given, if it is a number > 0 (``inf``: no row is rescaled) or a traced
+  value (checked by its caller); else a ``ValueError``/``TypeError`` naming it. A norm of 0 or
+  below, or NaN, would zero, flip or leave rows in silence.
+
+  Example:
+    >>> check_max_norm(-1.0, "lookup")
+    Traceback (most recent call last):
+    ...
+    ValueError: lookup: max_norm must be a number > 0 (the largest row norm kept), got -1.0.
+  """
+  if isinstance(max_norm, jax.core.Tracer):
+    return max_norm
+  value = max_norm
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{where}: max_norm must be a number > 0 (the largest row norm kept), got "
+                    f"{max_norm!r}.")
+  if not value > 0:  # NaN too
+    raise ValueError(f"{where}: max_norm must be a number > 0 (the largest row norm kept), got "
+                     f"{max_norm!r}.")
+  return max_norm
+
+
 def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str = "error",
            max_norm: float | None = None, compute_dtype: Any = None) -> Array:
   """Looks up the rows of ``ids`` (any rank) with ``jnp.take``: ``Array[*ids.shape, features]``.
@@ -165,9 +190,10 @@ def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str 
       to that row (PyTorch's ``padding_idx``; Keras' ``mask_zero`` only masks).
     oob: ``"error"`` (default: out-of-range ids raise), ``"clip"`` (clamp to the nearest row,
       unchecked) or ``"zero"`` (out-of-range positions give zero vectors and no gradient).
-    max_norm: rows whose L2 norm exceeds it are rescaled to norm ``max_norm`` in the output,
-      with the gradient passed to the row unscaled - what PyTorch's ``max_norm`` gives (PyTorch
-      also rewrites the table in place; use ``renorm_rows`` for that step functionally).
+    max_norm: a number > 0; rows whose L2 norm exceeds it are rescaled to norm ``max_norm`` in
+      the output, with the gradient passed to the row unscaled - what PyTorch's ``max_norm``
+      gives (PyTorch also rewrites the table in place; use ``renorm_rows`` for that step
+      functionally).
     compute_dtype: cast the looked-up rows to this dtype (e.g. ``jnp.bfloat16`` compute on
       ``float32`` parameters); only the gathered rows are cast, never the whole table.
 
@@ -182,6 +208,8 @@ def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str 
   """
   table = table_of(params, "lookup")
   checked = ids_lib.normalize_ids(ids, table.shape[0], oob=oob, padding_id=padding_id, where="lookup")
+  if max_norm is not None:
+    check_max_norm(max_norm, "lookup")
   vecs = jnp.take(table, checked.ids, axis=0, mode="clip")  # in range: checked or clamped
   if max_norm is not None:
     norms = jnp.linalg.norm(vecs.astype(jnp.float32), axis=-1, keepdims=True)
@@ -203,6 +231,7 @@ def renorm_rows(params: Params, ids: Any, max_norm: float) -> Params:
     [4.0, 1.0, 4.0]
   """
   table = table_of(params, "renorm_rows")
+  check_max_norm(max_norm, "renorm_rows")
   ids = ids_lib.check_ids(ids, table.shape[0], where="renorm_rows").reshape(-1)
   rows = table[ids]
   norms = jnp.linalg.norm(rows.astype(jnp.float32), axis=-1, keepdims=True)
@@ -270,6 +299,7 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
     raise ValueError("bag: mode='max' takes no weights (as PyTorch's EmbeddingBag); use "
                      "mode='sum' or 'mean' for weighted bags.")
   table = table_of(params, "bag")
+  ids = ids_lib.integer_array(ids, "bag")
   ids_shape = np.shape(ids)
   if segment_ids is None:
     if len(ids_shape) != 2:

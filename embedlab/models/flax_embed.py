@@ -134,7 +134,7 @@ class Embed(nnx.Module):
     self.oob = oob
     self.dtype = param_dtype if dtype is None else dtype
     self.param_dtype = param_dtype
-    self.max_norm = max_norm
+    self.max_norm = None if max_norm is None else tables.check_max_norm(max_norm, "Embed")
 
   @property
   def params(self) -> tables.Params:
@@ -240,6 +240,8 @@ class LinenEmbed(nn.Module):
     if self.oob not in ids_lib.OOB_POLICIES:
       raise ValueError(f"LinenEmbed: oob={self.oob!r} is not one of "
                        f"{', '.join(ids_lib.OOB_POLICIES)}.")
+    if self.max_norm is not None:
+      tables.check_max_norm(self.max_norm, "LinenEmbed")
 
     def init_fn(key):
       boxes: dict[str, Any] = {}
