@@ -488,3 +488,47 @@ def test_dense_update_of_a_whole_table_of_gradients(name, in_place):
     np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-8)
   np.testing.assert_array_equal(np.asarray(new_table)[~touched | (np.arange(rows) == 5)],
                                 table[~touched | (np.arange(rows) == 5)])
+
+
+_HYPERS = {"sparse_sgd": ["weight_decay"],
+           "sparse_adagrad": ["weight_decay", "eps", "initial_accumulator_value"],
+           "sparse_rowwise_adagrad": ["weight_decay", "eps", "initial_accumulator_value"],
+           "sparse_lazy_adam": ["weight_decay", "eps", "b1", "b2"]}
+
+
+@pytest.mark.parametrize("name", list(_HYPERS))
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "0.1", True, None,
+                                 jnp.array(-1.0)])
+def test_a_hyperparameter_no_run_could_mean_is_named(name, bad):
+  # a NaN learning rate kept every row as it was (the per-row finiteness check), in silence
+  make = getattr(el, name)
+  with pytest.raises((ValueError, TypeError), match=rf"{name}: learning_rate must be a finite "
+                                                    r"number >= 0 or an optax schedule, got"):
+    make(bad)
+  for key in _HYPERS[name]:
+    with pytest.raises((ValueError, TypeError), match=rf"{name}: {key} must be"):
+      make(0.1, **{key: bad})
+
+
+@pytest.mark.parametrize("name", list(_HYPERS))
+def test_the_edges_of_each_hyperparameter_range_are_accepted(name):
+  make = getattr(el, name)
+  table = jnp.ones((4, 2))
+  for opt in (make(0.0), make(optax.linear_schedule(0.1, 0.0, 10)), make(jnp.float32(0.1)),
+              make(np.float64(0.1), **{k: 0.0 for k in _HYPERS[name]})):
+    state = opt.init(table)
+    new, _ = opt.update(table, state, jnp.array([1]), jnp.ones((1, 2)))
+    assert np.all(np.isfinite(np.asarray(new)))
+  with pytest.raises(ValueError, match="must be a number in \\[0, 1\\)"):
+    el.sparse_lazy_adam(0.1, b2=1.0)
+
+
+def test_a_traced_learning_rate_is_left_to_the_caller():
+  table = jnp.ones((4, 2))
+
+  @jax.jit
+  def step(lr):
+    opt = el.sparse_sgd(lr)
+    return opt.update(table, opt.init(table), jnp.array([1]), jnp.ones((1, 2)))[0]
+
+  np.testing.assert_allclose(np.asarray(step(0.5))[1], [0.5, 0.5])

@@ -212,6 +212,50 @@ def test_an_infinite_max_norm_rescales_nothing():
   assert np.allclose(np.linalg.norm(np.asarray(traced), axis=1), 0.5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"dtype": jnp.int32}, TypeError, "dtype must be a floating dtype .* got int32"),
+    ({"dtype": "uint8"}, TypeError, "dtype must be a floating dtype .* got uint8"),
+    ({"dtype": bool}, TypeError, "dtype must be a floating dtype .* got bool"),
+    ({"scale": -0.1}, ValueError, r"scale must be a finite number >= 0, got -0\.1"),
+    ({"scale": float("nan")}, ValueError, "scale must be a finite number >= 0, got nan"),
+    ({"scale": float("inf")}, ValueError, "scale must be a finite number >= 0, got inf"),
+    ({"scale": "0.1"}, ValueError, "scale must be a finite number >= 0, got '0.1'"),
+])
+def test_init_table_names_a_dtype_or_scale_it_cannot_use(kwargs, error, match):
+  with pytest.raises(error, match=f"init_table: {match}"):
+    el.init_table(jax.random.key(0), 6, 3, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_given_array_with_values_that_are_not_finite_is_named(bad):
+  vectors = np.ones((6, 3), np.float32)
+  vectors[4, 1] = bad
+  vectors[5] = bad
+  for given in (vectors, jnp.asarray(vectors)):
+    with pytest.raises(ValueError, match=r"init_table: the given array has 4 values that are "
+                                         r"NaN or infinite, in 2 rows \(first: row 4\)"):
+      el.init_table(jax.random.key(0), 6, 3, init=given)
+  np.testing.assert_array_equal(  # a zero scale and finite vectors are fine
+      el.init_table(jax.random.key(0), 6, 3, scale=0.0)["table"], np.zeros((6, 3)))
+
+
+@pytest.mark.parametrize("fn", ["lookup", "bag"])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.uint8, bool, "not a dtype"])
+def test_a_compute_dtype_that_is_not_floating_is_an_error(fn, dtype):
+  params = el.init_table(jax.random.key(0), 10, 4)
+  ids = jnp.array([[1, 2]])
+  with pytest.raises(TypeError, match=f"{fn}: compute_dtype must be a floating dtype"):
+    getattr(el, fn)(params, ids, compute_dtype=dtype)
+
+
+@pytest.mark.parametrize("rows", [0, -3, 2.5, True, "10"])
+def test_check_ids_names_itself_and_a_table_size_that_is_not_one(rows):
+  with pytest.raises(ValueError, match=r"check_ids: num_embeddings must be a positive integer"):
+    el.check_ids([1, 2], rows)
+  with pytest.raises(ValueError, match=r"^check_ids: id 12 at position \(1,\)"):
+    el.check_ids([1, 12], 10)
+
+
 def test_lookup_compute_dtype_casts_only_the_rows():
   params = el.init_table(jax.random.key(0), 50, 8)
   out = el.lookup(params, jnp.array([1, 2]), compute_dtype=jnp.bfloat16)

@@ -157,7 +157,7 @@ def normalize_segments(segment_ids: Any, num_bags: Any, *, check_traced: bool = 
   return _checked_in_range(segment_ids, num_bags, message), num_bags
 
 
-def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
+def check_ids(ids: Any, num_embeddings: int, *, where: str = "check_ids") -> Array:
   """Validates ids against a table of ``num_embeddings`` rows; returns them widened to
   ``id_dtype()`` (``normalize_ids`` with ``oob="error"``).
 
@@ -170,8 +170,12 @@ def check_ids(ids: Any, num_embeddings: int, *, where: str = "lookup") -> Array:
     >>> el.check_ids([[1, 2], [3, 9]], 5)
     Traceback (most recent call last):
     ...
-    ValueError: lookup: id 9 at position (1, 1) is outside the table (5 rows: valid ids are 0..4). ...
+    ValueError: check_ids: id 9 at position (1, 1) is outside the table (5 rows: valid ids are 0..4). ...
   """
+  if (isinstance(num_embeddings, bool) or not isinstance(num_embeddings, (int, np.integer))
+      or num_embeddings <= 0):
+    raise ValueError(f"{where}: num_embeddings must be a positive integer (the table's rows), "
+                     f"got {num_embeddings!r}.")
   return normalize_ids(ids, num_embeddings, where=where).ids
 
 

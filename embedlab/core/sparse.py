@@ -62,6 +62,7 @@ module's; they still resolve here, with a ``DeprecationWarning``.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -197,6 +198,44 @@ def _learning_rate(learning_rate, count, dtype) -> Array:
   return jnp.asarray(lr, dtype)
 
 
+def _number(value: Any) -> float | None:
+  """``value`` as a float if it is a real number (Python, numpy or a concrete JAX scalar);
+  None for a traced value (checked where it is used); a bool or anything else raises."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError
+  return float(value)
+
+
+def _check_hyper(name: str, learning_rate: Any, **values: Any) -> None:
+  """Raises a clear error for a hyperparameter no run could mean (as PyTorch's optimizers do):
+  a learning rate (unless a schedule), weight decay, eps or initial accumulator that is not a
+  finite number >= 0, a beta outside [0, 1). A NaN learning rate would otherwise keep every
+  row as it is in silence (the per-row finiteness check), a string fail deep inside ``jit``.
+
+  Example:
+    >>> _check_hyper("sparse_sgd", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: sparse_sgd: learning_rate must be a finite number >= 0 or an optax schedule, got nan.
+  """
+  items = ([] if callable(learning_rate) else [("learning_rate", learning_rate)]) + list(
+      values.items())
+  for key, value in items:
+    beta = key in ("b1", "b2")
+    want = ("a number in [0, 1)" if beta else "a finite number >= 0"
+            + (" or an optax schedule" if key == "learning_rate" else ""))
+    try:
+      number = _number(value)
+    except TypeError:
+      raise TypeError(f"{name}: {key} must be {want}, got {value!r}.") from None
+    if number is not None and not (0 <= number < 1 if beta else 0 <= number < math.inf):
+      raise ValueError(f"{name}: {key} must be {want}, got {value!r}.")
+
+
 def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) -> SparseOptimizer:
   """Row-sparse SGD: ``row <- row - lr * (g + weight_decay * row)`` on touched rows.
 
@@ -225,6 +264,7 @@ def sparse_sgd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0) ->
     >>> table.tolist(), int(state.count)  # id 5 is out of range: no row
     ([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], 2)
   """
+  _check_hyper("sparse_sgd", learning_rate, weight_decay=weight_decay)
 
   rule = rules.Rule(lambda g, slots: (), lambda g, slots, count: g)
 
@@ -268,6 +308,8 @@ def sparse_adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value
     >>> table[:, 0].tolist(), state.sum_of_squares[:, 0].tolist()
     ([0.0, 1.0, 0.0], [0.0, 4.0, 0.0])
   """
+  _check_hyper("sparse_adagrad", learning_rate, weight_decay=weight_decay, eps=eps,
+               initial_accumulator_value=initial_accumulator_value)
 
   def init_slots(table):
     return (jnp.full_like(table, initial_accumulator_value),)
@@ -309,6 +351,8 @@ def sparse_rowwise_adagrad(learning_rate: ScalarOrSchedule, *,
     >>> state.sum_of_squares.tolist()
     [0.0, 12.5]
   """
+  _check_hyper("sparse_rowwise_adagrad", learning_rate, weight_decay=weight_decay, eps=eps,
+               initial_accumulator_value=initial_accumulator_value)
 
   def init_slots(table):
     return (jnp.full(table.shape[:1], initial_accumulator_value, table.dtype),)
@@ -370,6 +414,8 @@ def sparse_lazy_adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float
     >>> [round(x, 4) for x in table[:, 0].tolist()]
     [0.0, 0.0, -0.1]
   """
+  _check_hyper("sparse_lazy_adam", learning_rate, weight_decay=weight_decay, eps=eps, b1=b1,
+               b2=b2)
 
   def init_slots(table):
     return jnp.zeros_like(table), jnp.zeros_like(table)

@@ -111,6 +111,12 @@ def init_table(key: Array, num_embeddings: int, features: int, *, init: Any = "n
     Array([0., 0., 0.], dtype=float32)
   """
   check_size(num_embeddings, features)
+  if not _is_float_dtype(dtype):
+    raise TypeError(f"init_table: dtype must be a floating dtype (float32, bfloat16, ...), got "
+                    f"{_dtype_name(dtype)}: a table of integers cannot be trained.")
+  if scale is not None and not (isinstance(scale, (int, float, np.integer, np.floating))
+                                and not isinstance(scale, bool) and 0 <= scale < math.inf):
+    raise ValueError(f"init_table: scale must be a finite number >= 0, got {scale!r}.")
   shape = (int(num_embeddings), int(features))
   if isinstance(init, str):
     table = _initializer(init, scale)(key, shape, dtype)
@@ -118,6 +124,7 @@ def init_table(key: Array, num_embeddings: int, features: int, *, init: Any = "n
     if tuple(init.shape) != shape:
       raise ValueError(f"init_table: the given array has shape {tuple(init.shape)}, "
                        f"expected {shape} (num_embeddings, features).")
+    _check_finite_rows(init)
     table = jnp.asarray(init, dtype)
   elif callable(init):
     table = jnp.asarray(init(key, shape, dtype), dtype)
@@ -130,6 +137,41 @@ def init_table(key: Array, num_embeddings: int, features: int, *, init: Any = "n
     ids_lib.check_padding_id(padding_id, shape[0], "init_table")
     table = table.at[padding_id].set(0)
   return {"table": table}
+
+
+def _dtype_name(dtype: Any) -> str:
+  try:
+    return jnp.dtype(dtype).name
+  except TypeError:
+    return repr(dtype)
+
+
+def _is_float_dtype(dtype: Any) -> bool:
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(dtype), jnp.floating))
+  except TypeError:
+    return False
+
+
+def _check_finite_rows(array: Any) -> None:
+  """Raises if a given table holds NaN or infinite values (a vector file cut short, a bad
+  export): training would carry them into every bag that reads the row."""
+  if isinstance(array, jax.core.Tracer):
+    return
+  finite = np.isfinite(np.asarray(array, np.float32))
+  if not finite.all():
+    rows = np.flatnonzero(~finite.all(axis=1))
+    raise ValueError(f"init_table: the given array has {int((~finite).sum()):,} values that are "
+                     f"NaN or infinite, in {len(rows):,} rows (first: row {int(rows[0])}); fix or "
+                     "zero those rows before making a table of them.")
+
+
+def check_compute_dtype(compute_dtype: Any, where: str) -> None:
+  """Raises unless ``compute_dtype`` is None or a floating dtype (rows cast to an integer
+  dtype would be truncated in silence)."""
+  if compute_dtype is not None and not _is_float_dtype(compute_dtype):
+    raise TypeError(f"{where}: compute_dtype must be a floating dtype (float32, bfloat16, ...), "
+                    f"got {_dtype_name(compute_dtype)}; rows are never truncated to integers.")
 
 
 def check_size(num_embeddings, features):
@@ -210,6 +252,7 @@ def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str 
   checked = ids_lib.normalize_ids(ids, table.shape[0], oob=oob, padding_id=padding_id, where="lookup")
   if max_norm is not None:
     check_max_norm(max_norm, "lookup")
+  check_compute_dtype(compute_dtype, "lookup")
   vecs = jnp.take(table, checked.ids, axis=0, mode="clip")  # in range: checked or clamped
   if max_norm is not None:
     norms = jnp.linalg.norm(vecs.astype(jnp.float32), axis=-1, keepdims=True)
@@ -299,6 +342,7 @@ def bag(params: Params, ids: Any, *, mode: str = "mean", weights: Any = None,
     raise ValueError("bag: mode='max' takes no weights (as PyTorch's EmbeddingBag); use "
                      "mode='sum' or 'mean' for weighted bags.")
   table = table_of(params, "bag")
+  check_compute_dtype(compute_dtype, "bag")
   ids = ids_lib.integer_array(ids, "bag")
   ids_shape = np.shape(ids)
   if segment_ids is None:
