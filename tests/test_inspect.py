@@ -134,6 +134,20 @@ def test_unknown_word_is_a_key_error_naming_close_words():
     neighbours.neighbours(np.eye(4, dtype=np.float32), tokens, ["movei"])
 
 
+def test_a_single_string_where_a_list_of_words_belongs_is_an_error():
+  # iterated, "cat" would be queried as "c", "a", "t"
+  table = np.eye(5, 3, dtype=np.float32)
+  tokens = ["<pad>", "cat", "c", "a", "t"]
+  with pytest.raises(TypeError, match=r"neighbours: words must be a list of words, got the "
+                                      r"string 'cat'; pass \['cat'\]"):
+    neighbours.neighbours(table, tokens, "cat")
+  with pytest.raises(TypeError, match="neighbours: skip must be a list of words"):
+    neighbours.neighbours(table, tokens, ["cat"], skip="<pad>")
+  with pytest.raises(TypeError, match="analogy: skip must be a list of words"):
+    neighbours.analogy(table, tokens, "cat", "c", "a", skip="<pad>")
+  assert [w for w, _ in neighbours.neighbours(table, tokens, ["cat"], k=3)[0]] == ["c", "a", "t"]
+
+
 def test_a_query_on_100k_rows_takes_well_under_a_second():
   table = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
   tokens = ["<pad>", "<unk>"] + [f"w{i}" for i in range(len(table) - 2)]

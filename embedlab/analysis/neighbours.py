@@ -123,6 +123,21 @@ def token_positions(tokens: Sequence[str], token: str) -> list[int]:
     found.append(i)
 
 
+def word_list(words: Sequence[str], where: str, what: str = "words") -> list[str]:
+  """``words`` as a list; a single string is an error (iterating it would query its letters).
+
+  Example:
+    >>> word_list("king", "neighbours")
+    Traceback (most recent call last):
+    ...
+    TypeError: neighbours: words must be a list of words, got the string 'king'; pass ['king'].
+  """
+  if isinstance(words, (str, bytes)):
+    raise TypeError(f"{where}: {what} must be a list of words, got the string {words!r}; pass "
+                    f"[{words!r}].")
+  return list(words)
+
+
 def ids_of(tokens: Sequence[str], words: Sequence[str], where: str) -> np.ndarray:
   tokens = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
   if len(words) > 32:
@@ -176,9 +191,10 @@ def neighbours(table: Any, tokens: Sequence[str], words: Sequence[str], *, k: in
   if len(tokens) != np.shape(table)[0]:
     raise ValueError(f"neighbours: {len(tokens)} tokens for a table of {np.shape(table)[0]} "
                      f"rows; pass one token per row.")
-  ids = ids_of(tokens, list(words), "neighbours")
-  found, scores = nearest_neighbours(table, np.asarray(table)[ids], k=k,
-                                     skip=skip_mask(tokens, skip), exclude_ids=ids[:, None])
+  ids = ids_of(tokens, word_list(words, "neighbours"), "neighbours")
+  skipped = skip_mask(tokens, word_list(skip, "neighbours", "skip"))
+  found, scores = nearest_neighbours(table, np.asarray(table)[ids], k=k, skip=skipped,
+                                     exclude_ids=ids[:, None])
   return [[(tokens[j], round(float(s), 4)) for j, s in zip(row_ids, row_scores)]
           for row_ids, row_scores in zip(found, scores)]
 
@@ -211,6 +227,6 @@ def analogy(table: Any, tokens: Sequence[str], a: str, b: str, c: str, *, k: int
   ids = ids_of(tokens, [a, b, c], "analogy")
   unit = unit_rows(np.asarray(table)[ids])
   query = unit[0] - unit[1] + unit[2]
-  found, scores = nearest_neighbours(table, query[None], k=k, skip=skip_mask(tokens, skip),
-                                     exclude_ids=ids[None])
+  skipped = skip_mask(tokens, word_list(skip, "analogy", "skip"))
+  found, scores = nearest_neighbours(table, query[None], k=k, skip=skipped, exclude_ids=ids[None])
   return [(tokens[j], round(float(s), 4)) for j, s in zip(found[0], scores[0])]

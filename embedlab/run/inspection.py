@@ -194,6 +194,7 @@ def word_neighbours(emb: RunEmbedding, words: Sequence[str], *, k: int = 10,
     neighbours.UnknownWordError: a word the run has no vector for.
   """
   from embedlab.analysis import neighbours as neighbours_lib  # noqa: PLC0415
+  words = neighbours_lib.word_list(words, "word_neighbours")
   tokens = emb.tokens[:emb.num_words]
   table = vocabulary_vectors(emb) if vectors is None else vectors
   if not emb.config.data.subwords:
