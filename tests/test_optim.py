@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import embedlab as el
 from embedlab.core import optim
 
 
@@ -69,3 +70,21 @@ def test_schedules():
     assert float(sched(0)) <= 1.0 and float(sched(50)) > 0
   assert float(optim.make_schedule("linear", 1.0, 100)(100)) == 0.0
   assert float(optim.make_schedule("constant", 1.0, 100, warmup_steps=10)(5)) == 0.5
+
+
+@pytest.mark.parametrize("mask,match", [
+    (np.array([1, 3]), r"must be a 1-D bool array \[rows\] \(True: trainable\), got int64\[2\]"),
+    ([True, False], r"has 2 rows but embed/table has shape \[5, 3\]"),
+    (np.ones((5, 1), bool), r"must be a 1-D bool array .* got bool\[5, 1\]"),
+    (np.array([True]), r"has 1 rows but embed/table has shape \[5, 3\]"),
+    (np.ones(6, bool), r"has 6 rows but embed/table has shape \[5, 3\]"),
+])
+def test_a_row_mask_that_is_not_one_flag_per_row_is_an_error(mask, match):
+  # row ids read as truthy flags, or a short mask (a RowGrad's rows past it were frozen), were
+  # silent
+  p = params()
+  with pytest.raises((TypeError, ValueError), match=match):
+    tx = optax.chain(optax.sgd(0.1), el.freeze_rows({"embed/table": mask}))
+    tx.init(p)
+  with pytest.raises(TypeError, match=r"freeze_rows: row_masks must map a table's path"):
+    el.freeze_rows([np.ones(5, bool)])

@@ -16,10 +16,12 @@ learning-rate scaling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from embedlab.core import names
@@ -95,14 +97,34 @@ def freeze_rows(row_masks: dict[str, Any]) -> optax.GradientTransformation:
     >>> (u["embed"]["table"][:, 0] + 0.0).tolist()  # + 0.0: no -0.0
     [0.0, -1.0, -1.0]
   """
-  row_masks = {k: jnp.asarray(v, bool) for k, v in row_masks.items()}
+  if not isinstance(row_masks, Mapping):
+    raise TypeError(f"freeze_rows: row_masks must map a table's path to a bool array [rows] "
+                    f"(True: trainable), e.g. {{'embed/table': mask}}; got "
+                    f"{type(row_masks).__name__}.")
+  masks = {}
+  for path, mask in row_masks.items():
+    dtype = getattr(mask, "dtype", None) or np.asarray(mask).dtype
+    if np.dtype(dtype) != np.bool_ or np.ndim(mask) != 1:
+      # row ids would be read as truthy values, and a short mask freezes the rows past it
+      raise TypeError(f"freeze_rows: the mask of {path!r} must be a 1-D bool array [rows] (True: "
+                      f"trainable), got {np.dtype(dtype).name}{list(np.shape(mask))}. To freeze "
+                      "rows by id: mask = np.ones(rows, bool); mask[ids] = False.")
+    masks[path] = jnp.asarray(mask, bool)
+  row_masks = masks
 
   def init(params):
-    paths = param_paths(params)
+    leaves = [(path_of(p), x) for p, x in
+              jax.tree_util.tree_flatten_with_path(values_of(params))[0]]
+    paths = [p for p, _ in leaves]
     missing = [k for k in row_masks if not any(path_matches(p, k) for p in paths)]
     if missing:
       raise ValueError(f"freeze_rows: no parameter at {sorted(missing)}; the parameters are "
                        f"{', '.join(paths)}.")
+    for pattern, mask in row_masks.items():
+      for path, x in leaves:
+        if path_matches(path, pattern) and (np.ndim(x) < 1 or np.shape(x)[0] != mask.shape[0]):
+          raise ValueError(f"freeze_rows: the mask of {pattern!r} has {mask.shape[0]} rows but "
+                           f"{path} has shape {list(np.shape(x))}; give one flag per row.")
     return FreezeRowsState()
 
   def update(updates, state, params=None):
