@@ -43,6 +43,28 @@ def test_predict_gives_the_top_k_labels_above_the_threshold(run_dir):
     run.predict("one text")
 
 
+@pytest.mark.parametrize("call", ["predict", "probabilities", "encode"])
+def test_texts_that_are_not_strings_are_named_and_bytes_are_read(run_dir, call):
+  run = el.load_run(run_dir)
+  fn = getattr(run, call)
+  for bad, shown in ((None, "None (NoneType)"), (3, "3 (int)"), (["a"], "['a'] (list)")):
+    with pytest.raises(TypeError, match=re.escape(f"Run.{call}: text 1 is {shown}; texts must "
+                                                  "be strings")):
+      fn(["a film", bad])
+  with pytest.raises(ValueError, match=rf"Run\.{call}: text 0 is bytes that are not UTF-8 "
+                                       r"\(0xe9 at byte 4\)"):
+    fn([b"caf\xe9"])
+  np.testing.assert_array_equal(np.asarray(fn([b"caf\xc3\xa9 film"])),
+                                np.asarray(fn(["caf\u00e9 film"])))
+
+
+@pytest.mark.parametrize("options", [{"k": True}, {"k": 0}, {"k": 1.5}, {"threshold": "0.5"},
+                                     {"threshold": float("nan")}, {"threshold": True}])
+def test_predict_names_an_option_it_cannot_use(run_dir, options):
+  with pytest.raises(ValueError, match=rf"predict: {next(iter(options))}="):
+    el.load_run(run_dir).predict(["a film"], **options)
+
+
 def test_embed_gives_the_trained_rows_and_names_unknown_words(run_dir):
   run = el.load_run(run_dir)
   emb = inspection.load_embedding(run_dir)

@@ -58,8 +58,10 @@ class Run:
   kept_buckets: np.ndarray | None = None
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
-    """Ids ``int32[N, L]`` of ``texts``, tokenized and encoded as the run's training data was."""
-    return cache_lib.encode_texts(self.config.data, self.vocab, texts, self.kept_buckets)
+    """Ids ``int32[N, L]`` of ``texts``, tokenized and encoded as the run's training data was;
+    a text given as bytes is read as UTF-8."""
+    return cache_lib.encode_texts(self.config.data, self.vocab, _text_list(texts, "encode"),
+                                  self.kept_buckets)
 
   @property
   def multilabel(self) -> bool:
@@ -69,9 +71,8 @@ class Run:
   def probabilities(self, texts: Sequence[str]) -> np.ndarray:
     """Class probabilities ``float32[N, num_classes]`` of ``texts``: a softmax over the classes
     (each row sums to 1), or for a multi-label run each label's own sigmoid."""
-    if isinstance(texts, str):
-      raise TypeError("Run.probabilities takes a list of texts; wrap one text in a list.")
-    logits = apply_model(self.model)(self.params, self.encode(texts))
+    logits = apply_model(self.model)(self.params, self.encode(_text_list(texts,
+                                                                         "probabilities")))
     if self.multilabel:
       return np.asarray(jax.nn.sigmoid(logits.astype(jnp.float32)))
     return np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -82,10 +83,12 @@ class Run:
     most probable first: one list of ``(label, probability)`` a text (fastText's
     ``predict(text, k, threshold)``). Probabilities are ``probabilities``': softmax, or a
     sigmoid per label for a multi-label run (so several labels may pass a threshold of 0.5)."""
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
       raise ValueError(f"predict: k={k!r}; give a positive number of labels per text.")
-    if not 0.0 <= threshold <= 1.0:
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number))
+        or not 0.0 <= threshold <= 1.0):
       raise ValueError(f"predict: threshold={threshold!r} must be a probability in [0, 1].")
+    texts = _text_list(texts, "predict")
     out = []
     for row in self.probabilities(texts):
       order = np.argsort(-row, kind="stable")[:k]
@@ -144,6 +147,26 @@ def load_run(path: str | pathlib.Path) -> Run:
   kept = report.load_buckets(path, cfg)
   model, params = restore_for_eval(path, cfg, vocab, label_names, kept)
   return Run(path, cfg, model, params, vocab, tuple(label_names), kept)
+
+
+def _text_list(texts: Any, where: str) -> list[str]:
+  """``texts`` as a list of strings (bytes read as UTF-8); a single string, or an item that is
+  not text, is an error naming it."""
+  if isinstance(texts, (str, bytes)):
+    raise TypeError(f"Run.{where} takes a list of texts; wrap one text in a list.")
+  out = []
+  for i, text in enumerate(texts):
+    if isinstance(text, bytes):
+      try:
+        text = text.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"Run.{where}: text {i} is bytes that are not UTF-8 (0x{text[e.start]:02x} "
+                         f"at byte {e.start + 1}); decode it to a string first.") from None
+    if not isinstance(text, str):
+      raise TypeError(f"Run.{where}: text {i} is {text!r} ({type(text).__name__}); texts must be "
+                      "strings.")
+    out.append(text)
+  return out
 
 
 def predict(run_dir: str | pathlib.Path, texts: list[str]) -> list[dict]:
