@@ -158,6 +158,12 @@ def _check_finite_rows(array: Any) -> None:
   export): training would carry them into every bag that reads the row."""
   if isinstance(array, jax.core.Tracer):
     return
+  if isinstance(array, jax.Array):  # on its devices: a sharded table is not copied to the host
+    if bool(jnp.all(jnp.isfinite(array))):
+      return
+    if not array.is_fully_addressable:
+      raise ValueError("init_table: the given array has values that are NaN or infinite; fix "
+                       "or zero those rows before making a table of them.")
   finite = np.isfinite(np.asarray(array, np.float32))
   if not finite.all():
     rows = np.flatnonzero(~finite.all(axis=1))
