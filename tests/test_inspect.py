@@ -399,3 +399,17 @@ def test_compare_command_draws_the_runs_side_by_side(run, tmp_path, capsys):
   assert cli.main(["compare", str(run[0]), str(run[0]), "--plots", str(tmp_path)]) == 0
   assert f"picture: {tmp_path / 'curves.png'}" in capsys.readouterr().out
   assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_pca_names_a_number_of_components_it_cannot_give(k):
+  with pytest.raises(ValueError, match=r"pca: num_components must be a positive integer"):
+    geometry.pca(np.random.default_rng(0).normal(size=(6, 3)), k)
+
+
+def test_pca_names_points_that_are_not_finite():
+  points = np.random.default_rng(0).normal(size=(6, 3))
+  points[4, 2] = np.nan  # SVD would give NaN coordinates for every point
+  with pytest.raises(ValueError, match=r"pca: 1 points hold NaN or infinite values \(first: "
+                                       r"point 4\)"):
+    geometry.pca(points)

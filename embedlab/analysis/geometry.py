@@ -126,9 +126,16 @@ def pca(points: Any, num_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
     >>> coords.round(2).ravel().tolist(), explained.round(2).tolist()
     ([-2.0, 0.0, 2.0], [0.92])
   """
+  if (isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer))
+      or num_components < 1):
+    raise ValueError(f"pca: num_components must be a positive integer, got {num_components!r}.")
   x = np.asarray(points, np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
     raise ValueError(f"pca: needs [N >= 2, D] points, got shape {x.shape}.")
+  if not np.isfinite(x).all():
+    rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    raise ValueError(f"pca: {len(rows):,} points hold NaN or infinite values (first: point "
+                     f"{int(rows[0])}); drop or fix them first.")
   x = x - x.mean(0)
   _, s, vt = np.linalg.svd(x, full_matrices=False)
   vt = vt[:num_components]
