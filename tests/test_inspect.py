@@ -413,3 +413,16 @@ def test_pca_names_points_that_are_not_finite():
   with pytest.raises(ValueError, match=r"pca: 1 points hold NaN or infinite values \(first: "
                                        r"point 4\)"):
     geometry.pca(points)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"k": True}, "k must be a positive integer, got True"),
+    ({"k": "3"}, "k must be a positive integer, got '3'"),
+    ({"k": 0}, "k must be a positive integer, got 0"),
+    ({"exclude_ids": [[7]]}, r"exclude_ids holds 7, not a row of the 5-row table"),
+    ({"exclude_ids": [[-2]]}, r"exclude_ids holds -2, not a row"),
+])
+def test_nearest_neighbours_names_a_k_or_excluded_row_it_cannot_use(options, match):
+  table = np.eye(5, 3, dtype=np.float32)
+  with pytest.raises(ValueError, match=f"nearest_neighbours: {match}"):
+    neighbours.nearest_neighbours(table, table[:1], **options)

@@ -247,6 +247,20 @@ def test_save_vectors_rejects_words_it_cannot_write(tmp_path):
     save_vectors(tmp_path / "v.txt", {"table": table}, ["<pad>", "the"])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_save_vectors_refuses_a_vector_its_own_reader_would_refuse(tmp_path, bad):
+  table = np.asarray(_random_vectors(4, 2))
+  table[2, 1] = bad
+  path = tmp_path / "v.txt"
+  with pytest.raises(ValueError, match=r"save_vectors: 1 vectors hold NaN or infinite values "
+                                       r"\(first: row 2, 'b'\)"):
+    save_vectors(path, {"table": table}, ["<pad>", "a", "b", "c"])
+  assert not path.exists()  # nothing half-written
+  # a row left out is not written, so it may hold anything
+  assert save_vectors(path, {"table": table}, ["<pad>", "a", "b", "c"], skip_special=["b"]) == 3
+  assert read_vectors(path)[0] == ["<pad>", "a", "c"]
+
+
 def test_gzip_output_is_deterministic(tmp_path):
   table = _random_vectors(3, 2)
   save_vectors(tmp_path / "a.txt.gz", {"table": table}, ["x", "y", "z"])

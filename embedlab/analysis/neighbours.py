@@ -84,6 +84,12 @@ def nearest_neighbours(table: Any, queries: Any, *, k: int = 10, skip: Any = Non
     skipped = np.nonzero(skip)[0]
   excluded = (np.full((len(q), 0), -1, np.int64) if exclude_ids is None
               else np.asarray(exclude_ids, np.int64).reshape(len(q), -1))
+  if excluded.size and (excluded.min() < -1 or excluded.max() >= rows):
+    bad = excluded[(excluded < -1) | (excluded >= rows)][0]
+    raise ValueError(f"nearest_neighbours: exclude_ids holds {int(bad)}, not a row of the "
+                     f"{rows}-row table (or -1 for none).")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"nearest_neighbours: k must be a positive integer, got {k!r}.")
   k = min(int(k), rows - len(skipped) - excluded.shape[1])
   if k < 1:
     raise ValueError("nearest_neighbours: no rows are left to return; skip fewer rows or ask "

@@ -350,7 +350,8 @@ def save_vectors(path: str | os.PathLike, params: Params, vocab: Any, *, header:
 
   Raises:
     ValueError: a token is empty or contains whitespace (the format cannot represent it: rename
-      it, e.g. ``token.replace(" ", "_")``), or ``vocab`` and the table differ in length.
+      it, e.g. ``token.replace(" ", "_")``), ``vocab`` and the table differ in length, or a
+      vector to write holds NaN or infinite values (nothing is written then).
 
   Example:
     >>> import os, tempfile, jax.numpy as jnp
@@ -377,6 +378,12 @@ def save_vectors(path: str | os.PathLike, params: Params, vocab: Any, *, header:
                        f"the text format cannot represent (it separates words from values). "
                        f"Rename it, e.g. token.replace(' ', '_'), or leave it out with "
                        f"skip_special=[{token!r}].")
+  finite = np.isfinite(table[keep]).all(axis=1) if keep else np.ones(0, bool)
+  if not finite.all():
+    first = keep[int(np.argmin(finite))]
+    raise ValueError(f"save_vectors: {int((~finite).sum()):,} vectors hold NaN or infinite values "
+                     f"(first: row {first}, {tokens[first]!r}); load_vectors and other readers "
+                     "refuse such a file. Fix or leave out those rows (skip_special=[...]).")
   if table.dtype == np.float64:
     values, number = table, "%.17g"
   else:
