@@ -141,11 +141,12 @@ def test_a_single_string_where_a_list_of_words_belongs_is_an_error():
   with pytest.raises(TypeError, match=r"neighbours: words must be a list of words, got the "
                                       r"string 'cat'; pass \['cat'\]"):
     neighbours.neighbours(table, tokens, "cat")
-  with pytest.raises(TypeError, match="neighbours: skip must be a list of words"):
-    neighbours.neighbours(table, tokens, ["cat"], skip="<pad>")
-  with pytest.raises(TypeError, match="analogy: skip must be a list of words"):
-    neighbours.analogy(table, tokens, "cat", "c", "a", skip="<pad>")
   assert [w for w, _ in neighbours.neighbours(table, tokens, ["cat"], k=3)[0]] == ["c", "a", "t"]
+  # skip: a single string is one token, as in save_vectors (not its letters)
+  assert [w for w, _ in neighbours.neighbours(table, tokens, ["cat"], k=4, skip="t")[0]] == [
+      "<pad>", "c", "a"]
+  assert "t" not in [w for w, _ in neighbours.analogy(table, tokens, "cat", "c", "a", k=2,
+                                                       skip="t")]
 
 
 def test_a_query_on_100k_rows_takes_well_under_a_second():
@@ -426,3 +427,14 @@ def test_nearest_neighbours_names_a_k_or_excluded_row_it_cannot_use(options, mat
   table = np.eye(5, 3, dtype=np.float32)
   with pytest.raises(ValueError, match=f"nearest_neighbours: {match}"):
     neighbours.nearest_neighbours(table, table[:1], **options)
+
+
+def test_export_skip_given_as_one_string_is_one_token(tmp_path):
+  from embedlab.analysis import exports  # noqa: PLC0415
+
+  table = np.eye(4, 3, dtype=np.float32)
+  tokens = ["<pad>", "p", "a", "d"]  # a string iterated would leave out p, a and d
+  assert exports.export_word2vec(tmp_path / "v.txt", table, tokens, skip="<pad>") == 3
+  written = exports.export_projector(tmp_path / "proj", table, tokens, skip="<pad>")
+  assert len(np.loadtxt(next(p for p in written if p.suffix == ".tsv" and "meta" not in p.name),
+                        ndmin=2)) == 3

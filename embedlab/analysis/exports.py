@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from embedlab.analysis.neighbours import skip_mask
+from embedlab.analysis.neighbours import skip_mask, token_list
 from embedlab.data import vectors as pretrained_lib
 
 EXPORT_FORMATS = ("word2vec", "projector", "npy")
@@ -46,7 +46,7 @@ def export_word2vec(path: str | os.PathLike, table: Any, tokens: Sequence[str], 
   _check_same_length(table, tokens, "export_word2vec")
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   return pretrained_lib.save_vectors(path, {"table": np.asarray(table)}, list(tokens),
-                                     skip_special=list(skip))
+                                     skip_special=token_list(skip))
 
 
 def export_projector(out_dir: str | os.PathLike, table: Any, tokens: Sequence[str], *,
@@ -85,7 +85,7 @@ def export_projector(out_dir: str | os.PathLike, table: Any, tokens: Sequence[st
     if len(column) != len(tokens):
       raise ValueError(f"export_projector: metadata column {name!r} has {len(column)} values "
                        f"for {len(tokens)} tokens; give one value per row.")
-  keep = np.nonzero(~skip_mask(tokens, skip))[0]
+  keep = np.nonzero(~skip_mask(tokens, token_list(skip)))[0]
   header = ["word"] + list(metadata)
   lines = ["\t".join(header)]
   for i in keep.tolist():

@@ -144,6 +144,16 @@ def word_list(words: Sequence[str], where: str, what: str = "words") -> list[str
   return list(words)
 
 
+def token_list(skip: Sequence[str] | str) -> list[str]:
+  """Tokens to leave out: a single string is one token (as ``save_vectors``' ``skip_special``).
+
+  Example:
+    >>> token_list("<pad>"), token_list(("<pad>", "<unk>"))
+    (['<pad>'], ['<pad>', '<unk>'])
+  """
+  return [skip] if isinstance(skip, str) else list(skip)
+
+
 def ids_of(tokens: Sequence[str], words: Sequence[str], where: str) -> np.ndarray:
   tokens = tokens if isinstance(tokens, (list, tuple)) else list(tokens)
   if len(words) > 32:
@@ -198,7 +208,7 @@ def neighbours(table: Any, tokens: Sequence[str], words: Sequence[str], *, k: in
     raise ValueError(f"neighbours: {len(tokens)} tokens for a table of {np.shape(table)[0]} "
                      f"rows; pass one token per row.")
   ids = ids_of(tokens, word_list(words, "neighbours"), "neighbours")
-  skipped = skip_mask(tokens, word_list(skip, "neighbours", "skip"))
+  skipped = skip_mask(tokens, token_list(skip))
   found, scores = nearest_neighbours(table, np.asarray(table)[ids], k=k, skip=skipped,
                                      exclude_ids=ids[:, None])
   return [[(tokens[j], round(float(s), 4)) for j, s in zip(row_ids, row_scores)]
@@ -233,6 +243,6 @@ def analogy(table: Any, tokens: Sequence[str], a: str, b: str, c: str, *, k: int
   ids = ids_of(tokens, [a, b, c], "analogy")
   unit = unit_rows(np.asarray(table)[ids])
   query = unit[0] - unit[1] + unit[2]
-  skipped = skip_mask(tokens, word_list(skip, "analogy", "skip"))
+  skipped = skip_mask(tokens, token_list(skip))
   found, scores = nearest_neighbours(table, query[None], k=k, skip=skipped, exclude_ids=ids[None])
   return [(tokens[j], round(float(s), 4)) for j, s in zip(found[0], scores[0])]
