@@ -762,3 +762,19 @@ def test_the_registry_is_read_without_jax_and_config_takes_its_choices_from_it()
     sizes = [f"model.{field}={value}" for field, value in spec.required.items()]
     cfg = config_lib.apply_overrides(config_lib.Config(), [f"model.table={name}", *sizes])
     assert cfg.model.table == name
+
+
+@pytest.mark.parametrize("name,options,match", [
+    ("hashed", {"num_buckets": 0}, r"hashed\.init: num_buckets must be an integer >= 1, got 0"),
+    ("hashed", {"num_buckets": 2.5}, r"hashed\.init: num_buckets must be an integer >= 1"),
+    ("hashed", {"num_buckets": 8, "exact_size": -1}, r"exact_size must be an integer >= 0"),
+    ("hash_embedding", {"pool_size": 0}, r"hash_embedding\.init: pool_size must be"),
+    ("hash_embedding", {"pool_size": 8, "num_hashes": 0}, r"num_hashes must be an integer >= 1"),
+    ("qr", {"num_collisions": -1}, r"qr\.make: num_collisions \(0: the smallest\) must be"),
+    ("factorized", {"rank": 0}, r"factorized\.init: rank must be an integer >= 1, got 0"),
+    ("factorized", {"rank": True}, r"factorized\.init: rank must be an integer >= 1, got True"),
+])
+def test_a_variant_option_out_of_range_is_named(name, options, match):
+  # before, most were reported as init_table's num_embeddings or features
+  with pytest.raises(ValueError, match=match):
+    variants.get(name)(100, 8, **options).init(jax.random.key(0))

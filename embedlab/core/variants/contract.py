@@ -77,6 +77,20 @@ class CompressedSummary:
             f"{tables.human_bytes(self.plain_bytes)}, {self.ratio:.1f}x larger)")
 
 
+def check_count(value: Any, name: str, where: str, minimum: int = 1) -> int:
+  """``value`` if it is an integer >= ``minimum``, else a ``ValueError`` naming the option.
+
+  Example:
+    >>> check_count(0, "num_buckets", "hashed.init")
+    Traceback (most recent call last):
+    ...
+    ValueError: hashed.init: num_buckets must be an integer >= 1, got 0.
+  """
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
 def table_bytes(params: Any) -> int:
   """Bytes held by a params pytree (every variant, the plain table and quantized ones too).
 

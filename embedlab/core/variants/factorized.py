@@ -43,7 +43,8 @@ def make(num_embeddings: int, features: int, *, padding_id: int | None = None,
   tables.check_size(num_embeddings, features)
 
   def init(key, *, init: Any = "normal", scale: float | None = None, dtype: Any = jnp.float32):
-    tables.check_size(rank, features)  # at init: a model may be built before its sizes are set
+    contract.check_count(rank, "rank", "factorized.init")  # at init: a model may be built
+    # before its sizes are set
     table = tables.init_table(key, num_embeddings, rank, init=init, padding_id=padding_id,
                               scale=scale, dtype=dtype)["table"]
     proj = jax.random.normal(jax.random.fold_in(key, 1), (rank, features), dtype)

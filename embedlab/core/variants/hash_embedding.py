@@ -41,6 +41,8 @@ def make(num_embeddings: int, features: int, *, padding_id: int | None = None, p
 
   def init(key, *, init: Any = "normal", scale: float | None = None, dtype: Any = jnp.float32):
     del init  # the pool starts normal, the importance weights at 1
+    contract.check_count(pool_size, "pool_size", "hash_embedding.init")
+    contract.check_count(num_hashes, "num_hashes", "hash_embedding.init")
     pool_scale = None if scale is None else scale / math.sqrt(num_hashes)
     return init_hash_embedding(key, num_embeddings, features, pool_size=pool_size,
                                num_hashes=num_hashes, padding_id=padding_id, dtype=dtype,

@@ -47,6 +47,8 @@ def make(num_embeddings: int, features: int, *, padding_id: int | None = None,
     return hashing.hash_ints(checked.ids, num_buckets, seed, exact, jnp), checked.keep
 
   def init(key, *, init: Any = "normal", scale: float | None = None, dtype: Any = jnp.float32):
+    contract.check_count(num_buckets, "num_buckets", "hashed.init")
+    contract.check_count(exact_size, "exact_size", "hashed.init", minimum=0)
     return tables.init_table(key, exact + num_buckets, features, init=init,
                              padding_id=padding_id, scale=scale, dtype=dtype)
 

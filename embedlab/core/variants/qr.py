@@ -43,6 +43,7 @@ def make(num_embeddings: int, features: int, *, padding_id: int | None = None,
   """
   tables.check_size(num_embeddings, features)
   _check_combine(combine, "qr.make")
+  contract.check_count(num_collisions, "num_collisions (0: the smallest)", "qr.make", minimum=0)
   m = num_collisions or math.isqrt(num_embeddings - 1) + 1
   if combine == "concat":  # the two tables' columns add up to features
     widths = {"features": features - features // 2, "remainder_features": features // 2}
