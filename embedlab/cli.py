@@ -48,6 +48,20 @@ directory), EMBEDLAB_CACHE (encoded datasets), EMBEDLAB_COMPILE_CACHE (compiled 
 "off" to disable)."""
 
 
+def _at_least(low: int):
+  """An argparse type: an integer >= ``low`` (its error names the value and the bound)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"{value} is below {low}")
+    return value
+  parse.__name__ = f"integer >= {low}"
+  return parse
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="embedlab", description=_DESCRIPTION, epilog=_EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("--file", metavar="PATH", help="also classify each line of PATH ('-' reads "
                   "standard input, as does giving no texts at all); a line's leading labels "
                   "(fastText's __label__NAME, the run's data.label_prefix) are left out")
-  pr.add_argument("-k", "--k", type=int, default=1, help="labels per text, most probable "
+  pr.add_argument("-k", "--k", type=_at_least(1), default=1, help="labels per text, most probable "
                   "first (default 1)")
   pr.add_argument("--threshold", type=float, default=0.0,
                   help="leave out labels less probable than this (default 0)")
@@ -136,13 +150,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the nearest neighbours (cosine) of these words")
   ins.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"),
                    help="print the words nearest to A - B + C (king man woman -> queen)")
-  ins.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+  ins.add_argument("-k", type=_at_least(1), default=10, help="neighbours per query (default 10)")
   ins.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   ins.add_argument("--plots", nargs="?", const="", metavar="DIR",
                    help="write embedding.png (PCA of the words: the --word words and their "
                    "neighbours, else the --top most frequent), norms.png and curves.png to DIR "
                    "(default RUN_DIR/plots)")
-  ins.add_argument("--top", type=int, default=500, help="words in embedding.png (default 500)")
+  ins.add_argument("--top", type=_at_least(2), default=500, help="words in embedding.png (default 500)")
 
   ex = sub.add_parser("export", help="write a run's table as word2vec text, TensorBoard "
                       "projector files or numpy")

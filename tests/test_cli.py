@@ -167,3 +167,17 @@ print("cache ok")
                         text=True, timeout=300, env=dict(env, EMBEDLAB_CACHE=str(tmp_path / "c")))
   assert done.returncode == 0, done.stderr[-3000:]
   assert any(where.iterdir())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "RUN", "-k", "0", "a text"], "argument -k/--k: 0 is below 1"),
+    (["inspect", "RUN", "--word", "film", "-k", "-3"], "argument -k: -3 is below 1"),
+    (["inspect", "RUN", "-k", "x"], "argument -k: 'x' is not an integer"),
+    (["inspect", "RUN", "--top", "1"], "argument --top: 1 is below 2"),
+])
+def test_counts_out_of_range_are_usage_errors_before_any_work(tmp_path, capsys, argv, message):
+  # no run directory is read (RUN does not exist): the count is checked first
+  argv = [str(tmp_path / "missing") if a == "RUN" else a for a in argv]
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2 and message in capsys.readouterr().err
