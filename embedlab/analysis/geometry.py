@@ -132,8 +132,9 @@ def pca(points: Any, num_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
   x = np.asarray(points, np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
     raise ValueError(f"pca: needs [N >= 2, D] points, got shape {x.shape}.")
-  if not np.isfinite(x).all():
-    rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+  finite = np.isfinite(x).all(axis=1)
+  if not finite.all():
+    rows = np.flatnonzero(~finite)
     raise ValueError(f"pca: {len(rows):,} points hold NaN or infinite values (first: point "
                      f"{int(rows[0])}); drop or fix them first.")
   x = x - x.mean(0)

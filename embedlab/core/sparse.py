@@ -72,6 +72,7 @@ import numpy as np
 from embedlab.core import localize as localize_lib
 from embedlab.core import names
 from embedlab.core import sparse_rules as rules
+from embedlab.core import tables
 
 Array = jax.Array
 Schedule = Callable[[Array], Array]
@@ -198,18 +199,6 @@ def _learning_rate(learning_rate, count, dtype) -> Array:
   return jnp.asarray(lr, dtype)
 
 
-def _number(value: Any) -> float | None:
-  """``value`` as a float if it is a real number (Python, numpy or a concrete JAX scalar);
-  None for a traced value (checked where it is used); a bool or anything else raises."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
-    value = value.item()
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-    raise TypeError
-  return float(value)
-
-
 def _check_hyper(name: str, learning_rate: Any, **values: Any) -> None:
   """Raises a clear error for a hyperparameter no run could mean (as PyTorch's optimizers do):
   a learning rate (unless a schedule), weight decay, eps or initial accumulator that is not a
@@ -229,7 +218,7 @@ def _check_hyper(name: str, learning_rate: Any, **values: Any) -> None:
     want = ("a number in [0, 1)" if beta else "a finite number >= 0"
             + (" or an optax schedule" if key == "learning_rate" else ""))
     try:
-      number = _number(value)
+      number = tables.real_number(value)
     except TypeError:
       raise TypeError(f"{name}: {key} must be {want}, got {value!r}.") from None
     if number is not None and not (0 <= number < 1 if beta else 0 <= number < math.inf):

@@ -114,9 +114,13 @@ def init_table(key: Array, num_embeddings: int, features: int, *, init: Any = "n
   if not _is_float_dtype(dtype):
     raise TypeError(f"init_table: dtype must be a floating dtype (float32, bfloat16, ...), got "
                     f"{_dtype_name(dtype)}: a table of integers cannot be trained.")
-  if scale is not None and not (isinstance(scale, (int, float, np.integer, np.floating))
-                                and not isinstance(scale, bool) and 0 <= scale < math.inf):
-    raise ValueError(f"init_table: scale must be a finite number >= 0, got {scale!r}.")
+  if scale is not None:
+    try:
+      value = real_number(scale)
+    except TypeError:
+      value = math.nan
+    if value is not None and not 0 <= value < math.inf:
+      raise ValueError(f"init_table: scale must be a finite number >= 0, got {scale!r}.")
   shape = (int(num_embeddings), int(features))
   if isinstance(init, str):
     table = _initializer(init, scale)(key, shape, dtype)
@@ -202,6 +206,24 @@ def table_of(params: Params, where: str) -> Array:
   return table
 
 
+def real_number(value: Any) -> float | None:
+  """``value`` as a float if it is a real number (Python, numpy or a concrete 0-d JAX array);
+  None for a traced value (its caller checks it where it is used); ``TypeError`` for a bool or
+  anything else.
+
+  Example:
+    >>> real_number(np.float32(0.5)), real_number(3)
+    (0.5, 3.0)
+  """
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"{value!r} is not a number")
+  return float(value)
+
+
 def check_max_norm(max_norm: Any, where: str) -> Any:
   """``max_norm`` as given, if it is a number > 0 (``inf``: no row is rescaled) or a traced
   value (checked by its caller); else a ``ValueError``/``TypeError`` naming it. A norm of 0 or
@@ -213,17 +235,14 @@ def check_max_norm(max_norm: Any, where: str) -> Any:
     ...
     ValueError: lookup: max_norm must be a number > 0 (the largest row norm kept), got -1.0.
   """
-  if isinstance(max_norm, jax.core.Tracer):
-    return max_norm
-  value = max_norm
-  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
-    value = value.item()
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-    raise TypeError(f"{where}: max_norm must be a number > 0 (the largest row norm kept), got "
-                    f"{max_norm!r}.")
-  if not value > 0:  # NaN too
-    raise ValueError(f"{where}: max_norm must be a number > 0 (the largest row norm kept), got "
-                     f"{max_norm!r}.")
+  message = (f"{where}: max_norm must be a number > 0 (the largest row norm kept), got "
+             f"{max_norm!r}.")
+  try:
+    value = real_number(max_norm)
+  except TypeError:
+    raise TypeError(message) from None
+  if value is not None and not value > 0:  # NaN too
+    raise ValueError(message)
   return max_norm
 
 
@@ -256,11 +275,10 @@ def lookup(params: Params, ids: Any, *, padding_id: int | None = None, oob: str 
   """
   table = table_of(params, "lookup")
   checked = ids_lib.normalize_ids(ids, table.shape[0], oob=oob, padding_id=padding_id, where="lookup")
-  if max_norm is not None:
-    check_max_norm(max_norm, "lookup")
   check_compute_dtype(compute_dtype, "lookup")
   vecs = jnp.take(table, checked.ids, axis=0, mode="clip")  # in range: checked or clamped
   if max_norm is not None:
+    check_max_norm(max_norm, "lookup")
     norms = jnp.linalg.norm(vecs.astype(jnp.float32), axis=-1, keepdims=True)
     scale = jnp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0).astype(vecs.dtype)
     vecs = vecs + jax.lax.stop_gradient(vecs * scale - vecs)
